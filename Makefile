@@ -1,0 +1,70 @@
+# podscope — see README.md. Every target works on a fresh clone as root.
+GO        ?= go
+BIN       ?= bin
+DESTDIR   ?=
+CNI_BIN_DIR ?= /opt/cni/bin
+PREFIX    ?= /usr/local
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+export GOFLAGS := -buildvcs=false
+export CGO_ENABLED := 0
+LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSION)
+
+CNI_PLUGINS := podscope podscope-nri
+TOOLS       := podscopectl podscope-install
+
+.PHONY: all build generate generate-check test unit e2e demo bench bench-quick install uninstall clean deps
+
+all: build
+
+build: $(addprefix $(BIN)/,$(CNI_PLUGINS) $(TOOLS))
+
+$(BIN)/podscope $(BIN)/podscope-nri: $(BIN)/%: FORCE
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./plugins/$*
+$(BIN)/podscopectl $(BIN)/podscope-install: $(BIN)/%: FORCE
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
+FORCE:
+
+# Regenerate the BPF objects and their Go bindings (needs clang; bpf2go is a
+# tool in go.mod). The results are committed so `go build` needs no clang.
+generate:
+	$(GO) generate ./pkg/...
+
+# CI: the committed objects must be what the committed C compiles to.
+generate-check: generate
+	@git diff --exit-code -- pkg bpf || { echo "make generate changed committed files: run it and commit the result" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- pkg bpf)" || { git status --porcelain -- pkg bpf; echo "make generate left untracked files" >&2; exit 1; }
+
+deps:
+	hack/install-deps.sh
+
+# The README's test command: unit and privileged suites, then (under CI=true
+# or E2E=1) the real-containerd end-to-end suite.
+test:
+	hack/test.sh
+
+unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests/e2e)
+
+e2e: build
+	hack/e2e.sh
+
+demo: build
+	hack/demo.sh
+
+bench: build
+	hack/bench.sh
+
+bench-quick: build
+	QUICK=1 hack/bench.sh
+
+install: build
+	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN)/podscope $(DESTDIR)$(CNI_BIN_DIR)/podscope
+	install -m 0755 $(BIN)/podscope-nri $(BIN)/podscopectl $(BIN)/podscope-install $(DESTDIR)$(PREFIX)/bin/
+
+uninstall:
+	rm -f $(DESTDIR)$(CNI_BIN_DIR)/podscope
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,podscope-nri podscopectl podscope-install)
+
+clean:
+	rm -rf $(BIN) bench/out

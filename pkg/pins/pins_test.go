@@ -1,0 +1,58 @@
+package pins
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+func TestDirCarriesLayoutVersion(t *testing.T) {
+	r := New("/x/y/")
+	if got, want := r.Dir("datapath"), "/x/y/"+LayoutVersion+"/datapath"; got != want {
+		t.Fatalf("Dir = %q, want %q", got, want)
+	}
+	if New("").Path != DefaultRoot {
+		t.Fatalf("empty path does not default to %s", DefaultRoot)
+	}
+}
+
+func TestCheckBPFFSRefusesTmp(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "not", "there")
+	err := CheckBPFFS(dir)
+	if !errors.Is(err, ErrNotBPFFS) {
+		t.Fatalf("CheckBPFFS(%s) = %v, want ErrNotBPFFS", dir, err)
+	}
+	if !strings.Contains(err.Error(), "mount -t bpf") {
+		t.Fatalf("error does not say how to fix it: %v", err)
+	}
+}
+
+func TestExplainNamesMap(t *testing.T) {
+	err := Explain(fmt.Errorf("load: %w", ebpf.ErrMapIncompatible), New("/sys/fs/bpf/t"), "pod_counters")
+	if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), `"pod_counters"`) ||
+		!strings.Contains(err.Error(), "podscopectl cleanup") {
+		t.Fatalf("Explain lost the map name, the fix or the chain: %v", err)
+	}
+	other := os.ErrPermission
+	if Explain(other, New(""), "m") != other {
+		t.Fatal("Explain changed an unrelated error")
+	}
+}
+
+func TestStaleLayouts(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{LayoutVersion, "v0"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale, err := New(root).StaleLayouts()
+	if err != nil || len(stale) != 1 || filepath.Base(stale[0]) != "v0" {
+		t.Fatalf("StaleLayouts = %v, %v; want just v0", stale, err)
+	}
+}
