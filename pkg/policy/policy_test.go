@@ -1,0 +1,215 @@
+package policy
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseSpecBadInputs(t *testing.T) {
+	cases := []struct {
+		name, json, field, msg string
+	}{
+		{"bad json", `{"default": "allow",`, "policy.egress", "invalid JSON"},
+		{"not an object", `["allow"]`, "policy.egress", "must be a JSON object"},
+		{"unknown top field", `{"default":"allow","rulez":[]}`, "policy.egress.rulez", "unknown field"},
+		{"unknown rule field", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","action":"deny","port":"80"}]}`, "policy.egress.rules[0].port", "unknown field"},
+		{"missing default", `{"rules":[]}`, "policy.egress.default", "missing"},
+		{"bad default", `{"default":"block"}`, "policy.egress.default", `"block"`},
+		{"default not string", `{"default":1}`, "policy.egress.default", "must be a string"},
+		{"invalid cidr", `{"default":"allow","rules":[{"cidr":"10.0.0.0/33","action":"deny"}]}`, "policy.egress.rules[0].cidr", "invalid CIDR"},
+		{"garbage cidr", `{"default":"allow","rules":[{"cidr":"ten","action":"deny"}]}`, "policy.egress.rules[0].cidr", "invalid CIDR"},
+		{"host bits", `{"default":"allow","rules":[{"cidr":"10.1.2.3/8","action":"deny"}]}`, "policy.egress.rules[0].cidr", `did you mean "10.0.0.0/8"`},
+		{"host bits v6", `{"default":"allow","rules":[{"cidr":"fd00::1/64","action":"deny"}]}`, "policy.egress.rules[0].cidr", "host bits"},
+		{"missing cidr", `{"default":"allow","rules":[{"action":"deny"}]}`, "policy.egress.rules[0].cidr", "missing"},
+		{"bad protocol", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcpp","action":"deny"}]}`, "policy.egress.rules[0].protocol", "unknown protocol"},
+		{"icmp on v6", `{"default":"allow","rules":[{"cidr":"fd00::/8","protocol":"icmp","action":"deny"}]}`, "policy.egress.rules[0].protocol", "icmpv6"},
+		{"ports without protocol", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","ports":["80"],"action":"deny"}]}`, "policy.egress.rules[0].ports", "need protocol"},
+		{"ports with icmp", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"icmp","ports":["80"],"action":"deny"}]}`, "policy.egress.rules[0].ports", "need protocol"},
+		{"port 0", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["0"],"action":"deny"}]}`, "policy.egress.rules[0].ports[0]", "out of range"},
+		{"port too big", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80","70000"],"action":"deny"}]}`, "policy.egress.rules[0].ports[1]", `port "70000" out of range 1-65535`},
+		{"port reversed", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"udp","ports":["90-80"],"action":"deny"}]}`, "policy.egress.rules[0].ports[0]", "ends before it starts"},
+		{"port words", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"udp","ports":["http"],"action":"deny"}]}`, "policy.egress.rules[0].ports[0]", "not a number"},
+		{"port range upper too big", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"udp","ports":["80-65536"],"action":"deny"}]}`, "policy.egress.rules[0].ports[0]", "out of range"},
+		{"bad action", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","action":"drop"}]}`, "policy.egress.rules[0].action", `"drop"`},
+		{"missing action", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8"}]}`, "policy.egress.rules[0].action", "missing"},
+		{"rules not a list", `{"default":"allow","rules":{}}`, "policy.egress.rules", "must be a list"},
+		{"tie no ports", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","action":"deny"},{"cidr":"10.0.0.0/8","action":"allow"}]}`, "policy.egress.rules[1]", "ties with policy.egress.rules[0]"},
+		{"tie same proto no ports", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","action":"deny"},{"cidr":"10.0.0.0/8","protocol":"tcp","action":"deny"}]}`, "policy.egress.rules[1]", "ties"},
+		{"tie overlapping ports", `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80","8000-8080"],"action":"deny"},{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["8080-9000"],"action":"allow"}]}`, "policy.egress.rules[1]", "overlapping ports 8000-8080 and 8080-9000"},
+		{"duplicate key", `{"default":"allow","default":"deny"}`, "policy.egress.default", "given twice"},
+		{"trailing data", `{"default":"allow"} {}`, "policy.egress", "trailing"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseSpec([]byte(c.json), "policy.egress")
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("ParseSpec(%s) = %v, want a *FieldError", c.json, err)
+			}
+			if fe.Field != c.field || !strings.Contains(fe.Msg, c.msg) {
+				t.Fatalf("got field %q msg %q; want field %q msg containing %q", fe.Field, fe.Msg, c.field, c.msg)
+			}
+			if !strings.HasPrefix(err.Error(), c.field+": ") {
+				t.Fatalf("error text %q does not start with the field path", err)
+			}
+		})
+	}
+}
+
+func TestParseSpecNoTies(t *testing.T) {
+	// Same CIDR but different protocol, disjoint ports, or ports vs none: no tie.
+	in := `{"default":"deny","rules":[
+	 {"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80"],"action":"allow"},
+	 {"cidr":"10.0.0.0/8","protocol":"tcp","ports":["81-90"],"action":"deny"},
+	 {"cidr":"10.0.0.0/8","protocol":"tcp","action":"deny"},
+	 {"cidr":"10.0.0.0/8","protocol":"udp","ports":["80"],"action":"allow"},
+	 {"cidr":"10.0.0.0/8","action":"allow"},
+	 {"cidr":"10.0.0.0/16","action":"deny"},
+	 {"cidr":"fd00::/8","protocol":"icmpv6","action":"allow"}]}`
+	s, err := ParseSpec([]byte(in), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Rules) != 7 || s.Default != Deny || s.Rules[1].Ports[0] != (PortRange{81, 90}) {
+		t.Fatalf("parsed %+v", s)
+	}
+}
+
+func TestJSONRoundTrip(t *testing.T) {
+	in := `{"egress":{"default":"allow","rules":[{"cidr":"169.254.169.254/32","action":"deny"}]},` +
+		`"ingress":{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80","8000-8080"],"action":"allow"}]}}`
+	p, err := ParsePolicy([]byte(in), "policy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Policy{
+		Egress: Spec{Default: Allow, Rules: []Rule{{CIDR: netip.MustParsePrefix("169.254.169.254/32"), Action: Deny}}},
+		Ingress: Spec{Default: Deny, Rules: []Rule{{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Protocol: "tcp",
+			Ports: []PortRange{{80, 80}, {8000, 8080}}, Action: Allow}}},
+	}
+	if !reflect.DeepEqual(p, want) {
+		t.Fatalf("parsed %+v\nwant %+v", p, want)
+	}
+	out, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != in {
+		t.Fatalf("marshal:\n%s\nwant\n%s", out, in)
+	}
+	var back Policy
+	if err := json.Unmarshal(out, &back); err != nil || !reflect.DeepEqual(back, want) {
+		t.Fatalf("unmarshal back: %+v, %v", back, err)
+	}
+	// A missing direction is allow-all; an error inside is still named.
+	p, err = ParsePolicy([]byte(`{"egress":{"default":"deny"}}`), "policy")
+	if err != nil || p.Ingress.Default != Allow || p.Egress.Default != Deny {
+		t.Fatalf("partial policy: %+v %v", p, err)
+	}
+	_, err = ParsePolicy([]byte(`{"ingress":{"default":"deny","rules":[{"cidr":"1.2.3.4/32","action":"x"}]}}`), "policy")
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "policy.ingress.rules[0].action" {
+		t.Fatalf("nested error: %v", err)
+	}
+	_, err = ParsePolicy([]byte(`{"egres":{}}`), "policy")
+	if !errors.As(err, &fe) || fe.Field != "policy.egres" {
+		t.Fatalf("unknown direction: %v", err)
+	}
+}
+
+func mustSpec(t *testing.T, js string) Spec {
+	t.Helper()
+	s, err := ParseSpec([]byte(js), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func pkt(addr string, proto uint8, port uint16) Packet {
+	return Packet{Peer: netip.MustParseAddr(addr), Protocol: proto, Port: port, HasPort: port != 0}
+}
+
+func TestCompileSemantics(t *testing.T) {
+	s := mustSpec(t, `{"default":"deny","rules":[
+	 {"cidr":"10.0.0.0/8","action":"allow"},
+	 {"cidr":"10.1.0.0/16","protocol":"tcp","ports":["80","8000-8080"],"action":"allow"},
+	 {"cidr":"10.1.0.0/16","protocol":"tcp","action":"deny"},
+	 {"cidr":"10.1.2.0/24","protocol":"udp","ports":["53"],"action":"deny"},
+	 {"cidr":"10.1.2.3/32","protocol":"icmp","action":"deny"},
+	 {"cidr":"fd00::/8","protocol":"tcp","ports":["443"],"action":"allow"},
+	 {"cidr":"::/0","protocol":"icmpv6","action":"allow"}]}`)
+	entries, err := Compile(s, Egress, "t", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 7 { // 0.0.0.0/0 and 4 v4 CIDRs, ::/0 and fd00::/8
+		t.Fatalf("%d entries: %+v", len(entries), entries)
+	}
+	cases := []struct {
+		p    Packet
+		want Action
+	}{
+		{pkt("192.168.1.1", 6, 80), Deny},                                  // default
+		{pkt("10.9.9.9", 6, 22), Allow},                                    // 10/8 none-rule
+		{pkt("10.1.9.9", 6, 80), Allow},                                    // /16 proto+port beats /16 proto
+		{pkt("10.1.9.9", 6, 8080), Allow},                                  // range end
+		{pkt("10.1.9.9", 6, 8081), Deny},                                   // /16 proto only
+		{pkt("10.1.9.9", 17, 53), Allow},                                   // /16 has no udp rule: falls back to 10/8
+		{pkt("10.1.2.9", 17, 53), Deny},                                    // /24 udp 53
+		{pkt("10.1.2.9", 17, 54), Allow},                                   // /24 no match -> /16 no udp -> /8 allow
+		{pkt("10.1.2.9", 6, 80), Allow},                                    // /24 -> /16 tcp 80
+		{pkt("10.1.2.3", 1, 0), Deny},                                      // /32 icmp
+		{pkt("10.1.2.3", 6, 9000), Deny},                                   // /32 -> /24 -> /16 tcp deny
+		{pkt("fd00::1", 6, 443), Allow},                                    // v6
+		{pkt("fd00::1", 6, 444), Deny},                                     // v6 default
+		{pkt("2001:db8::1", 58, 0), Allow},                                 // ::/0 rule
+		{pkt("fd00::1", 58, 0), Allow},                                     // inherited from ::/0
+		{Packet{Peer: netip.MustParseAddr("10.1.9.9"), Protocol: 6}, Deny}, // fragment: no port, tcp proto-only rule
+	}
+	for _, c := range cases {
+		if got := Decide(entries, c.p); got != c.want {
+			t.Errorf("Decide(%+v) = %v, want %v", c.p, got, c.want)
+		}
+	}
+	// The /24 entry carries its own rule first, then the /16's in priority
+	// order, then the /8's.
+	for _, e := range entries {
+		if e.Prefix == netip.MustParsePrefix("10.1.2.0/24") {
+			var from []string
+			for _, r := range e.Rules {
+				from = append(from, r.From.String())
+			}
+			want := []string{"10.1.2.0/24", "10.1.0.0/16", "10.1.0.0/16", "10.1.0.0/16", "10.0.0.0/8"}
+			if !reflect.DeepEqual(from, want) || e.Default != Deny {
+				t.Fatalf("10.1.2.0/24 rules from %v, want %v", from, want)
+			}
+		}
+	}
+	if _, err := Compile(s, Egress, "t", 4); err == nil {
+		t.Fatal("Compile with room for 4 rules per CIDR accepted a chain of 5")
+	}
+}
+
+func TestCompileAllowAll(t *testing.T) {
+	e, err := Compile(AllowAll(), Ingress, "t", 4)
+	if err != nil || len(e) != 2 || e[0].Default != Allow || len(e[0].Rules) != 0 || e[1].Direction != Ingress {
+		t.Fatalf("AllowAll compiles to %+v, %v", e, err)
+	}
+}
+
+func TestValidateGoBuiltSpec(t *testing.T) {
+	s := Spec{Default: Allow, Rules: []Rule{{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Action: 7}}}
+	var fe *FieldError
+	if err := s.Validate("x"); !errors.As(err, &fe) || fe.Field != "x.rules[0].action" {
+		t.Fatalf("Validate = %v", err)
+	}
+	p := Policy{Egress: AllowAll(), Ingress: Spec{}}
+	if err := p.Validate("policy"); !errors.As(err, &fe) || fe.Field != "policy.ingress.default" {
+		t.Fatalf("Validate = %v", err)
+	}
+}
