@@ -1,0 +1,507 @@
+#!/usr/bin/env bash
+# The environment of podscope's end-to-end suite and demo: a real containerd
+# (CRI + NRI) with its own root, state, sockets and CNI dirs under a work dir,
+# the reference CNI plugins chained with podscope, podscope-nri, and local
+# images (no registry).
+#
+#   hack/e2e-env.sh deps        build/cache containerd, crictl, CNI plugins, images
+#   hack/e2e-env.sh up          deps + configs + start containerd and podscope-nri
+#   hack/e2e-env.sh down        stop what `up` started and remove everything it made
+#   hack/e2e-env.sh start-containerd|stop-containerd|start-nri|stop-nri [SIGNAL]
+#   hack/e2e-env.sh env         print the environment (source-able) of a running env
+#
+# Tools are cached under $PODSCOPE_CACHE (default /var/cache/podscope), keyed
+# by version; everything else lives in $PODSCOPE_E2E_WORK (default
+# /run/podscope-e2e). Processes are started and stopped by PID only. The host
+# is touched in these places, all undone by `down`: one bridge (pstest-e2e0,
+# 10.77.0.0/24), net.ipv4.ip_forward (restored to its saved value),
+# /var/lib/cni/results/pstest-e2e-*, cgroups under /pstest-e2e, the bpffs
+# root /sys/fs/bpf/pstest-e2e.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${PODSCOPE_CACHE:-/var/cache/podscope}
+WORK=${PODSCOPE_E2E_WORK:-/run/podscope-e2e}
+export GOFLAGS=-buildvcs=false
+
+CONTAINERD_VERSION=v2.4.2
+CRICTL_VERSION=v1.37.0
+CNI_PLUGINS_VERSION=v1.9.1
+
+CTRD_DIR=$CACHE/containerd-$CONTAINERD_VERSION
+CRICTL_DIR=$CACHE/crictl-$CRICTL_VERSION
+CNIP_DIR=$CACHE/cni-plugins-$CNI_PLUGINS_VERSION
+IMG_DIR=$CACHE/images
+
+NET_NAME=pstest-e2e
+BRIDGE=pstest-e2e0
+SUBNET4=10.77.0.0/24
+GATEWAY4=10.77.0.1
+BPFFS_ROOT=/sys/fs/bpf/pstest-e2e
+CGROUP_PARENT=pstest-e2e
+PAUSE_IMAGE=localhost/podscope/pause:e2e
+BUSYBOX_IMAGE=localhost/podscope/busybox:e2e
+
+log() { echo "e2e-env: $*" >&2; }
+die() { echo "e2e-env: error: $*" >&2; exit 1; }
+
+# --- building and caching ---------------------------------------------------
+
+gobuild_into() { # dir, go install args...
+  local dir=$1; shift
+  mkdir -p "$dir.tmp"
+  CGO_ENABLED=0 GOBIN="$dir.tmp" go install "$@"
+}
+
+build_containerd() {
+  [ -x "$CTRD_DIR/containerd" ] && [ -x "$CTRD_DIR/containerd-shim-runc-v2" ] && [ -x "$CTRD_DIR/ctr" ] && return
+  log "building containerd $CONTAINERD_VERSION (once; cached in $CTRD_DIR)"
+  rm -rf "$CTRD_DIR.tmp"
+  gobuild_into "$CTRD_DIR" -tags "no_btrfs no_devmapper no_zfs" \
+    github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION \
+    github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION
+  rm -rf "$CTRD_DIR" && mv "$CTRD_DIR.tmp" "$CTRD_DIR"
+}
+
+build_crictl() {
+  [ -x "$CRICTL_DIR/crictl" ] && return
+  log "building crictl $CRICTL_VERSION (once; cached in $CRICTL_DIR)"
+  rm -rf "$CRICTL_DIR.tmp"
+  gobuild_into "$CRICTL_DIR" sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION
+  rm -rf "$CRICTL_DIR" && mv "$CRICTL_DIR.tmp" "$CRICTL_DIR"
+}
+
+build_cni_plugins() {
+  local p ok=1
+  for p in bridge host-local loopback portmap; do [ -x "$CNIP_DIR/$p" ] || ok=0; done
+  [ $ok = 1 ] && return
+  log "building CNI plugins $CNI_PLUGINS_VERSION (once; cached in $CNIP_DIR)"
+  rm -rf "$CNIP_DIR.tmp"
+  gobuild_into "$CNIP_DIR" \
+    github.com/containernetworking/plugins/plugins/main/bridge@$CNI_PLUGINS_VERSION \
+    github.com/containernetworking/plugins/plugins/ipam/host-local@$CNI_PLUGINS_VERSION \
+    github.com/containernetworking/plugins/plugins/main/loopback@$CNI_PLUGINS_VERSION \
+    github.com/containernetworking/plugins/plugins/meta/portmap@$CNI_PLUGINS_VERSION
+  rm -rf "$CNIP_DIR" && mv "$CNIP_DIR.tmp" "$CNIP_DIR"
+}
+
+check_runc() {
+  command -v runc >/dev/null || die "runc not found: run hack/install-deps.sh"
+  runc --version >/dev/null || die "runc --version failed"
+}
+
+# oci_layout OUT.tar NAME ENTRYPOINT-JSON ROOTFS-DIR: writes an OCI image
+# layout (oci-layout, index.json, blobs/sha256/{layer,config,manifest}) as a
+# tarball that `ctr images import` takes. Reproducible: sorted names, zero
+# mtimes and owners, gzip without a timestamp.
+oci_layout() {
+  local out=$1 name=$2 entry=$3 rootfs=$4 d layer diffid lsize cfg csize man msize
+  d=$(mktemp -d)
+  mkdir -p "$d/blobs/sha256"
+  tar -C "$rootfs" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$d/layer.tar" .
+  diffid=$(sha256sum "$d/layer.tar" | cut -d' ' -f1)
+  gzip -n -9 "$d/layer.tar"
+  layer=$(sha256sum "$d/layer.tar.gz" | cut -d' ' -f1)
+  lsize=$(stat -c %s "$d/layer.tar.gz")
+  mv "$d/layer.tar.gz" "$d/blobs/sha256/$layer"
+  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$entry" "$diffid" >"$d/config.json"
+  cfg=$(sha256sum "$d/config.json" | cut -d' ' -f1)
+  csize=$(stat -c %s "$d/config.json")
+  mv "$d/config.json" "$d/blobs/sha256/$cfg"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
+    "$cfg" "$csize" "$layer" "$lsize" >"$d/manifest.json"
+  man=$(sha256sum "$d/manifest.json" | cut -d' ' -f1)
+  msize=$(stat -c %s "$d/manifest.json")
+  mv "$d/manifest.json" "$d/blobs/sha256/$man"
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+    "$man" "$msize" "$name" "${name##*:}" >"$d/index.json"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$d/oci-layout"
+  tar -C "$d" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$out.tmp" oci-layout index.json blobs
+  mv "$out.tmp" "$out"
+  rm -rf "$d"
+}
+
+build_images() {
+  local key rootfs a
+  mkdir -p "$IMG_DIR"
+  # The pause image: keyed by the source's hash so an edit rebuilds it.
+  key=$(cat "$REPO/hack/pause/"*.go | sha256sum | cut -c1-12)
+  if [ ! -f "$IMG_DIR/pause-$key.tar" ]; then
+    log "building pause image"
+    rootfs=$(mktemp -d)
+    (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$rootfs/pause" ./hack/pause)
+    oci_layout "$IMG_DIR/pause-$key.tar" "$PAUSE_IMAGE" '["/pause"]' "$rootfs"
+    rm -rf "$rootfs"
+  fi
+  ln -sf "pause-$key.tar" "$IMG_DIR/pause.tar"
+  # busybox: the static binary of busybox-static with every applet linked.
+  [ -x /bin/busybox ] || die "/bin/busybox missing: run hack/install-deps.sh (busybox-static)"
+  key=$(sha256sum /bin/busybox | cut -c1-12)
+  if [ ! -f "$IMG_DIR/busybox-$key.tar" ]; then
+    log "building busybox image"
+    rootfs=$(mktemp -d)
+    mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$rootfs/var/www" "$rootfs/data"
+    chmod 1777 "$rootfs/tmp"
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for a in $(/bin/busybox --list); do
+      [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$rootfs/etc/passwd"
+    printf 'root:x:0:\nnobody:x:65534:\n' >"$rootfs/etc/group"
+    echo 'hello from podscope e2e' >"$rootfs/var/www/index.html"
+    oci_layout "$IMG_DIR/busybox-$key.tar" "$BUSYBOX_IMAGE" '["/bin/sh"]' "$rootfs"
+    rm -rf "$rootfs"
+  fi
+  ln -sf "busybox-$key.tar" "$IMG_DIR/busybox.tar"
+}
+
+cmd_deps() {
+  command -v go >/dev/null || die "go not found"
+  mkdir -p "$CACHE"
+  check_runc
+  build_containerd
+  build_crictl
+  build_cni_plugins
+  build_images
+}
+
+# --- the running environment ---------------------------------------------
+
+CTRD_SOCK=$WORK/containerd.sock
+NRI_SOCK=$WORK/nri.sock
+PS_STATE=$WORK/podscope
+AUDIT_LOG=$WORK/audit.jsonl
+METRICS_ADDR=${PODSCOPE_E2E_METRICS:-127.0.0.1:19810}
+CRICTL="$CRICTL_DIR/crictl --config $WORK/crictl.yaml"
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# stop_pid PIDFILE [SIGNAL]: signal the recorded process, wait up to 20 s for
+# it to exit, then SIGKILL it. Only ever the PID this script recorded.
+stop_pid() {
+  local f=$1 sig=${2:-TERM} pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -s "$sig" "$pid" 2>/dev/null || true
+    for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid ($f) ignored SIG$sig for 20s: SIGKILL"
+      kill -9 "$pid" 2>/dev/null || true
+      for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  fi
+  rm -f "$f"
+}
+
+wait_socket() { # path seconds what
+  local i
+  for i in $(seq $(( $2 * 10 ))); do [ -S "$1" ] && return 0; sleep 0.1; done
+  die "$3: socket $1 did not appear within $2 s (see its log in $WORK)"
+}
+
+podscope_bin() { [ -x "$REPO/bin/$1" ] && echo "$REPO/bin/$1"; }
+
+write_configs() {
+  local runc_bin chain=""
+  runc_bin=$(command -v runc)
+  mkdir -p "$WORK"/{root,state,s,runc,cdi,opt,nri-plugins,nri-conf,ipam,log,bin} \
+    "$WORK/cni/bin" "$WORK/cni/net.d" "$WORK/cni/net.d-bare" "$PS_STATE"
+  cp -f "$CNIP_DIR"/{bridge,host-local,loopback,portmap} "$WORK/cni/bin/"
+  if [ -n "$(podscope_bin podscope)" ]; then
+    cp -f "$REPO/bin/podscope" "$WORK/cni/bin/podscope"
+    chain=$(cat <<JSON
+,
+    { "type": "podscope",
+      "bpffsRoot": "$BPFFS_ROOT",
+      "stateDir": "$PS_STATE",
+      "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+      "policy": {
+        "egress":  {"default": "allow", "rules": [{"cidr": "10.77.0.0/24", "protocol": "tcp", "ports": ["7777"], "action": "deny"}]},
+        "ingress": {"default": "allow", "rules": []}
+      } }
+JSON
+)
+  else
+    log "bin/podscope not built: the chain is bridge only (run make build)"
+  fi
+  # Two networks on the same bridge and subnet, disjoint IP ranges: the
+  # default runtime handler (runc) chains podscope, "runc-bare" does not, so
+  # the suite can compare the two in one containerd.
+  cat >"$WORK/cni/net.d/10-$NET_NAME.conflist" <<JSON
+{ "cniVersion": "1.0.0",
+  "name": "$NET_NAME",
+  "plugins": [
+    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false,
+      "ipam": { "type": "host-local", "dataDir": "$WORK/ipam",
+                "ranges": [[{"subnet": "$SUBNET4", "rangeStart": "10.77.0.16", "rangeEnd": "10.77.0.127", "gateway": "$GATEWAY4"}]] } }$chain
+  ] }
+JSON
+  cat >"$WORK/cni/net.d-bare/10-$NET_NAME-bare.conflist" <<JSON
+{ "cniVersion": "1.0.0",
+  "name": "$NET_NAME-bare",
+  "plugins": [
+    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false,
+      "ipam": { "type": "host-local", "dataDir": "$WORK/ipam",
+                "ranges": [[{"subnet": "$SUBNET4", "rangeStart": "10.77.0.128", "rangeEnd": "10.77.0.254", "gateway": "$GATEWAY4"}]] } }
+  ] }
+JSON
+  local runtime_opts
+  runtime_opts=$(cat <<TOML
+          runtime_type = 'io.containerd.runc.v2'
+          sandboxer = 'podsandbox'
+          [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.RUNTIME.options]
+            BinaryName = '$runc_bin'
+            Root = '$WORK/runc'
+            SystemdCgroup = false
+TOML
+)
+  cat >"$WORK/containerd.toml" <<TOML
+# Written by hack/e2e-env.sh: everything under $WORK.
+version = 3
+root = '$WORK/root'
+state = '$WORK/state'
+imports = []
+
+[grpc]
+  address = '$CTRD_SOCK'
+[ttrpc]
+  address = '$CTRD_SOCK.ttrpc'
+
+[plugins]
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = '$PAUSE_IMAGE'
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    # root here lacks CAP_SYS_RESOURCE: never lower a score below ours.
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    cdi_spec_dirs = ['$WORK/cdi']
+    enable_criu = false
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'runc'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+${runtime_opts//RUNTIME/runc}
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-bare]
+          cni_conf_dir = '$WORK/cni/net.d-bare'
+${runtime_opts//RUNTIME/runc-bare}
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ['$WORK/cni/bin']
+      conf_dir = '$WORK/cni/net.d'
+      max_conf_num = 1
+
+  [plugins.'io.containerd.grpc.v1.cri']
+    disable_tcp_service = true
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+
+  [plugins.'io.containerd.internal.v1.opt']
+    path = '$WORK/opt'
+
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = '$WORK/opt/image-verifier/bin'
+
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = false
+    disable_connections = false
+    socket_path = '$NRI_SOCK'
+    plugin_path = '$WORK/nri-plugins'
+    plugin_config_path = '$WORK/nri-conf'
+    plugin_registration_timeout = '5s'
+    # A handler slower than this makes containerd drop the plugin and start
+    # the container anyway (measured): podscope-nri must answer within it.
+    plugin_request_timeout = '2s'
+
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = '$WORK/s'
+TOML
+  cat >"$WORK/crictl.yaml" <<YAML
+runtime-endpoint: unix://$CTRD_SOCK
+image-endpoint: unix://$CTRD_SOCK
+timeout: 30
+YAML
+  # Wrappers for a person poking at a kept environment (KEEP=1).
+  printf '#!/bin/sh\nexec %s --config %s "$@"\n' "$CRICTL_DIR/crictl" "$WORK/crictl.yaml" >"$WORK/bin/crictl"
+  printf '#!/bin/sh\nexec %s --address %s --namespace k8s.io "$@"\n' "$CTRD_DIR/ctr" "$CTRD_SOCK" >"$WORK/bin/ctr"
+  printf '#!/bin/sh\nexec %s --bpffs-root %s "$@"\n' "$REPO/bin/podscopectl" "$BPFFS_ROOT" >"$WORK/bin/podscopectl"
+  chmod +x "$WORK/bin/"*
+  cat >"$WORK/env" <<ENV
+# source me: the running podscope e2e environment (hack/e2e-env.sh)
+export PODSCOPE_E2E_ENV='$WORK'
+export PODSCOPE_E2E_REPO='$REPO'
+export PODSCOPE_E2E_CRICTL='$CRICTL_DIR/crictl'
+export PODSCOPE_E2E_CTR='$CTRD_DIR/ctr'
+export PODSCOPE_E2E_CONTAINERD_SOCK='$CTRD_SOCK'
+export PODSCOPE_E2E_NRI_SOCK='$NRI_SOCK'
+export PODSCOPE_E2E_BPFFS_ROOT='$BPFFS_ROOT'
+export PODSCOPE_E2E_STATE_DIR='$PS_STATE'
+export PODSCOPE_E2E_AUDIT_LOG='$AUDIT_LOG'
+export PODSCOPE_E2E_METRICS_ADDR='$METRICS_ADDR'
+export PODSCOPE_E2E_NET='$NET_NAME'
+export PODSCOPE_E2E_BRIDGE='$BRIDGE'
+export PODSCOPE_E2E_CGROUP_PARENT='$CGROUP_PARENT'
+export PODSCOPE_E2E_PAUSE_IMAGE='$PAUSE_IMAGE'
+export PODSCOPE_E2E_BUSYBOX_IMAGE='$BUSYBOX_IMAGE'
+export PODSCOPE_E2E_PODSCOPE_CHAINED='$([ -n "$chain" ] && echo 1 || echo 0)'
+export PATH="$WORK/bin:\$PATH"
+ENV
+}
+
+cmd_start_containerd() {
+  pid_alive "$WORK/containerd.pid" && { log "containerd already running (pid $(cat "$WORK/containerd.pid"))"; return; }
+  rm -f "$CTRD_SOCK" "$CTRD_SOCK.ttrpc" "$NRI_SOCK"
+  # setsid: a ^C in the terminal reaches this script, which stops containerd
+  # in order, not containerd directly.
+  setsid "$CTRD_DIR/containerd" --config "$WORK/containerd.toml" --log-level info \
+    </dev/null >>"$WORK/log/containerd.log" 2>&1 &
+  echo $! >"$WORK/containerd.pid"
+  wait_socket "$CTRD_SOCK" 30 containerd
+  local i
+  for i in $(seq 100); do
+    $CRICTL info >/dev/null 2>&1 && break
+    pid_alive "$WORK/containerd.pid" || die "containerd exited: $(tail -5 "$WORK/log/containerd.log")"
+    sleep 0.2
+  done
+  $CRICTL info >/dev/null || die "containerd CRI not ready (see $WORK/log/containerd.log)"
+  wait_socket "$NRI_SOCK" 10 "containerd NRI"
+  log "containerd up (pid $(cat "$WORK/containerd.pid"))"
+}
+
+cmd_stop_containerd() { stop_pid "$WORK/containerd.pid" "${1:-TERM}"; }
+
+cmd_start_nri() {
+  local nri
+  nri=$(podscope_bin podscope-nri) || { log "bin/podscope-nri not built: not started"; return 0; }
+  pid_alive "$WORK/nri.pid" && { log "podscope-nri already running (pid $(cat "$WORK/nri.pid"))"; return; }
+  setsid "$nri" --nri-socket "$NRI_SOCK" --bpffs-root "$BPFFS_ROOT" --state-dir "$PS_STATE" \
+    --audit-log "$AUDIT_LOG" --metrics-addr "$METRICS_ADDR" ${PODSCOPE_NRI_ARGS:-} \
+    </dev/null >>"$WORK/log/podscope-nri.log" 2>&1 &
+  echo $! >"$WORK/nri.pid"
+  # Ready = it has registered with containerd (its metrics endpoint answers
+  # once it is up); give it a moment and fail loudly if it died.
+  local i
+  for i in $(seq 50); do
+    pid_alive "$WORK/nri.pid" || die "podscope-nri exited: $(tail -5 "$WORK/log/podscope-nri.log")"
+    if grep -qiE 'synchroniz|registered|connected' "$WORK/log/podscope-nri.log" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  log "podscope-nri up (pid $(cat "$WORK/nri.pid"))"
+}
+
+cmd_stop_nri() { stop_pid "$WORK/nri.pid" "${1:-TERM}"; }
+
+import_images() {
+  local c="$CTRD_DIR/ctr --address $CTRD_SOCK --namespace k8s.io"
+  $c images import "$IMG_DIR/pause.tar" >/dev/null
+  $c images import "$IMG_DIR/busybox.tar" >/dev/null
+  $CRICTL inspecti "$PAUSE_IMAGE" >/dev/null || die "pause image not visible to CRI after import"
+  $CRICTL inspecti "$BUSYBOX_IMAGE" >/dev/null || die "busybox image not visible to CRI after import"
+}
+
+cmd_up() {
+  [ "$(id -u)" = 0 ] || die "must run as root"
+  cmd_deps
+  if pid_alive "$WORK/containerd.pid"; then die "an environment is already up in $WORK: hack/e2e-env.sh down first"; fi
+  mkdir -p "$WORK"
+  [ -f "$WORK/saved-ip_forward" ] || cat /proc/sys/net/ipv4/ip_forward >"$WORK/saved-ip_forward"
+  mount -t bpf | grep -q ' /sys/fs/bpf ' || { mkdir -p /sys/fs/bpf; mount -t bpf bpf /sys/fs/bpf; }
+  write_configs
+  cmd_start_containerd
+  import_images
+  cmd_start_nri
+  log "up: source $WORK/env (crictl, ctr, podscopectl wrappers in $WORK/bin)"
+}
+
+# --- teardown ----------------------------------------------------------------
+
+remove_pods() {
+  local p
+  pid_alive "$WORK/containerd.pid" || return 0
+  for p in $($CRICTL pods -q 2>/dev/null); do
+    echo "$p" >>"$WORK/sandbox-ids"
+    $CRICTL stopp "$p" >/dev/null 2>&1 || log "stopp $p failed"
+    $CRICTL rmp -f "$p" >/dev/null 2>&1 || log "rmp $p failed"
+  done
+}
+
+# Shims outlive containerd by design (they are re-parented); ours are the ones
+# whose command line names our containerd socket.
+stop_shims() {
+  local d pid cmd
+  for d in /proc/[0-9]*; do
+    pid=${d#/proc/}
+    cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+    case "$cmd" in
+      *containerd-shim-runc-v2*"$CTRD_SOCK"*) log "stopping leftover shim $pid"; kill -9 "$pid" 2>/dev/null || true ;;
+    esac
+  done
+}
+
+unmount_work() {
+  local m
+  # Deepest first.
+  for m in $(awk -v w="$WORK/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r); do
+    umount -l "$m" 2>/dev/null || log "umount $m failed"
+  done
+}
+
+remove_cgroups() {
+  local h d
+  for h in /sys/fs/cgroup/* /sys/fs/cgroup/unified; do
+    d=$h/$CGROUP_PARENT
+    [ -d "$d" ] || continue
+    find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [ -d "$d" ] && log "cgroup $d not empty: left in place"
+  done
+  return 0
+}
+
+cmd_down() {
+  local p
+  [ -d "$WORK" ] || { log "nothing in $WORK"; return 0; }
+  remove_pods
+  cmd_stop_nri
+  cmd_stop_containerd
+  stop_shims
+  unmount_work
+  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+  if [ -f "$WORK/saved-ip_forward" ]; then
+    cat "$WORK/saved-ip_forward" >/proc/sys/net/ipv4/ip_forward
+  fi
+  # libcni's result cache: our networks' entries, and containerd's
+  # loopback entries of our sandboxes.
+  rm -f /var/lib/cni/results/"$NET_NAME"-*
+  ls "$WORK/root/io.containerd.grpc.v1.cri/sandboxes" >>"$WORK/sandbox-ids" 2>/dev/null || true
+  for p in $(sort -u "$WORK/sandbox-ids" 2>/dev/null); do
+    rm -f "/var/lib/cni/results/cni-loopback-$p-lo"
+  done
+  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
+  remove_cgroups
+  if [ -d "$BPFFS_ROOT" ]; then
+    [ -x "$REPO/bin/podscopectl" ] && "$REPO/bin/podscopectl" --bpffs-root "$BPFFS_ROOT" cleanup >/dev/null 2>&1 || true
+    rm -rf "$BPFFS_ROOT"
+  fi
+  # Keep the logs of the last run for a person (or CI) to read.
+  mkdir -p "$REPO/.e2e/last"
+  cp -f "$WORK"/log/*.log "$WORK/audit.jsonl" "$PS_STATE/accounting.jsonl" "$REPO/.e2e/last/" 2>/dev/null || true
+  rm -rf "$WORK"
+  log "down: nothing left running (logs of this run in .e2e/last/)"
+}
+
+cmd_env() { [ -f "$WORK/env" ] || die "no environment up in $WORK"; cat "$WORK/env"; }
+
+case "${1:-}" in
+  deps) cmd_deps ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  start-containerd) cmd_start_containerd ;;
+  stop-containerd) cmd_stop_containerd "${2:-TERM}" ;;
+  start-nri) cmd_start_nri ;;
+  stop-nri) cmd_stop_nri "${2:-TERM}" ;;
+  env) cmd_env ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
