@@ -138,13 +138,16 @@ build_images() {
   ln -sf "pause-$key.tar" "$IMG_DIR/pause.tar"
   # busybox: the static binary of busybox-static with every applet linked.
   [ -x /bin/busybox ] || die "/bin/busybox missing: run hack/install-deps.sh (busybox-static)"
-  key=$(sha256sum /bin/busybox | cut -c1-12)
+  # Plus the suite's traffic tool (tests/e2e/images/pstraffic): busybox's
+  # nc has no UDP.
+  key=$( (sha256sum /bin/busybox; cat "$REPO/tests/e2e/images/pstraffic/"*.go) | sha256sum | cut -c1-12)
   if [ ! -f "$IMG_DIR/busybox-$key.tar" ]; then
     log "building busybox image"
     rootfs=$(mktemp -d)
     mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$rootfs/var/www" "$rootfs/data"
     chmod 1777 "$rootfs/tmp"
     cp /bin/busybox "$rootfs/bin/busybox"
+    (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$rootfs/bin/pstraffic" ./tests/e2e/images/pstraffic)
     for a in $(/bin/busybox --list); do
       [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"
     done
@@ -434,7 +437,7 @@ stop_shims() {
   local d pid cmd
   for d in /proc/[0-9]*; do
     pid=${d#/proc/}
-    cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+    cmd=$( { tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null) || continue
     case "$cmd" in
       *containerd-shim-runc-v2*"$CTRD_SOCK"*) log "stopping leftover shim $pid"; kill -9 "$pid" 2>/dev/null || true ;;
     esac

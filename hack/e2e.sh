@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# podscope's end-to-end suite against a real containerd (`make e2e`; `make
+# test` runs it under CI=true or E2E=1). Brings up the environment of
+# hack/e2e-env.sh (building and caching containerd, crictl, CNI plugins and
+# the local images on first use), runs tests/e2e, and tears everything down
+# on exit — also on failure or ^C.
+#
+#   RUN=TestX hack/e2e.sh      run only matching tests
+#   KEEP=1 hack/e2e.sh         leave the environment up afterwards
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GOFLAGS=-buildvcs=false
+export PODSCOPE_E2E_WORK=${PODSCOPE_E2E_WORK:-/run/podscope-e2e}
+[ "$(id -u)" = 0 ] || { echo "e2e: must run as root" >&2; exit 1; }
+
+t0=$(date +%s)
+# A previous run killed hard may have left its environment: remove it first.
+if [ -e "$PODSCOPE_E2E_WORK" ]; then
+  echo "e2e: removing a previous environment in $PODSCOPE_E2E_WORK" >&2
+  hack/e2e-env.sh down
+fi
+[ -x bin/podscope ] && [ -x bin/podscope-nri ] && [ -x bin/podscopectl ] || \
+  echo "e2e: bin/ lacks podscope binaries (run make build): podscope tests will fail under CI=true, skip otherwise" >&2
+
+if [ "${KEEP:-}" != 1 ]; then
+  trap 'hack/e2e-env.sh down' EXIT
+fi
+hack/e2e-env.sh up
+t1=$(date +%s)
+echo "e2e: environment up in $((t1 - t0))s"
+# shellcheck disable=SC1091
+. "$PODSCOPE_E2E_WORK/env"
+
+# Compile first so that build time does not count against the tests.
+go test -c -o "$PODSCOPE_E2E_WORK/e2e.test" ./tests/e2e
+rc=0
+(cd tests/e2e && "$PODSCOPE_E2E_WORK/e2e.test" -test.v -test.count=1 -test.timeout 15m ${RUN:+-test.run "$RUN"}) \
+  2>&1 | tee "$PODSCOPE_E2E_WORK/log/e2e.log" || rc=$?
+[ -f "$PODSCOPE_E2E_WORK/latency.txt" ] && cat "$PODSCOPE_E2E_WORK/latency.txt"
+echo "e2e: tests took $(( $(date +%s) - t1 ))s, total $(( $(date +%s) - t0 ))s (rc=$rc)"
+if [ "${KEEP:-}" = 1 ]; then
+  echo "e2e: KEEP=1: environment left up; source $PODSCOPE_E2E_WORK/env, stop with hack/e2e-env.sh down"
+fi
+exit $rc

@@ -1,0 +1,290 @@
+// Package e2e is podscope's end-to-end suite: real pods under a real
+// containerd (CRI + NRI), started by hack/e2e-env.sh, driven with crictl.
+// Run it with hack/e2e.sh (`make e2e`), which brings the environment up,
+// exports PODSCOPE_E2E_ENV and the paths below, and tears it all down.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podscope/podscope/pkg/testenv"
+)
+
+// env is the running environment, as hack/e2e-env.sh wrote it to $WORK/env.
+type env struct {
+	work, repo, crictl, bpffsRoot, stateDir, auditLog, busybox, cgroupParent string
+	chained                                                                  bool // podscope is in the default network's chain
+}
+
+func getenv(t testing.TB, k string) string {
+	t.Helper()
+	v := os.Getenv(k)
+	if v == "" {
+		t.Fatalf("%s unset: run the suite through hack/e2e.sh", k)
+	}
+	return v
+}
+
+// mustEnv returns the environment, failing under CI=true when the suite was
+// not started through hack/e2e.sh.
+func mustEnv(t testing.TB) *env {
+	t.Helper()
+	testenv.RequireRoot(t)
+	if os.Getenv("PODSCOPE_E2E_ENV") == "" {
+		if testenv.InCI() {
+			t.Fatal("PODSCOPE_E2E_ENV unset under CI=true: run the suite with hack/e2e.sh (make e2e)")
+		}
+		t.Skip("PODSCOPE_E2E_ENV unset: run hack/e2e.sh (skipped only because CI is unset)")
+	}
+	return &env{
+		work:         getenv(t, "PODSCOPE_E2E_ENV"),
+		repo:         getenv(t, "PODSCOPE_E2E_REPO"),
+		crictl:       getenv(t, "PODSCOPE_E2E_CRICTL"),
+		bpffsRoot:    getenv(t, "PODSCOPE_E2E_BPFFS_ROOT"),
+		stateDir:     getenv(t, "PODSCOPE_E2E_STATE_DIR"),
+		auditLog:     getenv(t, "PODSCOPE_E2E_AUDIT_LOG"),
+		busybox:      getenv(t, "PODSCOPE_E2E_BUSYBOX_IMAGE"),
+		cgroupParent: getenv(t, "PODSCOPE_E2E_CGROUP_PARENT"),
+		chained:      os.Getenv("PODSCOPE_E2E_PODSCOPE_CHAINED") == "1",
+	}
+}
+
+// requirePodscope fails (under CI) or skips (outside CI) a test that needs
+// podscope in the chain and podscope-nri running, when `make build` has not
+// produced them.
+func (e *env) requirePodscope(t testing.TB) {
+	t.Helper()
+	missing := ""
+	switch {
+	case !e.chained:
+		missing = "bin/podscope (the CNI plugin) was not built when the environment came up"
+	case !e.nriRunning():
+		missing = "podscope-nri is not running (bin/podscope-nri missing or it exited; see " + e.work + "/log/podscope-nri.log)"
+	}
+	if missing == "" {
+		return
+	}
+	if testenv.InCI() {
+		t.Fatal(missing)
+	}
+	t.Skip(missing + " (skipped only because CI is unset)")
+}
+
+func (e *env) nriRunning() bool {
+	b, err := os.ReadFile(filepath.Join(e.work, "nri.pid"))
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat("/proc/" + strings.TrimSpace(string(b)))
+	return err == nil
+}
+
+// run runs a command with a deadline and returns its stdout; the error
+// carries stderr.
+func run(ctx context.Context, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w: %s", filepath.Base(name), strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+func (e *env) crictlOut(args ...string) (string, error) {
+	return run(context.Background(), e.crictl, append([]string{"--config", filepath.Join(e.work, "crictl.yaml")}, args...)...)
+}
+
+func (e *env) mustCrictl(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := e.crictlOut(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}
+
+// envScript runs hack/e2e-env.sh on the running environment (restarts).
+func (e *env) envScript(t testing.TB, args ...string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(e.repo, "hack/e2e-env.sh"), args...)
+	cmd.Env = append(os.Environ(), "PODSCOPE_E2E_WORK="+e.work)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("hack/e2e-env.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	t.Logf("hack/e2e-env.sh %s: %s", strings.Join(args, " "), bytes.TrimSpace(out))
+}
+
+// podscopectl runs bin/podscopectl against the environment's bpffs root.
+func (e *env) podscopectl(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := run(context.Background(), filepath.Join(e.repo, "bin/podscopectl"), append([]string{"--bpffs-root", e.bpffsRoot}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// podSpec is what a test asks for; the UID is generated.
+type podSpec struct {
+	Namespace, Name string
+	Annotations     map[string]string
+	Runtime         string // "" = default handler (podscope chained); "runc-bare" = bridge only
+}
+
+type pod struct {
+	e                    *env
+	ID                   string
+	Namespace, Name, UID string
+	IP                   string
+	cfgPath              string
+	runpTook             time.Duration // how long crictl runp took
+	removed              bool
+}
+
+func (e *env) podConfig(t testing.TB, s podSpec, uid string) string {
+	t.Helper()
+	cfg := map[string]any{
+		"metadata":      map[string]any{"name": s.Name, "namespace": s.Namespace, "uid": uid, "attempt": 0},
+		"annotations":   s.Annotations,
+		"labels":        map[string]string{"app": s.Name},
+		"log_directory": filepath.Join(e.work, "podlogs", uid),
+		"linux":         map[string]any{"cgroup_parent": "/" + e.cgroupParent + "/pod" + uid},
+	}
+	return writeJSON(t, "pod-"+s.Namespace+"-"+s.Name+"-"+uid+".json", cfg)
+}
+
+func writeJSON(t testing.TB, name string, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// runPod starts a pod sandbox; it is stopped and removed when the test ends
+// (unless the test removed it already).
+func (e *env) runPod(t testing.TB, s podSpec) *pod {
+	t.Helper()
+	uid := "e2e-" + randHex(6)
+	p := &pod{e: e, Namespace: s.Namespace, Name: s.Name, UID: uid, cfgPath: e.podConfig(t, s, uid)}
+	args := []string{"runp"}
+	if s.Runtime != "" {
+		args = append(args, "--runtime", s.Runtime)
+	}
+	start := time.Now()
+	p.ID = e.mustCrictl(t, append(args, p.cfgPath)...)
+	p.runpTook = time.Since(start)
+	t.Cleanup(func() { p.remove(t) })
+	p.IP = e.podIP(t, p.ID)
+	return p
+}
+
+func (e *env) podIP(t testing.TB, id string) string {
+	t.Helper()
+	var st struct {
+		Status struct {
+			Network struct {
+				IP string `json:"ip"`
+			} `json:"network"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(e.mustCrictl(t, "inspectp", "-o", "json", id)), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Status.Network.IP
+}
+
+// remove stops and removes the pod (CNI DEL twice, as containerd does).
+func (p *pod) remove(t testing.TB) {
+	t.Helper()
+	if p.removed {
+		return
+	}
+	p.removed = true
+	if _, err := p.e.crictlOut("stopp", p.ID); err != nil {
+		t.Errorf("stopping pod %s/%s: %v", p.Namespace, p.Name, err)
+	}
+	if _, err := p.e.crictlOut("rmp", "-f", p.ID); err != nil {
+		t.Errorf("removing pod %s/%s: %v", p.Namespace, p.Name, err)
+	}
+}
+
+// start creates and starts a busybox container running cmd in the pod and
+// returns its ID.
+func (p *pod) start(t testing.TB, name string, cmd ...string) string {
+	t.Helper()
+	id := p.create(t, name, cmd...)
+	p.e.mustCrictl(t, "start", id)
+	return id
+}
+
+func (p *pod) create(t testing.TB, name string, cmd ...string) string {
+	t.Helper()
+	c := map[string]any{
+		"metadata": map[string]any{"name": name},
+		"image":    map[string]any{"image": p.e.busybox},
+		"command":  cmd,
+		"log_path": name + ".log",
+	}
+	cfg := writeJSON(t, "ctr-"+p.Name+"-"+name+".json", c)
+	return p.e.mustCrictl(t, "create", "--no-pull", p.ID, cfg, p.cfgPath)
+}
+
+// exec runs a command in a container and returns its stdout.
+func (e *env) exec(ctrID string, cmd ...string) (string, error) {
+	return e.crictlOut(append([]string{"exec", "-s", "--timeout", "60", ctrID}, cmd...)...)
+}
+
+func (e *env) mustExec(t testing.TB, ctrID string, cmd ...string) string {
+	t.Helper()
+	out, err := e.exec(ctrID, cmd...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// eventually polls f until it returns nil or the deadline passes.
+func eventually(t testing.TB, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still failing after %s: %v", what, d, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}

@@ -1,0 +1,80 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestPodsTalk is the harness's own proof: two pods on the bridge-only
+// network (no podscope in their chain) start, get addresses and exchange
+// HTTP and TCP. Everything else builds on this working.
+func TestPodsTalk(t *testing.T) {
+	e := mustEnv(t)
+	srv := e.runPod(t, podSpec{Namespace: "e2e-talk", Name: "web", Runtime: "runc-bare"})
+	srv.start(t, "httpd", "httpd", "-f", "-p", "80", "-h", "/var/www")
+	srv.start(t, "tcp", "pstraffic", "tcp-serve", "5000")
+	cli := e.runPod(t, podSpec{Namespace: "e2e-talk", Name: "client", Runtime: "runc-bare"})
+	c := cli.start(t, "sleep", "sleep", "3600")
+	if srv.IP == "" || cli.IP == "" || srv.IP == cli.IP {
+		t.Fatalf("pod IPs: server %q client %q", srv.IP, cli.IP)
+	}
+	var body string
+	eventually(t, 10*time.Second, "client wget of the server pod", func() error {
+		var err error
+		body, err = e.exec(c, "timeout", "3", "wget", "-q", "-O", "-", "http://"+srv.IP+"/") // busybox 1.35 wget -T segfaults
+		return err
+	})
+	if !strings.Contains(body, "hello from podscope e2e") {
+		t.Fatalf("wget body = %q", body)
+	}
+	out := e.mustExec(t, c, "pstraffic", "tcp-send", srv.IP+":5000", "100000")
+	if strings.TrimSpace(out) != "ok 100000" {
+		t.Fatalf("tcp-send reply %q, want \"ok 100000\"", out)
+	}
+}
+
+// TestPodStartLatency measures crictl runp+create+start over 20 pods with
+// podscope in the chain (default handler) and without it (runc-bare), and
+// reports the medians. A measurement, not a pass/fail on time.
+func TestPodStartLatency(t *testing.T) {
+	e := mustEnv(t)
+	n := 20
+	if s := os.Getenv("PODSCOPE_E2E_LATENCY_PODS"); s != "" {
+		fmt.Sscan(s, &n)
+	}
+	measure := func(runtime, label string) time.Duration {
+		var ds []time.Duration
+		var started []*pod
+		for i := 0; i < n; i++ {
+			p := e.runPod(t, podSpec{Namespace: "e2e-latency", Name: fmt.Sprintf("%s-%d", label, i), Runtime: runtime})
+			start := time.Now()
+			p.start(t, "sleep", "sleep", "3600")
+			ds = append(ds, p.runpTook+time.Since(start))
+			started = append(started, p)
+		}
+		// Remove them before the next batch: 2n pods at once is more than
+		// this small machine needs to carry.
+		for _, p := range started {
+			p.remove(t)
+		}
+		slices.Sort(ds)
+		return ds[len(ds)/2]
+	}
+	bare := measure("runc-bare", "bare")
+	with := measure("", "podscope")
+	label := "with podscope"
+	if !e.chained {
+		label = "default handler WITHOUT podscope (bin/podscope not built)"
+	}
+	msg := fmt.Sprintf("pod start latency (crictl runp+create+start, p50 over %d pods): bridge only %v, %s %v",
+		n, bare.Round(time.Millisecond), label, with.Round(time.Millisecond))
+	t.Log(msg)
+	if err := os.WriteFile(filepath.Join(e.work, "latency.txt"), []byte(msg+"\n"), 0o644); err != nil {
+		t.Error(err)
+	}
+}
