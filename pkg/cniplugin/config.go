@@ -1,0 +1,186 @@
+// Package cniplugin is the logic of the podscope chained CNI plugin: config
+// parsing, ADD/DEL/CHECK/GC/STATUS, the state-dir lock, the accounting log
+// and the reaper of pods whose veth or netns is gone.
+package cniplugin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/policy"
+)
+
+// DefaultStateDir holds the lock and accounting.jsonl when stateDir is unset.
+const DefaultStateDir = "/var/lib/podscope"
+
+// AttachModeEnv forces the attach mode ("tcx" or "tc") over the config's, so
+// tests and operators can exercise the clsact fallback on a TCX kernel.
+const AttachModeEnv = "PODSCOPE_ATTACH_MODE"
+
+// Pod annotations that replace the network's policy for one direction.
+const (
+	AnnotationEgress  = "podscope.io/egress"
+	AnnotationIngress = "podscope.io/ingress"
+)
+
+// annotationsCapability is the runtimeConfig key containerd fills with the
+// pod's annotations when the plugin declares the capability.
+const annotationsCapability = "io.kubernetes.cri.pod-annotations"
+
+// knownFields are the top-level keys a podscope entry may carry: the CNI
+// spec's own (including what libcni and runtimes inject) plus podscope's.
+// Anything else is a typo that would silently drop policy, so it is refused.
+var knownFields = map[string]bool{
+	// CNI spec / libcni
+	"cniVersion": true, "name": true, "type": true, "capabilities": true,
+	"ipam": true, "dns": true, "prevResult": true, "runtimeConfig": true,
+	"args": true, "cni.dev/valid-attachments": true, "cni.dev/attachments": true,
+	// podscope
+	"bpffsRoot": true, "stateDir": true, "policy": true, "attachMode": true,
+}
+
+// Config is a parsed, validated podscope conflist entry.
+type Config struct {
+	types.NetConf
+
+	BPFFSRoot  string          `json:"bpffsRoot,omitempty"`
+	StateDir   string          `json:"stateDir,omitempty"`
+	RawPolicy  json.RawMessage `json:"policy,omitempty"`
+	AttachMode string          `json:"attachMode,omitempty"`
+
+	RuntimeConfig struct {
+		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+
+	// Derived.
+	Root       pins.Root       `json:"-"`
+	Mode       datapath.Mode   `json:"-"`
+	Policy     policy.Policy   `json:"-"` // network default with annotations applied
+	PrevResult *current.Result `json:"-"`
+}
+
+func invalid(msg string, details string) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, msg, details)
+}
+
+// parseBase decodes the config without validating policy or annotations:
+// enough for DEL and GC, which must clean up even after the operator broke
+// the policy in the conflist.
+func parseBase(stdin []byte) (*Config, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(stdin, &top); err != nil {
+		return nil, invalid("podscope: config is not a JSON object", err.Error())
+	}
+	var unknown []string
+	for k := range top {
+		if !knownFields[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, attachMode)", unknown[0]),
+			"unknown fields: "+strings.Join(unknown, ", "))
+	}
+	c := &Config{}
+	if err := json.Unmarshal(stdin, c); err != nil {
+		return nil, invalid("podscope: decoding config: "+fieldOf(err), err.Error())
+	}
+	c.Root = pins.New(c.BPFFSRoot)
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	mode := c.AttachMode
+	field := "attachMode"
+	if env := os.Getenv(AttachModeEnv); env != "" {
+		mode, field = env, "environment "+AttachModeEnv
+	}
+	switch mode {
+	case "", "auto":
+		c.Mode = ""
+	case "tcx", "tc":
+		c.Mode = datapath.Mode(mode)
+	default:
+		return nil, invalid(fmt.Sprintf("podscope: %s: %q is not an attach mode (tcx, tc, or empty for auto)", field, mode), "")
+	}
+	return c, nil
+}
+
+// fieldOf names the field of a json decoding error when the decoder knows it.
+func fieldOf(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return fmt.Sprintf("field %q: expected %s, got JSON %s", te.Field, te.Type, te.Value)
+	}
+	return err.Error()
+}
+
+// ParseConfig decodes and validates a podscope entry: unknown fields, the
+// network policy, the pod's policy annotations and the prevResult. Every
+// failure is a *types.Error with code 7 whose message names the field.
+func ParseConfig(stdin []byte) (*Config, error) {
+	c, err := parseBase(stdin)
+	if err != nil {
+		return nil, err
+	}
+	c.Policy = policy.Policy{Egress: policy.AllowAll(), Ingress: policy.AllowAll()}
+	if len(c.RawPolicy) > 0 && !bytes.Equal(bytes.TrimSpace(c.RawPolicy), []byte("null")) {
+		var dirs map[string]json.RawMessage
+		if err := json.Unmarshal(c.RawPolicy, &dirs); err != nil {
+			return nil, invalid("podscope: policy: not a JSON object with \"egress\" and/or \"ingress\"", err.Error())
+		}
+		for k, raw := range dirs {
+			var dst *policy.Spec
+			switch k {
+			case "egress":
+				dst = &c.Policy.Egress
+			case "ingress":
+				dst = &c.Policy.Ingress
+			default:
+				return nil, invalid(fmt.Sprintf("podscope: policy: unknown field %q (known: egress, ingress)", k), "")
+			}
+			s, err := policy.ParseSpec(raw, "policy."+k)
+			if err != nil {
+				return nil, invalid("podscope: "+err.Error(), "")
+			}
+			*dst = s
+		}
+	}
+	ann := c.RuntimeConfig.PodAnnotations
+	for _, a := range []struct {
+		key string
+		dst *policy.Spec
+	}{{AnnotationEgress, &c.Policy.Egress}, {AnnotationIngress, &c.Policy.Ingress}} {
+		v, ok := ann[a.key]
+		if !ok {
+			continue
+		}
+		s, err := policy.ParseSpec([]byte(v), "annotation "+a.key)
+		if err != nil {
+			return nil, invalid(fmt.Sprintf("podscope: pod annotation %s: %v", a.key, err), "")
+		}
+		*a.dst = s
+	}
+	if c.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&c.NetConf); err != nil {
+			return nil, invalid("podscope: prevResult: "+err.Error(), "")
+		}
+		res, err := current.NewResultFromResult(c.NetConf.PrevResult)
+		if err != nil {
+			return nil, invalid("podscope: prevResult: converting to the current result version: "+err.Error(), "")
+		}
+		c.PrevResult = res
+	}
+	return c, nil
+}

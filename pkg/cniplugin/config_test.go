@@ -1,0 +1,191 @@
+package cniplugin
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/podscope/podscope/pkg/policy"
+)
+
+const prevResult = `{"cniVersion":"1.0.0","interfaces":[{"name":"pstestbr0"},{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"}],
+ "ips":[{"address":"10.22.0.5/24","gateway":"10.22.0.1","interface":2},{"address":"fd00:22::5/64","interface":2}]}`
+
+// conf builds a podscope entry as libcni hands it over, with extra fields
+// merged in (a nil value deletes the key).
+func conf(t *testing.T, extra map[string]any) []byte {
+	t.Helper()
+	m := map[string]any{
+		"cniVersion": "1.0.0", "name": "pstestnet", "type": "podscope",
+		"bpffsRoot": "/sys/fs/bpf/pstest", "stateDir": t.TempDir(),
+		"capabilities":  map[string]bool{"io.kubernetes.cri.pod-annotations": true},
+		"runtimeConfig": map[string]any{},
+		"prevResult":    json.RawMessage(prevResult),
+	}
+	for k, v := range extra {
+		if v == nil {
+			delete(m, k)
+		} else {
+			m[k] = v
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func raw(s string) json.RawMessage { return json.RawMessage(s) }
+
+func annotations(kv ...string) map[string]any {
+	a := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		a[kv[i]] = kv[i+1]
+	}
+	return map[string]any{"io.kubernetes.cri.pod-annotations": a}
+}
+
+func TestParseConfigValid(t *testing.T) {
+	c, err := ParseConfig(conf(t, map[string]any{
+		"policy": raw(`{"egress":{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80"],"action":"allow"}]}}`),
+		// Fields libcni injects on GC must be accepted too.
+		"cni.dev/valid-attachments": []map[string]string{{"containerID": "a", "ifname": "eth0"}},
+		"args":                      map[string]any{"cni": map[string]string{"x": "y"}},
+		"attachMode":                "tc",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy.Egress.Default != policy.Deny || len(c.Policy.Egress.Rules) != 1 {
+		t.Fatalf("egress policy = %+v", c.Policy.Egress)
+	}
+	if c.Policy.Ingress.Default != policy.Allow || len(c.Policy.Ingress.Rules) != 0 {
+		t.Fatalf("ingress should default to allow-all, got %+v", c.Policy.Ingress)
+	}
+	if c.Mode != "tc" || c.PrevResult == nil || len(c.PrevResult.IPs) != 2 {
+		t.Fatalf("mode %q prevResult %+v", c.Mode, c.PrevResult)
+	}
+	if len(c.ValidAttachments) != 1 {
+		t.Fatalf("valid attachments not parsed: %+v", c.ValidAttachments)
+	}
+}
+
+func TestAnnotationReplacesOneDirection(t *testing.T) {
+	c, err := ParseConfig(conf(t, map[string]any{
+		"policy":        raw(`{"egress":{"default":"allow"},"ingress":{"default":"deny"}}`),
+		"runtimeConfig": annotations(AnnotationEgress, `{"default":"deny","rules":[{"cidr":"10.1.0.0/16","action":"allow"}]}`),
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy.Egress.Default != policy.Deny || len(c.Policy.Egress.Rules) != 1 {
+		t.Fatalf("egress not replaced by the annotation: %+v", c.Policy.Egress)
+	}
+	if c.Policy.Ingress.Default != policy.Deny {
+		t.Fatalf("ingress should keep the network's: %+v", c.Policy.Ingress)
+	}
+}
+
+func TestParseConfigRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		input []byte
+		want  []string // substrings of the message
+	}{
+		{"bad JSON", []byte(`{"type":"podscope",`), []string{"not a JSON object"}},
+		{"unknown field", conf(t, map[string]any{"polcy": raw(`{}`)}), []string{`"polcy"`}},
+		{"unknown policy direction", conf(t, map[string]any{"policy": raw(`{"egres":{"default":"allow"}}`)}), []string{`policy`, `"egres"`}},
+		{"unknown field in spec", conf(t, map[string]any{"policy": raw(`{"egress":{"default":"allow","rule":[]}}`)}), []string{"policy.egress"}},
+		{"invalid CIDR", conf(t, map[string]any{"policy": raw(`{"egress":{"default":"allow","rules":[{"cidr":"10.0.0.300/8","action":"deny"}]}}`)}),
+			[]string{"policy.egress.rules[0]", "cidr"}},
+		{"port out of range", conf(t, map[string]any{"policy": raw(`{"ingress":{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80","70000"],"action":"deny"}]}}`)}),
+			[]string{"policy.ingress.rules[0].ports[1]", "70000"}},
+		{"tie", conf(t, map[string]any{"policy": raw(`{"egress":{"default":"allow","rules":[{"cidr":"10.0.0.0/8","action":"deny"},{"cidr":"10.0.0.0/8","action":"allow"}]}}`)}),
+			[]string{"policy.egress.rules"}},
+		{"bad annotation JSON", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationIngress, `{"default":`)}),
+			[]string{AnnotationIngress}},
+		{"bad annotation rule", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, `{"default":"allow","rules":[{"cidr":"nope","action":"deny"}]}`)}),
+			[]string{AnnotationEgress, "cidr"}},
+		{"bad attachMode", conf(t, map[string]any{"attachMode": "xdp"}), []string{"attachMode", `"xdp"`}},
+		{"wrong type", conf(t, map[string]any{"stateDir": 5}), []string{"stateDir"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig(tc.input)
+			assertInvalid(t, err, tc.want...)
+		})
+	}
+}
+
+func TestAttachModeEnv(t *testing.T) {
+	t.Setenv(AttachModeEnv, "tc")
+	c, err := ParseConfig(conf(t, map[string]any{"attachMode": "tcx"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != "tc" {
+		t.Fatalf("env did not force the mode: %q", c.Mode)
+	}
+	t.Setenv(AttachModeEnv, "bogus")
+	_, err = ParseConfig(conf(t, nil))
+	assertInvalid(t, err, AttachModeEnv)
+}
+
+// Bad inputs are refused before anything is touched: the bpffs root named in
+// the config need not even exist.
+func TestAddRejectsBeforeAttaching(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		input []byte
+		want  string
+	}{
+		{"missing prevResult", conf(t, map[string]any{"prevResult": nil}), "prevResult"},
+		{"bad annotation", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, `[`)}), AnnotationEgress},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Add(&skel.CmdArgs{ContainerID: "c1", Netns: "/proc/self/ns/net", IfName: "eth0", StdinData: tc.input})
+			assertInvalid(t, err, tc.want)
+		})
+	}
+}
+
+func assertInvalid(t *testing.T, err error, want ...string) {
+	t.Helper()
+	var te *types.Error
+	if !errors.As(err, &te) {
+		t.Fatalf("error %v (%T) is not a CNI error", err, err)
+	}
+	if te.Code != types.ErrInvalidNetworkConfig {
+		t.Fatalf("code %d, want 7: %v", te.Code, te)
+	}
+	for _, w := range want {
+		if !strings.Contains(te.Msg, w) {
+			t.Errorf("message %q does not name %q", te.Msg, w)
+		}
+	}
+}
+
+func TestParseArgs(t *testing.T) {
+	a := parseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;junk")
+	if a != (podArgs{Namespace: "ns1", Name: "web-0", UID: "u-1"}) {
+		t.Fatalf("got %+v", a)
+	}
+}
+
+func TestContainerIPs(t *testing.T) {
+	c, err := ParseConfig(conf(t, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips, err := containerIPs(c.PrevResult, "eth0")
+	if err != nil || len(ips) != 2 || ips[0].String() != "10.22.0.5/24" || ips[1].String() != "fd00:22::5/64" {
+		t.Fatalf("ips %v err %v", ips, err)
+	}
+	if _, err := containerIPs(c.PrevResult, "net1"); err == nil || !strings.Contains(err.Error(), "net1") {
+		t.Fatalf("missing interface: %v", err)
+	}
+}

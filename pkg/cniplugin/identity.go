@@ -1,0 +1,77 @@
+package cniplugin
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// podArgs are the Kubernetes identity fields of CNI_ARGS. containerd and
+// CRI-O pass them as `K8S_POD_NAMESPACE=..;K8S_POD_NAME=..;K8S_POD_UID=..`
+// next to others (IgnoreUnknown, K8S_POD_INFRA_CONTAINER_ID) that we ignore.
+type podArgs struct {
+	Namespace, Name, UID string
+}
+
+func parseArgs(s string) podArgs {
+	var a podArgs
+	for _, kv := range strings.Split(s, ";") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "K8S_POD_NAMESPACE":
+			a.Namespace = v
+		case "K8S_POD_NAME":
+			a.Name = v
+		case "K8S_POD_UID":
+			a.UID = v
+		}
+	}
+	return a
+}
+
+// containerIPs returns the IPs the result assigns to the container interface
+// ifname: those whose Interface index points at it, plus those that name no
+// interface (older plugins and 0.4.0 results leave it out).
+func containerIPs(res *current.Result, ifname string) ([]netip.Prefix, error) {
+	idx := -1
+	for i, iface := range res.Interfaces {
+		if iface.Name == ifname && iface.Sandbox != "" {
+			idx = i
+			break
+		}
+	}
+	var out []netip.Prefix
+	for _, ip := range res.IPs {
+		if ip.Interface != nil && idx >= 0 && *ip.Interface != idx {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(ip.Address.IP)
+		if !ok {
+			return nil, fmt.Errorf("prevResult: bad IP %v", ip.Address.IP)
+		}
+		ones, _ := ip.Address.Mask.Size()
+		out = append(out, netip.PrefixFrom(a.Unmap(), ones))
+	}
+	if idx < 0 && len(res.Interfaces) > 0 {
+		return nil, fmt.Errorf("prevResult has no container interface %q (interfaces with a sandbox: %s)", ifname, sandboxIfaces(res))
+	}
+	return out, nil
+}
+
+func sandboxIfaces(res *current.Result) string {
+	var n []string
+	for _, i := range res.Interfaces {
+		if i.Sandbox != "" {
+			n = append(n, i.Name)
+		}
+	}
+	if len(n) == 0 {
+		return "none"
+	}
+	return strings.Join(n, ", ")
+}

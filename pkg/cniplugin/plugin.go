@@ -1,0 +1,327 @@
+package cniplugin
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
+)
+
+// AddReapBudget bounds the reaper run that every ADD does: ADD latency is
+// pod start latency.
+const AddReapBudget = 100 * time.Millisecond
+
+// Funcs are the plugin's handlers for skel.PluginMainFuncs.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: Add, Del: Del, Check: Check, GC: GC, Status: Status}
+}
+
+// Add attaches podscope to the pod's host veth and passes prevResult on.
+func Add(args *skel.CmdArgs) error {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.PrevResult == nil {
+		return invalid("podscope: no prevResult: podscope is a chained plugin and must follow the plugin that creates the pod's interface (e.g. bridge) in a conflist", "")
+	}
+	if args.Netns == "" {
+		return types.NewError(types.ErrInvalidNetNS, "podscope: ADD without a netns (CNI_NETNS is empty)", "")
+	}
+	ips, err := containerIPs(conf.PrevResult, args.IfName)
+	if err != nil {
+		return invalid("podscope: "+err.Error(), "")
+	}
+	hostIndex, hostName, err := hostVeth(args.Netns, args.IfName)
+	if err != nil {
+		return fmt.Errorf("podscope: finding the pod's host veth: %w", err)
+	}
+	id := parseArgs(args.Args)
+
+	lock, err := lockStateDir(conf.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+
+	reg, err := pods.OpenRegistry(conf.Root)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
+	}
+	defer reg.Close()
+	dp, err := datapath.Open(conf.Root)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "podscope: loading the datapath: "+err.Error(), "")
+	}
+	defer dp.Close()
+
+	// Pods whose veth vanished without a DEL (containerd never calls GC).
+	// Best effort: a failure here must not fail this pod's ADD.
+	_, _ = reapLocked(conf.Root, conf.StateDir, reg, dp, AddReapBudget)
+
+	existing, found, err := reg.ByAttachment(args.ContainerID, args.IfName)
+	if err != nil {
+		return err
+	}
+	pod := pods.Pod{
+		Namespace: id.Namespace, Name: id.Name, UID: id.UID,
+		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
+		HostInterface: hostName, HostIfindex: hostIndex, IPs: ips,
+		AttachedAt: time.Now().UTC(), Mode: conf.Mode,
+	}
+	if found {
+		// ADD repeated for the same attachment: same PodID, counters kept.
+		pod.ID = existing.ID
+		pod.AttachedAt = existing.AttachedAt
+	} else if pod.ID, err = reg.Allocate(); err != nil {
+		return types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
+	}
+	if err := attach(reg, dp, pod, conf); err != nil {
+		return err
+	}
+	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+}
+
+// attach registers the pod, writes its policy and attaches, all or nothing:
+// on any failure the steps done so far are undone in reverse.
+func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, conf *Config) (err error) {
+	var undo []func() error
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				err = fmt.Errorf("%w (undo failed too: %v)", err, uerr)
+			}
+		}
+	}()
+	if err := reg.Put(pod); err != nil {
+		return invalid("podscope: "+err.Error(), "")
+	}
+	undo = append(undo, func() error { return reg.Delete(pod.ID) })
+	undo = append(undo, func() error { return dp.RemovePod(pod.ID) })
+	if err := dp.SetPolicy(pod.ID, conf.Policy); err != nil {
+		return fmt.Errorf("podscope: writing policy of pod %s: %w", pod.Ref(), err)
+	}
+	undo = append(undo, func() error { return dp.Detach(pod.ID) })
+	mode, err := dp.Attach(pod.ID, pod.HostIfindex, conf.Mode)
+	if err != nil {
+		return fmt.Errorf("podscope: attaching to %s (ifindex %d) of pod %s: %w", pod.HostInterface, pod.HostIfindex, pod.Ref(), err)
+	}
+	pod.Mode = mode
+	if err := reg.Put(pod); err != nil {
+		return fmt.Errorf("podscope: recording pod %s: %w", pod.Ref(), err)
+	}
+	return nil
+}
+
+// Del logs the pod's final counters and removes everything podscope holds
+// for it. containerd calls it twice (the second time with no netns and no
+// prevResult): the pod is found by container ID, and the second call finds
+// nothing and succeeds.
+func Del(args *skel.CmdArgs) error {
+	conf, err := parseBase(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if pins.CheckBPFFS(conf.Root.Path) != nil {
+		return nil // nothing can be attached without bpffs
+	}
+	if _, err := os.Stat(pods.Path(conf.Root)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	lock, err := lockStateDir(conf.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	reg, err := pods.OpenPinnedRegistry(conf.Root)
+	if errors.Is(err, pods.ErrNoRegistry) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	pod, found, err := reg.ByAttachment(args.ContainerID, args.IfName)
+	if err != nil || !found {
+		return err
+	}
+	dp, dperr := datapath.OpenPinned(conf.Root)
+	if dp != nil {
+		defer dp.Close()
+	}
+	return teardown(conf.StateDir, reg, dp, dperr, pod, "del")
+}
+
+// teardown writes the accounting line first, then detaches and removes the
+// pod's entries. dp may be nil (its pins are gone): the identity is still
+// logged and the registry entry dropped.
+func teardown(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error, pod pods.Pod, reason string) error {
+	var c datapath.Counters
+	cerr := dperr
+	if dp != nil {
+		c, cerr = dp.Counters(pod.ID)
+	}
+	if err := appendRecord(stateDir, newRecord(pod, reason, c, cerr)); err != nil {
+		// Keep the pod: removing it now would lose its counters for good.
+		return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+	}
+	var errs []error
+	if dp != nil {
+		if err := dp.Detach(pod.ID); err != nil {
+			errs = append(errs, fmt.Errorf("detaching pod %s: %w", pod.Ref(), err))
+		}
+		if err := dp.RemovePod(pod.ID); err != nil {
+			errs = append(errs, fmt.Errorf("removing map entries of pod %s: %w", pod.Ref(), err))
+		}
+	}
+	if err := reg.Delete(pod.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("podscope: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Check verifies the pod is registered, attached on both hooks and enforcing
+// the policy the config and annotations ask for.
+func Check(args *skel.CmdArgs) error {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	reg, err := pods.OpenPinnedRegistry(conf.Root)
+	if err != nil {
+		return fmt.Errorf("podscope: pod %s not registered: %w", args.ContainerID, err)
+	}
+	defer reg.Close()
+	pod, found, err := reg.ByAttachment(args.ContainerID, args.IfName)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("podscope: container %s interface %s is not registered under %s", args.ContainerID, args.IfName, conf.Root.Path)
+	}
+	if !linkAlive(pod.HostIfindex, pod.HostInterface) {
+		return fmt.Errorf("podscope: host veth %s (ifindex %d) of pod %s is gone", pod.HostInterface, pod.HostIfindex, pod.Ref())
+	}
+	dp, err := datapath.OpenPinned(conf.Root)
+	if err != nil {
+		return fmt.Errorf("podscope: datapath pins under %s: %w", conf.Root.Path, err)
+	}
+	defer dp.Close()
+	if err := dp.Check(pod.ID, pod.HostIfindex); err != nil {
+		return fmt.Errorf("podscope: pod %s: %w", pod.Ref(), err)
+	}
+	if err := dp.CheckPolicy(pod.ID, conf.Policy); err != nil {
+		return fmt.Errorf("podscope: pod %s: policy differs from the config: %w", pod.Ref(), err)
+	}
+	return nil
+}
+
+// GC removes every attachment that is not in cni.dev/valid-attachments,
+// logging its counters first, and detaches orphans the registry lost.
+func GC(args *skel.CmdArgs) error {
+	conf, err := parseBase(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if pins.CheckBPFFS(conf.Root.Path) != nil {
+		return nil
+	}
+	valid := map[types.GCAttachment]bool{}
+	for _, a := range conf.ValidAttachments {
+		valid[a] = true
+	}
+	lock, err := lockStateDir(conf.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	reg, err := pods.OpenPinnedRegistry(conf.Root)
+	if errors.Is(err, pods.ErrNoRegistry) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	dp, dperr := datapath.OpenPinned(conf.Root)
+	if dp != nil {
+		defer dp.Close()
+	}
+	all, err := reg.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	known := map[datapath.PodID]bool{}
+	for _, p := range all {
+		if valid[types.GCAttachment{ContainerID: p.ContainerID, IfName: p.Interface}] {
+			known[p.ID] = true
+			continue
+		}
+		if err := teardown(conf.StateDir, reg, dp, dperr, p, "gc"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if dp != nil {
+		atts, err := dp.Attachments()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, a := range atts {
+			if known[a.Pod] {
+				continue
+			}
+			// Attached, but no registry entry: no identity to log.
+			if err := dp.Detach(a.Pod); err != nil {
+				errs = append(errs, err)
+			}
+			if err := dp.RemovePod(a.Pod); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Status is called by containerd on every CRI status poll; failing it marks
+// the node NetworkNotReady. It fails only when podscope cannot attach.
+func Status(args *skel.CmdArgs) error {
+	conf, err := parseBase(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if err := pins.CheckBPFFS(conf.Root.Path); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "podscope: bpffs not mounted: "+err.Error(), "")
+	}
+	dp, err := datapath.OpenPinned(conf.Root)
+	if err != nil {
+		// Nothing pinned yet (first pod on the node): load once now, which
+		// also proves the kernel accepts the programs and saves the first
+		// ADD the verifier time.
+		lock, lerr := lockStateDir(conf.StateDir)
+		if lerr != nil {
+			return types.NewError(types.ErrPluginNotAvailable, "podscope: "+lerr.Error(), "")
+		}
+		defer lock.Unlock()
+		dp, err = datapath.Open(conf.Root)
+		if err != nil {
+			return types.NewError(types.ErrPluginNotAvailable,
+				"podscope: TC programs cannot be loaded: "+strings.TrimPrefix(err.Error(), "podscope: "), "")
+		}
+	}
+	return dp.Close()
+}

@@ -1,0 +1,205 @@
+package ctl
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/policy"
+)
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "no command"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"pods", "-o", "yaml"}, "-o table or -o json"},
+		{[]string{"flows"}, "--pod NS/NAME"},
+		{[]string{"policy", "list"}, "policy show NS/NAME"},
+		{[]string{"policy", "show"}, "needs 1 argument"},
+		{[]string{"pods", "extra"}, `unexpected argument "extra"`},
+	} {
+		var out, errb bytes.Buffer
+		if code := Main(tc.args, &out, &errb); code != 1 {
+			t.Errorf("%v: exit %d, want 1", tc.args, code)
+		}
+		if !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("%v: stderr %q does not say %q", tc.args, errb.String(), tc.want)
+		}
+	}
+}
+
+func TestFlagsAfterPositional(t *testing.T) {
+	var c common
+	fs := newFS(&c)
+	if err := parse(fs, &c, []string{"default/web", "-o", "json", "--bpffs-root", "/x"}, 1); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Arg(0) != "default/web" || c.output != "json" || c.root != "/x" {
+		t.Fatalf("arg %q output %q root %q", fs.Arg(0), c.output, c.root)
+	}
+}
+
+func TestPodsTable(t *testing.T) {
+	rows := []PodRow{{
+		Pod: pods.Pod{ID: 1, Namespace: "default", Name: "web-0", Interface: "eth0", HostInterface: "veth1234",
+			IPs: []netip.Prefix{netip.MustParsePrefix("10.1.0.5/24"), netip.MustParsePrefix("fd00:1::5/64")}, Mode: "tcx"},
+		Counters: datapath.Counters{RxBytes: 1500, RxPackets: 3, TxBytes: 700, TxPackets: 2, DropsEgress: 4, DropsIngress: 5},
+	}, {
+		Pod:           pods.Pod{ID: 2, ContainerID: "abcdef", Interface: "eth0", Mode: "tc"},
+		CountersError: "pins gone",
+	}}
+	var b bytes.Buffer
+	if err := printPods(&b, rows); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("table:\n%s", b.String())
+	}
+	for _, want := range []string{"default/web-0", "10.1.0.5,fd00:1::5", "tcx", "1500", "700", "4/5"} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("row %q lacks %q", lines[1], want)
+		}
+	}
+	if !strings.Contains(lines[2], "abcdef") || !strings.Contains(lines[2], "?") {
+		t.Errorf("pod without k8s name / counters: %q", lines[2])
+	}
+	var js bytes.Buffer
+	if err := emit(&js, "json", rows, nil); err != nil {
+		t.Fatal(err)
+	}
+	var back []map[string]any
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if back[0]["name"] != "web-0" || back[0]["counters"].(map[string]any)["rxBytes"] != 1500.0 {
+		t.Fatalf("json: %s", js.String())
+	}
+}
+
+func TestPolicyView(t *testing.T) {
+	es := []policy.Entry{{
+		Direction: policy.Egress, Prefix: netip.MustParsePrefix("10.0.0.0/8"), Default: policy.Deny,
+		Rules: []policy.CompiledRule{{Protocol: 6, HasPorts: true, Ports: policy.PortRange{From: 80, To: 80}, Action: policy.Allow,
+			From: netip.MustParsePrefix("10.0.0.0/8")}},
+	}, {Direction: policy.Ingress, Prefix: netip.MustParsePrefix("::/0"), Default: policy.Allow}}
+	pp := &PodPolicy{Pod: "default/web-0", Entries: convertEntries(es)}
+	var b bytes.Buffer
+	if err := printPolicy(&b, pp); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"egress", "10.0.0.0/8", "tcp 80 -> allow [10.0.0.0/8]", "deny", "ingress", "::/0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("policy table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestFlowsTable(t *testing.T) {
+	now := time.Now()
+	f := &Flows{Pod: "default/a", Flows: []datapath.Flow{{
+		Proto: "tcp", Local: netip.MustParseAddrPort("10.1.0.5:43210"), Remote: netip.MustParseAddrPort("[fd00::1]:80"),
+		TxBytes: 10, TxPackets: 1, RxBytes: 20, RxPackets: 2, LastSeen: now.Add(-3 * time.Second),
+		Verdict: policy.Deny, Initiator: policy.Egress,
+	}}}
+	var b bytes.Buffer
+	if err := printFlows(&b, f); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"tcp", "10.1.0.5:43210", "[fd00::1]:80", "egress", "deny", "3s ago"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("flows table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+const auditFixture = `{"time":"2026-01-02T03:04:05Z","namespace":"default","pod":"web-0","podUID":"u1","container":"nginx","containerID":"c1","cgroupID":77,"pid":12,"comm":"sh","uid":0,"op":"open_write","path":"/etc/passwd","flags":577,"denied":false}
+{"time":"2026-01-02T03:04:06Z","namespace":"kube-system","pod":"dns","podUID":"u2","container":"coredns","containerID":"c2","cgroupID":78,"pid":13,"comm":"touch","uid":1000,"op":"create","path":"/tmp/x","flags":0,"denied":true,"count":3}
+`
+
+func TestAuditFilterAndFormat(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := os.WriteFile(p, []byte(auditFixture+`{"time":"2026-01-02T03:04:07Z","namespace":"default","pod":"web-0","op":"unlink","path":"/var/x"`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := runAudit(&b, auditOpts{path: p, pod: "kube-system/dns"}); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if !strings.Contains(out, "kube-system/dns") || !strings.Contains(out, "/tmp/x") || strings.Contains(out, "/etc/passwd") {
+		t.Fatalf("filtered table:\n%s", out)
+	}
+	if !strings.Contains(out, "yes") || !strings.Contains(out, "3") {
+		t.Fatalf("denied/count missing:\n%s", out)
+	}
+	// The unterminated last line is a write in progress, not an error.
+	b.Reset()
+	if err := runAudit(&b, auditOpts{path: p, json: true}); err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(&b)
+	n := 0
+	for dec.More() {
+		var e AuditEvent
+		if err := dec.Decode(&e); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n != 2 {
+		t.Fatalf("%d events, want 2", n)
+	}
+}
+
+func TestAuditFollowSeesAppendedLines(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "audit.jsonl")
+	lines := strings.SplitAfter(auditFixture, "\n")
+	if err := os.WriteFile(p, []byte(lines[0]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var b safeBuffer
+	done := make(chan error)
+	go func() {
+		done <- runAudit(&b, auditOpts{path: p, follow: true, json: true, poll: 10 * time.Millisecond, stop: stop})
+	}()
+	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Written in two pieces: follow must not parse half a line.
+	f.WriteString(lines[1][:40])
+	time.Sleep(50 * time.Millisecond)
+	f.WriteString(lines[1][40:])
+	f.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(b.String(), "coredns") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "coredns") || !strings.Contains(b.String(), "nginx") {
+		t.Fatalf("follow output:\n%s", b.String())
+	}
+}
+
+func TestAuditMissingLogSaysWhatToDo(t *testing.T) {
+	err := runAudit(&bytes.Buffer{}, auditOpts{path: "/nonexistent/audit.jsonl"})
+	if err == nil || !strings.Contains(err.Error(), "--log") {
+		t.Fatalf("err = %v", err)
+	}
+}

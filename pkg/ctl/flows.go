@@ -1,0 +1,65 @@
+package ctl
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
+)
+
+// Flows is the answer of `podscopectl flows`.
+type Flows struct {
+	Pod   string          `json:"pod"`
+	Flows []datapath.Flow `json:"flows"`
+}
+
+func gatherFlows(root pins.Root, ref string) (*Flows, error) {
+	p, err := findPod(root, ref)
+	if err != nil {
+		return nil, err
+	}
+	dp, err := datapath.OpenPinned(root)
+	if err != nil {
+		return nil, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
+	}
+	defer dp.Close()
+	fl, err := dp.Flows(p.ID)
+	if err != nil {
+		return nil, err
+	}
+	if fl == nil {
+		fl = []datapath.Flow{}
+	}
+	sort.SliceStable(fl, func(i, j int) bool { return fl[i].LastSeen.After(fl[j].LastSeen) })
+	return &Flows{Pod: p.Ref(), Flows: fl}, nil
+}
+
+func printFlows(w io.Writer, f *Flows) error {
+	if len(f.Flows) == 0 {
+		_, err := fmt.Fprintf(w, "no flows recorded for pod %s\n", f.Pod)
+		return err
+	}
+	now := time.Now()
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tINITIATOR\tVERDICT\tTX BYTES\tTX PKTS\tRX BYTES\tRX PKTS\tLAST SEEN")
+	for _, fl := range f.Flows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", fl.Proto, fl.Local, fl.Remote,
+			fl.Initiator, fl.Verdict, fl.TxBytes, fl.TxPackets, fl.RxBytes, fl.RxPackets, ago(now, fl.LastSeen))
+	}
+	return tw.Flush()
+}
+
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t).Round(time.Second)
+	if d < 0 {
+		d = 0
+	}
+	return d.String() + " ago"
+}

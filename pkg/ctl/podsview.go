@@ -1,0 +1,100 @@
+package ctl
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
+)
+
+// PodRow is one line of `podscopectl pods`.
+type PodRow struct {
+	pods.Pod
+	Counters      datapath.Counters `json:"counters"`
+	CountersError string            `json:"countersError,omitempty"`
+}
+
+func openRegistry(root pins.Root) (*pods.Registry, error) {
+	reg, err := pods.OpenPinnedRegistry(root)
+	if errors.Is(err, pods.ErrNoRegistry) {
+		return nil, fmt.Errorf("no pods attached under %s (%w): is podscope chained in the node's CNI conflist, or is --bpffs-root wrong?", root.Path, err)
+	}
+	return reg, err
+}
+
+func gatherPods(root pins.Root) ([]PodRow, error) {
+	reg, err := pods.OpenPinnedRegistry(root)
+	if errors.Is(err, pods.ErrNoRegistry) {
+		return []PodRow{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer reg.Close()
+	list, err := reg.List()
+	if err != nil {
+		return nil, err
+	}
+	dp, dperr := datapath.OpenPinned(root)
+	if dp != nil {
+		defer dp.Close()
+	}
+	rows := make([]PodRow, 0, len(list))
+	for _, p := range list {
+		r := PodRow{Pod: p}
+		if dp == nil {
+			r.CountersError = dperr.Error()
+		} else if r.Counters, err = dp.Counters(p.ID); err != nil {
+			r.CountersError = err.Error()
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+func printPods(w io.Writer, rows []PodRow) error {
+	if len(rows) == 0 {
+		_, err := fmt.Fprintln(w, "no pods attached")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "POD\tINTERFACE\tHOST VETH\tIPS\tMODE\tRX BYTES\tRX PKTS\tTX BYTES\tTX PKTS\tDROPS EG/IN")
+	for _, r := range rows {
+		ips := make([]string, len(r.IPs))
+		for i, ip := range r.IPs {
+			ips[i] = ip.Addr().String()
+		}
+		c := r.Counters
+		counters := fmt.Sprintf("%d\t%d\t%d\t%d\t%d/%d", c.RxBytes, c.RxPackets, c.TxBytes, c.TxPackets, c.DropsEgress, c.DropsIngress)
+		if r.CountersError != "" {
+			counters = "?\t?\t?\t?\t?"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Ref(), r.Interface, r.HostInterface, strings.Join(ips, ","), r.Mode, counters)
+	}
+	return tw.Flush()
+}
+
+// findPod resolves NS/NAME (or a container ID) in the registry.
+func findPod(root pins.Root, ref string) (pods.Pod, error) {
+	if ref == "" {
+		return pods.Pod{}, fmt.Errorf("%w: name the pod as NS/NAME", errUsage)
+	}
+	reg, err := openRegistry(root)
+	if err != nil {
+		return pods.Pod{}, err
+	}
+	defer reg.Close()
+	p, ok, err := reg.ByName(ref)
+	if err != nil {
+		return pods.Pod{}, err
+	}
+	if !ok {
+		return pods.Pod{}, fmt.Errorf("pod %q is not attached under %s: see `podscopectl pods` for the attached ones", ref, root.Path)
+	}
+	return p, nil
+}

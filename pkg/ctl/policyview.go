@@ -1,0 +1,95 @@
+package ctl
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/policy"
+)
+
+// PodPolicy is what the kernel enforces for one pod (read from the pinned
+// policy maps, not from the config that asked for it).
+type PodPolicy struct {
+	Pod     string        `json:"pod"`
+	Entries []PolicyEntry `json:"entries"`
+}
+
+// PolicyEntry is one prefix of one direction with its rules in match order.
+type PolicyEntry struct {
+	Direction string       `json:"direction"`
+	Prefix    string       `json:"prefix"`
+	Rules     []PolicyRule `json:"rules"`
+	Default   string       `json:"default"`
+}
+
+// PolicyRule is one compiled match.
+type PolicyRule struct {
+	Protocol string `json:"protocol,omitempty"`
+	Ports    string `json:"ports,omitempty"`
+	Action   string `json:"action"`
+	From     string `json:"from"`
+}
+
+func gatherPolicy(root pins.Root, ref string) (*PodPolicy, error) {
+	p, err := findPod(root, ref)
+	if err != nil {
+		return nil, err
+	}
+	dp, err := datapath.OpenPinned(root)
+	if err != nil {
+		return nil, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
+	}
+	defer dp.Close()
+	es, err := dp.PolicyEntries(p.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &PodPolicy{Pod: p.Ref(), Entries: convertEntries(es)}, nil
+}
+
+func convertEntries(es []policy.Entry) []PolicyEntry {
+	out := make([]PolicyEntry, 0, len(es))
+	for _, e := range es {
+		pe := PolicyEntry{Direction: e.Direction.String(), Prefix: e.Prefix.String(), Default: e.Default.String(), Rules: []PolicyRule{}}
+		for _, r := range e.Rules {
+			pr := PolicyRule{Action: r.Action.String(), From: r.From.String()}
+			if r.Protocol != 0 {
+				pr.Protocol = policy.ProtocolName(r.Protocol)
+			}
+			if r.HasPorts {
+				pr.Ports = r.Ports.String()
+			}
+			pe.Rules = append(pe.Rules, pr)
+		}
+		out = append(out, pe)
+	}
+	return out
+}
+
+func printPolicy(w io.Writer, pp *PodPolicy) error {
+	fmt.Fprintf(w, "policy of pod %s (as enforced by the kernel; longest prefix first, first matching rule wins)\n", pp.Pod)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DIRECTION\tPREFIX\tRULES (proto port -> action [from])\tDEFAULT")
+	for _, e := range pp.Entries {
+		var rs []string
+		for _, r := range e.Rules {
+			s := r.Protocol
+			if s == "" {
+				s = "any"
+			}
+			if r.Ports != "" {
+				s += " " + r.Ports
+			}
+			rs = append(rs, fmt.Sprintf("%s -> %s [%s]", s, r.Action, r.From))
+		}
+		if len(rs) == 0 {
+			rs = []string{"-"}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Direction, e.Prefix, strings.Join(rs, "; "), e.Default)
+	}
+	return tw.Flush()
+}

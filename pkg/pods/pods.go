@@ -1,0 +1,248 @@
+// Package pods owns the pinned pod identity registry: for every pod podscope
+// attached to, its PodID (the datapath's stable index), Kubernetes identity,
+// container ID, interfaces, IPs, attach time and mode. It lives in a pinned
+// BPF hash map (read by user space only) so that podscopectl and the metrics
+// exporter can name pods from the pins alone, with no podscope process
+// running.
+//
+// Writers (the CNI plugin, its reaper) serialise on the state-dir lock; the
+// registry itself does no locking.
+package pods
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
+)
+
+// Owner is the pins.Root owner directory of the registry.
+const Owner = "pods"
+
+// MapName is the registry map's pin name (and kernel name).
+const MapName = "podscope_pods"
+
+// MaxPods bounds the registry (and so PodIDs). BPF_F_NO_PREALLOC keeps
+// the memory proportional to the pods actually attached.
+const MaxPods = 65535
+
+// Pod is one attached pod. The IPs keep the prefix length of the CNI result.
+type Pod struct {
+	ID            datapath.PodID `json:"id"`
+	Namespace     string         `json:"namespace"`
+	Name          string         `json:"name"`
+	UID           string         `json:"uid"`
+	ContainerID   string         `json:"containerID"`
+	Netns         string         `json:"netns"`
+	Interface     string         `json:"interface"`
+	HostInterface string         `json:"hostInterface"`
+	HostIfindex   int            `json:"hostIfindex"`
+	IPs           []netip.Prefix `json:"ips"`
+	AttachedAt    time.Time      `json:"attachedAt"`
+	Mode          datapath.Mode  `json:"mode"`
+}
+
+// Ref is NS/NAME, or the container ID when the pod has no Kubernetes name.
+func (p Pod) Ref() string {
+	if p.Namespace == "" && p.Name == "" {
+		return p.ContainerID
+	}
+	return p.Namespace + "/" + p.Name
+}
+
+// ErrNoRegistry means nothing has been attached under this bpffs root yet.
+var ErrNoRegistry = errors.New("no pod registry pinned")
+
+// Registry is the pinned pod map.
+type Registry struct {
+	m *ebpf.Map
+}
+
+func spec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:       MapName,
+		Type:       ebpf.Hash,
+		KeySize:    4,
+		ValueSize:  valueSize,
+		MaxEntries: MaxPods,
+		Flags:      unix.BPF_F_NO_PREALLOC,
+		Pinning:    ebpf.PinByName,
+	}
+}
+
+// Path is where the registry is pinned under root.
+func Path(root pins.Root) string { return filepath.Join(root.Dir(Owner), MapName) }
+
+// OpenRegistry opens the pinned registry, creating and pinning it if absent.
+func OpenRegistry(root pins.Root) (*Registry, error) {
+	dir, err := root.Ensure(Owner)
+	if err != nil {
+		return nil, err
+	}
+	m, err := ebpf.NewMapWithOptions(spec(), ebpf.MapOptions{PinPath: dir})
+	if err != nil {
+		return nil, pins.Explain(fmt.Errorf("pod registry %s: %w", Path(root), err), root, MapName)
+	}
+	return &Registry{m: m}, nil
+}
+
+// OpenPinnedRegistry opens an existing registry and never creates one; it
+// returns an error wrapping ErrNoRegistry when none is pinned.
+func OpenPinnedRegistry(root pins.Root) (*Registry, error) {
+	p := Path(root)
+	m, err := ebpf.LoadPinnedMap(p, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w at %s", ErrNoRegistry, p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening pod registry %s: %w", p, err)
+	}
+	if m.ValueSize() != valueSize || m.KeySize() != 4 {
+		m.Close()
+		return nil, pins.Explain(fmt.Errorf("pod registry %s: key/value size %d/%d: %w",
+			p, m.KeySize(), m.ValueSize(), ebpf.ErrMapIncompatible), root, MapName)
+	}
+	return &Registry{m: m}, nil
+}
+
+// Close drops the file descriptor; the pin stays.
+func (r *Registry) Close() error { return r.m.Close() }
+
+// Put stores (or replaces) the pod under p.ID.
+func (r *Registry) Put(p Pod) error {
+	if p.ID == 0 {
+		return errors.New("pod registry: PodID 0 is invalid")
+	}
+	v, err := encode(p)
+	if err != nil {
+		return err
+	}
+	if err := r.m.Put(uint32(p.ID), v); err != nil {
+		return fmt.Errorf("pod registry: storing pod %d: %w", p.ID, err)
+	}
+	return nil
+}
+
+// Get returns the pod with id.
+func (r *Registry) Get(id datapath.PodID) (Pod, bool, error) {
+	var v []byte
+	err := r.m.Lookup(uint32(id), &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Pod{}, false, nil
+	}
+	if err != nil {
+		return Pod{}, false, fmt.Errorf("pod registry: looking up pod %d: %w", id, err)
+	}
+	p, err := decode(id, v)
+	return p, err == nil, err
+}
+
+// Delete removes the pod with id; a missing entry is not an error.
+func (r *Registry) Delete(id datapath.PodID) error {
+	err := r.m.Delete(uint32(id))
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("pod registry: deleting pod %d: %w", id, err)
+	}
+	return nil
+}
+
+// List returns every registered pod ordered by PodID.
+func (r *Registry) List() ([]Pod, error) {
+	var (
+		k   uint32
+		v   []byte
+		out []Pod
+	)
+	it := r.m.Iterate()
+	for it.Next(&k, &v) {
+		p, err := decode(datapath.PodID(k), v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("pod registry: iterating: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// ByContainerID returns the first pod (lowest PodID) of a container ID.
+func (r *Registry) ByContainerID(id string) (Pod, bool, error) {
+	return r.ByAttachment(id, "")
+}
+
+// ByAttachment finds the pod of a (container ID, interface) pair; an empty
+// ifname matches any interface.
+func (r *Registry) ByAttachment(containerID, ifname string) (Pod, bool, error) {
+	all, err := r.List()
+	if err != nil {
+		return Pod{}, false, err
+	}
+	for _, p := range all {
+		if p.ContainerID == containerID && (ifname == "" || p.Interface == ifname) {
+			return p, true, nil
+		}
+	}
+	return Pod{}, false, nil
+}
+
+// ByName finds a pod by NS/NAME (or by container ID, as Ref prints it).
+func (r *Registry) ByName(ref string) (Pod, bool, error) {
+	all, err := r.List()
+	if err != nil {
+		return Pod{}, false, err
+	}
+	for _, p := range all {
+		if p.Ref() == ref || p.ContainerID == ref {
+			return p, true, nil
+		}
+	}
+	return Pod{}, false, nil
+}
+
+// Allocate returns the lowest PodID not in use. The caller must hold the
+// state-dir lock until it has Put the pod, or two ADDs get the same ID.
+func (r *Registry) Allocate() (datapath.PodID, error) {
+	used := map[uint32]bool{}
+	var (
+		k uint32
+		v []byte
+	)
+	it := r.m.Iterate()
+	for it.Next(&k, &v) {
+		used[k] = true
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("pod registry: iterating: %w", err)
+	}
+	for id := uint32(1); id <= MaxPods; id++ {
+		if !used[id] {
+			return datapath.PodID(id), nil
+		}
+	}
+	return 0, fmt.Errorf("pod registry full: %d pods attached", MaxPods)
+}
+
+// Remove unpins the registry (podscopectl cleanup).
+func Remove(root pins.Root) error {
+	err := os.Remove(Path(root))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	dir := root.Dir(Owner)
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}

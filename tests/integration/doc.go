@@ -1,0 +1,10 @@
+// Package integration holds podscope's privileged CNI tests: the real
+// bridge + host-local reference plugins and the podscope plugin binary run
+// through libcni with a real conflist, inside a throw-away "node" netns so
+// the bridge, the host veths and ip_forward change there, never on the host.
+//
+// Run as root: go test ./tests/integration/
+// The reference plugins are built once into $PODSCOPE_CACHE (default
+// /var/cache/podscope/cni-bin). PODSCOPE_MEASURE=1 also runs the latency and
+// throughput measurements (see measure_test.go).
+package integration
