@@ -1,0 +1,189 @@
+// Package metrics is podscope-nri's Prometheus exposition. Network counters
+// and audit losses are read from the pinned maps at scrape time through
+// sources — nothing is copied or cached in between, so a scrape always shows
+// what the kernel counted, whichever process loaded the programs. Names
+// follow cAdvisor's container_network_* so existing dashboards fit.
+package metrics
+
+import (
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// PodNetwork is one attached pod interface's counters, pod's view:
+// receive = into the pod.
+type PodNetwork struct {
+	Namespace, Pod, PodUID, Interface string
+
+	RxBytes, RxPackets, TxBytes, TxPackets uint64
+	DropsEgress, DropsIngress              uint64 // packets dropped by policy
+}
+
+// NetworkSource reads the counters of every attached pod. It is called at
+// every scrape; "nothing attached yet" is an empty list, not an error.
+type NetworkSource interface {
+	PodNetwork() ([]PodNetwork, error)
+}
+
+// Container names an audited container in metric labels.
+type Container struct {
+	Namespace, Pod, PodUID, Container string
+}
+
+// WriteKey is a file-write event class: a container and an op.
+type WriteKey struct {
+	Container
+	Op string
+}
+
+// AuditSource is the audit side: what the kernel side says (mode, losses,
+// armed cgroups, read from pins) and what the reader delivered.
+type AuditSource interface {
+	// Mode is the audit mode in use ("tracepoint", …), "" when none.
+	Mode() (string, error)
+	// Lost is the number of events that could not be delivered, per
+	// container.
+	Lost() (map[Container]uint64, error)
+	// Armed is the number of cgroups armed now.
+	Armed() (int, error)
+	// WriteEvents is the number of file-write events delivered per
+	// container and op since the daemon started.
+	WriteEvents() map[WriteKey]uint64
+}
+
+var (
+	netLabels       = []string{"namespace", "pod", "pod_uid", "interface"}
+	containerLabels = []string{"namespace", "pod", "pod_uid", "container"}
+
+	rxBytesDesc = prometheus.NewDesc("podscope_network_receive_bytes_total",
+		"Bytes received by the pod on the interface (pod's view), counted by podscope's TC programs.", netLabels, nil)
+	txBytesDesc = prometheus.NewDesc("podscope_network_transmit_bytes_total",
+		"Bytes transmitted by the pod on the interface (pod's view).", netLabels, nil)
+	rxPacketsDesc = prometheus.NewDesc("podscope_network_receive_packets_total",
+		"Packets received by the pod on the interface (pod's view).", netLabels, nil)
+	txPacketsDesc = prometheus.NewDesc("podscope_network_transmit_packets_total",
+		"Packets transmitted by the pod on the interface (pod's view).", netLabels, nil)
+	dropsDesc = prometheus.NewDesc("podscope_network_policy_drops_total",
+		"Packets dropped by podscope network policy, by direction (egress: sent by the pod, ingress: to the pod).",
+		append(append([]string{}, netLabels...), "direction"), nil)
+	writesDesc = prometheus.NewDesc("podscope_file_write_events_total",
+		"File-write audit events delivered to the audit log, by container and op (folded repeats count each occurrence).",
+		append(append([]string{}, containerLabels...), "op"), nil)
+	lostDesc = prometheus.NewDesc("podscope_audit_events_lost_total",
+		"File-write audit events that could not be delivered (ring buffer full), by container.", containerLabels, nil)
+	modeDesc = prometheus.NewDesc("podscope_audit_mode_info",
+		"The file-write audit mode in use (lsm_cgroup, lsm, fentry, tracepoint); 1 for the mode in use.", []string{"mode"}, nil)
+	armedDesc = prometheus.NewDesc("podscope_audit_armed_cgroups",
+		"Container cgroups armed for file-write audit now.", nil, nil)
+	connectedDesc = prometheus.NewDesc("podscope_nri_connected",
+		"1 while podscope-nri is registered with the container runtime's NRI socket.", nil, nil)
+)
+
+// Collector is a prometheus.Collector over the sources. A nil source leaves
+// its metrics out.
+type Collector struct {
+	Network   NetworkSource
+	Audit     AuditSource
+	Connected func() bool
+	Log       *slog.Logger
+}
+
+var _ prometheus.Collector = (*Collector)(nil)
+
+// Describe sends every descriptor the collector may emit.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{rxBytesDesc, txBytesDesc, rxPacketsDesc, txPacketsDesc, dropsDesc,
+		writesDesc, lostDesc, modeDesc, armedDesc, connectedDesc} {
+		ch <- d
+	}
+}
+
+// Collect reads the sources now. A failing source reports an invalid
+// metric (the scrape shows the error) and the other metrics still go out.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	if c.Network != nil {
+		c.collectNetwork(ch)
+	}
+	if c.Audit != nil {
+		c.collectAudit(ch)
+	}
+	if c.Connected != nil {
+		v := 0.0
+		if c.Connected() {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(connectedDesc, prometheus.GaugeValue, v)
+	}
+}
+
+type netKey struct{ ns, pod, uid, iface string }
+
+func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
+	pods, err := c.Network.PodNetwork()
+	if err != nil {
+		c.invalid(ch, rxBytesDesc, "network counters", err)
+		return
+	}
+	// Two entries with the same labels (a pod re-attached under the same
+	// name, in the window before the old one is reaped) would make the
+	// scrape invalid: their counters are summed.
+	sum := map[netKey]PodNetwork{}
+	var order []netKey
+	for _, p := range pods {
+		k := netKey{p.Namespace, p.Pod, p.PodUID, p.Interface}
+		s, seen := sum[k]
+		if !seen {
+			order = append(order, k)
+		}
+		s.RxBytes += p.RxBytes
+		s.RxPackets += p.RxPackets
+		s.TxBytes += p.TxBytes
+		s.TxPackets += p.TxPackets
+		s.DropsEgress += p.DropsEgress
+		s.DropsIngress += p.DropsIngress
+		sum[k] = s
+	}
+	for _, k := range order {
+		s := sum[k]
+		l := []string{k.ns, k.pod, k.uid, k.iface}
+		ch <- prometheus.MustNewConstMetric(rxBytesDesc, prometheus.CounterValue, float64(s.RxBytes), l...)
+		ch <- prometheus.MustNewConstMetric(txBytesDesc, prometheus.CounterValue, float64(s.TxBytes), l...)
+		ch <- prometheus.MustNewConstMetric(rxPacketsDesc, prometheus.CounterValue, float64(s.RxPackets), l...)
+		ch <- prometheus.MustNewConstMetric(txPacketsDesc, prometheus.CounterValue, float64(s.TxPackets), l...)
+		ch <- prometheus.MustNewConstMetric(dropsDesc, prometheus.CounterValue, float64(s.DropsEgress), append(l, "egress")...)
+		ch <- prometheus.MustNewConstMetric(dropsDesc, prometheus.CounterValue, float64(s.DropsIngress), append(l, "ingress")...)
+	}
+}
+
+func (c *Collector) collectAudit(ch chan<- prometheus.Metric) {
+	if mode, err := c.Audit.Mode(); err != nil {
+		c.invalid(ch, modeDesc, "audit mode", err)
+	} else if mode != "" {
+		ch <- prometheus.MustNewConstMetric(modeDesc, prometheus.GaugeValue, 1, mode)
+	}
+	if n, err := c.Audit.Armed(); err != nil {
+		c.invalid(ch, armedDesc, "armed cgroups", err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(armedDesc, prometheus.GaugeValue, float64(n))
+	}
+	if lost, err := c.Audit.Lost(); err != nil {
+		c.invalid(ch, lostDesc, "audit losses", err)
+	} else {
+		for k, n := range lost {
+			ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(n),
+				k.Namespace, k.Pod, k.PodUID, k.Container)
+		}
+	}
+	for k, n := range c.Audit.WriteEvents() {
+		ch <- prometheus.MustNewConstMetric(writesDesc, prometheus.CounterValue, float64(n),
+			k.Namespace, k.Pod, k.PodUID, k.Container.Container, k.Op)
+	}
+}
+
+func (c *Collector) invalid(ch chan<- prometheus.Metric, d *prometheus.Desc, what string, err error) {
+	if c.Log != nil {
+		c.Log.Warn("metrics: reading "+what+" failed", "err", err)
+	}
+	ch <- prometheus.NewInvalidMetric(d, err)
+}
