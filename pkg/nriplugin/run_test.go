@@ -28,7 +28,7 @@ type runtime struct {
 	r     *adaptation.Adaptation
 	count int                        // registered plugins, as the runtime sees them
 	lat   map[string][]time.Duration // plugin request latencies by operation
-	conns []net.Conn // plugin connections, closed when the runtime "dies"
+	conns []net.Conn                 // plugin connections, closed when the runtime "dies"
 }
 
 // dial is the plugin's dialer: it keeps the connection so stop can close it
