@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -164,4 +165,55 @@ func Matches(r CompiledRule, pkt Packet) bool {
 		return false
 	}
 	return true
+}
+
+func (r CompiledRule) String() string {
+	s := "any"
+	if r.Protocol != 0 {
+		s = ProtocolName(r.Protocol)
+	}
+	if r.HasPorts {
+		s += " " + r.Ports.String()
+	}
+	return fmt.Sprintf("%s %s (from %s)", s, r.Action, r.From)
+}
+
+// Summary is the entry's rule list and default in one line, e.g.
+// "tcp 80 allow (from 10.0.0.0/8); default deny".
+func (e Entry) Summary() string {
+	s := ""
+	for _, r := range e.Rules {
+		s += r.String() + "; "
+	}
+	return s + "default " + e.Default.String()
+}
+
+type compiledRuleJSON struct {
+	Protocol string `json:"protocol,omitempty"`
+	Ports    string `json:"ports,omitempty"`
+	Action   Action `json:"action"`
+	From     string `json:"from"`
+}
+
+// MarshalJSON writes {"protocol":"tcp","ports":"80-90","action":"allow","from":"10.0.0.0/8"}.
+func (r CompiledRule) MarshalJSON() ([]byte, error) {
+	j := compiledRuleJSON{Protocol: ProtocolName(r.Protocol), Action: r.Action, From: r.From.String()}
+	if r.HasPorts {
+		j.Ports = r.Ports.String()
+	}
+	return json.Marshal(j)
+}
+
+// MarshalJSON writes {"direction":…,"cidr":…,"rules":[…],"default":…}.
+func (e Entry) MarshalJSON() ([]byte, error) {
+	rules := e.Rules
+	if rules == nil {
+		rules = []CompiledRule{}
+	}
+	return json.Marshal(struct {
+		Direction Direction      `json:"direction"`
+		CIDR      string         `json:"cidr"`
+		Rules     []CompiledRule `json:"rules"`
+		Default   Action         `json:"default"`
+	}{e.Direction, e.Prefix.String(), rules, e.Default})
 }

@@ -1,0 +1,3 @@
+/* Shim: generic UAPI posix types for the BPF target. */
+#pragma once
+#include <asm-generic/posix_types.h>

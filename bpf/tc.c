@@ -1,0 +1,317 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * podscope TC datapath: per-pod accounting, flow table and stateful policy on
+ * both hooks of a pod's host-side veth. Plain UAPI headers, no CO-RE: the
+ * object needs no relocation against kernel BTF and loads fast.
+ *
+ * Verdicts: TC_ACT_SHOT for a policy drop, otherwise TC_ACT_UNSPEC (-1, equal
+ * to TCX_NEXT) so that other programs on the hook still run. Anything not
+ * understood (ARP and other ethertypes, truncated headers) passes untouched.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "tc.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PODSCOPE_MAX_PODS);
+	__type(key, __u32); /* ifindex */
+	__type(value, struct pod_iface);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pod_ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, PODSCOPE_MAX_PODS);
+	__type(key, __u32); /* pod */
+	__type(value, struct traffic_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pod_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PODSCOPE_MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, PODSCOPE_MAX_CIDRS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * PODSCOPE_MAX_PODS);
+	__type(key, struct attachment_key);
+	__type(value, struct attachment);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} attachments SEC(".maps");
+
+#define IPV6_MAX_EXT_HEADERS 6
+#define IP_OFFSET_MASK 0x1fff
+#define IP6_OFFSET_MASK 0xfff8
+
+#define ICMP_ECHO_REPLY     0
+#define ICMP_ECHO_REQUEST   8
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY   129
+
+/* The one place that knows the mapping: what leaves the pod enters the host
+ * veth (host ingress = pod egress) and the other way round. */
+static __always_inline __u8 pod_direction(enum hook hook)
+{
+	return hook == HOOK_HOST_INGRESS ? DIR_EGRESS : DIR_INGRESS;
+}
+
+struct packet {
+	struct flow_key key; /* pod view; pod filled in by the caller */
+	__u16 dport;         /* destination port, what policy rules match */
+	__u8  has_ports;
+	__u8  nonfirst_frag; /* no L4 header: only port-less rules can match, no flow */
+};
+
+/* Reads src/dst into the pod view. */
+static __always_inline void set_addrs(struct packet *p, __u8 dir, const void *src, const void *dst, int len)
+{
+	if (dir == DIR_EGRESS) {
+		__builtin_memcpy(p->key.local, src, len);
+		__builtin_memcpy(p->key.remote, dst, len);
+	} else {
+		__builtin_memcpy(p->key.local, dst, len);
+		__builtin_memcpy(p->key.remote, src, len);
+	}
+}
+
+/* Parses L4 at off. Returns 0, or -1 when the header is truncated. */
+static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p, __u8 dir, __u32 off)
+{
+	__u8 proto = p->key.proto;
+
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return -1;
+		__u16 sport = bpf_ntohs(ports[0]), dport = bpf_ntohs(ports[1]);
+		p->dport = dport;
+		p->has_ports = 1;
+		p->key.local_port = dir == DIR_EGRESS ? sport : dport;
+		p->key.remote_port = dir == DIR_EGRESS ? dport : sport;
+		return 0;
+	}
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		__u8 hdr[8]; /* type, code, csum, echo id, echo seq */
+		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+			return -1;
+		__u8 type = hdr[0];
+		if (type == ICMP_ECHO_REQUEST || type == ICMP_ECHO_REPLY ||
+		    type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY) {
+			if ((proto == IPPROTO_ICMP) == (type < ICMPV6_ECHO_REQUEST))
+				p->key.local_port = ((__u16)hdr[4] << 8) | hdr[5];
+		}
+	}
+	return 0;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p, __u8 dir)
+{
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return -1;
+	if (ip.version != 4 || ip.ihl < 5)
+		return -1;
+	p->key.family = 4;
+	p->key.proto = ip.protocol;
+	set_addrs(p, dir, &ip.saddr, &ip.daddr, 4);
+	if (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK) {
+		p->nonfirst_frag = 1;
+		return 0;
+	}
+	return parse_l4(skb, p, dir, ETH_HLEN + ip.ihl * 4);
+}
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p, __u8 dir)
+{
+	struct ipv6hdr ip6;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+		return -1;
+	if (ip6.version != 6)
+		return -1;
+	p->key.family = 6;
+	set_addrs(p, dir, &ip6.saddr, &ip6.daddr, 16);
+
+	__u8 nexthdr = ip6.nexthdr;
+	__u32 off = ETH_HLEN + sizeof(ip6);
+	/* Extension headers, bounded: after IPV6_MAX_EXT_HEADERS the next header
+	 * is taken as the L4 protocol as is (an unknown one has no ports). */
+#pragma unroll
+	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		__u8 ext[8];
+		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING && nexthdr != IPPROTO_DSTOPTS &&
+		    nexthdr != IPPROTO_FRAGMENT && nexthdr != IPPROTO_AH)
+			break;
+		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
+			return -1;
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			__u16 frag = ((__u16)ext[2] << 8) | ext[3];
+			nexthdr = ext[0];
+			off += 8;
+			if (frag & IP6_OFFSET_MASK) {
+				p->key.proto = nexthdr;
+				p->nonfirst_frag = 1;
+				return 0;
+			}
+		} else if (nexthdr == IPPROTO_AH) {
+			nexthdr = ext[0];
+			off += ((__u32)ext[1] + 2) * 4;
+		} else {
+			nexthdr = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+		}
+	}
+	p->key.proto = nexthdr;
+	return parse_l4(skb, p, dir, off);
+}
+
+/* Parses what the policy and flow table need. Returns 0, or -1 for anything
+ * not understood, which then passes untouched. */
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p, __u8 dir)
+{
+	__be16 proto;
+	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto)) < 0)
+		return -1;
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(skb, p, dir);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(skb, p, dir);
+	return -1;
+}
+
+/* One LPM lookup on the peer address, then the first matching rule. */
+static __always_inline __u8 policy_verdict(__u32 pod, __u8 dir, struct packet *p)
+{
+	struct policy_key k = {
+		.prefixlen = 64 + (p->key.family == 4 ? 32 : 128),
+		.pod = pod,
+		.dir = dir,
+		.family = p->key.family,
+	};
+	__builtin_memcpy(k.addr, p->key.remote, sizeof(k.addr));
+
+	struct policy_value *v = bpf_map_lookup_elem(&policy, &k);
+	if (!v)
+		return ACTION_ALLOW; /* no policy for this pod */
+
+	for (int i = 0; i < PODSCOPE_MAX_RULES; i++) {
+		if (i >= v->nrules)
+			break;
+		struct policy_rule *r = &v->rules[i];
+		if (r->proto && r->proto != p->key.proto)
+			continue;
+		if (r->has_ports && (!p->has_ports || p->dport < r->port_from || p->dport > r->port_to))
+			continue;
+		return r->action;
+	}
+	return v->dflt;
+}
+
+static __always_inline void count(__u32 pod, __u8 dir, __u64 len, __u8 verdict)
+{
+	struct traffic_counters *c = bpf_map_lookup_elem(&pod_counters, &pod);
+	if (!c) {
+		struct traffic_counters zero = {};
+		bpf_map_update_elem(&pod_counters, &pod, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&pod_counters, &pod);
+		if (!c)
+			return;
+	}
+	/* Per-CPU value: plain adds, no atomics needed. */
+	if (verdict == ACTION_DENY) {
+		c->drop_bytes[dir & 1] += len;
+		c->drop_packets[dir & 1]++;
+	} else {
+		c->bytes[dir & 1] += len;
+		c->packets[dir & 1]++;
+	}
+}
+
+/* Conntrack + policy + flow accounting for a parsed packet. */
+static __always_inline __u8 decide(__u32 pod, __u8 dir, struct packet *p, __u64 len)
+{
+	if (p->nonfirst_frag)
+		return policy_verdict(pod, dir, p);
+
+	p->key.pod = pod;
+	struct flow_stats *f = bpf_map_lookup_elem(&flows, &p->key);
+	__u8 verdict;
+	if (f && f->allowed)
+		verdict = ACTION_ALLOW; /* an allowed connection: its replies pass too */
+	else
+		verdict = policy_verdict(pod, dir, p);
+
+	__u64 now = bpf_ktime_get_ns();
+	if (!f) {
+		struct flow_stats n = {
+			.first_seen_ns = now,
+			.initiator = dir,
+		};
+		bpf_map_update_elem(&flows, &p->key, &n, BPF_NOEXIST);
+		f = bpf_map_lookup_elem(&flows, &p->key);
+		if (!f)
+			return verdict;
+	}
+	/* Shared entry: counters with atomics; the rest is last-writer-wins. */
+	__sync_fetch_and_add(&f->bytes[dir & 1], len);
+	__sync_fetch_and_add(&f->packets[dir & 1], 1);
+	f->last_seen_ns = now;
+	f->verdict = verdict;
+	if (verdict == ACTION_ALLOW && !(f->allowed & (1 << dir)))
+		f->allowed |= 1 << dir;
+	return verdict;
+}
+
+/* The one handler of both hooks. */
+static __always_inline int handle(struct __sk_buff *skb, enum hook hook)
+{
+	__u32 ifindex = skb->ifindex;
+	struct pod_iface *pi = bpf_map_lookup_elem(&pod_ifaces, &ifindex);
+	if (!pi)
+		return TC_ACT_UNSPEC; /* not a pod's veth (or being detached) */
+
+	__u32 pod = pi->pod;
+	__u8 dir = pod_direction(hook);
+	__u64 len = skb->len;
+	__u8 verdict = ACTION_ALLOW;
+	struct packet p = {};
+
+	if (parse(skb, &p, dir) == 0)
+		verdict = decide(pod, dir, &p, len);
+	count(pod, dir, len, verdict);
+	return verdict == ACTION_DENY ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int host_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, HOOK_HOST_INGRESS);
+}
+
+SEC("tc")
+int host_egress(struct __sk_buff *skb)
+{
+	return handle(skb, HOOK_HOST_EGRESS);
+}

@@ -1,0 +1,152 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * podscope TC datapath: map key/value layouts shared by bpf/tc.c and the Go
+ * loader in pkg/datapath (its Go types are generated from these by bpf2go
+ * -type, never copied by hand).
+ *
+ * Every layout here is part of pins.LayoutVersion: change a struct, bump it.
+ * All integers are host byte order unless a field says otherwise.
+ */
+#pragma once
+
+#include <linux/types.h>
+
+/* Sizes. A node runs far fewer than 16384 pods; an LRU map evicts its least
+ * recently used flows when full. The policy trie is allocated on demand
+ * (BPF_F_NO_PREALLOC) so its large max_entries costs nothing until used. */
+#define PODSCOPE_MAX_PODS       16384
+#define PODSCOPE_MAX_FLOWS      131072
+#define PODSCOPE_MAX_CIDRS      1048576
+#define PODSCOPE_MAX_RULES      32
+
+/* Hooks of the host-side veth. */
+enum hook {
+	HOOK_HOST_INGRESS = 0, /* packets the pod sent */
+	HOOK_HOST_EGRESS  = 1, /* packets going into the pod */
+};
+
+/* Directions as the pod sees them (policy.Direction in Go). */
+enum pod_dir {
+	DIR_EGRESS  = 0,
+	DIR_INGRESS = 1,
+};
+
+/* policy.Action in Go. */
+enum action {
+	ACTION_ALLOW = 1,
+	ACTION_DENY  = 2,
+};
+
+/* Attach modes recorded in struct attachment. */
+enum attach_mode {
+	MODE_TCX = 1,
+	MODE_TC  = 2,
+};
+
+/* pod_ifaces: HASH, key __u32 ifindex of the host-side veth -> value.
+ * Written by Attach, deleted by Detach (ifindexes are reused by the kernel:
+ * nothing else may be keyed by them). */
+struct pod_iface {
+	__u32 pod; /* stable pod id, never 0 */
+};
+
+/* pod_counters: PERCPU_HASH, key __u32 pod -> value; arrays indexed by
+ * enum pod_dir. bytes count skb->len at the hook, i.e. the L2 frame with its
+ * 14-byte Ethernet header. Passed packets count in bytes/packets, dropped ones
+ * only in drop_bytes/drop_packets. */
+struct traffic_counters {
+	__u64 bytes[2];
+	__u64 packets[2];
+	__u64 drop_bytes[2];
+	__u64 drop_packets[2];
+};
+
+/* flows: LRU_HASH, key -> struct flow_stats. The 5-tuple is in the pod's
+ * view: local is the pod's side, remote the peer, whatever the direction, so
+ * a request and its reply share one entry. The flow table doubles as the
+ * conntrack table (one lookup per packet instead of two). For ICMP/ICMPv6
+ * echo the identifier is local_port and remote_port is 0; other ICMP has no
+ * ports. Addresses: IPv4 in the first 4 bytes, rest zero; network order. */
+struct flow_key {
+	__u32 pod;
+	__u8  family; /* 4 or 6 */
+	__u8  proto;  /* IP protocol number */
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 pad;
+	__u8  local[16];
+	__u8  remote[16];
+};
+
+/* Arrays indexed by enum pod_dir. Times are bpf_ktime_get_ns() (CLOCK_MONOTONIC).
+ * allowed: bit (1 << dir) is set once the policy allowed a packet of this flow
+ * in dir; any set bit lets every later packet of the flow pass in both
+ * directions (replies of an allowed connection). Flows count every packet
+ * seen, passed or dropped; verdict is the last packet's. */
+struct flow_stats {
+	__u64 bytes[2];
+	__u64 packets[2];
+	__u64 first_seen_ns;
+	__u64 last_seen_ns;
+	__u8  verdict;   /* enum action */
+	__u8  initiator; /* enum pod_dir of the first packet */
+	__u8  allowed;
+	__u8  pad[5];
+};
+
+/* policy: LPM_TRIE (BPF_F_NO_PREALLOC), key -> struct policy_value.
+ * prefixlen counts the bits after itself: 64 (pod, dir, family, pad) plus
+ * the CIDR's length, so a lookup with prefixlen 64+32 (v4) or 64+128 (v6)
+ * finds the most specific CIDR of that pod and direction. Every pod with a
+ * policy has a /0 entry per family and direction; a pod with none passes. */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 pod;    /* prefixlen >= 64 always matches it exactly: host order is fine */
+	__u8  dir;    /* enum pod_dir */
+	__u8  family; /* 4 or 6 */
+	__u16 pad;
+	__u8  addr[16];
+};
+
+/* One match: proto 0 = any; ports (host order, inclusive) compared with the
+ * packet's destination port only when has_ports. src_bits is the prefix
+ * length of the CIDR the rule was written for (the entry's address masked to
+ * it), so `policy show` can say where an inherited rule came from. */
+struct policy_rule {
+	__u16 port_from;
+	__u16 port_to;
+	__u8  proto;
+	__u8  has_ports;
+	__u8  action;
+	__u8  src_bits;
+};
+
+/* The CIDR's own rules, then those of every less specific CIDR containing
+ * it, in priority order (compiled by pkg/policy); first match wins, else
+ * dflt. */
+struct policy_value {
+	__u8  nrules;
+	__u8  dflt; /* enum action */
+	__u8  pad[6];
+	struct policy_rule rules[PODSCOPE_MAX_RULES];
+};
+
+/* attachments: HASH, key -> value; written by the Go loader only (the
+ * programs never read it). Records what Attach did so Detach, Check and
+ * Attachments find it again from the pins alone: a tc filter has no pin. */
+struct attachment_key {
+	__u32 pod;
+	__u32 hook; /* enum hook */
+};
+
+struct attachment {
+	__u32 ifindex;
+	__u32 mode;   /* enum attach_mode */
+	__u32 handle; /* tc: cls_bpf filter handle */
+	__u32 prio;   /* tc: filter priority */
+	__u32 flags;  /* ATTACH_F_* */
+};
+
+/* tc: the clsact qdisc was created by podscope (and is removed with the
+ * last podscope filter on the device). */
+#define ATTACH_F_CREATED_QDISC 1

@@ -1,0 +1,217 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/podscope/podscope/pkg/pins"
+)
+
+// Program pins live next to the maps (which bpf2go/libbpf pin by their own
+// names) under root.Dir(Owner).
+const (
+	progPinIngress = "prog_host_ingress"
+	progPinEgress  = "prog_host_egress"
+	linksDir       = "links"
+)
+
+func progPin(h hook) string {
+	if h == hookHostIngress {
+		return progPinIngress
+	}
+	return progPinEgress
+}
+
+// Open loads the datapath of a node, or reuses it: the first Open on a root
+// loads the programs (paying the verifier once), pins them and their maps;
+// later Opens, in this or any process, load the pins. Incompatible pinned
+// maps (another layout) are refused with an error naming the map.
+func Open(root pins.Root) (*Datapath, error) {
+	dir, err := root.Ensure(Owner)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, linksDir), 0o700); err != nil {
+		return nil, err
+	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	spec, err := loadTc()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPinnedMaps(spec, root, dir); err != nil {
+		return nil, err
+	}
+	d := &Datapath{root: root, dir: dir}
+	if allPinned(spec, dir) {
+		if err := d.loadPinned(spec); err == nil {
+			return d, nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	// Cold path, or a partial set of pins: load the programs against the
+	// pinned maps (PinByName reuses those that exist and pins the rest), then
+	// pin the programs, replacing any program pin that referred to old maps.
+	if err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}); err != nil {
+		return nil, explainLoad(err, root)
+	}
+	for _, h := range hooks {
+		if err := replacePin(d.program(h), filepath.Join(dir, progPin(h))); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// OpenPinned opens what an Open pinned, for readers (podscopectl, metrics);
+// it never loads or creates anything and fails with ErrNotLoaded when the
+// datapath was never loaded under root.
+func OpenPinned(root pins.Root) (*Datapath, error) {
+	dir := root.Dir(Owner)
+	if err := pins.CheckBPFFS(root.Path); err != nil {
+		return nil, err
+	}
+	spec, err := loadTc()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPinnedMaps(spec, root, dir); err != nil {
+		return nil, err
+	}
+	d := &Datapath{root: root, dir: dir}
+	if err := d.loadPinned(spec); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w under %s (no pod attached on this node yet?): %v", ErrNotLoaded, dir, err)
+		}
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec) error {
+	var objs tcObjects
+	ok := false
+	defer func() {
+		if !ok {
+			objs.Close()
+		}
+	}()
+	maps := map[string]**ebpf.Map{
+		tcMapAttachments: &objs.Attachments,
+		tcMapFlows:       &objs.Flows,
+		tcMapPodCounters: &objs.PodCounters,
+		tcMapPodIfaces:   &objs.PodIfaces,
+		tcMapPolicy:      &objs.Policy,
+	}
+	for name, dst := range maps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
+		if err != nil {
+			return fmt.Errorf("pinned map %s: %w", name, err)
+		}
+		*dst = m
+		if err := spec.Maps[name].Compatible(m); err != nil {
+			return pins.Explain(fmt.Errorf("pinned map %s: %w", filepath.Join(d.dir, name), err), d.root, name)
+		}
+	}
+	for _, h := range hooks {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(d.dir, progPin(h)), nil)
+		if err != nil {
+			return fmt.Errorf("pinned program %s: %w", progPin(h), err)
+		}
+		if h == hookHostIngress {
+			objs.HostIngress = p
+		} else {
+			objs.HostEgress = p
+		}
+	}
+	ok = true
+	d.objs = objs
+	return nil
+}
+
+// checkPinnedMaps compares every existing map pin with the object's spec, so
+// an old layout is refused with the map's name before anything is loaded.
+func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root, dir string) error {
+	for name, ms := range spec.Maps {
+		path := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pinned map %s: %w", path, err)
+		}
+		err = ms.Compatible(m)
+		m.Close()
+		if err != nil {
+			return pins.Explain(fmt.Errorf("pinned map %s: %w", path, err), root, name)
+		}
+	}
+	return nil
+}
+
+func allPinned(spec *ebpf.CollectionSpec, dir string) bool {
+	names := []string{progPinIngress, progPinEgress}
+	for name := range spec.Maps {
+		names = append(names, name)
+	}
+	for _, n := range names {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func explainLoad(err error, root pins.Root) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("loading TC programs: %w (verifier log: %+v)", err, ve)
+	}
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return pins.Explain(err, root, "(see error)")
+	}
+	return fmt.Errorf("loading TC programs: %w", err)
+}
+
+// replacePin pins p at path, atomically replacing what was there: pin under
+// a temporary name, then rename over the old pin (bpffs supports rename).
+func replacePin(p *ebpf.Program, path string) error {
+	tmp := path + "_new" // bpffs refuses names with a dot
+	_ = os.Remove(tmp)
+	if err := p.Pin(tmp); err != nil {
+		return fmt.Errorf("pinning program at %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = p.Unpin()
+		return fmt.Errorf("pinning program at %s: %w", path, err)
+	}
+	return nil
+}
+
+// lockDir takes an exclusive flock on the datapath directory: loading,
+// attaching and detaching from parallel CNI invocations are serialised per
+// node, so two ADDs never both load programs or race on one pod's pins.
+func lockDir(dir string) (func(), error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s for locking: %w", dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("locking %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}

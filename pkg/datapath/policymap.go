@@ -1,0 +1,205 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/podscope/podscope/pkg/policy"
+)
+
+// maxRules is the kernel's per-CIDR rule array length (PODSCOPE_MAX_RULES).
+var maxRules = len(tcPolicyValue{}.Rules)
+
+// policyKeyBits is the part of struct policy_key after prefixlen that every
+// lookup matches exactly: pod, dir, family, pad.
+const policyKeyBits = 64
+
+func family(a netip.Addr) uint8 {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+func policyKey(pod PodID, e policy.Entry) tcPolicyKey {
+	k := tcPolicyKey{
+		Prefixlen: uint32(policyKeyBits + e.Prefix.Bits()),
+		Pod:       uint32(pod),
+		Dir:       uint8(e.Direction),
+		Family:    family(e.Prefix.Addr()),
+	}
+	copy(k.Addr[:], e.Prefix.Addr().AsSlice())
+	return k
+}
+
+func policyValue(e policy.Entry) tcPolicyValue {
+	v := tcPolicyValue{Nrules: uint8(len(e.Rules)), Dflt: uint8(e.Default)}
+	for i, r := range e.Rules {
+		v.Rules[i] = tcPolicyRule{Proto: r.Protocol, Action: uint8(r.Action), SrcBits: uint8(r.From.Bits())}
+		if r.HasPorts {
+			v.Rules[i].HasPorts = 1
+			v.Rules[i].PortFrom, v.Rules[i].PortTo = r.Ports.From, r.Ports.To
+		}
+	}
+	return v
+}
+
+func decodeEntry(k tcPolicyKey, v tcPolicyValue) policy.Entry {
+	a := addr(k.Family, k.Addr)
+	e := policy.Entry{
+		Direction: policy.Direction(k.Dir),
+		Prefix:    netip.PrefixFrom(a, int(k.Prefixlen)-policyKeyBits),
+		Default:   policy.Action(v.Dflt),
+	}
+	for i := 0; i < int(v.Nrules) && i < maxRules; i++ {
+		r := v.Rules[i]
+		from, _ := a.Prefix(int(r.SrcBits))
+		cr := policy.CompiledRule{Protocol: r.Proto, Action: policy.Action(r.Action), From: from}
+		if r.HasPorts != 0 {
+			cr.HasPorts = true
+			cr.Ports = policy.PortRange{From: r.PortFrom, To: r.PortTo}
+		}
+		e.Rules = append(e.Rules, cr)
+	}
+	return e
+}
+
+func compile(p policy.Policy) (map[tcPolicyKey]policy.Entry, error) {
+	want := map[tcPolicyKey]policy.Entry{}
+	for _, dir := range []policy.Direction{policy.Egress, policy.Ingress} {
+		entries, err := policy.Compile(p.Spec(dir), dir, "policy."+dir.String(), maxRules)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			want[policyKey(0, e)] = e
+		}
+	}
+	return want, nil
+}
+
+// SetPolicy makes the kernel enforce p for pod: every compiled entry is
+// written, then entries of the pod that p no longer has are deleted. A
+// packet racing the update sees either the old or the new entry of its
+// CIDR. Established flows keep passing (conntrack), as after an iptables
+// rule change.
+func (d *Datapath) SetPolicy(pod PodID, p policy.Policy) error {
+	if pod == 0 {
+		return errors.New("set policy: pod id 0 is invalid")
+	}
+	want, err := compile(p)
+	if err != nil {
+		return err
+	}
+	keep := map[tcPolicyKey]bool{}
+	for k, e := range want {
+		k.Pod = uint32(pod)
+		keep[k] = true
+		if err := d.objs.Policy.Put(k, policyValue(e)); err != nil {
+			return fmt.Errorf("set policy of pod %d: writing %s %s: %w", pod, e.Direction, e.Prefix, err)
+		}
+	}
+	have, err := d.policyKeys(pod)
+	if err != nil {
+		return err
+	}
+	for _, k := range have {
+		if keep[k] {
+			continue
+		}
+		if err := d.objs.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set policy of pod %d: deleting an old entry: %w", pod, err)
+		}
+	}
+	return nil
+}
+
+// policyKeys lists the trie's keys of pod.
+func (d *Datapath) policyKeys(pod PodID) ([]tcPolicyKey, error) {
+	var out []tcPolicyKey
+	var k, next tcPolicyKey
+	var cur any // nil: first key
+	for {
+		err := d.objs.Policy.NextKey(cur, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading policy keys: %w", err)
+		}
+		if next.Pod == uint32(pod) {
+			out = append(out, next)
+		}
+		k = next
+		cur = &k
+	}
+}
+
+// PolicyEntries returns what the kernel enforces for pod, sorted by
+// direction, family, address and prefix length.
+func (d *Datapath) PolicyEntries(pod PodID) ([]PolicyEntry, error) {
+	keys, err := d.policyKeys(pod)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PolicyEntry, 0, len(keys))
+	for _, k := range keys {
+		var v tcPolicyValue
+		if err := d.objs.Policy.Lookup(k, &v); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue
+			}
+			return nil, fmt.Errorf("reading policy entry: %w", err)
+		}
+		out = append(out, decodeEntry(k, v))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Direction != b.Direction {
+			return a.Direction < b.Direction
+		}
+		if a.Prefix.Addr().Is4() != b.Prefix.Addr().Is4() {
+			return a.Prefix.Addr().Is4()
+		}
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c < 0
+		}
+		return a.Prefix.Bits() < b.Prefix.Bits()
+	})
+	return out, nil
+}
+
+// CheckPolicy compares what the kernel enforces for pod with p; the error
+// names the first direction and CIDR that differ.
+func (d *Datapath) CheckPolicy(pod PodID, p policy.Policy) error {
+	want, err := compile(p)
+	if err != nil {
+		return err
+	}
+	have, err := d.PolicyEntries(pod)
+	if err != nil {
+		return err
+	}
+	seen := map[tcPolicyKey]bool{}
+	for _, h := range have {
+		k := policyKey(0, h)
+		seen[k] = true
+		w, ok := want[k]
+		if !ok {
+			return fmt.Errorf("policy of pod %d differs: the kernel has %s %s (%s) which the policy does not", pod, h.Direction, h.Prefix, h.Summary())
+		}
+		if w.Summary() != h.Summary() {
+			return fmt.Errorf("policy of pod %d differs at %s %s: the kernel has %s, the policy wants %s", pod, h.Direction, h.Prefix, h.Summary(), w.Summary())
+		}
+	}
+	for k, w := range want {
+		if !seen[k] {
+			return fmt.Errorf("policy of pod %d differs: %s %s (%s) is missing in the kernel", pod, w.Direction, w.Prefix, w.Summary())
+		}
+	}
+	return nil
+}

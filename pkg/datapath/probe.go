@@ -1,0 +1,77 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// ModeEnv forces the attach mode of ResolveMode(ModeAuto) ("tcx" or "tc"):
+// a way to test or work around the tc fallback without a config change.
+const ModeEnv = "PODSCOPE_ATTACH_MODE"
+
+var tcxProbe struct {
+	once sync.Once
+	err  error
+}
+
+// probeTCX asks the kernel with a real TCX link_create of our program on an
+// ifindex that cannot exist: ENODEV means the kernel knows TCX and only
+// lacks the device. Anything else is a "no" (a probe that is unsure is not
+// a yes). The answer is cached per process.
+func (d *Datapath) probeTCX() error {
+	tcxProbe.once.Do(func() {
+		l, err := link.AttachTCX(link.TCXOptions{
+			Interface: int(^uint32(0) >> 1),
+			Program:   d.objs.HostIngress,
+			Attach:    ebpf.AttachTCXIngress,
+		})
+		switch {
+		case err == nil:
+			l.Close()
+			tcxProbe.err = errors.New("tcx probe: attach to a non-existent device succeeded unexpectedly")
+		case errors.Is(err, unix.ENODEV):
+			tcxProbe.err = nil
+		case errors.Is(err, ebpf.ErrNotSupported):
+			tcxProbe.err = fmt.Errorf("kernel has no TCX: %w", err)
+		default:
+			tcxProbe.err = fmt.Errorf("tcx probe inconclusive: %w", err)
+		}
+	})
+	return tcxProbe.err
+}
+
+// ResolveMode turns a requested mode into the one Attach will use: tcx or tc
+// as asked (tcx refused with the probe's reason if the kernel lacks it), or
+// for ModeAuto the environment's PODSCOPE_ATTACH_MODE, else tcx when the
+// probe says the kernel has it, else tc.
+func (d *Datapath) ResolveMode(m Mode) (Mode, error) {
+	if m == ModeAuto {
+		if env := os.Getenv(ModeEnv); env != "" {
+			m = Mode(env)
+			if m != ModeTCX && m != ModeTC {
+				return "", fmt.Errorf("%s=%q: want \"tcx\" or \"tc\"", ModeEnv, env)
+			}
+		}
+	}
+	switch m {
+	case ModeTC:
+		return ModeTC, nil
+	case ModeTCX:
+		if err := d.probeTCX(); err != nil {
+			return "", fmt.Errorf("attach mode tcx: %w (use mode \"tc\")", err)
+		}
+		return ModeTCX, nil
+	case ModeAuto:
+		if d.probeTCX() == nil {
+			return ModeTCX, nil
+		}
+		return ModeTC, nil
+	}
+	return "", fmt.Errorf("unknown attach mode %q: want \"tcx\", \"tc\" or empty for auto", m)
+}

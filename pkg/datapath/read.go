@@ -1,0 +1,119 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/podscope/podscope/pkg/policy"
+)
+
+// Counters sums pod's per-CPU counters.
+func (d *Datapath) Counters(pod PodID) (Counters, error) {
+	var per []tcTrafficCounters
+	if err := d.objs.PodCounters.Lookup(uint32(pod), &per); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Counters{}, fmt.Errorf("counters of pod %d: %w", pod, ErrUnknownPod)
+		}
+		return Counters{}, fmt.Errorf("counters of pod %d: %w", pod, err)
+	}
+	var c Counters
+	eg, in := policy.Egress, policy.Ingress
+	for _, v := range per {
+		c.TxBytes += v.Bytes[eg]
+		c.TxPackets += v.Packets[eg]
+		c.RxBytes += v.Bytes[in]
+		c.RxPackets += v.Packets[in]
+		c.DropsEgress += v.DropPackets[eg]
+		c.DropsIngress += v.DropPackets[in]
+		c.DropBytesEgress += v.DropBytes[eg]
+		c.DropBytesIngress += v.DropBytes[in]
+	}
+	return c, nil
+}
+
+func addr(family uint8, b [16]uint8) netip.Addr {
+	if family == 4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// Flows lists pod's entries of the flow table.
+func (d *Datapath) Flows(pod PodID) ([]Flow, error) {
+	var out []Flow
+	offset := BootOffset()
+	var k tcFlowKey
+	var v tcFlowStats
+	it := d.objs.Flows.Iterate()
+	for it.Next(&k, &v) {
+		if k.Pod != uint32(pod) {
+			continue
+		}
+		eg, in := policy.Egress, policy.Ingress
+		f := Flow{
+			Proto:     policy.ProtocolName(k.Proto),
+			Local:     netip.AddrPortFrom(addr(k.Family, k.Local), k.LocalPort),
+			Remote:    netip.AddrPortFrom(addr(k.Family, k.Remote), k.RemotePort),
+			TxBytes:   v.Bytes[eg],
+			TxPackets: v.Packets[eg],
+			RxBytes:   v.Bytes[in],
+			RxPackets: v.Packets[in],
+			Verdict:   policy.Action(v.Verdict),
+			Initiator: policy.Direction(v.Initiator),
+		}
+		if v.FirstSeenNs != 0 {
+			f.FirstSeen = timeAt(offset, v.FirstSeenNs)
+			f.LastSeen = timeAt(offset, v.LastSeenNs)
+		}
+		out = append(out, f)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading flows: %w", err)
+	}
+	return out, nil
+}
+
+// RemovePod deletes everything the datapath keeps about pod: counters,
+// flows (which are also its conntrack state), policy entries and ifindex
+// registrations. Detach it first; attachments are Detach's.
+func (d *Datapath) RemovePod(pod PodID) error {
+	var errs []error
+	if err := d.objs.PodCounters.Delete(uint32(pod)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("deleting counters of pod %d: %w", pod, err))
+	}
+	var fk tcFlowKey
+	var fv tcFlowStats
+	var flows []tcFlowKey
+	it := d.objs.Flows.Iterate()
+	for it.Next(&fk, &fv) {
+		if fk.Pod == uint32(pod) {
+			flows = append(flows, fk)
+		}
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("reading flows: %w", err))
+	}
+	for _, k := range flows {
+		if err := d.objs.Flows.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("deleting flow of pod %d: %w", pod, err))
+			break
+		}
+	}
+	keys, err := d.policyKeys(pod)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, k := range keys {
+		if err := d.objs.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("deleting policy entry of pod %d: %w", pod, err))
+			break
+		}
+	}
+	if err := d.forgetIfindexes(pod); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

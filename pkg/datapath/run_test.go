@@ -1,0 +1,389 @@
+package datapath
+
+import (
+	"bytes"
+	"math"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/podscope/podscope/pkg/policy"
+	"github.com/podscope/podscope/pkg/testenv"
+)
+
+const (
+	actNext = math.MaxUint32 // TC_ACT_UNSPEC (-1) == TCX_NEXT
+	actShot = 2              // TC_ACT_SHOT
+
+	testPod = PodID(7)
+	podIP   = "10.0.0.2"
+	podIP6  = "fd00::2"
+)
+
+// BPF_PROG_TEST_RUN runs a SCHED_CLS program on an skb of the loopback
+// device of the caller's netns unless the context names another ifindex, so
+// the test pod is registered under lo's ifindex, 1.
+const testRunIfindex = 1
+
+func openForRun(t testing.TB) *Datapath {
+	t.Helper()
+	testenv.RequireRoot(t)
+	d, err := Open(testenv.BPFFSRoot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.objs.PodIfaces.Put(uint32(testRunIfindex), tcPodIface{Pod: uint32(testPod)}); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// run passes frame through the program of the pod's direction dir and
+// checks the program left the frame untouched.
+func run(t testing.TB, d *Datapath, dir policy.Direction, frame []byte) uint32 {
+	t.Helper()
+	out := make([]byte, len(frame)+256)
+	ret, err := d.program(hookFor(dir)).Run(&ebpf.RunOptions{Data: frame, DataOut: out})
+	if err != nil {
+		t.Fatalf("prog.Run: %v", err)
+	}
+	if !bytes.Equal(out[:len(frame)], frame) {
+		t.Fatalf("program modified the frame")
+	}
+	return ret
+}
+
+func verdictName(r uint32) string {
+	switch r {
+	case actNext:
+		return "pass(-1)"
+	case actShot:
+		return "drop"
+	}
+	return "unexpected"
+}
+
+func counters(t testing.TB, d *Datapath) Counters {
+	t.Helper()
+	c, err := d.Counters(testPod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func setPolicy(t testing.TB, d *Datapath, egress, ingress string) policy.Policy {
+	t.Helper()
+	var p policy.Policy
+	var err error
+	if p.Egress, err = policy.ParseSpec([]byte(egress), "egress"); err != nil {
+		t.Fatal(err)
+	}
+	if p.Ingress, err = policy.ParseSpec([]byte(ingress), "ingress"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetPolicy(testPod, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestHookMapping(t *testing.T) {
+	if hookFor(policy.Egress) != hookHostIngress || hookFor(policy.Ingress) != hookHostEgress {
+		t.Fatal("pod egress must be the host veth's ingress hook and pod ingress its egress hook")
+	}
+	for _, h := range hooks {
+		if hookFor(h.direction()) != h {
+			t.Fatalf("hook %s: direction() is not hookFor's inverse", h)
+		}
+	}
+}
+
+func TestCountersAreFrameBytes(t *testing.T) {
+	d := openForRun(t)
+	frames := []struct {
+		dir   policy.Direction
+		frame []byte
+	}{
+		{policy.Egress, ipv4(podIP, "10.9.0.1", 6, tcpHdr(40000, 80, tcpSYN))},
+		{policy.Egress, ipv4(podIP, "10.9.0.1", 17, udpHdr(40001, 53, 100))},
+		{policy.Ingress, ipv4("10.9.0.1", podIP, 6, tcpHdr(80, 40000, tcpSYN|tcpACK))},
+		{policy.Ingress, ipv6("fd00::9", podIP6, 58, icmpEcho(129, 1, 1))},
+		{policy.Egress, ipv6(podIP6, "fd00::9", 58, icmpEcho(128, 1, 1))},
+		{policy.Ingress, arp()},
+	}
+	var want Counters
+	for _, f := range frames {
+		if r := run(t, d, f.dir, f.frame); r != actNext {
+			t.Fatalf("no policy: got %s, want pass(-1)", verdictName(r))
+		}
+		if f.dir == policy.Egress {
+			want.TxBytes += uint64(len(f.frame))
+			want.TxPackets++
+		} else {
+			want.RxBytes += uint64(len(f.frame))
+			want.RxPackets++
+		}
+	}
+	if got := counters(t, d); got != want {
+		t.Fatalf("counters %+v, want %+v (skb->len = whole L2 frame)", got, want)
+	}
+	// A veth that is not a pod's is neither counted nor judged.
+	if err := d.objs.PodIfaces.Delete(uint32(testRunIfindex)); err != nil {
+		t.Fatal(err)
+	}
+	run(t, d, policy.Egress, ipv4(podIP, "10.9.0.1", 6, tcpHdr(40000, 80, tcpSYN)))
+	if got := counters(t, d); got != want {
+		t.Fatalf("unregistered ifindex was counted: %+v", got)
+	}
+}
+
+func TestUnderstoodNothingPassesUntouched(t *testing.T) {
+	d := openForRun(t)
+	setPolicy(t, d, `{"default":"deny"}`, `{"default":"deny"}`)
+	full := ipv4("10.9.0.1", podIP, 6, tcpHdr(80, 40000, tcpSYN))
+	full6 := ipv6("fd00::9", podIP6, 6, tcpHdr(80, 40000, tcpSYN))
+	// BPF_PROG_TEST_RUN itself refuses IP frames shorter than the fixed IP
+	// header (EINVAL), so truncation is tested past it: L4 cut short, an
+	// IPv4 header length beyond the frame, an IPv6 extension header cut.
+	longIHL := append([]byte{}, full...)
+	longIHL[14] = 0x4f
+	cases := map[string][]byte{
+		"arp":                arp(),
+		"other ethertype":    ether(0x88cc, make([]byte, 40)),
+		"truncated tcp":      full[:14+20+2],
+		"ihl past the end":   longIHL,
+		"truncated ipv6 tcp": full6[:14+40+3],
+		"truncated ipv6 ext": ipv6("fd00::9", podIP6, 6, tcpHdr(80, 40000, tcpSYN), ext6{0, make([]byte, 6)})[:14+40+4],
+		"ipv4 bad version":   append(append([]byte{}, full[:14]...), append([]byte{0x65}, full[15:]...)...),
+		"ipv4 short header":  append(append([]byte{}, full[:14]...), append([]byte{0x44}, full[15:]...)...),
+	}
+	var bytes uint64
+	for name, f := range cases {
+		if r := run(t, d, policy.Ingress, f); r != actNext {
+			t.Errorf("%s under default deny: got %s, want pass(-1)", name, verdictName(r))
+		}
+		bytes += uint64(len(f))
+	}
+	// The same full frame is dropped: the policy is really in force.
+	if r := run(t, d, policy.Ingress, full); r != actShot {
+		t.Fatalf("full frame under default deny: %s", verdictName(r))
+	}
+	c := counters(t, d)
+	if c.RxBytes != bytes || c.RxPackets != uint64(len(cases)) || c.DropsIngress != 1 || c.DropBytesIngress != uint64(len(full)) {
+		t.Fatalf("counters %+v: want rx %d bytes / %d packets and 1 drop of %d bytes", c, bytes, len(cases), len(full))
+	}
+}
+
+type verdictCase struct {
+	name  string
+	dir   policy.Direction
+	frame []byte
+	want  uint32
+	pkt   policy.Packet // for the reference decision
+}
+
+func TestPolicyVerdicts(t *testing.T) {
+	d := openForRun(t)
+	p := setPolicy(t, d,
+		`{"default":"deny","rules":[
+		  {"cidr":"10.0.0.0/8","action":"allow"},
+		  {"cidr":"10.1.0.0/16","protocol":"tcp","ports":["80","8000-8080"],"action":"allow"},
+		  {"cidr":"10.1.0.0/16","protocol":"tcp","action":"deny"},
+		  {"cidr":"10.1.2.0/24","protocol":"udp","ports":["53"],"action":"deny"},
+		  {"cidr":"10.1.2.3/32","protocol":"icmp","action":"deny"},
+		  {"cidr":"fd00:1::/32","protocol":"tcp","ports":["443"],"action":"allow"},
+		  {"cidr":"::/0","protocol":"icmpv6","action":"allow"}]}`,
+		`{"default":"allow","rules":[
+		  {"cidr":"192.168.0.0/16","protocol":"tcp","ports":["22"],"action":"deny"},
+		  {"cidr":"fd00:2::/32","action":"deny"}]}`)
+	port := uint16(30000)
+	eg := func(name, dst string, proto byte, dport uint16, want uint32) verdictCase {
+		port++ // a fresh local port per case: no conntrack between cases
+		var l4 []byte
+		switch proto {
+		case 6:
+			l4 = tcpHdr(port, dport, tcpSYN)
+		case 17:
+			l4 = udpHdr(port, dport, 10)
+		case 1:
+			l4 = icmpEcho(8, port, 1)
+		case 58:
+			l4 = icmpEcho(128, port, 1)
+		}
+		var f []byte
+		if netip.MustParseAddr(dst).Is4() {
+			f = ipv4(podIP, dst, proto, l4)
+		} else {
+			f = ipv6(podIP6, dst, proto, l4)
+		}
+		return verdictCase{name, policy.Egress, f, want, policy.Packet{Peer: netip.MustParseAddr(dst), Protocol: proto, Port: dport, HasPort: proto == 6 || proto == 17}}
+	}
+	in := func(name, src string, proto byte, dport uint16, want uint32) verdictCase {
+		port++
+		var f []byte
+		if netip.MustParseAddr(src).Is4() {
+			f = ipv4(src, podIP, proto, tcpHdr(port, dport, tcpSYN))
+		} else {
+			f = ipv6(src, podIP6, proto, tcpHdr(port, dport, tcpSYN))
+		}
+		return verdictCase{name, policy.Ingress, f, want, policy.Packet{Peer: netip.MustParseAddr(src), Protocol: proto, Port: dport, HasPort: true}}
+	}
+	cases := []verdictCase{
+		eg("default deny", "192.168.1.1", 6, 80, actShot),
+		eg("10/8 any-protocol rule", "10.9.9.9", 6, 22, actNext),
+		eg("/16 proto+port beats /16 proto", "10.1.9.9", 6, 80, actNext),
+		eg("port range start", "10.1.9.9", 6, 8000, actNext),
+		eg("port range end", "10.1.9.9", 6, 8080, actNext),
+		eg("past the range: /16 proto-only deny", "10.1.9.9", 6, 8081, actShot),
+		eg("/16 has no udp rule: falls back to /8", "10.1.9.9", 17, 53, actNext),
+		eg("most specific /24 udp 53", "10.1.2.9", 17, 53, actShot),
+		eg("/24 miss, /16 miss, /8 allow", "10.1.2.9", 17, 54, actNext),
+		eg("/24 miss, /16 tcp 80", "10.1.2.9", 6, 80, actNext),
+		eg("/32 icmp deny", "10.1.2.3", 1, 0, actShot),
+		eg("/32 tcp falls to /16 proto deny", "10.1.2.3", 6, 9000, actShot),
+		eg("icmp elsewhere in 10/8", "10.1.2.4", 1, 0, actNext),
+		eg("v6 proto+port", "fd00:1::9", 6, 443, actNext),
+		eg("v6 other port: default", "fd00:1::9", 6, 444, actShot),
+		eg("v6 icmpv6 from ::/0", "2001:db8::1", 58, 0, actNext),
+		eg("v6 icmpv6 inherited by fd00:1::/32", "fd00:1::9", 58, 0, actNext),
+		eg("v6 udp default", "2001:db8::1", 17, 53, actShot),
+		in("ingress default allow", "172.16.0.1", 6, 22, actNext),
+		in("ingress tcp 22 denied", "192.168.3.4", 6, 22, actShot),
+		in("ingress tcp 23 allowed", "192.168.3.4", 6, 23, actNext),
+		in("ingress v6 deny CIDR", "fd00:2::5", 6, 80, actShot),
+		in("ingress v6 other", "fd00:3::5", 6, 80, actNext),
+	}
+	entries := map[policy.Direction][]policy.Entry{}
+	for _, dir := range []policy.Direction{policy.Egress, policy.Ingress} {
+		var err error
+		if entries[dir], err = policy.Compile(p.Spec(dir), dir, "", maxRules); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var drops [2]uint64
+	for _, c := range cases {
+		got := run(t, d, c.dir, c.frame)
+		if got != c.want {
+			t.Errorf("%s (%s): got %s, want %s", c.name, c.dir, verdictName(got), verdictName(c.want))
+		}
+		ref := policy.Decide(entries[c.dir], c.pkt)
+		if (ref == policy.Deny) != (c.want == actShot) {
+			t.Errorf("%s: the reference decision %s disagrees with the test's expectation", c.name, ref)
+		}
+		if got == actShot {
+			drops[c.dir]++
+		}
+	}
+	c := counters(t, d)
+	if c.DropsEgress != drops[policy.Egress] || c.DropsIngress != drops[policy.Ingress] {
+		t.Fatalf("drops %d/%d, want %d/%d", c.DropsEgress, c.DropsIngress, drops[0], drops[1])
+	}
+	if err := d.CheckPolicy(testPod, p); err != nil {
+		t.Fatalf("CheckPolicy after SetPolicy: %v", err)
+	}
+}
+
+func TestStatefulReplies(t *testing.T) {
+	d := openForRun(t)
+	setPolicy(t, d,
+		`{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80"],"action":"allow"},
+		  {"cidr":"fd00::/16","protocol":"udp","ports":["53"],"action":"allow"}]}`,
+		`{"default":"deny"}`)
+	syn := ipv4(podIP, "10.1.2.3", 6, tcpHdr(41000, 80, tcpSYN))
+	synack := ipv4("10.1.2.3", podIP, 6, tcpHdr(80, 41000, tcpSYN|tcpACK))
+	unsolicited := ipv4("10.1.2.3", podIP, 6, tcpHdr(80, 41001, tcpSYN|tcpACK))
+	if r := run(t, d, policy.Ingress, synack); r != actShot {
+		t.Fatalf("SYN-ACK before any SYN under ingress default deny: %s", verdictName(r))
+	}
+	if r := run(t, d, policy.Egress, syn); r != actNext {
+		t.Fatalf("allowed egress SYN: %s", verdictName(r))
+	}
+	if r := run(t, d, policy.Ingress, synack); r != actNext {
+		t.Fatalf("reply of an allowed connection under ingress default deny: %s", verdictName(r))
+	}
+	if r := run(t, d, policy.Ingress, unsolicited); r != actShot {
+		t.Fatalf("unsolicited ingress to another port: %s", verdictName(r))
+	}
+	if r := run(t, d, policy.Egress, ipv4(podIP, "10.1.2.3", 6, tcpHdr(41000, 80, tcpACK))); r != actNext {
+		t.Fatalf("ACK of the established connection: %s", verdictName(r))
+	}
+	// v6 UDP: a DNS query and its answer.
+	q := ipv6(podIP6, "fd00::53", 17, udpHdr(5353, 53, 30))
+	a := ipv6("fd00::53", podIP6, 17, udpHdr(53, 5353, 80))
+	if r := run(t, d, policy.Egress, q); r != actNext {
+		t.Fatalf("v6 udp query: %s", verdictName(r))
+	}
+	if r := run(t, d, policy.Ingress, a); r != actNext {
+		t.Fatalf("v6 udp answer: %s", verdictName(r))
+	}
+	c := counters(t, d)
+	if c.DropsIngress != 2 || c.DropsEgress != 0 {
+		t.Fatalf("drops %+v, want 2 ingress", c)
+	}
+
+	flows, err := d.Flows(testPod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tcp *Flow
+	for i := range flows {
+		if flows[i].Local == netip.MustParseAddrPort(podIP+":41000") {
+			tcp = &flows[i]
+		}
+	}
+	if tcp == nil {
+		t.Fatalf("no flow for %s:41000 in %+v", podIP, flows)
+	}
+	if tcp.Proto != "tcp" || tcp.Remote != netip.MustParseAddrPort("10.1.2.3:80") ||
+		tcp.TxPackets != 2 || tcp.TxBytes != uint64(2*len(syn)) || tcp.RxPackets != 2 || tcp.RxBytes != uint64(2*len(synack)) ||
+		tcp.Verdict != policy.Allow || tcp.Initiator != policy.Ingress || tcp.FirstSeen.IsZero() || tcp.LastSeen.Before(tcp.FirstSeen) {
+		// The unsolicited SYN-ACK came first, so ingress initiated this flow.
+		t.Fatalf("tcp flow %+v", *tcp)
+	}
+	if len(flows) != 3 {
+		t.Fatalf("%d flows, want 3 (tcp 41000, tcp 41001, udp): %+v", len(flows), flows)
+	}
+}
+
+func TestFragments(t *testing.T) {
+	d := openForRun(t)
+	setPolicy(t, d,
+		`{"default":"deny","rules":[{"cidr":"10.1.0.0/16","protocol":"tcp","ports":["80"],"action":"allow"},
+		  {"cidr":"10.2.0.0/16","protocol":"udp","action":"allow"},
+		  {"cidr":"fd00:1::/32","protocol":"udp","action":"allow"}]}`,
+		`{"default":"allow"}`)
+	cases := []struct {
+		name  string
+		frame []byte
+		want  uint32
+	}{
+		{"v4 first fragment has ports", ipv4Frag(podIP, "10.1.0.1", 6, tcpHdr(42000, 80, tcpSYN), 0, true), actNext},
+		{"v4 non-first fragment: port rule cannot match", ipv4Frag(podIP, "10.1.0.1", 6, make([]byte, 64), 185, false), actShot},
+		{"v4 non-first fragment: protocol-only rule matches", ipv4Frag(podIP, "10.2.0.1", 17, make([]byte, 64), 185, true), actNext},
+		{"v6 first fragment", ipv6(podIP6, "fd00:1::1", 17, udpHdr(42001, 9, 10), frag6(0, true)), actNext},
+		{"v6 non-first fragment, protocol-only rule", ipv6(podIP6, "fd00:1::1", 17, make([]byte, 64), frag6(100, false)), actNext},
+		{"v6 non-first fragment, default", ipv6(podIP6, "fd00:9::1", 17, make([]byte, 64), frag6(100, false)), actShot},
+		{"v6 hop-by-hop + dstopts then tcp", ipv6(podIP6, "fd00:9::1", 6, tcpHdr(42002, 80, tcpSYN),
+			ext6{0, make([]byte, 6)}, ext6{60, make([]byte, 14)}), actShot},
+		{"v6 hop-by-hop then udp allowed", ipv6(podIP6, "fd00:1::1", 17, udpHdr(42003, 9, 4),
+			ext6{0, make([]byte, 6)}), actNext},
+	}
+	for _, c := range cases {
+		if r := run(t, d, policy.Egress, c.frame); r != c.want {
+			t.Errorf("%s: got %s, want %s", c.name, verdictName(r), verdictName(c.want))
+		}
+	}
+	// Non-first fragments have no ports: they make no flow entries.
+	flows, err := d.Flows(testPod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range flows {
+		if f.Local.Port() == 0 {
+			t.Errorf("flow without ports from a fragment: %+v", f)
+		}
+	}
+}
