@@ -330,7 +330,22 @@ YAML
   # Wrappers for a person poking at a kept environment (KEEP=1).
   printf '#!/bin/sh\nexec %s --config %s "$@"\n' "$CRICTL_DIR/crictl" "$WORK/crictl.yaml" >"$WORK/bin/crictl"
   printf '#!/bin/sh\nexec %s --address %s --namespace k8s.io "$@"\n' "$CTRD_DIR/ctr" "$CTRD_SOCK" >"$WORK/bin/ctr"
-  printf '#!/bin/sh\nexec %s --bpffs-root %s "$@"\n' "$REPO/bin/podscopectl" "$BPFFS_ROOT" >"$WORK/bin/podscopectl"
+  # podscopectl takes its flags after the command (after "show" for policy).
+  cat >"$WORK/bin/podscopectl" <<SH
+#!/bin/sh
+# podscopectl of the e2e environment: its bpffs root, audit log, state dir.
+ctl=$REPO/bin/podscopectl
+[ \$# -gt 0 ] || exec \$ctl help
+cmd=\$1; shift
+case "\$cmd" in
+  policy) sub=\${1:-show}; [ \$# -gt 0 ] && shift; exec \$ctl policy "\$sub" --bpffs-root $BPFFS_ROOT "\$@" ;;
+  audit) exec \$ctl audit --bpffs-root $BPFFS_ROOT --log $AUDIT_LOG "\$@" ;;
+  cleanup) exec \$ctl cleanup --bpffs-root $BPFFS_ROOT --state-dir $PS_STATE "\$@" ;;
+  status) exec \$ctl status --bpffs-root $BPFFS_ROOT --nri-socket $NRI_SOCK "\$@" ;;
+  help|-h|--help) exec \$ctl help ;;
+  *) exec \$ctl "\$cmd" --bpffs-root $BPFFS_ROOT "\$@" ;;
+esac
+SH
   chmod +x "$WORK/bin/"*
   cat >"$WORK/env" <<ENV
 # source me: the running podscope e2e environment (hack/e2e-env.sh)
@@ -485,7 +500,10 @@ cmd_down() {
   rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
   remove_cgroups
   if [ -d "$BPFFS_ROOT" ]; then
-    [ -x "$REPO/bin/podscopectl" ] && "$REPO/bin/podscopectl" --bpffs-root "$BPFFS_ROOT" cleanup >/dev/null 2>&1 || true
+    if [ -x "$REPO/bin/podscopectl" ]; then
+      "$REPO/bin/podscopectl" cleanup --bpffs-root "$BPFFS_ROOT" --state-dir "$PS_STATE" >"$WORK/log/cleanup.log" 2>&1 \
+        || log "podscopectl cleanup failed: $(tail -3 "$WORK/log/cleanup.log")"
+    fi
     rm -rf "$BPFFS_ROOT"
   fi
   # Keep the logs of the last run for a person (or CI) to read.

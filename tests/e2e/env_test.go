@@ -130,14 +130,33 @@ func (e *env) envScript(t testing.TB, args ...string) {
 	t.Logf("hack/e2e-env.sh %s: %s", strings.Join(args, " "), bytes.TrimSpace(out))
 }
 
-// podscopectl runs bin/podscopectl against the environment's bpffs root.
+// podscopectl runs bin/podscopectl against the environment's bpffs root
+// (flags go after the command, and after "show" for `policy show`).
 func (e *env) podscopectl(t testing.TB, args ...string) string {
 	t.Helper()
-	out, err := run(context.Background(), filepath.Join(e.repo, "bin/podscopectl"), append([]string{"--bpffs-root", e.bpffsRoot}, args...)...)
+	out, err := e.podscopectlOut(args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+func (e *env) podscopectlOut(args ...string) (string, error) {
+	n := 1
+	if len(args) > 1 && args[0] == "policy" {
+		n = 2
+	}
+	full := append(append(append([]string{}, args[:n]...), "--bpffs-root", e.bpffsRoot), args[n:]...)
+	return run(context.Background(), filepath.Join(e.repo, "bin/podscopectl"), full...)
+}
+
+// podscopectlJSON runs a podscopectl command with -o json and decodes it.
+func (e *env) podscopectlJSON(t testing.TB, v any, args ...string) {
+	t.Helper()
+	out := e.podscopectl(t, append(args, "-o", "json")...)
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("podscopectl %s -o json: %v\n%s", strings.Join(args, " "), err, out)
+	}
 }
 
 func randHex(n int) string {
