@@ -1,0 +1,391 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+// cniVariant is one conflist measured by the CNI section.
+type cniVariant struct {
+	Name     string          `json:"name"`
+	ConfList json.RawMessage `json:"confList"`
+	// CapabilityArgs as a runtime passes them (bandwidth needs its
+	// rates here, or it does nothing).
+	CapabilityArgs map[string]any `json:"capabilityArgs,omitempty"`
+	NA             string         `json:"-"`
+}
+
+// cniJob is what the harness hands to `podscope-bench cni-worker`, which
+// runs inside the node netns (so bridges and forwarding change there).
+type cniJob struct {
+	Kind      string        `json:"kind"` // "latency" or "scale"
+	Paths     []string      `json:"paths"`
+	CacheDir  string        `json:"cacheDir"`
+	NetnsBase string        `json:"netnsBase"`
+	Runs      int           `json:"runs"`
+	Variants  []*cniVariant `json:"variants"`
+	// BPFFSRoot of the podscope variant (scale: pinned map memory).
+	BPFFSRoot string `json:"bpffsRoot,omitempty"`
+}
+
+type cniTimes struct {
+	Add    []float64 `json:"add"` // ms, in ADD order (scale: pod 1..N)
+	Del    []float64 `json:"del"`
+	Errors []string  `json:"errors,omitempty"`
+}
+
+type cniOutput struct {
+	Times map[string]*cniTimes `json:"times"`
+	// Scale: memlock of the pinned maps after pod 1 and after pod N.
+	MapBytesFirst int64    `json:"mapBytesFirst"`
+	MapBytesAll   int64    `json:"mapBytesAll"`
+	MapCount      int      `json:"mapCount"`
+	Notes         []string `json:"notes,omitempty"`
+}
+
+func pluginPresent(paths []string, name string) bool {
+	for _, p := range paths {
+		if st, err := os.Stat(filepath.Join(p, name)); err == nil && st.Mode().IsRegular() {
+			return true
+		}
+	}
+	return false
+}
+
+func bridgePlugin(bridge, subnet, dataDir string) map[string]any {
+	return map[string]any{
+		"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+		"ipam": map[string]any{"type": "host-local", "dataDir": dataDir,
+			"ranges": []any{[]any{map[string]any{"subnet": subnet}}}},
+	}
+}
+
+func confList(name string, plugins ...map[string]any) json.RawMessage {
+	data, _ := json.Marshal(map[string]any{"cniVersion": "1.0.0", "name": name, "plugins": plugins})
+	return data
+}
+
+// RunCNI measures whole-exec ADD/DEL wall time through libcni.
+func RunCNI(cfg *Config) (*Section, error) {
+	sec := &Section{Name: "CNI ADD/DEL latency (libcni, whole chain, wall time)"}
+	paths := filepath.SplitList(cfg.CNIBin)
+	scratch, err := os.MkdirTemp(cfg.Out, "cni-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(scratch)
+	node := fmt.Sprintf("%s%s-cninode", RunPrefix, cfg.RunID)
+	if err := AddNetns(node); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := DelNetns(node); err != nil {
+			cfg.logf("removing %s: %v", node, err)
+		}
+	}()
+	root, rootCleanup, rootErr := benchBPFFSRoot(cfg, "cni")
+	if rootErr == nil {
+		defer rootCleanup()
+	}
+	ipam := func(n string) string { return filepath.Join(scratch, "ipam-"+n) }
+	psPlugin := func(mode string) map[string]any {
+		return map[string]any{"type": "podscope", "bpffsRoot": root, "stateDir": filepath.Join(scratch, "state-"+mode), "attachMode": mode}
+	}
+	bw := map[string]any{"type": "bandwidth", "capabilities": map[string]any{"bandwidth": true}}
+	variants := []*cniVariant{
+		{Name: "bridge alone", ConfList: confList("pstestbn-bridge", bridgePlugin("pstestbnb0", "10.60.0.0/16", ipam("b0")))},
+		{Name: "bridge + podscope (tcx)", ConfList: confList("pstestbn-pstcx", bridgePlugin("pstestbnb1", "10.61.0.0/16", ipam("b1")), psPlugin("tcx"))},
+		{Name: "bridge + podscope (tc)", ConfList: confList("pstestbn-pstc", bridgePlugin("pstestbnb2", "10.62.0.0/16", ipam("b2")), psPlugin("tc"))},
+		{Name: "bridge + bandwidth", ConfList: confList("pstestbn-bw", bridgePlugin("pstestbnb3", "10.63.0.0/16", ipam("b3")), bw),
+			CapabilityArgs: map[string]any{"bandwidth": map[string]any{
+				"ingressRate": 1_000_000_000, "ingressBurst": 100_000_000, "egressRate": 1_000_000_000, "egressBurst": 100_000_000}}},
+	}
+	for _, need := range []string{"bridge", "host-local"} {
+		if !pluginPresent(paths, need) {
+			return nil, fmt.Errorf("reference plugin %s not found in %s (hack/bench.sh builds it)", need, cfg.CNIBin)
+		}
+	}
+	for _, v := range variants[1:3] {
+		switch {
+		case !pluginPresent(paths, "podscope"):
+			v.NA = "podscope CNI plugin not built (make build -> bin/podscope)"
+		case rootErr != nil:
+			v.NA = rootErr.Error()
+		}
+	}
+	if !pluginPresent(paths, "bandwidth") {
+		variants[3].NA = "bandwidth plugin not found in " + cfg.CNIBin
+	}
+	var run []*cniVariant
+	for _, v := range variants {
+		if v.NA == "" {
+			run = append(run, v)
+		}
+	}
+	job := cniJob{Kind: "latency", Paths: paths, CacheDir: filepath.Join(scratch, "cache"),
+		NetnsBase: fmt.Sprintf("%s%s-cnipod", RunPrefix, cfg.RunID), Runs: cfg.CNIRuns, Variants: run}
+	cfg.logf("cni: %d ADD+DEL per variant, %d variants interleaved", cfg.CNIRuns, len(run))
+	out, err := runCNIWorker(cfg, node, job)
+	if err != nil {
+		return nil, err
+	}
+	addT := &Table{Title: "ADD, whole chain", Unit: "ms", Baseline: "bridge alone", Extra: []string{"p95", "p99"}}
+	delT := &Table{Title: "DEL, whole chain", Unit: "ms", Baseline: "bridge alone", Extra: []string{"p95", "p99"}}
+	for _, v := range variants {
+		if v.NA != "" {
+			addT.AddNA(v.Name, v.NA)
+			delT.AddNA(v.Name, v.NA)
+			continue
+		}
+		t := out.Times[v.Name]
+		for _, x := range []struct {
+			tab *Table
+			s   []float64
+		}{{addT, t.Add}, {delT, t.Del}} {
+			if Summarize(x.s).N == 0 {
+				reason := "no successful run"
+				if len(t.Errors) > 0 {
+					reason = t.Errors[0]
+				}
+				x.tab.AddNA(v.Name, reason)
+				continue
+			}
+			r := x.tab.Add(v.Name, x.s)
+			r.Extra = map[string]float64{"p95": Percentile(x.s, 95), "p99": Percentile(x.s, 99)}
+			r.Note = fmt.Sprintf("%d runs", Summarize(x.s).N)
+			if len(t.Errors) > 0 {
+				r.Note += fmt.Sprintf("; %d errors: %s", len(t.Errors), t.Errors[0])
+			}
+		}
+	}
+	addT.ComputeRatios()
+	delT.ComputeRatios()
+	sec.Tables = append(sec.Tables, addT, delT)
+	sec.Notes = append(sec.Notes,
+		fmt.Sprintf("%d ADD+DEL per variant, variants interleaved run by run; each ADD gets a fresh pod netns; libcni in a node netns; bridge with host-local IPAM, isGateway", cfg.CNIRuns),
+		"bandwidth gets real rates through capabilityArgs (1 Gbit/s both ways), so it creates its tbf qdisc and ifb device")
+
+	// Scale: pods stay attached.
+	scale := &Table{Title: fmt.Sprintf("ADD at scale, bridge + podscope (tcx), %d pods attached", cfg.ScalePods), Unit: "ms",
+		Baseline: "pods 1-10", Extra: []string{"p95"}}
+	mem := &Table{Title: fmt.Sprintf("podscope pinned map memory (memlock) at %d pods", cfg.ScalePods), Unit: "MiB"}
+	if v := variants[1]; v.NA != "" {
+		scale.AddNA("pods 1-10", v.NA)
+		mem.AddNA("all pinned maps", v.NA)
+	} else if !cfg.stopped() {
+		sroot, scleanup, err := benchBPFFSRoot(cfg, "scale")
+		if err != nil {
+			scale.AddNA("pods 1-10", err.Error())
+			mem.AddNA("all pinned maps", err.Error())
+		} else {
+			defer scleanup()
+			sv := &cniVariant{Name: "scale", ConfList: confList("pstestbn-scale",
+				bridgePlugin("pstestbnb9", "10.64.0.0/16", ipam("b9")),
+				map[string]any{"type": "podscope", "bpffsRoot": sroot, "stateDir": filepath.Join(scratch, "state-scale"), "attachMode": "tcx"})}
+			sjob := cniJob{Kind: "scale", Paths: paths, CacheDir: filepath.Join(scratch, "cache"),
+				NetnsBase: fmt.Sprintf("%s%s-scale", RunPrefix, cfg.RunID), Runs: cfg.ScalePods, Variants: []*cniVariant{sv}, BPFFSRoot: sroot}
+			cfg.logf("cni: attaching %d pods for the scale test", cfg.ScalePods)
+			sout, err := runCNIWorker(cfg, node, sjob)
+			if err != nil {
+				scale.AddNA("pods 1-10", err.Error())
+				mem.AddNA("all pinned maps", err.Error())
+			} else {
+				addScaleRows(scale, mem, sout, cfg.ScalePods)
+				sec.Notes = append(sec.Notes, sout.Notes...)
+			}
+		}
+	}
+	scale.ComputeRatios()
+	sec.Tables = append(sec.Tables, scale, mem)
+	return sec, nil
+}
+
+func addScaleRows(scale, mem *Table, out *cniOutput, pods int) {
+	t := out.Times["scale"]
+	add := t.Add
+	if len(add) < 20 {
+		reason := fmt.Sprintf("only %d pods attached", len(add))
+		if len(t.Errors) > 0 {
+			reason += ": " + t.Errors[0]
+		}
+		scale.AddNA("pods 1-10", reason)
+		mem.AddNA("all pinned maps", reason)
+		return
+	}
+	n := len(add)
+	first := scale.Add("pods 1-10", add[:10])
+	first.Extra = map[string]float64{"p95": Percentile(add[:10], 95)}
+	last := scale.Add(fmt.Sprintf("pods %d-%d", n-9, n), add[n-10:])
+	last.Extra = map[string]float64{"p95": Percentile(add[n-10:], 95)}
+	if n < pods {
+		last.Note = fmt.Sprintf("only %d of %d pods attached: %s", n, pods, strings.Join(t.Errors, "; "))
+	}
+	all := scale.Add(fmt.Sprintf("all %d pods", n), add)
+	all.Extra = map[string]float64{"p95": Percentile(add, 95)}
+	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
+	r := mem.Add(fmt.Sprintf("all pinned maps (%d maps), %d pods", out.MapCount, n), []float64{mib(out.MapBytesAll)})
+	r.Note = fmt.Sprintf("%.1f KiB per pod over the 1-pod footprint", float64(out.MapBytesAll-out.MapBytesFirst)/1024/float64(max(n-1, 1)))
+	mem.Add("all pinned maps, 1 pod", []float64{mib(out.MapBytesFirst)})
+}
+
+func runCNIWorker(cfg *Config, node string, job cniJob) (*cniOutput, error) {
+	in, err := json.Marshal(job)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(cfg.context(), 20*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+NetnsPath(node), cfg.Self, "cni-worker")
+	cmd.Stdin = bytes.NewReader(in)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("cni-worker: %w", err)
+	}
+	var out cniOutput
+	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+		return nil, fmt.Errorf("cni-worker output: %w", err)
+	}
+	return &out, nil
+}
+
+// cmdCNIWorker runs inside the node netns: ADD/DEL through libcni.
+func cmdCNIWorker(args []string) error {
+	data, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		return err
+	}
+	var job cniJob
+	if err := json.Unmarshal(data, &job); err != nil {
+		return err
+	}
+	cni := libcni.NewCNIConfigWithCacheDir(job.Paths, job.CacheDir, nil)
+	lists := map[string]*libcni.NetworkConfigList{}
+	for _, v := range job.Variants {
+		l, err := libcni.ConfListFromBytes(v.ConfList)
+		if err != nil {
+			return fmt.Errorf("%s: %w", v.Name, err)
+		}
+		lists[v.Name] = l
+	}
+	out := &cniOutput{Times: map[string]*cniTimes{}}
+	for _, v := range job.Variants {
+		out.Times[v.Name] = &cniTimes{}
+	}
+	ctx := context.Background()
+	rtFor := func(v *cniVariant, i int) (*libcni.RuntimeConf, string) {
+		ns := fmt.Sprintf("%s%d-%d", job.NetnsBase, indexOfVariant(job.Variants, v), i)
+		id := fmt.Sprintf("pstestbn%08x%04x", i, indexOfVariant(job.Variants, v))
+		return &libcni.RuntimeConf{ContainerID: id, NetNS: NetnsPath(ns), IfName: "eth0",
+			Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "bench"},
+				{"K8S_POD_NAME", fmt.Sprintf("pod-%d", i)}, {"K8S_POD_UID", fmt.Sprintf("00000000-0000-0000-0000-%012d", i)},
+				{"K8S_POD_INFRA_CONTAINER_ID", id}},
+			CapabilityArgs: v.CapabilityArgs}, ns
+	}
+	add := func(v *cniVariant, i int) (string, *libcni.RuntimeConf, error) {
+		rt, ns := rtFor(v, i)
+		if err := AddNetns(ns); err != nil {
+			return "", nil, err
+		}
+		t0 := time.Now()
+		_, err := cni.AddNetworkList(ctx, lists[v.Name], rt)
+		el := time.Since(t0)
+		if err != nil {
+			return ns, rt, err
+		}
+		out.Times[v.Name].Add = append(out.Times[v.Name].Add, float64(el.Microseconds())/1000)
+		return ns, rt, nil
+	}
+	fail := func(v *cniVariant, err error) {
+		t := out.Times[v.Name]
+		if len(t.Errors) < 5 {
+			t.Errors = append(t.Errors, firstLine(err.Error()))
+		}
+	}
+	switch job.Kind {
+	case "latency":
+		for i := 0; i < job.Runs; i++ {
+			for k := range job.Variants {
+				v := job.Variants[(k+i)%len(job.Variants)]
+				ns, rt, err := add(v, i)
+				if err != nil {
+					fail(v, fmt.Errorf("ADD: %w", err))
+				}
+				if rt != nil {
+					t0 := time.Now()
+					derr := cni.DelNetworkList(ctx, lists[v.Name], rt)
+					el := time.Since(t0)
+					if derr != nil {
+						fail(v, fmt.Errorf("DEL: %w", derr))
+					} else if err == nil {
+						out.Times[v.Name].Del = append(out.Times[v.Name].Del, float64(el.Microseconds())/1000)
+					}
+				}
+				if ns != "" {
+					_ = DelNetns(ns)
+				}
+			}
+		}
+	case "scale":
+		v := job.Variants[0]
+		var nss []string
+		defer func() {
+			// Removing the netns removes the veths; the bench's bpffs root
+			// (and with it every pin) is removed by the harness.
+			for _, ns := range nss {
+				_ = DelNetns(ns)
+			}
+		}()
+		for i := 0; i < job.Runs; i++ {
+			ns, _, err := add(v, i)
+			if ns != "" {
+				nss = append(nss, ns)
+			}
+			if err != nil {
+				fail(v, fmt.Errorf("ADD pod %d: %w", i+1, err))
+				break
+			}
+			if i == 0 {
+				out.MapBytesFirst, _, err = PinnedMapMemory(job.BPFFSRoot)
+				if err != nil {
+					out.Notes = append(out.Notes, "map memory: "+err.Error())
+				}
+			}
+		}
+		out.MapBytesAll, out.MapCount, err = PinnedMapMemory(job.BPFFSRoot)
+		if err != nil {
+			out.Notes = append(out.Notes, "map memory: "+err.Error())
+		}
+	default:
+		return fmt.Errorf("unknown job kind %q", job.Kind)
+	}
+	return json.NewEncoder(os.Stdout).Encode(out)
+}
+
+func indexOfVariant(vs []*cniVariant, v *cniVariant) int {
+	for i, x := range vs {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}
+
+// context returns the run's context (Background when unset, in tests).
+func (c *Config) context() context.Context {
+	if c.ctx == nil {
+		return context.Background()
+	}
+	return c.ctx
+}

@@ -1,0 +1,130 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// Config is one bench run's settings.
+type Config struct {
+	Quick bool
+	// Rounds of A B A B interleaving (≥5 for a full run).
+	Rounds int
+	// Duration of one datapath measurement.
+	Duration time.Duration
+	// Self is the podscope-bench binary, exec'd inside pod netns.
+	Self string
+	// Out is the scratch directory (bench/out).
+	Out string
+	// RunID names this run's kernel objects.
+	RunID string
+	// CNIBin holds the reference plugins and podscope's CNI plugin.
+	CNIBin string
+	// CNIRuns is the ADD/DEL count per CNI variant; ScalePods the pods
+	// attached at once in the scale test.
+	CNIRuns, ScalePods int
+	// AuditOps per audit loop measurement; AuditBurst the burst size.
+	AuditOps, AuditBurst int
+	Log                  func(format string, args ...any)
+
+	ctx context.Context
+}
+
+// stopped reports whether the run was interrupted.
+func (c *Config) stopped() bool { return c.ctx != nil && c.ctx.Err() != nil }
+
+func (c *Config) logf(format string, args ...any) {
+	if c.Log != nil {
+		c.Log(format, args...)
+	}
+}
+
+// daemon is a long-running helper process (load server, proxy) started
+// inside a netns; it is stopped by its own PID.
+type daemon struct {
+	cmd *exec.Cmd
+}
+
+// startDaemon execs `self args...` inside netns and waits for it to print
+// "ready".
+func startDaemon(netns, self string, args ...string) (*daemon, error) {
+	cmd := exec.Command("nsenter", append([]string{"--net=" + NetnsPath(netns), self}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil {
+			ready <- fmt.Errorf("%v: %w: %s", cmd.Args, err, strings.TrimSpace(stderr.String()))
+			return
+		}
+		if strings.TrimSpace(line) != "ready" {
+			ready <- fmt.Errorf("%v: unexpected %q", cmd.Args, line)
+			return
+		}
+		ready <- nil
+	}()
+	select {
+	case err = <-ready:
+	case <-time.After(10 * time.Second):
+		err = fmt.Errorf("%v: not ready after 10s", cmd.Args)
+	}
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, err
+	}
+	return &daemon{cmd: cmd}, nil
+}
+
+func (d *daemon) stop() {
+	if d == nil || d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// runClient runs one load measurement inside netns in a fresh process.
+func runClient(self, netns string, o LoadOptions) (LoadResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), o.Duration+30*time.Second)
+	defer cancel()
+	args := []string{"--net=" + NetnsPath(netns), self, "load",
+		"--mode", o.Mode, "--target", o.Target.String(), "--streams", fmt.Sprint(o.Streams),
+		"--duration", o.Duration.String()}
+	if o.Control.IsValid() {
+		args = append(args, "--control", o.Control.String())
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return LoadResult{}, fmt.Errorf("load %s: %w: %s", o.Mode, err, strings.TrimSpace(stderr.String()))
+	}
+	var r LoadResult
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		return LoadResult{}, fmt.Errorf("load %s output %q: %w", o.Mode, stdout.String(), err)
+	}
+	return r, nil
+}
