@@ -1,0 +1,70 @@
+package metrics
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
+)
+
+// PinnedNetwork reads the pod registry and the datapath's counters from the
+// pins under Root at every call. Both are opened per scrape and closed
+// again: the CNI plugin creates them at the first pod and `podscopectl
+// cleanup` may replace them, and a handle kept across scrapes would keep
+// reading a map nobody writes any more.
+type PinnedNetwork struct {
+	Root pins.Root
+}
+
+var _ NetworkSource = PinnedNetwork{}
+
+// PodNetwork implements NetworkSource. Nothing attached yet (no registry or
+// no datapath pinned) is an empty list.
+func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
+	reg, err := pods.OpenPinnedRegistry(s.Root)
+	if errors.Is(err, pods.ErrNoRegistry) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer reg.Close()
+	list, err := reg.List()
+	if err != nil {
+		return nil, err
+	}
+	if len(list) == 0 {
+		return nil, nil
+	}
+	dp, err := datapath.OpenPinned(s.Root)
+	if errors.Is(err, datapath.ErrNotLoaded) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer dp.Close()
+
+	out := make([]PodNetwork, 0, len(list))
+	for _, p := range list {
+		c, err := dp.Counters(p.ID)
+		if errors.Is(err, datapath.ErrUnknownPod) {
+			continue // registered but counters already removed: a DEL in progress
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pod %s: %w", p.Ref(), err)
+		}
+		name := p.Name
+		if p.Namespace == "" && name == "" {
+			name = p.ContainerID // outside Kubernetes the container id stands in
+		}
+		out = append(out, PodNetwork{
+			Namespace: p.Namespace, Pod: name, PodUID: p.UID, Interface: p.Interface,
+			RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
+			DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
+		})
+	}
+	return out, nil
+}
