@@ -42,7 +42,7 @@ var allowedOps = map[string][]string{
 // a write is audited (armed before its process runs).
 func TestAudit(t *testing.T) {
 	e := mustEnv(t)
-	e.requirePodscope(t)
+	e.requireNRI(t)
 	w := e.runPod(t, podSpec{Namespace: "e2e-audit", Name: "writer"})
 	first := w.start(t, "first", "touch", "/data/first-write")
 	script := w.start(t, "script", "sh", "-c", writeScript)

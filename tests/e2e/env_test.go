@@ -60,25 +60,31 @@ func mustEnv(t testing.TB) *env {
 	}
 }
 
-// requirePodscope fails (under CI) or skips (outside CI) a test that needs
-// podscope in the chain and podscope-nri running, when `make build` has not
-// produced them.
-func (e *env) requirePodscope(t testing.TB) {
+// requireCNI fails (under CI) or skips (outside CI) a test that needs
+// podscope in the default network's chain, when `make build` had not
+// produced bin/podscope as the environment came up.
+func (e *env) requireCNI(t testing.TB) {
 	t.Helper()
-	missing := ""
-	switch {
-	case !e.chained:
-		missing = "bin/podscope (the CNI plugin) was not built when the environment came up"
-	case !e.nriRunning():
-		missing = "podscope-nri is not running (bin/podscope-nri missing or it exited; see " + e.work + "/log/podscope-nri.log)"
+	if !e.chained {
+		missingPart(t, "bin/podscope (the CNI plugin) was not built when the environment came up")
 	}
-	if missing == "" {
-		return
+}
+
+// requireNRI is requireCNI plus a running podscope-nri.
+func (e *env) requireNRI(t testing.TB) {
+	t.Helper()
+	e.requireCNI(t)
+	if !e.nriRunning() {
+		missingPart(t, "podscope-nri is not running (bin/podscope-nri missing or it exited; see "+e.work+"/log/podscope-nri.log)")
 	}
+}
+
+func missingPart(t testing.TB, what string) {
+	t.Helper()
 	if testenv.InCI() {
-		t.Fatal(missing)
+		t.Fatal(what)
 	}
-	t.Skip(missing + " (skipped only because CI is unset)")
+	t.Skip(what + " (skipped only because CI is unset)")
 }
 
 func (e *env) nriRunning() bool {

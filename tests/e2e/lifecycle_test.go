@@ -80,7 +80,7 @@ func (e *env) armedProbe(t testing.TB, p *pod, ctrID, file string) {
 // pod is left: no registry row, no pins, no host veth.
 func TestPodRemoval(t *testing.T) {
 	e := mustEnv(t)
-	e.requirePodscope(t)
+	e.requireCNI(t)
 	srv := e.runPod(t, podSpec{Namespace: "e2e-remove", Name: "server"})
 	srv.start(t, "tcp", "pstraffic", "tcp-serve", "5000")
 	e.waitAttached(t, srv)
@@ -125,7 +125,7 @@ func TestPodRemoval(t *testing.T) {
 // audit continues, nothing leaks.
 func TestRestarts(t *testing.T) {
 	e := mustEnv(t)
-	e.requirePodscope(t)
+	e.requireNRI(t)
 	keep := e.runPod(t, podSpec{Namespace: "e2e-restart", Name: "keep"})
 	keep.start(t, "sleep", "sleep", "3600")
 	e.waitAttached(t, keep)
@@ -200,7 +200,7 @@ func TestRestarts(t *testing.T) {
 // counters are logged once and its attachments and pins are removed.
 func TestReaper(t *testing.T) {
 	e := mustEnv(t)
-	e.requirePodscope(t)
+	e.requireNRI(t)
 	keep := e.runPod(t, podSpec{Namespace: "e2e-reap", Name: "keep"})
 	keep.start(t, "tcp", "pstraffic", "tcp-serve", "5000")
 	e.waitAttached(t, keep)

@@ -18,7 +18,7 @@ const serverIngress = `{"default":"deny","rules":[{"cidr":"10.77.0.0/24","protoc
 // would otherwise deny them.
 func TestPolicy(t *testing.T) {
 	e := mustEnv(t)
-	e.requirePodscope(t)
+	e.requireCNI(t)
 	// server: ingress default deny except tcp/80 (annotation).
 	srv := e.runPod(t, podSpec{Namespace: "e2e-policy", Name: "server",
 		Annotations: map[string]string{"podscope.io/ingress": serverIngress}})
@@ -29,9 +29,8 @@ func TestPolicy(t *testing.T) {
 	sc := srv.start(t, "sleep", "sleep", "3600")
 	// open: no annotation, the network default applies.
 	open := e.runPod(t, podSpec{Namespace: "e2e-policy", Name: "open"})
-	for _, port := range []string{"80", "7777"} {
-		open.start(t, "tcp"+port, "pstraffic", "tcp-serve", port)
-	}
+	open.start(t, "tcp80", "pstraffic", "tcp-serve", "80")
+	oc := open.start(t, "tcp7777", "pstraffic", "tcp-serve", "7777")
 	cli := e.runPod(t, podSpec{Namespace: "e2e-policy", Name: "client"})
 	cli.start(t, "tcp6000", "pstraffic", "tcp-serve", "6000")
 	c := cli.start(t, "sleep", "sleep", "3600")
@@ -44,6 +43,13 @@ func TestPolicy(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "client -> server:80 (allowed by the server's annotation)", func() error { return connect(c, srv.IP+":80") })
 	eventually(t, 10*time.Second, "client -> open:80 (allowed by default)", func() error { return connect(c, open.IP+":80") })
+	// Controls: the denied services do listen (over loopback, which no
+	// policy sees), so a failure below is the policy's doing.
+	eventually(t, 10*time.Second, "server's own tcp/8080 over loopback", func() error { return connect(sc, "127.0.0.1:8080") })
+	eventually(t, 10*time.Second, "open's own tcp/7777 over loopback", func() error { return connect(oc, "127.0.0.1:7777") })
+	if out, err := e.exec(sc, "pstraffic", "udp-send", "127.0.0.1:5001", "3", "100"); err != nil || strings.TrimSpace(out) != "echoed 3" {
+		t.Fatalf("server's own udp/5001 over loopback: %q %v", out, err)
+	}
 	d0 := e.mustPodRow(t, srv).Counters
 	c0 := e.mustPodRow(t, cli).Counters
 

@@ -14,7 +14,7 @@ import (
 // flows account for them within the stated header overhead.
 func TestTrafficAccounting(t *testing.T) {
 	e := mustEnv(t)
-	e.requirePodscope(t)
+	e.requireCNI(t)
 	srv := e.runPod(t, podSpec{Namespace: "e2e-acct", Name: "server"})
 	srv.start(t, "tcp", "pstraffic", "tcp-serve", "5000")
 	srv.start(t, "udp", "pstraffic", "udp-echo", "5001")
