@@ -182,6 +182,26 @@ func (d *Datapath) programID(h hook) (ebpf.ProgramID, error) {
 	return id, nil
 }
 
+// removeTCXLink detaches the pinned link at path and removes its pin.
+// Dropping the pin alone would detach it too, but only once the kernel frees
+// the inode (after an RCU grace period), so a Detach followed by a query
+// would still see the program: BPF_LINK_DETACH makes it synchronous. A link
+// whose device is gone is already detached.
+func removeTCXLink(path string) error {
+	l, err := link.LoadPinnedLink(path, nil)
+	if err == nil {
+		if derr := l.Detach(); derr != nil && !errors.Is(derr, unix.ENOLINK) && !errors.Is(derr, unix.EINVAL) {
+			l.Close()
+			return fmt.Errorf("detaching tcx link %s: %w", path, derr)
+		}
+		l.Close()
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unpinning tcx link %s: %w", path, err)
+	}
+	return nil
+}
+
 // tcxLinkState loads the pinned link at path and reports its ifindex (0 once
 // its device is gone) and program.
 func tcxLinkState(path string) (ifindex uint32, prog ebpf.ProgramID, err error) {
@@ -213,14 +233,15 @@ func (d *Datapath) attachTCX(pod PodID, h hook, ifindex int) (func(), error) {
 	}
 	// A pin that is not this attachment (a deleted veth's defunct link keeps
 	// its pin and would block re-pinning) goes.
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("removing stale link pin %s: %w", path, err)
+	if err := removeTCXLink(path); err != nil {
+		return nil, fmt.Errorf("removing stale link pin: %w", err)
 	}
 	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: d.program(h), Attach: h.tcxAttach()})
 	if err != nil {
 		return nil, err
 	}
 	if err := l.Pin(path); err != nil {
+		_ = l.Detach()
 		l.Close()
 		return nil, fmt.Errorf("pinning tcx link at %s: %w", path, err)
 	}
@@ -228,12 +249,12 @@ func (d *Datapath) attachTCX(pod PodID, h hook, ifindex int) (func(), error) {
 	l.Close()
 	undoRec, err := d.putRecord(pod, h, tcAttachment{Ifindex: uint32(ifindex), Mode: modeCodeTCX})
 	if err != nil {
-		_ = os.Remove(path)
+		_ = removeTCXLink(path)
 		return nil, err
 	}
 	return func() {
 		undoRec()
-		_ = os.Remove(path) // last reference: the kernel detaches the link
+		_ = removeTCXLink(path)
 	}, nil
 }
 
@@ -268,12 +289,16 @@ func (d *Datapath) attachTC(pod PodID, h hook, ifindex int) (func(), error) {
 		flags |= createdQdisc
 		undo = append(undo, func() { _ = netlink.QdiscDel(clsact(ifindex)) })
 	case errors.Is(err, unix.EEXIST):
+		// Ours if a record of this pod on this device says so (a repeated
+		// Attach, or the other hook of this one).
+		for _, other := range hooks {
+			if prev, ok, _ := d.record(pod, other); ok && prev.Flags&createdQdisc != 0 &&
+				int(prev.Ifindex) == ifindex && modeOf(prev.Mode) == ModeTC {
+				flags |= createdQdisc
+			}
+		}
 	default:
 		return nil, fmt.Errorf("adding clsact qdisc: %w", err)
-	}
-	if prev, ok, _ := d.record(pod, hookHostIngress); ok && h == hookHostEgress && prev.Flags&createdQdisc != 0 &&
-		int(prev.Ifindex) == ifindex && modeOf(prev.Mode) == ModeTC {
-		flags |= createdQdisc // created by this Attach for the other hook
 	}
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
@@ -332,8 +357,8 @@ func ourFilter(ifindex int, h hook, handle, prio uint32) (*netlink.BpfFilter, er
 func (d *Datapath) detachHook(pod PodID, h hook, rec tcAttachment) error {
 	key := tcAttachmentKey{Pod: uint32(pod), Hook: uint32(h)}
 	if modeOf(rec.Mode) == ModeTCX {
-		if err := os.Remove(d.linkPin(pod, h)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("unpinning tcx link: %w", err)
+		if err := removeTCXLink(d.linkPin(pod, h)); err != nil {
+			return err
 		}
 	} else {
 		f, err := ourFilter(int(rec.Ifindex), h, rec.Handle, rec.Prio)
@@ -449,7 +474,7 @@ func (d *Datapath) Detach(pod PodID) error {
 			}
 		}
 		// A link pin without a record (a crash between pin and record).
-		if err := os.Remove(d.linkPin(pod, h)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := removeTCXLink(d.linkPin(pod, h)); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -512,7 +537,10 @@ func (d *Datapath) Attachments() ([]Attachment, error) {
 		if hookStr == hookHostEgress.String() {
 			h = hookHostEgress
 		}
-		idx, _, _ := tcxLinkState(path)
+		idx, _, err := tcxLinkState(path)
+		if err != nil {
+			continue // not a link
+		}
 		out = append(out, Attachment{Pod: PodID(n), Ifindex: int(idx), Mode: ModeTCX, Hook: h.String(), Direction: h.direction(), Pin: path})
 	}
 	sort.Slice(out, func(i, j int) bool {
