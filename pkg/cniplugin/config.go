@@ -168,7 +168,7 @@ func ParseConfig(stdin []byte) (*Config, error) {
 		}
 		s, err := policy.ParseSpec([]byte(v), "annotation "+a.key)
 		if err != nil {
-			return nil, invalid(fmt.Sprintf("podscope: pod annotation %s: %v", a.key, err), "")
+			return nil, invalid("podscope: "+err.Error(), "")
 		}
 		*a.dst = s
 	}

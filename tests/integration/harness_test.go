@@ -344,3 +344,21 @@ func (n *node) accountingLines(containerID string) []map[string]any {
 	}
 	return out
 }
+
+// setPolicy rebuilds the conflist with a podscope "policy" value.
+func (n *node) setPolicy(t testing.TB, policyJSON string) {
+	t.Helper()
+	var conf map[string]any
+	if err := json.Unmarshal(n.list.Bytes, &conf); err != nil {
+		t.Fatal(err)
+	}
+	plugins := conf["plugins"].([]any)
+	plugins[len(plugins)-1].(map[string]any)["policy"] = json.RawMessage(policyJSON)
+	b, err := json.Marshal(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.list, err = libcni.ConfListFromBytes(b); err != nil {
+		t.Fatal(err)
+	}
+}
