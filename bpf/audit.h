@@ -1,0 +1,334 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * podscope file-write audit: types, pinned maps and the one decision every
+ * mode shares (is the current cgroup armed, fold repeats, emit, count losses).
+ * A mode (lsm_cgroup, lsm, fentry, tracepoint, plus cgroup/sysctl) is a thin
+ * front in audit.c that knows only how to get the path of its operation.
+ *
+ * Map layouts (layout version in the pin path, see pkg/pins):
+ *   audited_cgroups  HASH        u64 cgroup v2 id -> struct audit_cgroup
+ *   audit_identity   HASH        u64 cgroup v2 id -> struct identity (user space only)
+ *   audit_lost       PERCPU_HASH u64 cgroup v2 id -> u64 operations not delivered
+ *   audit_dedup      LRU_HASH    struct dedup_key -> struct dedup_val
+ *   audit_mode       ARRAY       0 -> u32 mode (enum attach_mode)
+ *   audit_events     RINGBUF     struct event + path bytes + aux bytes
+ */
+#ifndef PODSCOPE_AUDIT_H
+#define PODSCOPE_AUDIT_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#define AUDIT_MAX_CGROUPS 16384
+#define AUDIT_RING_BYTES (32 << 20)
+/* Repeats of the same (cgroup, op, path) within this window are folded. */
+#define AUDIT_DEDUP_WINDOW_NS 1000000000ULL
+
+/* Event payload: path bytes, then aux bytes (rename/link target, symlink
+ * content, sysctl value); never NUL-terminated. */
+#define PATH_CAP 4096 /* total bytes of the primary path, after cwd prefixing */
+#define AUX_CAP 4096
+#define DATA_BYTES 8192
+#define DATA_MASK 8191
+#define OFF_MASK 4095
+#define SYSCTL_VALUE_CAP 256
+
+enum write_op {
+	AOP_NONE = 0,
+	AOP_OPEN_WRITE = 1,
+	AOP_CREATE = 2,
+	AOP_TRUNCATE = 3,
+	AOP_UNLINK = 4,
+	AOP_RENAME = 5,
+	AOP_CHMOD = 6,
+	AOP_CHOWN = 7,
+	AOP_MKDIR = 8,
+	AOP_RMDIR = 9,
+	AOP_LINK = 10,
+	AOP_SYMLINK = 11,
+	AOP_SYSCTL_WRITE = 12,
+};
+
+enum aux_kind {
+	AAUX_NONE = 0,
+	AAUX_TARGET = 1, /* rename: new path; link: existing path; symlink: link content */
+	AAUX_VALUE = 2,	/* sysctl_write: value written, truncated */
+};
+
+enum attach_mode {
+	AMODE_NONE = 0,
+	AMODE_LSM_CGROUP = 1,
+	AMODE_LSM = 2,
+	AMODE_FENTRY = 3,
+	AMODE_TRACEPOINT = 4,
+};
+
+/* Fixed header of every ring-buffer record; path_len + aux_len bytes follow. */
+struct event {
+	__u64 time_ns; /* CLOCK_BOOTTIME */
+	__u64 cgroup_id;
+	__u64 key; /* hash of path+aux: the dedup key together with cgroup and op */
+	__u32 pid; /* tgid, in the initial pid namespace */
+	__u32 uid;
+	__u32 flags; /* open flags, mode (chmod/mkdir), *at flags (rename/link/unlink) */
+	__u32 count; /* operations this record stands for (1 + repeats folded before it) */
+	__u16 op;
+	__u16 path_len;
+	__u16 aux_len;
+	__u8 aux_kind;
+	__u8 denied;
+	char comm[16];
+};
+
+struct audit_cgroup {
+	__u32 flags; /* reserved (e.g. deny mode); 0 = audit */
+	__u32 armed_at; /* seconds, CLOCK_BOOTTIME; for diagnostics */
+};
+
+/* Identity strings, kept by user space only, so they survive a daemon
+ * restart; fixed size because a BPF hash map value is. */
+struct identity {
+	char namespace[64];
+	char pod[254];
+	char pod_uid[40];
+	char container[254];
+	char container_id[128];
+};
+
+struct dedup_key {
+	__u64 cgroup_id;
+	__u64 hash;
+	__u32 op;
+	__u32 pad;
+};
+
+struct dedup_val {
+	__u64 window_start_ns;
+	__u64 pending; /* repeats folded since the last emitted record */
+	__u32 pid;
+	__u32 uid;
+	__u32 flags;
+	__u32 pad;
+};
+
+struct scratch {
+	struct event ev;
+	char data[DATA_BYTES]; /* must follow ev: ev+data is what goes out */
+	char ustr[PATH_CAP];
+	char tmp[2 * PATH_CAP]; /* dentry walk writes right to left into tmp[0..PATH_CAP) */
+	__u32 busy;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AUDIT_MAX_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct audit_cgroup);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audited_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AUDIT_MAX_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct identity);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_identity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4 * AUDIT_MAX_CGROUPS);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dedup_key);
+	__type(value, struct dedup_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_dedup SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_mode SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, AUDIT_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} audit_scratch SEC(".maps");
+
+/* Keep the generated Go types in the object even if unused by a program. */
+const struct event *unused_event __attribute__((unused));
+const struct identity *unused_identity __attribute__((unused));
+const struct dedup_key *unused_dedup_key __attribute__((unused));
+const struct dedup_val *unused_dedup_val __attribute__((unused));
+const struct audit_cgroup *unused_audit_cgroup __attribute__((unused));
+const enum write_op *unused_write_op __attribute__((unused));
+const enum attach_mode *unused_attach_mode __attribute__((unused));
+const enum aux_kind *unused_aux_kind __attribute__((unused));
+
+/* The first question of every front: is the current task's cgroup armed?
+ * Unarmed cgroups pay one helper call and one hash lookup. */
+static __always_inline bool cgroup_armed(__u64 *cgid)
+{
+	*cgid = bpf_get_current_cgroup_id();
+	return bpf_map_lookup_elem(&audited_cgroups, cgid) != NULL;
+}
+
+/* Take the per-CPU scratch; NULL if it is in use (a preempted program on this
+ * CPU): the caller counts a loss rather than corrupting the other event. */
+static __always_inline struct scratch *scratch_get(void)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&audit_scratch, &zero);
+
+	if (!s)
+		return NULL;
+	if (__sync_lock_test_and_set(&s->busy, 1))
+		return NULL;
+	return s;
+}
+
+static __always_inline void scratch_put(struct scratch *s)
+{
+	__sync_lock_test_and_set(&s->busy, 0);
+}
+
+static __always_inline void count_lost(__u64 cgid, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&audit_lost, &cgid);
+
+	if (v) {
+		*v += n; /* per-CPU value: no atomics needed */
+		return;
+	}
+	if (bpf_map_update_elem(&audit_lost, &cgid, &n, BPF_NOEXIST) == 0)
+		return;
+	v = bpf_map_lookup_elem(&audit_lost, &cgid);
+	if (v) {
+		*v += n;
+		return;
+	}
+	/* Map full: account under cgroup id 0 so the loss still shows. */
+	cgid = 0;
+	v = bpf_map_lookup_elem(&audit_lost, &cgid);
+	if (v)
+		*v += n;
+	else
+		bpf_map_update_elem(&audit_lost, &cgid, &n, BPF_ANY);
+}
+
+struct hash_ctx {
+	__u64 h;
+	__u32 len;
+};
+
+/* FNV-1a over 8-byte words of scratch->data; the tail word is masked. */
+static long hash_word(__u64 i, struct hash_ctx *c)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&audit_scratch, &zero);
+	__u32 off = (i * 8) & (DATA_MASK & ~7);
+	__u64 w;
+	__u32 rem;
+
+	if (!s)
+		return 1;
+	w = *(__u64 *)(s->data + off);
+	rem = c->len - (__u32)(i * 8);
+	if (rem < 8)
+		w &= (1ULL << (rem * 8)) - 1;
+	c->h ^= w;
+	c->h *= 0x100000001b3ULL;
+	return 0;
+}
+
+/*
+ * Fold, fill the header, emit, count losses. path_len/aux_len bytes are
+ * already in s->data. The record is header + path + aux bytes, no padding.
+ * Returns 0; frees the scratch.
+ */
+static __always_inline int audit_emit(struct scratch *s, __u64 cgid, __u32 op, __u32 flags,
+				      __u32 path_len, __u32 aux_len, __u32 aux_kind, bool denied)
+{
+	struct hash_ctx hc = { .h = 0xcbf29ce484222325ULL };
+	struct dedup_key dk = {};
+	struct dedup_val *dv, nv = {};
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 count = 1;
+	__u32 total, size;
+	__u64 wake;
+
+	path_len &= OFF_MASK;
+	aux_len &= OFF_MASK;
+	total = path_len + aux_len;
+	hc.len = total;
+	bpf_loop((total + 7) / 8, hash_word, &hc, 0);
+
+	dk.cgroup_id = cgid;
+	dk.hash = hc.h ^ path_len; /* path/aux split is part of the key */
+	dk.op = op;
+	dv = bpf_map_lookup_elem(&audit_dedup, &dk);
+	if (dv) {
+		if (now - dv->window_start_ns < AUDIT_DEDUP_WINDOW_NS) {
+			__sync_fetch_and_add(&dv->pending, 1);
+			scratch_put(s);
+			return 0;
+		}
+		/* New window: this record carries the repeats of the last one. */
+		count += __sync_lock_test_and_set(&dv->pending, 0);
+		dv->window_start_ns = now;
+	} else {
+		nv.window_start_ns = now;
+		nv.pid = pid_tgid >> 32;
+		nv.uid = (__u32)bpf_get_current_uid_gid();
+		nv.flags = flags;
+		bpf_map_update_elem(&audit_dedup, &dk, &nv, BPF_ANY);
+	}
+
+	s->ev.time_ns = now;
+	s->ev.cgroup_id = cgid;
+	s->ev.key = dk.hash;
+	s->ev.pid = pid_tgid >> 32;
+	s->ev.uid = (__u32)bpf_get_current_uid_gid();
+	s->ev.flags = flags;
+	s->ev.count = count;
+	s->ev.op = op;
+	s->ev.path_len = path_len;
+	s->ev.aux_len = aux_len;
+	s->ev.aux_kind = aux_kind;
+	s->ev.denied = denied;
+	bpf_get_current_comm(s->ev.comm, sizeof(s->ev.comm));
+
+	/* Batched wake-ups: the reader polls with a short timeout; it is woken
+	 * early only when an eighth of the ring is waiting. */
+	wake = bpf_ringbuf_query(&audit_events, BPF_RB_AVAIL_DATA) >= AUDIT_RING_BYTES / 8 ?
+		       BPF_RB_FORCE_WAKEUP :
+		       BPF_RB_NO_WAKEUP;
+	size = sizeof(struct event) + (total & DATA_MASK);
+	if (bpf_ringbuf_output(&audit_events, &s->ev, size, wake) != 0)
+		count_lost(cgid, count);
+	scratch_put(s);
+	return 0;
+}
+
+#endif

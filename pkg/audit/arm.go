@@ -1,0 +1,215 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Arm starts the audit of the cgroup v2 directory cgroupDir (a container's
+// cgroup) and records its identity. It returns the cgroup id (the
+// directory's inode). All-or-nothing: on error nothing of it stays armed.
+// Idempotent: arming an armed cgroup updates its identity.
+//
+// Order: the cgroup programs (sysctl, and lsm_cgroup's) are attached and
+// pinned first, then the identity is stored, and the id goes into
+// audited_cgroups last — that is the moment events start.
+func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cgid, err := CgroupID(cgroupDir)
+	if err != nil {
+		return 0, fmt.Errorf("audit: arm: %w", err)
+	}
+	if err := a.attachCgroupProgs(cgid, cgroupDir); err != nil {
+		a.removeCgroupLinks(cgid, "")
+		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
+	}
+	ki, err := identityToKernel(id)
+	if err != nil {
+		a.removeCgroupLinks(cgid, "")
+		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
+	}
+	idm, _ := a.mapOf("audit_identity")
+	if err := idm.Put(cgid, ki); err != nil {
+		a.removeCgroupLinks(cgid, "")
+		return 0, fmt.Errorf("audit: arm cgroup %s: storing identity: %w", cgroupDir, err)
+	}
+	a.cache.put(cgid, id)
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) // diagnostics only
+	ac, _ := a.mapOf("audited_cgroups")
+	if err := ac.Put(cgid, auditAuditCgroup{ArmedAt: uint32(ts.Sec)}); err != nil {
+		idm.Delete(cgid)
+		a.removeCgroupLinks(cgid, "")
+		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
+	}
+	return cgid, nil
+}
+
+// Disarm stops the audit of a cgroup: no event is produced after it
+// returns (records already in the ring are still read). Idempotent. The
+// cgroup's loss counter stays (Lost keeps reporting it).
+func (a *Auditor) Disarm(cgid uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ac, _ := a.mapOf("audited_cgroups")
+	idm, _ := a.mapOf("audit_identity")
+	var errs []error
+	if err := ac.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("audit: disarm %d: %w", cgid, err))
+	}
+	errs = append(errs, a.removeCgroupLinks(cgid, ""))
+	if err := idm.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("audit: disarm %d: identity: %w", cgid, err))
+	}
+	// The reader may still decode records of this cgroup: keep the cached
+	// identity for a grace period.
+	a.cache.expire(cgid, time.Now().Add(10*time.Second))
+	return errors.Join(errs...)
+}
+
+// Armed lists the armed cgroups with their identities.
+func (a *Auditor) Armed() (map[uint64]Identity, error) {
+	ac, _ := a.mapOf("audited_cgroups")
+	idm, _ := a.mapOf("audit_identity")
+	out := map[uint64]Identity{}
+	var (
+		k uint64
+		v auditAuditCgroup
+	)
+	it := ac.Iterate()
+	for it.Next(&k, &v) {
+		var ki auditIdentity
+		if err := idm.Lookup(k, &ki); err == nil {
+			out[k] = identityFromKernel(&ki)
+		} else {
+			out[k] = Identity{}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("audit: listing armed cgroups: %w", err)
+	}
+	return out, nil
+}
+
+// attachCgroupProgs attaches (multi-attach links, pinned as cg_<id>_<prog>)
+// the sysctl program and, in lsm_cgroup mode, the LSM programs to the
+// cgroup. Links already pinned are kept.
+func (a *Auditor) attachCgroupProgs(cgid uint64, dir string) error {
+	type att struct {
+		name string
+		at   ebpf.AttachType
+	}
+	todo := []att{{sysctlProg, ebpf.AttachCGroupSysctl}}
+	if a.mode == ModeLSMCgroup {
+		for n := range a.progs {
+			if strings.HasPrefix(n, "lsmc_") {
+				todo = append(todo, att{n, ebpf.AttachLSMCgroup})
+			}
+		}
+	}
+	for _, t := range todo {
+		pin := a.cgLinkPin(cgid, t.name)
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			l.Close()
+			continue
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: t.at, Program: a.progs[t.name]})
+		if err != nil {
+			return fmt.Errorf("attaching %s: %w", t.name, err)
+		}
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			return fmt.Errorf("pinning link of %s: %w", t.name, err)
+		}
+		l.Close()
+	}
+	return nil
+}
+
+func (a *Auditor) cgLinkPin(cgid uint64, prog string) string {
+	return filepath.Join(a.dir, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
+}
+
+// removeCgroupLinks unpins (detaching) the per-cgroup links of cgid (0 =
+// every cgroup) whose program name starts with progPrefix ("" = all).
+func (a *Auditor) removeCgroupLinks(cgid uint64, progPrefix string) error {
+	entries, err := os.ReadDir(a.dir)
+	if err != nil {
+		return fmt.Errorf("audit: listing %s: %w", a.dir, err)
+	}
+	want := cgLinkPrefix
+	if cgid != 0 {
+		want += strconv.FormatUint(cgid, 10) + "_"
+	}
+	var errs []error
+	for _, e := range entries {
+		n := e.Name()
+		if !strings.HasPrefix(n, want) {
+			continue
+		}
+		rest := strings.TrimPrefix(n, cgLinkPrefix)
+		_, prog, ok := strings.Cut(rest, "_")
+		if !ok || !strings.HasPrefix(prog, progPrefix) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(a.dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func identityToKernel(id Identity) (auditIdentity, error) {
+	var k auditIdentity
+	for _, f := range []struct {
+		name string
+		dst  []int8
+		v    string
+	}{
+		{"namespace", k.Namespace[:], id.Namespace},
+		{"pod", k.Pod[:], id.Pod},
+		{"pod UID", k.PodUid[:], id.PodUID},
+		{"container", k.Container[:], id.Container},
+		{"container ID", k.ContainerId[:], id.ContainerID},
+	} {
+		if len(f.v) >= len(f.dst) {
+			return k, fmt.Errorf("%s %q longer than %d bytes", f.name, f.v, len(f.dst)-1)
+		}
+		for i := 0; i < len(f.v); i++ {
+			f.dst[i] = int8(f.v[i])
+		}
+	}
+	return k, nil
+}
+
+func identityFromKernel(k *auditIdentity) Identity {
+	return Identity{
+		Namespace:   cstr(k.Namespace[:]),
+		Pod:         cstr(k.Pod[:]),
+		PodUID:      cstr(k.PodUid[:]),
+		Container:   cstr(k.Container[:]),
+		ContainerID: cstr(k.ContainerId[:]),
+	}
+}
+
+func cstr(b []int8) string {
+	n := 0
+	for n < len(b) && b[n] != 0 {
+		n++
+	}
+	buf := make([]byte, n)
+	for i := 0; i < n; i++ {
+		buf[i] = byte(b[i])
+	}
+	return string(buf)
+}

@@ -1,0 +1,448 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/podscope/podscope/pkg/testenv"
+)
+
+// TestProbeReportsTracepoint: on the machines podscope is built on,
+// trampolines are refused; the probe must say so per mode and take the
+// tracepoint mode, and it must have really seen an event to take it.
+func TestProbeReportsTracepoint(t *testing.T) {
+	testenv.RequireRoot(t)
+	res := ProbeModes("")
+	t.Logf("probe: %s", res)
+	if res.Mode != ModeTracepoint {
+		t.Fatalf("probe chose %q, want tracepoint on this machine: %s", res.Mode, res)
+	}
+	if len(res.Refused) != 3 {
+		t.Fatalf("want a refusal for each of lsm_cgroup, lsm, fentry; got %+v", res.Refused)
+	}
+	for i, m := range []Mode{ModeLSMCgroup, ModeLSM, ModeFentry} {
+		r := res.Refused[i]
+		if r.Mode != m || r.Reason == "" {
+			t.Errorf("refusal %d = %+v, want mode %s with a reason", i, r, m)
+		}
+		if !strings.Contains(r.Reason, "load") && !strings.Contains(r.Reason, "attach") {
+			t.Errorf("refusal of %s does not say which step failed: %q", m, r.Reason)
+		}
+	}
+}
+
+// harness: one Auditor (tracepoint mode, own bpffs root) with a running
+// reader collecting every event.
+type harness struct {
+	a      *Auditor
+	cgRoot string
+	mu     sync.Mutex
+	events []Event
+	last   time.Time
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	testenv.RequireRoot(t)
+	root := testenv.BPFFSRoot(t)
+	cgRoot, err := Cgroup2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a, err := Open(root, Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Open (probe + load + attach) took %v", time.Since(start))
+	t.Cleanup(func() {
+		a.Close()
+		if err := Cleanup(root); err != nil {
+			t.Error(err)
+		}
+	})
+	h := &harness{a: a, cgRoot: cgRoot}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Run(ctx, func(ev Event) {
+			h.mu.Lock()
+			h.events = append(h.events, ev)
+			h.last = time.Now()
+			h.mu.Unlock()
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return h
+}
+
+// cgroup creates a fresh cgroup v2 directory, removed at the end.
+func (h *harness) cgroup(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(h.cgRoot, testenv.Name(t))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("removing cgroup %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+type childOpts struct {
+	env     []string
+	files   []*os.File
+	unshare uintptr
+}
+
+// run re-executes the test binary as workload w, born in cgroup cg (it runs
+// no instruction outside it), and returns its pid once it exited cleanly.
+func (h *harness) run(t *testing.T, cg, w string, o childOpts) int {
+	t.Helper()
+	cgfd, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(cgfd)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(append(os.Environ(), workloadEnv+"="+w), o.env...)
+	cmd.ExtraFiles = o.files
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd, Unshareflags: o.unshare}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("workload %s: %v: %s", w, err, out)
+	}
+	return cmd.Process.Pid
+}
+
+// settle waits until the reader has been quiet for a while (records reach
+// it within the poll interval).
+func (h *harness) settle() {
+	time.Sleep(3 * pollInterval)
+	for {
+		h.mu.Lock()
+		quiet := time.Since(h.last) > 4*pollInterval
+		h.mu.Unlock()
+		if quiet {
+			return
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+func (h *harness) take(match func(Event) bool) []Event {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []Event
+	for _, ev := range h.events {
+		if match(ev) {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func realDir(t *testing.T) string {
+	d, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestTracepointAudit(t *testing.T) {
+	h := newHarness(t)
+	if h.a.Mode() != ModeTracepoint {
+		t.Fatalf("mode %s, want tracepoint", h.a.Mode())
+	}
+	id := Identity{Namespace: "ns1", Pod: "pod1", PodUID: "uid-1", Container: "c1", ContainerID: "abc123"}
+
+	t.Run("every op, exact events", func(t *testing.T) {
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		if again, err := h.a.Arm(cg, id); err != nil || again != cgid {
+			t.Fatalf("second Arm = %d, %v; want %d (idempotent)", again, err, cgid)
+		}
+		d := realDir(t)
+		fd, err := opFixture(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fd.Close()
+		pid := h.run(t, cg, "ops", childOpts{env: []string{dirEnv + "=" + d}, files: []*os.File{fd}, unshare: unix.CLONE_NEWNS})
+		h.settle()
+		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
+		want := opsWant(d)
+		comm := filepath.Base(os.Args[0])
+		if len(comm) > 15 {
+			comm = comm[:15]
+		}
+		for i, ev := range got {
+			if ev.PID != uint32(pid) || ev.Comm != comm || ev.UID != 0 || ev.Count != 1 || ev.Denied ||
+				ev.Namespace != id.Namespace || ev.Pod != id.Pod || ev.PodUID != id.PodUID ||
+				ev.Container != id.Container || ev.ContainerID != id.ContainerID {
+				t.Errorf("event %d: %+v: want pid %d comm %q uid 0 count 1 and identity %+v", i, ev, pid, comm, id)
+			}
+			if time.Since(ev.Time) > time.Minute || time.Until(ev.Time) > time.Second {
+				t.Errorf("event %d: time %v is not now", i, ev.Time)
+			}
+		}
+		var gotW []wantEvent
+		for _, ev := range got {
+			gotW = append(gotW, wantEvent{ev.Op, ev.Path, ev.Target, ev.Flags})
+		}
+		if diff := diffEvents(want, gotW); diff != "" {
+			t.Errorf("events differ (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("unarmed sibling produces none", func(t *testing.T) {
+		armed := h.cgroup(t)
+		sibling := h.cgroup(t)
+		cgid, err := h.a.Arm(armed, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		sib, err := CgroupID(sibling)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := realDir(t)
+		pid := h.run(t, sibling, "writes", childOpts{env: []string{dirEnv + "=" + d, countEnv + "=50"}})
+		armedPid := h.run(t, armed, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=3"}})
+		h.settle()
+		if evs := h.take(func(ev Event) bool { return ev.CgroupID == sib || ev.PID == uint32(pid) }); len(evs) != 0 {
+			t.Fatalf("unarmed sibling cgroup produced %d events, first %+v", len(evs), evs[0])
+		}
+		// The same workload in the armed cgroup is seen: the check above is not vacuous.
+		if evs := h.take(func(ev Event) bool { return ev.PID == uint32(armedPid) }); len(evs) != 3 {
+			t.Fatalf("armed cgroup: %d events, want 3", len(evs))
+		}
+	})
+
+	t.Run("sysctl write in own netns", func(t *testing.T) {
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		var st unix.Stat_t
+		if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+			t.Fatal(err)
+		}
+		pid := h.run(t, cg, "sysctl", childOpts{
+			env:     []string{netnsEnv + "=" + strconv.FormatUint(st.Ino, 10)},
+			unshare: unix.CLONE_NEWNET,
+		})
+		h.settle()
+		got := h.take(func(ev Event) bool { return ev.PID == uint32(pid) })
+		var sys, open int
+		for _, ev := range got {
+			switch {
+			case ev.Op == "sysctl_write" && ev.Path == "/proc/sys/net/ipv4/ip_forward" && ev.Value == "1" && ev.CgroupID == cgid:
+				sys++
+			// os.WriteFile opens with O_CREAT: the tracepoint mode reports
+			// the open as create (the flag asked for), then the sysctl write.
+			case ev.Op == "create" && ev.Path == "/proc/sys/net/ipv4/ip_forward":
+				open++
+			default:
+				t.Errorf("unexpected event %+v", ev)
+			}
+		}
+		if sys != 1 || open != 1 {
+			t.Fatalf("want one sysctl_write (value 1) and one create (open) of /proc/sys/net/ipv4/ip_forward, got %+v", got)
+		}
+	})
+
+	t.Run("repeats folded, count kept", func(t *testing.T) {
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		d := realDir(t)
+		if err := os.WriteFile(filepath.Join(d, "same"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		pid := h.run(t, cg, "same", childOpts{env: []string{dirEnv + "=" + d}})
+		time.Sleep(foldWindow + 2*pollInterval) // the sweep flushes after the window
+		h.settle()
+		var total uint32
+		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
+		for _, ev := range got {
+			if ev.Op != "open_write" || ev.Path != filepath.Join(d, "same") || ev.PID != uint32(pid) {
+				t.Errorf("unexpected event %+v", ev)
+			}
+			total += ev.Count
+		}
+		if total != 5 || len(got) != 2 {
+			t.Fatalf("5 identical opens gave %d events with counts summing to %d, want 2 events (1 + 4 folded) summing to 5: %+v", len(got), total, got)
+		}
+	})
+
+	t.Run("disarm stops events", func(t *testing.T) {
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		armed, err := h.a.Armed()
+		if err != nil || armed[cgid] != id {
+			t.Fatalf("Armed() = %v, %v; want %d -> %+v", armed, err, cgid, id)
+		}
+		if err := h.a.Disarm(cgid); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.a.Disarm(cgid); err != nil {
+			t.Fatalf("second Disarm: %v (must be idempotent)", err)
+		}
+		if armed, _ := h.a.Armed(); len(armed) != 0 {
+			if _, still := armed[cgid]; still {
+				t.Fatalf("cgroup %d still armed after Disarm", cgid)
+			}
+		}
+		pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=20"}})
+		h.settle()
+		if evs := h.take(func(ev Event) bool { return ev.CgroupID == cgid || ev.PID == uint32(pid) }); len(evs) != 0 {
+			t.Fatalf("disarmed cgroup produced %d events, first %+v", len(evs), evs[0])
+		}
+		entries, _ := os.ReadDir(h.a.dir)
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_") {
+				t.Errorf("link pin %s left after Disarm", e.Name())
+			}
+		}
+	})
+
+	t.Run("burst of 200000 distinct writes: delivered + lost == done", func(t *testing.T) {
+		const n = 200000
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		d := realDir(t)
+		start := time.Now()
+		pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + d, countEnv + "=" + strconv.Itoa(n)}})
+		took := time.Since(start)
+		h.settle()
+		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
+		var delivered uint64
+		seen := make(map[string]bool, len(got))
+		for _, ev := range got {
+			if ev.PID != uint32(pid) || ev.Op != "create" || !strings.HasPrefix(ev.Path, d+"/f") || seen[ev.Path] {
+				t.Fatalf("unexpected or duplicate event %+v", ev)
+			}
+			seen[ev.Path] = true
+			delivered += uint64(ev.Count)
+		}
+		lost, err := h.a.Lost()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("burst: %d writes in %v (%.0f events/s offered), delivered %d, lost %d",
+			n, took, float64(n)/took.Seconds(), delivered, lost[cgid])
+		if delivered+lost[cgid] != n {
+			t.Fatalf("delivered %d + lost %d != %d operations", delivered, lost[cgid], n)
+		}
+	})
+}
+
+// TestRestartKeepsState: a second Open on the same root (a daemon restart)
+// reuses the pinned mode, programs, links and armed cgroups with their
+// identities, without probing again.
+func TestRestartKeepsState(t *testing.T) {
+	h := newHarness(t)
+	cg := h.cgroup(t)
+	id := Identity{Namespace: "ns", Pod: "p", PodUID: "u", Container: "c", ContainerID: "cid"}
+	cgid, err := h.a.Arm(cg, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.a.Disarm(cgid)
+	start := time.Now()
+	b, err := Open(h.a.root, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t.Logf("reopen took %v", time.Since(start))
+	if !b.Probe().Reused || b.Mode() != ModeTracepoint {
+		t.Fatalf("reopen: %s, want the pinned tracepoint mode reused", b.Probe())
+	}
+	if m, err := PinnedMode(h.a.root); err != nil || m != ModeTracepoint {
+		t.Fatalf("PinnedMode = %q, %v", m, err)
+	}
+	armed, err := b.Armed()
+	if err != nil || armed[cgid] != id {
+		t.Fatalf("after reopen Armed() = %v, %v; want %d -> %+v", armed, err, cgid, id)
+	}
+	// Closing the first handle (the old daemon exiting) keeps auditing.
+	h.a.Close()
+	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=2"}})
+	h.settle()
+	if evs := h.take(func(ev Event) bool { return ev.PID == uint32(pid) }); len(evs) != 2 {
+		t.Fatalf("after the first handle closed: %d events, want 2", len(evs))
+	}
+}
+
+func TestPinnedModeWithoutPins(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	if _, err := PinnedMode(root); !errors.Is(err, ErrNotLoaded) {
+		t.Fatalf("PinnedMode on an empty root = %v, want ErrNotLoaded", err)
+	}
+}
+
+func diffEvents(want, got []wantEvent) string {
+	key := func(w wantEvent) string { return fmt.Sprintf("%s %s -> %q flags %#o", w.op, w.path, w.target, w.flags) }
+	count := map[string]int{}
+	for _, w := range want {
+		count[key(w)]++
+	}
+	for _, g := range got {
+		count[key(g)]--
+	}
+	var lines []string
+	for k, c := range count {
+		for ; c > 0; c-- {
+			lines = append(lines, "- "+k)
+		}
+		for ; c < 0; c++ {
+			lines = append(lines, "+ "+k)
+		}
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,59 @@
+package audit
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Cgroup2Root finds the cgroup v2 (unified) mount: /sys/fs/cgroup on a pure
+// v2 host, /sys/fs/cgroup/unified on a hybrid one.
+func Cgroup2Root() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent maj:min root mountpoint opts ... - fstype source superopts
+		fields := strings.Fields(sc.Text())
+		for i, fld := range fields {
+			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				return fields[4], nil
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	return "", errors.New("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+// CgroupID is the cgroup v2 id of a cgroup directory: its inode number,
+// which is what bpf_get_current_cgroup_id() returns for its tasks.
+func CgroupID(dir string) (uint64, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", dir, err)
+	}
+	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return 0, fmt.Errorf("cgroup %s is not on a cgroup v2 filesystem (the audit needs the unified hierarchy)", dir)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", dir, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return 0, fmt.Errorf("cgroup %s is not a directory", dir)
+	}
+	return st.Ino, nil
+}
+
+func mountTracefs(dir string) error {
+	return unix.Mount("tracefs", dir, "tracefs", 0, "")
+}

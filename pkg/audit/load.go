@@ -1,0 +1,189 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/podscope/podscope/pkg/pins"
+)
+
+// Pin names under root.Dir("audit"). Maps are pinned by their C names
+// (audited_cgroups, audit_identity, audit_lost, audit_dedup, audit_mode,
+// audit_events); programs as prog_<name>; global links as link_<name>;
+// per-cgroup links as cg_<id>_<name>.
+const (
+	progPrefix   = "prog_"
+	linkPrefix   = "link_"
+	cgLinkPrefix = "cg_"
+	sysctlProg   = "audit_sysctl"
+)
+
+// progNames lists the programs of a mode (without the sysctl program, which
+// every mode has), sorted.
+func progNames(spec *ebpf.CollectionSpec, m Mode) []string {
+	prefix := map[Mode]string{ModeLSMCgroup: "lsmc_", ModeLSM: "lsm_", ModeFentry: "fentry_", ModeTracepoint: "tp_"}[m]
+	var out []string
+	for name := range spec.Programs {
+		if strings.HasPrefix(name, prefix) {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// loadMaps creates (or reopens, from their pins) every map of the object.
+func loadMaps(root pins.Root, dir string) (*ebpf.CollectionSpec, *ebpf.Collection, error) {
+	spec, err := loadAudit()
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit: parsing the embedded BPF object: %w", err)
+	}
+	ms := spec.Copy()
+	ms.Programs = map[string]*ebpf.ProgramSpec{}
+	coll, err := ebpf.NewCollectionWithOptions(ms, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
+	if err != nil {
+		return nil, nil, pins.Explain(fmt.Errorf("audit: loading pinned maps under %s: %w", dir, err), root, "audit maps")
+	}
+	return spec, coll, nil
+}
+
+// loadPrograms returns the named programs, from their pins when present;
+// the missing ones are loaded (one verifier pass per node) and pinned.
+func loadPrograms(spec *ebpf.CollectionSpec, maps *ebpf.Collection, dir string, names []string) (map[string]*ebpf.Program, error) {
+	out := map[string]*ebpf.Program{}
+	sub := spec.Copy()
+	sub.Programs = map[string]*ebpf.ProgramSpec{}
+	fail := func(err error) (map[string]*ebpf.Program, error) {
+		for _, p := range out {
+			p.Close()
+		}
+		return nil, err
+	}
+	for _, n := range names {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(dir, progPrefix+n), nil)
+		if err == nil {
+			out[n] = p
+			continue
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return fail(fmt.Errorf("audit: opening pinned program %s: %w", n, err))
+		}
+		sub.Programs[n] = spec.Programs[n]
+	}
+	if len(sub.Programs) == 0 {
+		return out, nil
+	}
+	coll, err := ebpf.NewCollectionWithOptions(sub, ebpf.CollectionOptions{MapReplacements: maps.Maps})
+	if err != nil {
+		return fail(fmt.Errorf("load: %w", err))
+	}
+	for n, p := range coll.Programs {
+		if err := p.Pin(filepath.Join(dir, progPrefix+n)); err != nil {
+			coll.Close()
+			return fail(fmt.Errorf("audit: pinning program %s: %w", n, err))
+		}
+		out[n] = p
+	}
+	coll.Programs = nil // handed over to out
+	coll.Close()
+	return out, nil
+}
+
+// attachGlobal attaches a global mode's programs, keeping links already
+// pinned (a restart re-attaches nothing). Tracepoints that this kernel does
+// not have (openat2, fchmodat2 on older kernels; open, creat… on arm64) are
+// skipped; it is an error only when none attaches.
+func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []string, logf func(string, ...any)) error {
+	attached := 0
+	var created []string
+	undo := func() {
+		for _, p := range created {
+			os.Remove(p)
+		}
+	}
+	for _, n := range names {
+		pin := filepath.Join(dir, linkPrefix+n)
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			l.Close()
+			attached++
+			continue
+		}
+		l, err := attachOne(m, n, progs[n])
+		if errors.Is(err, os.ErrNotExist) && m == ModeTracepoint {
+			logf("audit: tracepoint syscalls:%s not in this kernel, skipped", tracepointOf(n))
+			continue
+		}
+		if err != nil {
+			undo()
+			return fmt.Errorf("attach %s: %w", n, err)
+		}
+		if err := l.Pin(pin); err != nil {
+			l.Close()
+			undo()
+			return fmt.Errorf("audit: pinning link of %s: %w", n, err)
+		}
+		l.Close() // the pin keeps it attached
+		created = append(created, pin)
+		attached++
+	}
+	if attached == 0 {
+		return fmt.Errorf("attach: no %s program attached", m)
+	}
+	return nil
+}
+
+func tracepointOf(prog string) string { return "sys_enter_" + strings.TrimPrefix(prog, "tp_") }
+
+func attachOne(m Mode, name string, p *ebpf.Program) (link.Link, error) {
+	if p == nil {
+		return nil, fmt.Errorf("program %s not loaded", name)
+	}
+	switch m {
+	case ModeLSM:
+		return link.AttachLSM(link.LSMOptions{Program: p})
+	case ModeFentry:
+		return link.AttachTracing(link.TracingOptions{Program: p})
+	case ModeTracepoint:
+		if err := ensureTracefs(); err != nil {
+			return nil, err
+		}
+		return link.Tracepoint("syscalls", tracepointOf(name), p, nil)
+	}
+	return nil, fmt.Errorf("mode %s has no global attachment", m)
+}
+
+// ensureTracefs mounts tracefs at /sys/kernel/tracing when neither it nor
+// debugfs's tracing directory is there: syscall tracepoints are found by id
+// through it.
+func ensureTracefs() error {
+	for _, d := range []string{"/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"} {
+		if _, err := os.Stat(d); err == nil {
+			return nil
+		}
+	}
+	if err := mountTracefs("/sys/kernel/tracing"); err != nil {
+		return fmt.Errorf("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: %w", err)
+	}
+	return nil
+}
+
+// removeGlobalLinks unpins (and so detaches) the global links and the
+// pinned programs of mode m: used when a forced mode replaces a pinned one.
+func removeModePins(dir string, spec *ebpf.CollectionSpec, m Mode) error {
+	var errs []error
+	for _, n := range progNames(spec, m) {
+		for _, p := range []string{linkPrefix + n, progPrefix + n} {
+			if err := os.Remove(filepath.Join(dir, p)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

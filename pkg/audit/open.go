@@ -1,0 +1,119 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/podscope/podscope/pkg/pins"
+)
+
+// Open loads the audit once per node: maps, programs and (global modes)
+// links are pinned under root.Dir("audit"), and a later Open — a restart of
+// the daemon — reuses them, including the mode, without a new probe or a
+// verifier pass. Without opts.Mode and without pins, the mode is the one
+// ProbeModes finds.
+func Open(root pins.Root, opts Options) (*Auditor, error) {
+	if opts.Mode != "" && !opts.Mode.Valid() {
+		return nil, fmt.Errorf("audit: unknown mode %q (one of lsm_cgroup, lsm, fentry, tracepoint)", opts.Mode)
+	}
+	dir, err := root.Ensure("audit")
+	if err != nil {
+		return nil, err
+	}
+	spec, maps, err := loadMaps(root, dir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Auditor{root: root, dir: dir, logf: opts.Logf, maps: maps}
+	fail := func(err error) (*Auditor, error) {
+		a.Close()
+		return nil, err
+	}
+
+	var pinned uint32
+	if err := maps.Maps["audit_mode"].Lookup(uint32(0), &pinned); err != nil {
+		return fail(fmt.Errorf("audit: reading pinned mode: %w", err))
+	}
+	pinnedMode := modeFromKernel(pinned)
+
+	switch {
+	case opts.Mode != "":
+		a.mode, a.probe = opts.Mode, ProbeResult{Mode: opts.Mode, Forced: true}
+	case pinnedMode != "":
+		a.mode, a.probe = pinnedMode, ProbeResult{Mode: pinnedMode, Reused: true}
+	default:
+		a.probe = ProbeModes(opts.CgroupRoot)
+		if a.probe.Mode == "" {
+			return fail(fmt.Errorf("audit: no mode works on this kernel: %s", a.probe))
+		}
+		a.mode = a.probe.Mode
+	}
+	a.logfOrNop("audit: %s", a.probe)
+
+	if pinnedMode != "" && pinnedMode != a.mode {
+		a.logfOrNop("audit: replacing pinned mode %s by %s", pinnedMode, a.mode)
+		if err := removeModePins(dir, spec, pinnedMode); err != nil {
+			return fail(fmt.Errorf("audit: removing pins of mode %s: %w", pinnedMode, err))
+		}
+		if pinnedMode == ModeLSMCgroup {
+			if err := a.removeCgroupLinks(0, "lsmc_"); err != nil {
+				return fail(err)
+			}
+		}
+	}
+
+	names := progNames(spec, a.mode)
+	a.progs, err = loadPrograms(spec, maps, dir, append([]string{sysctlProg}, names...))
+	if err != nil {
+		return fail(fmt.Errorf("audit: mode %s: %w", a.mode, unwrapErrno(err)))
+	}
+	if a.mode != ModeLSMCgroup {
+		if err := attachGlobal(dir, a.mode, a.progs, names, a.logfOrNop); err != nil {
+			return fail(fmt.Errorf("audit: mode %s: %w", a.mode, err))
+		}
+	}
+	if err := maps.Maps["audit_mode"].Put(uint32(0), uint32(a.mode.kernel())); err != nil {
+		return fail(fmt.Errorf("audit: pinning mode: %w", err))
+	}
+	// Cgroups armed under another mode get no cgroup programs here (the pin
+	// does not know their directory): the caller re-arms them (the NRI
+	// daemon's Synchronize does).
+	return a, nil
+}
+
+// PinnedMode is the mode of the programs pinned under root, for status and
+// metrics; it opens nothing but the mode map. ErrNotLoaded when none.
+func PinnedMode(root pins.Root) (Mode, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir("audit"), "audit_mode"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, os.ErrNotExist) {
+		return "", ErrNotLoaded
+	}
+	if err != nil {
+		return "", fmt.Errorf("audit: opening pinned mode: %w", err)
+	}
+	defer m.Close()
+	var v uint32
+	if err := m.Lookup(uint32(0), &v); err != nil {
+		return "", fmt.Errorf("audit: reading pinned mode: %w", err)
+	}
+	mode := modeFromKernel(v)
+	if mode == "" {
+		return "", ErrNotLoaded
+	}
+	return mode, nil
+}
+
+// Cleanup detaches and unpins everything of the audit under root: removing
+// a link's last pin (nobody else holds it) detaches it, and the maps and
+// programs go with their last reference.
+func Cleanup(root pins.Root) error {
+	dir := root.Dir("audit")
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("audit: removing %s: %w", dir, err)
+	}
+	return nil
+}

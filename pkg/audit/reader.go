@@ -1,0 +1,311 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// pollInterval bounds the latency of an event: the programs wake the
+	// reader only when an eighth of the ring is waiting (BPF_RB_NO_WAKEUP
+	// otherwise), so the reader polls with this timeout.
+	pollInterval = 100 * time.Millisecond
+	// foldWindow matches AUDIT_DEDUP_WINDOW_NS in bpf/audit.h.
+	foldWindow = time.Second
+	headerSize = int(unsafe.Sizeof(auditEvent{}))
+)
+
+// Run reads the ring buffer until ctx ends, calling sink for each event in
+// order (sink runs on Run's goroutine; a slow sink makes the ring fill and
+// the programs count losses). Repeats folded by the programs arrive as the
+// Count of the next event of the same (cgroup, op, path), or, when no such
+// event comes, as a separate event from Run's sweep of the fold map once
+// the window has passed. Only one Run per node should read the ring.
+func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
+	events, err := a.mapOf("audit_events")
+	if err != nil {
+		return err
+	}
+	rd, err := ringbuf.NewReader(events)
+	if err != nil {
+		return fmt.Errorf("audit: ring buffer reader: %w", err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+		case <-stop:
+		}
+		rd.Close()
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+
+	d := a.newDecoder()
+	var rec ringbuf.Record
+	nextSweep := time.Now().Add(foldWindow)
+	for {
+		rd.SetDeadline(time.Now().Add(pollInterval))
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			if ev, ok := d.decode(rec.RawSample); ok {
+				sink(ev)
+			}
+			if d.n++; d.n&1023 != 0 {
+				continue
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed):
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("audit: ring buffer closed: %w", err)
+		default:
+			return fmt.Errorf("audit: reading ring buffer: %w", err)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if now := time.Now(); now.After(nextSweep) {
+			a.sweepFolds(d, sink)
+			d.rotate()
+			nextSweep = now.Add(foldWindow)
+		}
+	}
+}
+
+// decoder turns ring records into Events: boot-time to wall-clock, cgroup
+// id to identity (cached), and remembers the strings of recent records so a
+// fold flushed by the sweep can name its path.
+type decoder struct {
+	a        *Auditor
+	bootBase time.Time
+	n        uint64
+	recent   map[foldKey]foldInfo
+	older    map[foldKey]foldInfo
+}
+
+type foldKey struct {
+	cgid, hash uint64
+	op         uint32
+}
+
+type foldInfo struct {
+	path, target, value, comm string
+}
+
+func (a *Auditor) newDecoder() *decoder {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	now := time.Now()
+	return &decoder{
+		a:        a,
+		bootBase: now.Add(-time.Duration(ts.Nano())),
+		recent:   map[foldKey]foldInfo{},
+		older:    map[foldKey]foldInfo{},
+	}
+}
+
+func (d *decoder) rotate() {
+	d.older, d.recent = d.recent, make(map[foldKey]foldInfo, len(d.recent))
+}
+
+func (d *decoder) decode(raw []byte) (Event, bool) {
+	if len(raw) < headerSize {
+		return Event{}, false
+	}
+	h := (*auditEvent)(unsafe.Pointer(&raw[0]))
+	body := raw[headerSize:]
+	pl, al := int(h.PathLen), int(h.AuxLen)
+	if pl+al > len(body) {
+		return Event{}, false
+	}
+	ev := Event{
+		Time:     d.bootBase.Add(time.Duration(h.TimeNs)),
+		CgroupID: h.CgroupId,
+		PID:      h.Pid,
+		Comm:     cstr(h.Comm[:]),
+		UID:      h.Uid,
+		Op:       opNames[auditWriteOp(h.Op)],
+		Path:     string(body[:pl]),
+		Flags:    h.Flags,
+		Denied:   h.Denied != 0,
+		Count:    h.Count,
+	}
+	switch auditAuxKind(h.AuxKind) {
+	case auditAuxKindAAUX_TARGET:
+		ev.Target = string(body[pl : pl+al])
+	case auditAuxKindAAUX_VALUE:
+		ev.Value = string(body[pl : pl+al])
+	}
+	d.a.identify(&ev)
+	d.recent[foldKey{h.CgroupId, h.Key, uint32(h.Op)}] = foldInfo{ev.Path, ev.Target, ev.Value, ev.Comm}
+	return ev, true
+}
+
+// sweepFolds emits the repeats that the programs folded and that no later
+// record carried: fold-map entries whose window has passed with pending
+// repeats are taken out (lookup-and-delete) and sent as one event each.
+func (a *Auditor) sweepFolds(d *decoder, sink func(Event)) {
+	m, err := a.mapOf("audit_dedup")
+	if err != nil {
+		return
+	}
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	now := uint64(ts.Nano())
+	var (
+		k    auditDedupKey
+		v    auditDedupVal
+		take []auditDedupKey
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if v.Pending > 0 && now-v.WindowStartNs >= uint64(foldWindow) {
+			take = append(take, k)
+		}
+	}
+	for _, k := range take {
+		if err := m.LookupAndDelete(k, &v); err != nil || v.Pending == 0 {
+			continue
+		}
+		fk := foldKey{k.CgroupId, k.Hash, k.Op}
+		info, ok := d.recent[fk]
+		if !ok {
+			info = d.older[fk]
+		}
+		ev := Event{
+			Time:     d.bootBase.Add(time.Duration(v.WindowStartNs)),
+			CgroupID: k.CgroupId,
+			PID:      v.Pid,
+			UID:      v.Uid,
+			Comm:     info.comm,
+			Op:       opNames[auditWriteOp(k.Op)],
+			Path:     info.path,
+			Target:   info.target,
+			Value:    info.value,
+			Flags:    v.Flags,
+			Count:    uint32(v.Pending),
+		}
+		a.identify(&ev)
+		sink(ev)
+	}
+}
+
+func (a *Auditor) identify(ev *Event) {
+	id, ok := a.cache.get(ev.CgroupID)
+	if !ok {
+		id = a.lookupIdentity(ev.CgroupID)
+	}
+	ev.Namespace, ev.Pod, ev.PodUID, ev.Container, ev.ContainerID = id.Namespace, id.Pod, id.PodUID, id.Container, id.ContainerID
+}
+
+func (a *Auditor) lookupIdentity(cgid uint64) Identity {
+	var ki auditIdentity
+	idm, err := a.mapOf("audit_identity")
+	if err != nil || idm.Lookup(cgid, &ki) != nil {
+		// Unknown (disarmed long ago, or armed by another process a moment
+		// ago): remember the miss briefly.
+		a.cache.putFor(cgid, Identity{}, time.Second)
+		return Identity{}
+	}
+	id := identityFromKernel(&ki)
+	a.cache.put(cgid, id)
+	return id
+}
+
+// Lost is, per cgroup id, how many operations were not delivered because the
+// ring was full (or the per-CPU scratch was busy), summed over CPUs. Key 0
+// collects losses of cgroups that did not fit in the map.
+func (a *Auditor) Lost() (map[uint64]uint64, error) {
+	m, err := a.mapOf("audit_lost")
+	if err != nil {
+		return nil, err
+	}
+	return sumPerCPU(m)
+}
+
+func sumPerCPU(m *ebpf.Map) (map[uint64]uint64, error) {
+	out := map[uint64]uint64{}
+	var (
+		k  uint64
+		vs []uint64
+	)
+	it := m.Iterate()
+	for it.Next(&k, &vs) {
+		var s uint64
+		for _, v := range vs {
+			s += v
+		}
+		out[k] = s
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("audit: reading loss counters: %w", err)
+	}
+	return out, nil
+}
+
+// identityCache maps cgroup ids to identities for the reader; entries put
+// by Arm never expire, misses and disarmed cgroups do.
+type identityCache struct {
+	mu sync.Mutex
+	m  map[uint64]cachedIdentity
+}
+
+type cachedIdentity struct {
+	id      Identity
+	expires time.Time // zero: never
+}
+
+func (c *identityCache) get(cgid uint64) (Identity, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[cgid]
+	if !ok {
+		return Identity{}, false
+	}
+	if !e.expires.IsZero() && time.Now().After(e.expires) {
+		delete(c.m, cgid)
+		return Identity{}, false
+	}
+	return e.id, true
+}
+
+func (c *identityCache) put(cgid uint64, id Identity) { c.set(cgid, cachedIdentity{id: id}) }
+
+func (c *identityCache) putFor(cgid uint64, id Identity, d time.Duration) {
+	c.set(cgid, cachedIdentity{id: id, expires: time.Now().Add(d)})
+}
+
+func (c *identityCache) set(cgid uint64, e cachedIdentity) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[uint64]cachedIdentity{}
+	}
+	c.m[cgid] = e
+}
+
+func (c *identityCache) expire(cgid uint64, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[cgid]; ok {
+		e.expires = at
+		c.m[cgid] = e
+	}
+}

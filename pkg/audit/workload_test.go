@@ -1,0 +1,295 @@
+package audit
+
+// Workloads the privileged tests run as child processes (this test binary
+// re-executed with workloadEnv set), born inside a test cgroup.
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	workloadEnv = "PODSCOPE_AUDIT_TEST_WORKLOAD"
+	dirEnv      = "PODSCOPE_AUDIT_TEST_DIR"
+	countEnv    = "PODSCOPE_AUDIT_TEST_COUNT"
+	netnsEnv    = "PODSCOPE_AUDIT_TEST_PARENT_NETNS"
+)
+
+func TestMain(m *testing.M) {
+	if w := os.Getenv(workloadEnv); w != "" {
+		if err := runWorkload(w); err != nil {
+			fmt.Fprintf(os.Stderr, "workload %s: %v\n", w, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func runWorkload(name string) error {
+	d := os.Getenv(dirEnv)
+	switch name {
+	case "ops":
+		return opsWorkload(d)
+	case "writes":
+		n, err := strconv.Atoi(os.Getenv(countEnv))
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			fd, err := unix.Open(filepath.Join(d, "f"+strconv.Itoa(i)), unix.O_CREAT|unix.O_WRONLY, 0o600)
+			if err != nil {
+				return err
+			}
+			unix.Close(fd)
+		}
+		return nil
+	case "same":
+		for i := 0; i < 5; i++ {
+			fd, err := unix.Open(filepath.Join(d, "same"), unix.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			unix.Close(fd)
+		}
+		return nil
+	case "sysctl":
+		// Refuse to write unless this process is in a network namespace of
+		// its own: /proc/sys/net is the writer's netns, never the host's here.
+		var st unix.Stat_t
+		if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+			return err
+		}
+		if strconv.FormatUint(st.Ino, 10) == os.Getenv(netnsEnv) {
+			return fmt.Errorf("still in the parent's network namespace: not writing a sysctl")
+		}
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0)
+	}
+	return fmt.Errorf("unknown workload %q", name)
+}
+
+func bytePtr(s string) uintptr {
+	p, err := unix.BytePtrFromString(s)
+	if err != nil {
+		panic(err)
+	}
+	return uintptr(unsafe.Pointer(p))
+}
+
+// raw issues the legacy (non-*at) syscalls that Go's wrappers never use.
+func raw(nr uintptr, args ...uintptr) error {
+	var a [3]uintptr
+	copy(a[:], args)
+	r, _, e := unix.Syscall(nr, a[0], a[1], a[2])
+	if e != 0 {
+		return e
+	}
+	if nr == unix.SYS_OPEN || nr == unix.SYS_CREAT {
+		unix.Close(int(r))
+	}
+	return nil
+}
+
+// opFixture lays out dir for opsWorkload (run by the parent, outside the
+// armed cgroup) and returns the fd the child gets as fd 3: a file opened
+// before the child exists, written through in the child.
+func opFixture(dir string) (*os.File, error) {
+	for _, d := range []string{"dirfd", "bind-src", "mnt", "root"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range []string{"abs-write", "trunc-me", "chmod-rel", "chown-abs", "dirfd/fchmodat-me",
+		"dirfd/fchownat-me", "link-src", "rename-a", "renameat-a", "renameat2-a", "unlink-me",
+		"dirfd/unlinkat-me", "bind-src/existing", "root/inroot", "fdfile"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Symlink("abs-write", filepath.Join(dir, "lchown-link")); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(filepath.Join(dir, "fdfile"), os.O_RDWR, 0)
+}
+
+type wantEvent struct {
+	op, path, target string
+	flags            uint32
+}
+
+// opsWant is what opsWorkload must produce, in order, for fixture dir d.
+func opsWant(d string) []wantEvent {
+	j := func(p ...string) string { return filepath.Join(append([]string{d}, p...)...) }
+	return []wantEvent{
+		{"create", j("rel-create"), "", unix.O_CREAT | unix.O_WRONLY},
+		{"open_write", j("abs-write"), "", unix.O_WRONLY},
+		{"create", j("creat-abs"), "", unix.O_CREAT | unix.O_WRONLY | unix.O_TRUNC},
+		{"create", j("openat2-rel"), "", unix.O_CREAT | unix.O_WRONLY},
+		{"create", j("open-legacy-rel"), "", unix.O_CREAT | unix.O_WRONLY | unix.O_TRUNC},
+		{"truncate", j("trunc-me"), "", 0},
+		{"truncate", j("fdfile"), "", 0},
+		{"chmod", j("fdfile"), "", 0o600},
+		{"chown", j("fdfile"), "", 0},
+		{"chmod", j("chmod-rel"), "", 0o640},
+		{"chmod", j("dirfd", "fchmodat-me"), "", 0o600},
+		{"chmod", j("dirfd"), "", 0o755},
+		{"chown", j("chown-abs"), "", 0},
+		{"chown", j("lchown-link"), "", 0},
+		{"chown", j("dirfd", "fchownat-me"), "", 0},
+		{"mkdir", j("mkdir-rel"), "", 0o755},
+		{"mkdir", j("dirfd", "mkdirat-sub"), "", 0o700},
+		{"rmdir", j("mkdir-rel"), "", 0},
+		{"rmdir", j("dirfd", "mkdirat-sub"), "", unix.AT_REMOVEDIR},
+		{"link", j("link-dst"), j("link-src"), 0},
+		{"link", j("linkat-dst"), d + "/dirfd/../link-src", 0}, // reported as resolved, not normalised
+		{"symlink", j("sym-rel"), "some/target", 0},
+		{"symlink", j("dirfd", "symat"), "/abs/target", 0},
+		{"rename", j("rename-a"), j("rename-b"), 0},
+		{"rename", j("renameat-a"), j("dirfd", "renameat-b"), 0},
+		{"rename", j("renameat2-a"), j("dirfd", "renameat2-b"), unix.RENAME_NOREPLACE},
+		{"unlink", j("unlink-me"), "", 0},
+		{"unlink", j("dirfd", "unlinkat-me"), "", 0},
+		// Through a bind mount of bind-src on mnt (child's own mount ns).
+		{"create", j("mnt", "viabind"), "", unix.O_CREAT | unix.O_WRONLY},
+		{"create", j("mnt", "relbind"), "", unix.O_CREAT | unix.O_WRONLY},
+		{"chmod", j("mnt", "existing"), "", 0o600},
+		// After chroot(d/root): paths as the (container's) root sees them.
+		{"create", "/inroot-new", "", unix.O_CREAT | unix.O_WRONLY},
+		{"chmod", "/inroot", "", 0o600},
+		{"mkdir", "/relchroot", "", 0o755},
+	}
+}
+
+// opsWorkload performs every audited operation once, each on its own path
+// (identical ones would be folded), mixing absolute and relative paths,
+// dirfds, an fd inherited from the parent, a bind mount and a chroot.
+func opsWorkload(d string) error {
+	const inherited = 3
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{"chdir", func() error { return unix.Chdir(d) }},
+		{"openat rel", func() error {
+			fd, err := unix.Openat(unix.AT_FDCWD, "rel-create", unix.O_CREAT|unix.O_WRONLY, 0o644)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		}},
+		{"open abs", func() error { return raw(unix.SYS_OPEN, bytePtr(filepath.Join(d, "abs-write")), unix.O_WRONLY) }},
+		{"creat", func() error { return raw(unix.SYS_CREAT, bytePtr(filepath.Join(d, "creat-abs")), 0o644) }},
+		{"openat2", func() error {
+			fd, err := unix.Openat2(unix.AT_FDCWD, "openat2-rel", &unix.OpenHow{Flags: unix.O_CREAT | unix.O_WRONLY, Mode: 0o644})
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		}},
+		{"open rel", func() error {
+			return raw(unix.SYS_OPEN, bytePtr("./open-legacy-rel"), unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC, 0o644)
+		}},
+		{"truncate", func() error { return raw(unix.SYS_TRUNCATE, bytePtr(filepath.Join(d, "trunc-me")), 0) }},
+		{"ftruncate", func() error { return unix.Ftruncate(inherited, 0) }},
+		{"fchmod", func() error { return unix.Fchmod(inherited, 0o600) }},
+		{"fchown", func() error { return unix.Fchown(inherited, 0, 0) }},
+		{"chmod", func() error { return raw(unix.SYS_CHMOD, bytePtr("chmod-rel"), 0o640) }},
+		{"dirfd", func() error { return nil }},
+	}
+	var dirfd int
+	steps[len(steps)-1].do = func() (err error) { dirfd, err = unix.Open("dirfd", unix.O_RDONLY|unix.O_DIRECTORY, 0); return }
+	steps = append(steps, []struct {
+		name string
+		do   func() error
+	}{
+		{"fchmodat", func() error { return unix.Fchmodat(dirfd, "fchmodat-me", 0o600, 0) }},
+		{"fchmodat2 empty path", func() error {
+			_, _, e := unix.Syscall6(unix.SYS_FCHMODAT2, uintptr(dirfd), bytePtr(""), 0o755, unix.AT_EMPTY_PATH, 0, 0)
+			if e != 0 {
+				return e
+			}
+			return nil
+		}},
+		{"chown", func() error { return raw(unix.SYS_CHOWN, bytePtr(filepath.Join(d, "chown-abs")), 0, 0) }},
+		{"lchown", func() error { return raw(unix.SYS_LCHOWN, bytePtr("lchown-link"), 0, 0) }},
+		{"fchownat", func() error { return unix.Fchownat(dirfd, "fchownat-me", 0, 0, 0) }},
+		{"mkdir", func() error { return raw(unix.SYS_MKDIR, bytePtr("mkdir-rel"), 0o755) }},
+		{"mkdirat", func() error { return unix.Mkdirat(dirfd, "mkdirat-sub", 0o700) }},
+		{"rmdir", func() error { return raw(unix.SYS_RMDIR, bytePtr(filepath.Join(d, "mkdir-rel"))) }},
+		{"unlinkat rmdir", func() error { return unix.Unlinkat(dirfd, "mkdirat-sub", unix.AT_REMOVEDIR) }},
+		{"link", func() error { return raw(unix.SYS_LINK, bytePtr("link-src"), bytePtr("link-dst")) }},
+		{"linkat", func() error { return unix.Linkat(dirfd, "../link-src", unix.AT_FDCWD, "linkat-dst", 0) }},
+		{"symlink", func() error { return raw(unix.SYS_SYMLINK, bytePtr("some/target"), bytePtr("sym-rel")) }},
+		{"symlinkat", func() error { return unix.Symlinkat("/abs/target", dirfd, "symat") }},
+		{"rename", func() error { return raw(unix.SYS_RENAME, bytePtr("rename-a"), bytePtr("rename-b")) }},
+		{"renameat", func() error { return unix.Renameat(unix.AT_FDCWD, "renameat-a", dirfd, "renameat-b") }},
+		{"renameat2", func() error {
+			return unix.Renameat2(unix.AT_FDCWD, "renameat2-a", dirfd, "renameat2-b", unix.RENAME_NOREPLACE)
+		}},
+		{"unlink", func() error { return raw(unix.SYS_UNLINK, bytePtr(filepath.Join(d, "unlink-me"))) }},
+		{"unlinkat", func() error { return unix.Unlinkat(dirfd, "unlinkat-me", 0) }},
+		{"bind mount", func() error {
+			return unix.Mount(filepath.Join(d, "bind-src"), filepath.Join(d, "mnt"), "", unix.MS_BIND, "")
+		}},
+		{"create via bind", func() error {
+			fd, err := unix.Open(filepath.Join(d, "mnt", "viabind"), unix.O_CREAT|unix.O_WRONLY, 0o644)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		}},
+		{"relative in bind", func() error {
+			if err := unix.Chdir(filepath.Join(d, "mnt")); err != nil {
+				return err
+			}
+			fd, err := unix.Open("relbind", unix.O_CREAT|unix.O_WRONLY, 0o644)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		}},
+		{"fd via bind", func() error {
+			fd, err := unix.Open(filepath.Join(d, "mnt", "existing"), unix.O_RDONLY, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Fchmod(fd, 0o600)
+		}},
+		{"chroot", func() error {
+			if err := syscall.Chroot(filepath.Join(d, "root")); err != nil {
+				return err
+			}
+			return unix.Chdir("/")
+		}},
+		{"create in chroot", func() error {
+			fd, err := unix.Open("/inroot-new", unix.O_CREAT|unix.O_WRONLY, 0o644)
+			if err == nil {
+				unix.Close(fd)
+			}
+			return err
+		}},
+		{"fd in chroot", func() error {
+			fd, err := unix.Open("inroot", unix.O_RDONLY, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Fchmod(fd, 0o600)
+		}},
+		{"mkdir in chroot", func() error { return raw(unix.SYS_MKDIR, bytePtr("relchroot"), 0o755) }},
+	}...)
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
+}
