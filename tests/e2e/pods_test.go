@@ -47,26 +47,24 @@ func TestPodStartLatency(t *testing.T) {
 	if s := os.Getenv("PODSCOPE_E2E_LATENCY_PODS"); s != "" {
 		fmt.Sscan(s, &n)
 	}
-	measure := func(runtime, label string) time.Duration {
-		var ds []time.Duration
-		var started []*pod
-		for i := 0; i < n; i++ {
-			p := e.runPod(t, podSpec{Namespace: "e2e-latency", Name: fmt.Sprintf("%s-%d", label, i), Runtime: runtime})
-			start := time.Now()
-			p.start(t, "sleep", "sleep", "3600")
-			ds = append(ds, p.runpTook+time.Since(start))
-			started = append(started, p)
-		}
-		// Remove them before the next batch: 2n pods at once is more than
-		// this small machine needs to carry.
-		for _, p := range started {
-			p.remove(t)
-		}
-		slices.Sort(ds)
-		return ds[len(ds)/2]
+	// Interleaved, one pod of each kind per round, each removed before the
+	// next round: both kinds see the same machine state (caches, load).
+	one := func(runtime, label string, i int) time.Duration {
+		p := e.runPod(t, podSpec{Namespace: "e2e-latency", Name: fmt.Sprintf("%s-%d", label, i), Runtime: runtime})
+		start := time.Now()
+		p.start(t, "sleep", "sleep", "3600")
+		took := p.runpTook + time.Since(start)
+		p.remove(t)
+		return took
 	}
-	bare := measure("runc-bare", "bare")
-	with := measure("", "podscope")
+	var bareDs, withDs []time.Duration
+	for i := 0; i < n; i++ {
+		bareDs = append(bareDs, one("runc-bare", "bare", i))
+		withDs = append(withDs, one("", "podscope", i))
+	}
+	slices.Sort(bareDs)
+	slices.Sort(withDs)
+	bare, with := bareDs[n/2], withDs[n/2]
 	label := "with podscope"
 	if !e.chained {
 		label = "default handler WITHOUT podscope (bin/podscope not built)"
