@@ -193,9 +193,12 @@ func TestHandler(t *testing.T) {
 
 func TestServeRefusesTakenPort(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	wait, err := Serve(ctx, "127.0.0.1:0", http.NotFoundHandler())
+	bound, wait, err := Serve(ctx, "127.0.0.1:0", http.NotFoundHandler())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, code := get(t, "http://"+bound+"/x"); code != 404 {
+		t.Errorf("served on %s: %d", bound, code)
 	}
 	cancel()
 	if err := wait(); err != nil {
@@ -203,7 +206,7 @@ func TestServeRefusesTakenPort(t *testing.T) {
 	}
 	ts := httptest.NewServer(http.NotFoundHandler())
 	defer ts.Close()
-	if _, err := Serve(context.Background(), strings.TrimPrefix(ts.URL, "http://"), http.NotFoundHandler()); err == nil {
+	if _, _, err := Serve(context.Background(), strings.TrimPrefix(ts.URL, "http://"), http.NotFoundHandler()); err == nil {
 		t.Error("Serve on a taken port did not fail")
 	}
 }

@@ -35,13 +35,13 @@ func Handler(reg *prometheus.Registry, health func() error, log *slog.Logger) ht
 	return mux
 }
 
-// Serve listens on addr and serves h until ctx ends. The listener is opened
-// before Serve returns its first error, so a taken port fails the daemon's
-// start instead of a goroutine later.
-func Serve(ctx context.Context, addr string, h http.Handler) (wait func() error, err error) {
+// Serve listens on addr and serves h until ctx ends; it returns the bound
+// address (addr may ask for port 0). The listener is opened before Serve
+// returns, so a taken port fails the daemon's start, not a goroutine later.
+func Serve(ctx context.Context, addr string, h http.Handler) (bound string, wait func() error, err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
+		return "", nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan error, 1)
@@ -58,7 +58,7 @@ func Serve(ctx context.Context, addr string, h http.Handler) (wait func() error,
 		defer cancel()
 		_ = srv.Shutdown(sctx) // best effort on exit; Serve's error is what counts
 	}()
-	return func() error { return <-done }, nil
+	return ln.Addr().String(), func() error { return <-done }, nil
 }
 
 type slogPrintln struct{ l *slog.Logger }

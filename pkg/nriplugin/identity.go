@@ -1,8 +1,9 @@
 package nriplugin
 
-// Identity is who an audited cgroup belongs to. It mirrors audit.Identity
-// field for field, so the daemon hands it over unchanged; it lives here
-// until pkg/audit is available to import.
-type Identity struct {
-	Namespace, Pod, PodUID, Container, ContainerID string
-}
+import "github.com/podscope/podscope/pkg/audit"
+
+// Identity is who an audited cgroup belongs to: pkg/audit's, so the
+// Auditor is an Arming as it is.
+type Identity = audit.Identity
+
+var _ Arming = (*audit.Auditor)(nil)

@@ -69,6 +69,8 @@ type Plugin struct {
 
 	mu    sync.Mutex
 	armed map[string]armed // by container id
+
+	resync chan struct{} // see Resync
 }
 
 // The NRI events the plugin handles; the stub subscribes to exactly these.
@@ -86,7 +88,7 @@ func New(cfg Config, arm Arming, res CgroupResolver, log *slog.Logger) *Plugin {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Plugin{cfg: cfg, arm: arm, res: res, log: log, armed: map[string]armed{}}
+	return &Plugin{cfg: cfg, arm: arm, res: res, log: log, armed: map[string]armed{}, resync: make(chan struct{}, 1)}
 }
 
 // Audited reports whether the containers of pod are audited, and why.

@@ -74,9 +74,14 @@ func (p *Plugin) Run(ctx context.Context, c Conn) error {
 			return fmt.Errorf("creating NRI stub: %w", err)
 		}
 		start := time.Now()
-		err = runOnce(ctx, st, c.Connected)
+		err = p.runOnce(ctx, st, c.Connected)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errResync) {
+			p.log.Info("re-registering with the runtime for a full resync")
+			backoff = c.MinBackoff
+			continue
 		}
 		if time.Since(start) > 2*c.MaxBackoff {
 			backoff = c.MinBackoff // it was a healthy connection, not a crash loop
@@ -91,9 +96,29 @@ func (p *Plugin) Run(ctx context.Context, c Conn) error {
 	}
 }
 
-// runOnce registers and serves until the connection ends. Run of the stub
-// returns when the ttrpc connection closes (its OnClose then has fired).
-func runOnce(ctx context.Context, st stub.Stub, connected func(bool)) error {
+var errResync = errors.New("resync requested")
+
+// Resync makes Run drop the connection and register again, so the runtime
+// sends a fresh Synchronize with every pod and container: the daemon asks
+// for it when the audit becomes available after having failed to load, to
+// arm what started in the meantime. NRI has no "send me the state again"
+// request; re-registration is how a plugin gets it.
+func (p *Plugin) Resync() {
+	select {
+	case p.resync <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// runOnce registers and serves until the connection ends or a resync is
+// requested.
+func (p *Plugin) runOnce(ctx context.Context, st stub.Stub, connected func(bool)) error {
+	// A resync asked for before this registration is served by its
+	// Synchronize.
+	select {
+	case <-p.resync:
+	default:
+	}
 	if err := st.Start(ctx); err != nil {
 		return err
 	}
@@ -109,6 +134,10 @@ func runOnce(ctx context.Context, st stub.Stub, connected func(bool)) error {
 		st.Stop()
 		<-done
 		return ctx.Err()
+	case <-p.resync:
+		st.Stop()
+		<-done
+		return errResync
 	case <-done:
 		return errors.New("connection closed by the runtime")
 	}

@@ -236,6 +236,18 @@ func TestRunOverNRI(t *testing.T) {
 	if !strings.Contains(logs.String(), "retrying") {
 		t.Errorf("reconnect not logged:\n%s", logs.String())
 	}
+	// A requested resync re-registers and reconciles again: "fresh" was
+	// disarmed behind the plugin's back (as if the audit had been reloaded).
+	delete(f.m, n.inode(fresh))
+	rt.mu.Lock()
+	rt.count = 0
+	rt.mu.Unlock()
+	p.Resync()
+	waitFor(t, "re-registration after Resync", rt.registered)
+	if !hasContainers(f, fresh.Id)() {
+		t.Fatalf("after Resync armed = %v, want %s", f.containerIDs(), fresh.Id)
+	}
+
 	rt.mu.Lock()
 	for op, ds := range rt.lat {
 		t.Logf("runtime-measured plugin latency %s: %v", op, ds)
@@ -243,7 +255,7 @@ func TestRunOverNRI(t *testing.T) {
 	rt.mu.Unlock()
 	ln.mu.Lock()
 	defer ln.mu.Unlock()
-	if want := []bool{true, false, true}; !reflect.DeepEqual(ln.log, want) {
+	if want := []bool{true, false, true, false, true}; !reflect.DeepEqual(ln.log, want) {
 		t.Errorf("connection transitions %v, want %v", ln.log, want)
 	}
 }

@@ -1,0 +1,374 @@
+package nriplugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/podscope/podscope/pkg/audit"
+	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/cniplugin"
+	"github.com/podscope/podscope/pkg/metrics"
+	"github.com/podscope/podscope/pkg/pins"
+)
+
+// Options are podscope-nri's flags.
+type Options struct {
+	NRISocket  string // --nri-socket
+	PluginName string // --plugin-name
+	PluginIdx  string // --plugin-idx
+
+	BPFFSRoot  string // --bpffs-root
+	StateDir   string // --state-dir (the CNI plugin's: accounting log, reaper lock)
+	CgroupRoot string // --cgroup-root, "" = found in /proc/self/mountinfo
+
+	AuditLog     string // --audit-log
+	AuditLogMax  int64  // --audit-log-max-bytes, 0 = audit.DefaultLogMaxBytes
+	AuditLogKeep int    // --audit-log-keep, 0 = audit.DefaultLogKeep
+	AuditStdout  bool   // --audit-stdout
+	AuditDefault bool   // --audit-default=on
+	AuditMode    string // --audit-mode, "" = probe
+	FailClosed   bool   // --fail-closed
+	MetricsAddr  string // --metrics-addr, "" = no metrics server
+	ReapInterval time.Duration
+	AuditRetry   time.Duration // wait between attempts to load the audit, default 30s
+	Stdout       io.Writer     // for --audit-stdout
+}
+
+// Daemon is a running podscope-nri.
+type Daemon struct {
+	opt    Options
+	log    *slog.Logger
+	root   pins.Root
+	plugin *Plugin
+
+	auditor     atomic.Pointer[audit.Auditor] // nil until loaded
+	openErr     atomic.Pointer[error]         // why it is not loaded
+	readerErr   atomic.Pointer[error]         // why the reader stopped, nil while it runs
+	connected   atomic.Bool
+	metricsAddr atomic.Value // string: where /metrics is served
+
+	writes   metrics.WriteCounter
+	auditSrc *metrics.Audit
+	events   sync.Map // op -> *atomic.Uint64, for the exit summary
+}
+
+// auditing is the Arming the plugin uses: the Auditor once loaded, and a
+// clear error before (the container then starts unaudited, or not at all
+// under --fail-closed).
+type auditing struct{ d *Daemon }
+
+func (a auditing) get() (*audit.Auditor, error) {
+	if au := a.d.auditor.Load(); au != nil {
+		return au, nil
+	}
+	if e := a.d.openErr.Load(); e != nil {
+		return nil, fmt.Errorf("file-write audit not loaded: %w", *e)
+	}
+	return nil, errors.New("file-write audit not loaded yet")
+}
+
+func (a auditing) Arm(dir string, id Identity) (uint64, error) {
+	au, err := a.get()
+	if err != nil {
+		return 0, err
+	}
+	return au.Arm(dir, id)
+}
+
+func (a auditing) Disarm(cgid uint64) error {
+	au, err := a.get()
+	if err != nil {
+		return err
+	}
+	return au.Disarm(cgid)
+}
+
+func (a auditing) Armed() (map[uint64]Identity, error) {
+	au, err := a.get()
+	if err != nil {
+		return nil, err
+	}
+	return au.Armed()
+}
+
+// NewDaemon checks what can be checked before anything runs: the cgroup v2
+// hierarchy (without it nothing can be audited) and the option values.
+func NewDaemon(opt Options, log *slog.Logger) (*Daemon, error) {
+	if opt.AuditMode != "" && !audit.Mode(opt.AuditMode).Valid() {
+		return nil, fmt.Errorf("--audit-mode %q: want one of lsm_cgroup, lsm, fentry, tracepoint (or empty to probe)", opt.AuditMode)
+	}
+	if opt.AuditRetry <= 0 {
+		opt.AuditRetry = 30 * time.Second
+	}
+	res, err := cgroups.NewResolver(opt.CgroupRoot)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{opt: opt, log: log, root: pins.New(opt.BPFFSRoot)}
+	d.opt.CgroupRoot = res.Mount.Point
+	d.plugin = New(Config{AuditDefault: opt.AuditDefault, FailClosed: opt.FailClosed}, auditing{d}, res, log)
+	d.auditSrc = &metrics.Audit{Root: d.root, Writes: &d.writes, Maps: func() metrics.AuditMaps {
+		if a := d.auditor.Load(); a != nil {
+			return a
+		}
+		return nil // an untyped nil: "not available"
+	}}
+	log.Info("podscope-nri starting", "bpffs_root", d.root.Path, "cgroup_root", res.Mount.Point,
+		"audit_default", defaultWord(opt.AuditDefault), "fail_closed", opt.FailClosed, "audit_log", opt.AuditLog)
+	return d, nil
+}
+
+// Plugin is the daemon's NRI plugin (tests drive it directly).
+func (d *Daemon) Plugin() *Plugin { return d.plugin }
+
+// MetricsAddr is the address /metrics is served on, "" until it is.
+func (d *Daemon) MetricsAddr() string {
+	s, _ := d.metricsAddr.Load().(string)
+	return s
+}
+
+// Run runs everything until ctx ends: the metrics server, the audit loader
+// and reader, the reaper and the NRI connection. It returns an error only
+// for what cannot be retried (the metrics port taken, the audit log not
+// writable, a bad plugin name).
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	lw, err := audit.NewLogWriter(d.opt.AuditLog, d.opt.AuditLogMax, d.opt.AuditLogKeep)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := lw.Close(); err != nil {
+			d.log.Error("closing the audit log", "err", err)
+		}
+	}()
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	if d.opt.MetricsAddr != "" {
+		bound, wait, err := metrics.Serve(ctx, d.opt.MetricsAddr, metrics.Handler(d.registry(), d.health, d.log))
+		if err != nil {
+			return err
+		}
+		d.metricsAddr.Store(bound)
+		d.log.Info("serving metrics", "addr", bound, "paths", "/metrics /healthz")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := wait(); err != nil {
+				errc <- fmt.Errorf("metrics server: %w", err)
+			}
+		}()
+	}
+
+	// The NRI connection waits for the first attempt to load the audit, so
+	// the first Synchronize arms with it (or, if it failed, the Resync after
+	// it recovers does).
+	firstTry := make(chan struct{})
+	wg.Add(1)
+	go func() { defer wg.Done(); d.runAudit(ctx, lw, firstTry) }()
+
+	wg.Add(1)
+	go func() { defer wg.Done(); d.flushLoop(ctx, lw) }()
+
+	if d.opt.ReapInterval > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.reapLoop(ctx) }()
+	}
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			return
+		case <-firstTry:
+		}
+		err := d.plugin.Run(ctx, Conn{Socket: d.opt.NRISocket, Name: d.opt.PluginName, Index: d.opt.PluginIdx,
+			FailRequest: d.opt.FailClosed, Connected: func(up bool) {
+				d.connected.Store(up)
+				if up {
+					d.log.Info("registered with the runtime", "socket", d.opt.NRISocket, "plugin", d.opt.PluginIdx+"-"+d.opt.PluginName)
+				}
+			}})
+		if err != nil {
+			errc <- err
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		d.log.Error("podscope-nri stopping", "err", runErr)
+	}
+	cancel()
+	wg.Wait()
+	if a := d.auditor.Load(); a != nil {
+		if err := a.Close(); err != nil {
+			d.log.Warn("closing audit handles (pins stay)", "err", err)
+		}
+	}
+	d.logSummary()
+	return runErr
+}
+
+// runAudit loads the audit (retrying while it fails: a missing bpffs or an
+// old pinned layout is for the operator to fix, and the daemon keeps
+// serving in the meantime) and reads its ring buffer until ctx ends.
+func (d *Daemon) runAudit(ctx context.Context, lw *audit.LogWriter, firstTry chan struct{}) {
+	var a *audit.Auditor
+	for tries := 0; a == nil; tries++ {
+		var err error
+		a, err = audit.Open(d.root, audit.Options{Mode: audit.Mode(d.opt.AuditMode), CgroupRoot: d.opt.CgroupRoot,
+			Logf: func(f string, args ...any) { d.log.Info(fmt.Sprintf(f, args...)) }})
+		if err == nil {
+			d.auditor.Store(a)
+		}
+		if tries == 0 {
+			close(firstTry)
+		}
+		if err != nil {
+			d.openErr.Store(&err)
+			d.log.Error("file-write audit could not be loaded; containers start unaudited until it is (retrying)",
+				"err", err, "retry_in", d.opt.AuditRetry, "fail_closed", d.opt.FailClosed)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d.opt.AuditRetry):
+			}
+		}
+	}
+	recovered := d.openErr.Load() != nil
+	d.openErr.Store(nil)
+	d.log.Info("file-write audit loaded", "mode", a.Mode(), "probe", a.Probe().String())
+	if recovered {
+		// Containers started while the audit was missing: get the full
+		// list again and arm them.
+		d.plugin.Resync()
+	}
+
+	var stdout *json.Encoder
+	if d.opt.AuditStdout && d.opt.Stdout != nil {
+		stdout = json.NewEncoder(d.opt.Stdout)
+	}
+	var lastWriteErr time.Time
+	sink := func(ev audit.Event) {
+		if err := lw.Write(ev); err != nil && time.Since(lastWriteErr) > 10*time.Second {
+			lastWriteErr = time.Now()
+			d.log.Error("writing the audit log failed (events are lost; repeated errors are suppressed for 10s)", "err", err)
+		}
+		if stdout != nil {
+			_ = stdout.Encode(ev) // a closed stdout must not stop the log
+		}
+		n := uint64(max(ev.Count, 1))
+		d.writes.Add(metrics.WriteKey{Container: metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod,
+			PodUID: ev.PodUID, Container: ev.Container}, Op: ev.Op}, n)
+		d.auditSrc.Remember(ev.CgroupID, metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod, PodUID: ev.PodUID, Container: ev.Container})
+		c, _ := d.events.LoadOrStore(ev.Op, new(atomic.Uint64))
+		c.(*atomic.Uint64).Add(n)
+	}
+	for {
+		err := a.Run(ctx, sink)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("reader returned")
+		}
+		d.readerErr.Store(&err)
+		d.log.Error("audit reader stopped; restarting it", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		d.readerErr.Store(nil)
+	}
+}
+
+// flushLoop pushes buffered audit lines to the file every second, so a
+// reader of the log (podscopectl audit --follow) lags by at most that.
+func (d *Daemon) flushLoop(ctx context.Context, lw *audit.LogWriter) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := lw.Flush(); err != nil {
+				d.log.Error("flushing the audit log", "err", err)
+			}
+		}
+	}
+}
+
+// reapLoop removes pods whose veth or netns vanished without a CNI DEL
+// (containerd never calls CNI GC), writing their final accounting first.
+func (d *Daemon) reapLoop(ctx context.Context) {
+	t := time.NewTicker(d.opt.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			reaped, err := cniplugin.Reap(d.root, d.opt.StateDir, 5*time.Second)
+			if err != nil {
+				d.log.Error("reaping stale pods", "err", err)
+			}
+			for _, p := range reaped {
+				d.log.Info("reaped stale pod (final counters written to the accounting log)", "pod", p.Ref(), "uid", p.UID)
+			}
+		}
+	}
+}
+
+func (d *Daemon) registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		&metrics.Collector{Network: metrics.PinnedNetwork{Root: d.root}, Audit: d.auditSrc,
+			Connected: d.connected.Load, Log: d.log},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return reg
+}
+
+// health is /healthz: unhealthy while the audit is not loaded or its
+// reader is down. Not being registered with the runtime is not unhealthy
+// (containerd restarting is not cured by restarting podscope-nri).
+func (d *Daemon) health() error {
+	if e := d.openErr.Load(); e != nil {
+		return fmt.Errorf("file-write audit not loaded: %w", *e)
+	}
+	if d.auditor.Load() == nil {
+		return errors.New("file-write audit loading")
+	}
+	if e := d.readerErr.Load(); e != nil {
+		return fmt.Errorf("audit reader down: %w", *e)
+	}
+	return nil
+}
+
+func (d *Daemon) logSummary() {
+	attrs := []any{}
+	d.events.Range(func(k, v any) bool {
+		attrs = append(attrs, k.(string), v.(*atomic.Uint64).Load())
+		return true
+	})
+	d.log.Info("podscope-nri stopped; audit events written by op", attrs...)
+}

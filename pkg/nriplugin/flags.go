@@ -1,0 +1,100 @@
+package nriplugin
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/containerd/nri/pkg/api"
+
+	"github.com/podscope/podscope/pkg/cniplugin"
+	"github.com/podscope/podscope/pkg/pins"
+)
+
+// Defaults of podscope-nri's flags (DESIGN.md "podscope-nri flags").
+const (
+	DefaultAuditLog     = "/var/log/podscope/audit.jsonl"
+	DefaultMetricsAddr  = "127.0.0.1:9810"
+	DefaultPluginName   = "podscope"
+	DefaultPluginIdx    = "50"
+	DefaultReapInterval = time.Minute
+)
+
+// onOff is a flag taking on|off (and the usual true/false spellings).
+type onOff struct{ v *bool }
+
+func (o onOff) String() string {
+	if o.v == nil || *o.v {
+		return "on"
+	}
+	return "off"
+}
+
+func (o onOff) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "on", "true", "1", "yes":
+		*o.v = true
+	case "off", "false", "0", "no":
+		*o.v = false
+	default:
+		return fmt.Errorf("want on or off, got %q", s)
+	}
+	return nil
+}
+
+// Flags is a parsed command line: the daemon's options and what main needs.
+type Flags struct {
+	Options
+	LogLevel slog.Level
+	Version  bool
+}
+
+// ParseFlags parses podscope-nri's command line. Errors name the flag.
+func ParseFlags(args []string, output io.Writer) (Flags, error) {
+	f := Flags{Options: Options{AuditDefault: true}}
+	fs := flag.NewFlagSet("podscope-nri", flag.ContinueOnError)
+	fs.SetOutput(output)
+	o := &f.Options
+	fs.StringVar(&o.NRISocket, "nri-socket", api.DefaultSocketPath, "containerd's NRI socket")
+	fs.StringVar(&o.PluginName, "plugin-name", DefaultPluginName, "NRI plugin name (what containerd's required_plugins lists)")
+	fs.StringVar(&o.PluginIdx, "plugin-idx", DefaultPluginIdx, "NRI plugin index, two digits: order among NRI plugins")
+	fs.StringVar(&o.BPFFSRoot, "bpffs-root", pins.DefaultRoot, "bpffs directory of podscope's pinned maps, programs and links")
+	fs.StringVar(&o.StateDir, "state-dir", cniplugin.DefaultStateDir, "podscope's state directory (the CNI plugin's: accounting log of reaped pods)")
+	fs.StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 mount (default: found in /proc/self/mountinfo, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
+	fs.StringVar(&o.AuditLog, "audit-log", DefaultAuditLog, "audit log file (JSON lines, mode 0600, rotated by size)")
+	fs.Int64Var(&o.AuditLogMax, "audit-log-max-bytes", 100<<20, "rotate the audit log when it would grow past this size")
+	fs.IntVar(&o.AuditLogKeep, "audit-log-keep", 5, "rotated audit logs to keep (audit.jsonl.1 … .N)")
+	fs.BoolVar(&o.AuditStdout, "audit-stdout", false, "also write every audit event as a JSON line to stdout")
+	fs.Var(onOff{&o.AuditDefault}, "audit-default", `on: audit every pod unless annotated podscope.io/audit: "false"; off: only pods annotated "true" (default on)`)
+	fs.StringVar(&o.AuditMode, "audit-mode", "", "force an audit mode (lsm_cgroup, lsm, fentry, tracepoint) instead of probing; for tests")
+	fs.BoolVar(&o.FailClosed, "fail-closed", false, "refuse to start a container that cannot be armed (default: it starts unaudited, with an error logged)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", DefaultMetricsAddr, `Prometheus /metrics and /healthz address ("" disables)`)
+	fs.DurationVar(&o.ReapInterval, "reap-interval", DefaultReapInterval, "how often to remove pods whose veth/netns vanished without a CNI DEL (0 disables)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected arguments %q (all options are flags)", fs.Args())
+	}
+	if err := f.LogLevel.UnmarshalText([]byte(*level)); err != nil {
+		return f, fmt.Errorf("-log-level %q: %w", *level, err)
+	}
+	if len(o.PluginIdx) != 2 || o.PluginIdx[0] < '0' || o.PluginIdx[0] > '9' || o.PluginIdx[1] < '0' || o.PluginIdx[1] > '9' {
+		return f, fmt.Errorf("-plugin-idx %q: want two digits, e.g. 50", o.PluginIdx)
+	}
+	if o.PluginName == "" || strings.ContainsAny(o.PluginName, "/ ") {
+		return f, fmt.Errorf("-plugin-name %q: want a non-empty name without '/' or spaces", o.PluginName)
+	}
+	if o.AuditLog == "" {
+		return f, fmt.Errorf("-audit-log: must name a file")
+	}
+	if o.ReapInterval < 0 {
+		return f, fmt.Errorf("-reap-interval %v: must not be negative", o.ReapInterval)
+	}
+	return f, nil
+}

@@ -1,0 +1,68 @@
+package nriplugin
+
+import (
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlagsDefaults(t *testing.T) {
+	f, err := ParseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := f.Options
+	if o.NRISocket != "/var/run/nri/nri.sock" || o.AuditLog != "/var/log/podscope/audit.jsonl" ||
+		o.MetricsAddr != "127.0.0.1:9810" || !o.AuditDefault || o.FailClosed || o.PluginName != "podscope" ||
+		o.PluginIdx != "50" || o.BPFFSRoot != "/sys/fs/bpf/podscope" || o.AuditStdout || o.AuditMode != "" ||
+		o.ReapInterval != time.Minute || f.LogLevel != slog.LevelInfo {
+		t.Errorf("defaults: %+v", f)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	f, err := ParseFlags([]string{"--nri-socket", "/run/x.sock", "--bpffs-root=/sys/fs/bpf/t", "--state-dir", "/tmp/s",
+		"--audit-log", "/tmp/a.jsonl", "--metrics-addr", "", "--audit-default", "off", "--plugin-name", "ps",
+		"--plugin-idx", "10", "--audit-stdout", "--fail-closed", "--audit-mode", "tracepoint", "--reap-interval", "0",
+		"--log-level", "debug", "--cgroup-root", "/sys/fs/cgroup/unified"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := f.Options
+	if o.NRISocket != "/run/x.sock" || o.BPFFSRoot != "/sys/fs/bpf/t" || o.StateDir != "/tmp/s" || o.AuditLog != "/tmp/a.jsonl" ||
+		o.MetricsAddr != "" || o.AuditDefault || o.PluginName != "ps" || o.PluginIdx != "10" || !o.AuditStdout ||
+		!o.FailClosed || o.AuditMode != "tracepoint" || o.ReapInterval != 0 || f.LogLevel != slog.LevelDebug ||
+		o.CgroupRoot != "/sys/fs/cgroup/unified" {
+		t.Errorf("parsed: %+v", f)
+	}
+	for _, on := range []string{"on", "true", "ON"} {
+		if f, err := ParseFlags([]string{"--audit-default=" + on}, io.Discard); err != nil || !f.AuditDefault {
+			t.Errorf("--audit-default=%s: %v %v", on, f.AuditDefault, err)
+		}
+	}
+}
+
+func TestParseFlagsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		mention string
+	}{
+		{[]string{"--audit-default", "maybe"}, "audit-default"},
+		{[]string{"--plugin-idx", "5"}, "plugin-idx"},
+		{[]string{"--plugin-idx", "ab"}, "plugin-idx"},
+		{[]string{"--plugin-name", "a/b"}, "plugin-name"},
+		{[]string{"--log-level", "loud"}, "log-level"},
+		{[]string{"--audit-log", ""}, "audit-log"},
+		{[]string{"--reap-interval", "-1s"}, "reap-interval"},
+		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"--no-such-flag"}, "no-such-flag"},
+	} {
+		var out strings.Builder
+		_, err := ParseFlags(tc.args, &out)
+		if err == nil || !strings.Contains(err.Error()+out.String(), tc.mention) {
+			t.Errorf("%v: err %v (output %q), want one naming %q", tc.args, err, out.String(), tc.mention)
+		}
+	}
+}
