@@ -1,17 +1,25 @@
 package ctl
 
-import "github.com/podscope/podscope/pkg/pins"
+import (
+	"errors"
 
-// auditMode reports the file-write audit mode pinned under root. pkg/audit
-// has no PinnedMode yet, so this says "unknown" rather than guess.
+	"github.com/podscope/podscope/pkg/audit"
+	"github.com/podscope/podscope/pkg/pins"
+)
+
+// auditMode reports the file-write audit mode pinned under root (podscope-nri
+// pins it after its probe): "not loaded" when podscope-nri never ran there.
 func auditMode(root pins.Root) string {
-	_ = root
-	return "unknown"
+	m, err := audit.PinnedMode(root)
+	if errors.Is(err, audit.ErrNotLoaded) {
+		return "not loaded (podscope-nri not running on this root?)"
+	}
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	return string(m)
 }
 
-// cleanupAudit unpins the audit programs; pkg/audit has no Cleanup yet, so
-// removing the root (which cleanup does last) is what unpins them.
 func cleanupAudit(root pins.Root) error {
-	_ = root
-	return nil
+	return audit.Cleanup(root)
 }

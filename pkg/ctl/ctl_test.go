@@ -203,3 +203,21 @@ func TestAuditMissingLogSaysWhatToDo(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestPolicyEntriesOrderedAsTheKernelDecides(t *testing.T) {
+	es := []policy.Entry{
+		{Direction: policy.Ingress, Prefix: netip.MustParsePrefix("0.0.0.0/0"), Default: policy.Allow},
+		{Direction: policy.Egress, Prefix: netip.MustParsePrefix("::/0"), Default: policy.Allow},
+		{Direction: policy.Egress, Prefix: netip.MustParsePrefix("0.0.0.0/0"), Default: policy.Allow},
+		{Direction: policy.Egress, Prefix: netip.MustParsePrefix("10.1.0.0/16"), Default: policy.Allow},
+	}
+	got := convertEntries(es)
+	var order []string
+	for _, e := range got {
+		order = append(order, e.Direction+" "+e.Prefix)
+	}
+	want := "egress 10.1.0.0/16,egress 0.0.0.0/0,egress ::/0,ingress 0.0.0.0/0"
+	if strings.Join(order, ",") != want {
+		t.Fatalf("order %v, want %s", order, want)
+	}
+}

@@ -3,6 +3,7 @@ package ctl
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"sort"
 	"text/tabwriter"
 	"time"
@@ -47,7 +48,7 @@ func printFlows(w io.Writer, f *Flows) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tINITIATOR\tVERDICT\tTX BYTES\tTX PKTS\tRX BYTES\tRX PKTS\tLAST SEEN")
 	for _, fl := range f.Flows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", fl.Proto, fl.Local, fl.Remote,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", fl.Proto, endpoint(fl.Proto, fl.Local), endpoint(fl.Proto, fl.Remote),
 			fl.Initiator, fl.Verdict, fl.TxBytes, fl.TxPackets, fl.RxBytes, fl.RxPackets, ago(now, fl.LastSeen))
 	}
 	return tw.Flush()
@@ -62,4 +63,14 @@ func ago(now, t time.Time) string {
 		d = 0
 	}
 	return d.String() + " ago"
+}
+
+// endpoint prints address:port for protocols with ports, the bare address
+// otherwise (ICMP has no port; ":0" would suggest one).
+func endpoint(proto string, ap netip.AddrPort) string {
+	switch proto {
+	case "tcp", "udp", "sctp":
+		return ap.String()
+	}
+	return ap.Addr().String()
 }

@@ -3,6 +3,7 @@ package ctl
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 
@@ -51,7 +52,23 @@ func gatherPolicy(root pins.Root, ref string) (*PodPolicy, error) {
 	return &PodPolicy{Pod: p.Ref(), Entries: convertEntries(es)}, nil
 }
 
+// convertEntries orders entries as the kernel decides: per direction, the
+// longest prefix first (v4 before v6 at equal length).
 func convertEntries(es []policy.Entry) []PolicyEntry {
+	es = append([]policy.Entry(nil), es...)
+	sort.SliceStable(es, func(i, j int) bool {
+		a, b := es[i], es[j]
+		if a.Direction != b.Direction {
+			return a.Direction < b.Direction
+		}
+		if a.Prefix.Bits() != b.Prefix.Bits() {
+			return a.Prefix.Bits() > b.Prefix.Bits()
+		}
+		if a.Prefix.Addr().Is4() != b.Prefix.Addr().Is4() {
+			return a.Prefix.Addr().Is4()
+		}
+		return a.Prefix.Addr().Less(b.Prefix.Addr())
+	})
 	out := make([]PolicyEntry, 0, len(es))
 	for _, e := range es {
 		pe := PolicyEntry{Direction: e.Direction.String(), Prefix: e.Prefix.String(), Default: e.Default.String(), Rules: []PolicyRule{}}
@@ -71,7 +88,7 @@ func convertEntries(es []policy.Entry) []PolicyEntry {
 }
 
 func printPolicy(w io.Writer, pp *PodPolicy) error {
-	fmt.Fprintf(w, "policy of pod %s (as enforced by the kernel; longest prefix first, first matching rule wins)\n", pp.Pod)
+	fmt.Fprintf(w, "policy of pod %s (as the kernel enforces it: per direction the longest matching prefix applies, its first matching rule wins, else its default)\n", pp.Pod)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DIRECTION\tPREFIX\tRULES (proto port -> action [from])\tDEFAULT")
 	for _, e := range pp.Entries {

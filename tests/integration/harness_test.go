@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
@@ -361,4 +362,23 @@ func (n *node) setPolicy(t testing.TB, policyJSON string) {
 	if n.list, err = libcni.ConfListFromBytes(b); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// hostIfindex finds the host veth of a pod from inside its netns (the
+// registry may be gone, e.g. after cleanup).
+func hostIfindex(t testing.TB, n *node, p *pod) int {
+	t.Helper()
+	var idx int
+	err := p.ns.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		idx = l.Attrs().ParentIndex
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idx
 }
