@@ -113,6 +113,12 @@ func (r *Resolver) fromPID(pid uint32) (Cgroup, error) {
 		if !ok {
 			continue
 		}
+		if rest == "/.." || strings.HasPrefix(rest, "/../") {
+			// Shown relative to our own cgroup namespace: the process is
+			// outside it, and the path cannot be mapped to a directory.
+			return Cgroup{}, fmt.Errorf("%s: cgroup %s lies outside this process's cgroup namespace "+
+				"(run podscope-nri in the host's cgroup namespace)", file, rest)
+		}
 		if strings.HasSuffix(rest, " (deleted)") {
 			return Cgroup{}, fmt.Errorf("%s: cgroup %s: %w (deleted)", file, strings.TrimSuffix(rest, " (deleted)"), ErrGone)
 		}

@@ -162,6 +162,7 @@ func TestResolveErrors(t *testing.T) {
 	writeProcCgroup(t, r, "10", "0::/\n")
 	writeProcCgroup(t, r, "11", "0::/kubepods/pod1/dead (deleted)\n")
 	writeProcCgroup(t, r, "12", "4:memory:/kubepods/pod1/x\n")
+	writeProcCgroup(t, r, "13", "0::/../../kubepods/pod1/live\n")
 
 	for _, tc := range []struct {
 		name, path string
@@ -174,6 +175,7 @@ func TestResolveErrors(t *testing.T) {
 		{"pid in root cgroup", "/kubepods/pod1/dead", 10, ErrGone, "root cgroup"},
 		{"pid cgroup deleted", "/kubepods/pod1/dead", 11, ErrGone, "(deleted)"},
 		{"pid without v2 line", "/kubepods/pod1/dead", 12, ErrGone, "no cgroup v2"},
+		{"pid outside our cgroup namespace", "/kubepods/pod1/dead", 13, ErrGone, "outside this process's cgroup namespace"},
 		{"root path", "/", 0, nil, "root cgroup"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
