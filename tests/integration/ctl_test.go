@@ -136,6 +136,13 @@ func TestPodscopectlReadsPins(t *testing.T) {
 			t.Errorf("%s: TC state left after cleanup: %+v", p.name, hs)
 		}
 	}
+	// DEL after cleanup (pins gone) succeeds and logs nothing twice.
+	if err := n.del(a, a.netnsPath); err != nil {
+		t.Fatalf("DEL after cleanup: %v", err)
+	}
+	if l := n.accountingLines(a.containerID); len(l) != 1 {
+		t.Fatalf("%d accounting lines after DEL following cleanup", len(l))
+	}
 	// The test's own BPFFSRoot cleanup expects the directory.
 	if err := os.MkdirAll(n.root.Path, 0o700); err != nil {
 		t.Fatal(err)

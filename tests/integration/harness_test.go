@@ -145,6 +145,8 @@ type nodeOpts struct {
 	mode string
 	// noPodscope runs bridge alone (for measurements).
 	noPodscope bool
+	// cniVersion of the conflist, default 1.1.0.
+	cniVersion string
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -187,7 +189,10 @@ func newNode(t testing.TB, o nodeOpts) *node {
 		}
 		plugins = append(plugins, ps)
 	}
-	conf, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": n.bridge, "plugins": plugins})
+	if o.cniVersion == "" {
+		o.cniVersion = "1.1.0"
+	}
+	conf, err := json.Marshal(map[string]any{"cniVersion": o.cniVersion, "name": n.bridge, "plugins": plugins})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,4 +386,35 @@ func hostIfindex(t testing.TB, n *node, p *pod) int {
 		t.Fatal(err)
 	}
 	return idx
+}
+
+// execPodscope runs the podscope binary alone for one verb with p's
+// prevResult, as the runtime would within the chain.
+func (n *node) execPodscope(p *pod, command string) ([]byte, error) {
+	var conf map[string]any
+	if err := json.Unmarshal(n.list.Plugins[len(n.list.Plugins)-1].Bytes, &conf); err != nil {
+		return nil, err
+	}
+	conf["name"], conf["cniVersion"] = n.list.Name, n.list.CNIVersion
+	if p.result != nil {
+		conf["prevResult"] = p.result
+	}
+	stdin, err := json.Marshal(conf)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	err = n.inNode(func() error {
+		cmd := exec.Command(filepath.Join(podscopeDir, "podscope"))
+		cmd.Stdin = strings.NewReader(string(stdin))
+		cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID="+p.containerID, "CNI_NETNS="+p.netnsPath,
+			"CNI_IFNAME=eth0", "CNI_PATH="+podscopeDir, "CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.name+";K8S_POD_UID="+p.uid)
+		var err error
+		out, err = cmd.Output()
+		if err != nil {
+			return fmt.Errorf("podscope %s: %v: %s", command, err, out)
+		}
+		return nil
+	})
+	return out, err
 }

@@ -181,6 +181,84 @@ func TestCheckFailsAfterManualDetach(t *testing.T) {
 	})
 }
 
+func TestCheckFailsWhenPolicyDiffers(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	p := n.newPod("check-pol", map[string]string{"podscope.io/egress": `{"default":"deny"}`})
+	n.mustAdd(p)
+	if err := n.check(p); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	// The runtime now hands different annotations: what the kernel enforces
+	// is no longer what the config asks for.
+	p.annotations = map[string]string{"podscope.io/egress": `{"default":"allow"}`}
+	err := n.check(p)
+	if err == nil || !strings.Contains(err.Error(), "policy") {
+		t.Fatalf("CHECK with a changed policy: %v, want an error naming the policy", err)
+	}
+	t.Logf("CHECK with changed policy: %v", err)
+}
+
+// ADD repeated for the same container keeps its PodID and its counters.
+func TestAddIsIdempotent(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	a, b := n.newPod("idem-a", nil), n.newPod("idem-b", nil)
+	n.mustAdd(a)
+	n.mustAdd(b)
+	if got, err := udpExchange(a, b, netip.AddrPortFrom(b.v4, 9000), 3, 100); err != nil || got != 3 {
+		t.Fatalf("UDP %d/3 %v", got, err)
+	}
+	before, _ := n.registered(a)
+	cBefore := n.counters(a)
+	out, err := n.execPodscope(a, "ADD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), a.v4.String()) {
+		t.Errorf("ADD did not pass prevResult on: %s", out)
+	}
+	after, _ := n.registered(a)
+	if after.ID != before.ID || !after.AttachedAt.Equal(before.AttachedAt) {
+		t.Fatalf("repeated ADD changed the pod: %+v -> %+v", before, after)
+	}
+	if c := n.counters(a); c.TxPackets < cBefore.TxPackets {
+		t.Fatalf("repeated ADD reset counters: %+v -> %+v", cBefore, c)
+	}
+	if atts, err := attachmentsOf(n.root, after.ID); err != nil || len(atts) != 2 {
+		t.Fatalf("attachments after repeated ADD: %+v %v", atts, err)
+	}
+	if err := n.check(a); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The plugin behaves the same for every spec version it claims.
+func TestSpecVersions(t *testing.T) {
+	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			n := newNode(t, nodeOpts{cniVersion: v})
+			p := n.newPod("ver", nil)
+			if err := n.add(p); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := n.registered(p); !ok {
+				t.Fatal("not registered")
+			}
+			if err := n.check(p); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+			if err := n.del(p, p.netnsPath); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.del(p, ""); err != nil {
+				t.Fatal(err)
+			}
+			if l := n.accountingLines(p.containerID); len(l) != 1 {
+				t.Fatalf("%d accounting lines", len(l))
+			}
+		})
+	}
+}
+
 func TestStatus(t *testing.T) {
 	n := newNode(t, nodeOpts{})
 	if err := n.inNode(func() error { return n.cni.GetStatusNetworkList(context.Background(), n.list) }); err != nil {
