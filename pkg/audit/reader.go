@@ -83,7 +83,6 @@ func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
 		}
 		if now := time.Now(); now.After(nextSweep) {
 			a.sweepFolds(d, sink)
-			d.rotate()
 			nextSweep = now.Add(foldWindow)
 		}
 	}
@@ -91,14 +90,19 @@ func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
 
 // decoder turns ring records into Events: boot-time to wall-clock, cgroup
 // id to identity (cached), and remembers the strings of recent records so a
-// fold flushed by the sweep can name its path.
+// fold flushed by the sweep can name its path. That memory is a
+// direct-mapped table indexed by the record's key hash, as large as the
+// fold map: one store per event, no allocation, no growth; a collision
+// forgets an older path (its sweep event then has an empty path).
 type decoder struct {
 	a        *Auditor
 	bootBase time.Time
 	n        uint64
-	recent   map[foldKey]foldInfo
-	older    map[foldKey]foldInfo
+	recent   []foldInfo
+	lastComm string
 }
+
+const foldSlots = 1 << 16 // audit_dedup max_entries
 
 type foldKey struct {
 	cgid, hash uint64
@@ -106,7 +110,40 @@ type foldKey struct {
 }
 
 type foldInfo struct {
+	key                       foldKey
 	path, target, value, comm string
+}
+
+func (d *decoder) remember(k foldKey, ev *Event) {
+	d.recent[(k.hash^k.cgid)&(foldSlots-1)] = foldInfo{k, ev.Path, ev.Target, ev.Value, ev.Comm}
+}
+
+func (d *decoder) recall(k foldKey) (foldInfo, bool) {
+	fi := d.recent[(k.hash^k.cgid)&(foldSlots-1)]
+	return fi, fi.key == k
+}
+
+// comm returns the record's comm as a string, reusing the previous one
+// when equal (bursts come from one process): one allocation less per event.
+func (d *decoder) comm(c *[16]int8) string {
+	n := 0
+	for n < len(c) && c[n] != 0 {
+		n++
+	}
+	if len(d.lastComm) == n {
+		same := true
+		for i := 0; i < n; i++ {
+			if d.lastComm[i] != byte(c[i]) {
+				same = false
+				break
+			}
+		}
+		if same {
+			return d.lastComm
+		}
+	}
+	d.lastComm = cstr(c[:n])
+	return d.lastComm
 }
 
 func (a *Auditor) newDecoder() *decoder {
@@ -116,13 +153,8 @@ func (a *Auditor) newDecoder() *decoder {
 	return &decoder{
 		a:        a,
 		bootBase: now.Add(-time.Duration(ts.Nano())),
-		recent:   map[foldKey]foldInfo{},
-		older:    map[foldKey]foldInfo{},
+		recent:   make([]foldInfo, foldSlots),
 	}
-}
-
-func (d *decoder) rotate() {
-	d.older, d.recent = d.recent, make(map[foldKey]foldInfo, len(d.recent))
 }
 
 func (d *decoder) decode(raw []byte) (Event, bool) {
@@ -139,7 +171,7 @@ func (d *decoder) decode(raw []byte) (Event, bool) {
 		Time:     d.bootBase.Add(time.Duration(h.TimeNs)),
 		CgroupID: h.CgroupId,
 		PID:      h.Pid,
-		Comm:     cstr(h.Comm[:]),
+		Comm:     d.comm(&h.Comm),
 		UID:      h.Uid,
 		Op:       opNames[auditWriteOp(h.Op)],
 		Path:     string(body[:pl]),
@@ -154,7 +186,7 @@ func (d *decoder) decode(raw []byte) (Event, bool) {
 		ev.Value = string(body[pl : pl+al])
 	}
 	d.a.identify(&ev)
-	d.recent[foldKey{h.CgroupId, h.Key, uint32(h.Op)}] = foldInfo{ev.Path, ev.Target, ev.Value, ev.Comm}
+	d.remember(foldKey{h.CgroupId, h.Key, uint32(h.Op)}, &ev)
 	return ev, true
 }
 
@@ -185,10 +217,7 @@ func (a *Auditor) sweepFolds(d *decoder, sink func(Event)) {
 			continue
 		}
 		fk := foldKey{k.CgroupId, k.Hash, k.Op}
-		info, ok := d.recent[fk]
-		if !ok {
-			info = d.older[fk]
-		}
+		info, _ := d.recall(fk)
 		ev := Event{
 			Time:     d.bootBase.Add(time.Duration(v.WindowStartNs)),
 			CgroupID: k.CgroupId,

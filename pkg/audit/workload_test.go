@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -50,6 +51,37 @@ func runWorkload(name string) error {
 			}
 			unix.Close(fd)
 		}
+		return nil
+	case "loop":
+		// open(O_WRONLY|O_TRUNC) + 4 KiB write + close over pre-created
+		// files f0..fN-1 (same=1: always f0, so the programs fold); prints
+		// ns per iteration.
+		n, err := strconv.Atoi(os.Getenv(countEnv))
+		if err != nil {
+			return err
+		}
+		same := os.Getenv("PODSCOPE_AUDIT_TEST_SAME") == "1"
+		names := make([]string, n)
+		for i := range names {
+			if same {
+				names[i] = filepath.Join(d, "f0")
+			} else {
+				names[i] = filepath.Join(d, "f"+strconv.Itoa(i))
+			}
+		}
+		buf := make([]byte, 4096)
+		start := time.Now()
+		for _, name := range names {
+			fd, err := unix.Open(name, unix.O_WRONLY|unix.O_TRUNC, 0)
+			if err != nil {
+				return err
+			}
+			if _, err := unix.Write(fd, buf); err != nil {
+				return err
+			}
+			unix.Close(fd)
+		}
+		fmt.Println(time.Since(start).Nanoseconds() / int64(n))
 		return nil
 	case "same":
 		for i := 0; i < 5; i++ {
