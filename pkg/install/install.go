@@ -234,7 +234,7 @@ func (in *Installer) chain(st *state, entry []byte) error {
 	if err := c.validate(); err != nil {
 		return err
 	}
-	if err := in.checkVersion(c); err != nil {
+	if err := in.checkPlugin(c); err != nil {
 		return err
 	}
 	if !c.isList {
@@ -351,11 +351,18 @@ func replaceIfUnchanged(path string, old, data []byte, mode os.FileMode) error {
 	return writeFileAtomic(path, data, mode)
 }
 
-func (in *Installer) checkVersion(c *netConf) error {
-	if in.cfg.SupportedVersions == nil || c.cniVersion == "" || !slices.Contains(in.cfg.Binaries, PluginType) {
+// checkPlugin refuses to chain podscope into c when the runtime could not
+// run it: the binary is missing from the CNI bin dir, or does not support
+// the conflist's cniVersion. Either would fail every pod ADD on the node.
+func (in *Installer) checkPlugin(c *netConf) error {
+	plugin := filepath.Join(in.cfg.CNIBinDir, PluginType)
+	st, err := os.Stat(plugin)
+	if err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%s is missing or not executable (%v): chaining podscope without it would fail every pod on this node; install it (--bin=podscope) first", plugin, err)
+	}
+	if in.cfg.SupportedVersions == nil || c.cniVersion == "" {
 		return nil
 	}
-	plugin := filepath.Join(in.cfg.CNIBinDir, PluginType)
 	versions, err := in.cfg.SupportedVersions(plugin)
 	if err != nil {
 		return fmt.Errorf("asking %s which CNI versions it supports: %w", plugin, err)

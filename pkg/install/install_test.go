@@ -651,3 +651,32 @@ func TestVersionCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestRefusesWithoutPluginBinary(t *testing.T) {
+	n := newNode(t)
+	orig := fixture(t, "bridge.conflist")
+	n.write("10-bridge.conflist", orig)
+	in, err := New(Config{CNIBinDir: n.binDir, CNIConfDir: n.confDir, StateDir: n.stateDir, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = in.Install()
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(n.binDir, "podscope")) {
+		t.Fatalf("err = %v, want a refusal naming the missing plugin", err)
+	}
+	if got := n.read("10-bridge.conflist"); !bytes.Equal(got, orig) {
+		t.Fatal("conflist changed although the plugin is missing")
+	}
+	// Installed earlier (by hand, make install): chaining with no
+	// binaries to copy works.
+	if err := os.MkdirAll(n.binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.binDir, "podscope"), n.binary, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Install(); err != nil {
+		t.Fatal(err)
+	}
+	checkChained(t, "10-bridge.conflist", orig, n.read("10-bridge.conflist"), string(DefaultEntry))
+}

@@ -8,6 +8,8 @@ package deploy_test
 import (
 	"bytes"
 	"encoding/json"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -23,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podscope/podscope/pkg/install"
+	"github.com/podscope/podscope/pkg/nriplugin"
 	"github.com/podscope/podscope/pkg/policy"
 )
 
@@ -260,6 +263,19 @@ func TestDaemonSet(t *testing.T) {
 	}
 	if got := flag(t, nri, "metrics-addr"); got != "$(POD_IP):9810" {
 		t.Errorf("--metrics-addr=%s", got)
+	}
+	// podscope-nri's own flag parser accepts the args, with the pod IP
+	// expanded as the kubelet does.
+	var args []string
+	for _, a := range nri.Args {
+		args = append(args, strings.ReplaceAll(a, "$(POD_IP)", "192.0.2.10"))
+	}
+	nf, err := nriplugin.ParseFlags(args, io.Discard)
+	if err != nil {
+		t.Fatalf("podscope-nri rejects the DaemonSet's args: %v", err)
+	}
+	if host, port, err := net.SplitHostPort(nf.MetricsAddr); err != nil || host != "192.0.2.10" || port != "9810" {
+		t.Errorf("metrics address %q: %v", nf.MetricsAddr, err)
 	}
 	if !slices.ContainsFunc(nri.Env, func(e corev1.EnvVar) bool {
 		return e.Name == "POD_IP" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP"
@@ -515,5 +531,91 @@ func TestNRISocketAgrees(t *testing.T) {
 				t.Errorf("%s lacks %s", f, want)
 			}
 		}
+	}
+}
+
+// execStart returns the arguments of a systemd unit's ExecStart (with
+// backslash-continued lines joined).
+func execStart(t *testing.T, unit string) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repo, "deploy/systemd", unit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.ReplaceAll(string(data), "\\\n", " ")
+	for _, line := range strings.Split(joined, "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			return strings.Fields(v)
+		}
+	}
+	t.Fatalf("%s: no ExecStart", unit)
+	return nil
+}
+
+// The single-node systemd units use the same paths as the DaemonSet, and
+// their flags are accepted by the binaries' own parsers.
+func TestSystemdUnits(t *testing.T) {
+	b := build(t, "deploy")
+	spec := b.daemonSets[0].Spec.Template.Spec
+	nriC := container(t, spec.Containers, "podscope-nri")
+
+	nri := execStart(t, "podscope-nri.service")
+	if nri[0] != "/usr/local/bin/podscope-nri" {
+		t.Fatalf("podscope-nri.service runs %s", nri[0])
+	}
+	f, err := nriplugin.ParseFlags(nri[1:], io.Discard)
+	if err != nil {
+		t.Fatalf("podscope-nri rejects the unit's flags: %v", err)
+	}
+	if f.NRISocket != flag(t, nriC, "nri-socket") || f.BPFFSRoot != flag(t, nriC, "bpffs-root") ||
+		f.StateDir != flag(t, nriC, "state-dir") || f.AuditLog != flag(t, nriC, "audit-log") {
+		t.Errorf("unit and DaemonSet disagree: %+v", f.Options)
+	}
+	if f.MetricsAddr != "127.0.0.1:9810" {
+		t.Errorf("single node metrics on %s, want loopback", f.MetricsAddr)
+	}
+
+	watch := execStart(t, "podscope-cni-watch.service")
+	if watch[0] != "/usr/local/bin/podscope-install" || !slices.Contains(watch, "--watch") {
+		t.Fatalf("podscope-cni-watch.service runs %v", watch)
+	}
+	wc := corev1.Container{Name: "unit", Args: watch[1:]}
+	dsWatch := container(t, spec.Containers, "cni-watch")
+	for _, name := range []string{"cni-bin-dir", "cni-conf-dir", "state-dir", "config"} {
+		if flag(t, wc, name) != flag(t, dsWatch, name) {
+			t.Errorf("--%s: unit %s, DaemonSet %s", name, flag(t, wc, name), flag(t, dsWatch, name))
+		}
+	}
+	// The unit's flags chain deploy/podscope.json into a fake node where
+	// the plugin is already installed (--bin= copies nothing). --watch is
+	// dropped so the run is one round.
+	n := fakeNode{root: t.TempDir()}
+	for _, d := range []string{"/opt/cni/bin", "/etc/cni/net.d", "/usr/local/bin"} {
+		if err := os.MkdirAll(n.path(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(n.path("/opt/cni/bin/podscope"), []byte("plugin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	flannel, err := os.ReadFile(filepath.Join(repo, "pkg/install/testdata/flannel.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := n.path("/etc/cni/net.d/10-flannel.conflist")
+	if err := os.WriteFile(conf, flannel, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wc.Args = slices.DeleteFunc(slices.Clone(wc.Args), func(a string) bool { return a == "--watch" })
+	var stderr bytes.Buffer
+	if code := install.Main(n.rewrite(t, wc, filepath.Join(repo, "deploy/podscope.json")), &stderr, install.CheckEntry); code != 0 {
+		t.Fatalf("unit flags: exit %d\n%s", code, stderr.String())
+	}
+	got, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(got, []byte(`"169.254.169.254/32"`)) {
+		t.Fatalf("deploy/podscope.json not chained:\n%s", got)
 	}
 }
