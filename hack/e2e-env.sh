@@ -392,22 +392,27 @@ cmd_start_containerd() {
 cmd_stop_containerd() { stop_pid "$WORK/containerd.pid" "${1:-TERM}"; }
 
 cmd_start_nri() {
-  local nri
+  local nri before i
   nri=$(podscope_bin podscope-nri) || { log "bin/podscope-nri not built: not started"; return 0; }
   pid_alive "$WORK/nri.pid" && { log "podscope-nri already running (pid $(cat "$WORK/nri.pid"))"; return; }
+  before=0
+  [ -f "$WORK/log/podscope-nri.log" ] && before=$(wc -l <"$WORK/log/podscope-nri.log")
+  # A short reap interval: the suite's reaper test should not wait a minute.
   setsid "$nri" --nri-socket "$NRI_SOCK" --bpffs-root "$BPFFS_ROOT" --state-dir "$PS_STATE" \
-    --audit-log "$AUDIT_LOG" --metrics-addr "$METRICS_ADDR" ${PODSCOPE_NRI_ARGS:-} \
+    --audit-log "$AUDIT_LOG" --metrics-addr "$METRICS_ADDR" \
+    --reap-interval "${PODSCOPE_E2E_REAP_INTERVAL:-3s}" ${PODSCOPE_NRI_ARGS:-} \
     </dev/null >>"$WORK/log/podscope-nri.log" 2>&1 &
   echo $! >"$WORK/nri.pid"
-  # Ready = it has registered with containerd (its metrics endpoint answers
-  # once it is up); give it a moment and fail loudly if it died.
-  local i
-  for i in $(seq 50); do
-    pid_alive "$WORK/nri.pid" || die "podscope-nri exited: $(tail -5 "$WORK/log/podscope-nri.log")"
-    if grep -qiE 'synchroniz|registered|connected' "$WORK/log/podscope-nri.log" 2>/dev/null; then break; fi
+  # Ready = registered with containerd (which then sent it Synchronize).
+  for i in $(seq 150); do
+    pid_alive "$WORK/nri.pid" || die "podscope-nri exited: $(tail -n +$((before + 1)) "$WORK/log/podscope-nri.log" | tail -5)"
+    if tail -n +$((before + 1)) "$WORK/log/podscope-nri.log" | grep -q 'registered with the runtime'; then
+      log "podscope-nri up (pid $(cat "$WORK/nri.pid"))"
+      return 0
+    fi
     sleep 0.2
   done
-  log "podscope-nri up (pid $(cat "$WORK/nri.pid"))"
+  die "podscope-nri did not register with containerd within 30 s: $(tail -5 "$WORK/log/podscope-nri.log")"
 }
 
 cmd_stop_nri() { stop_pid "$WORK/nri.pid" "${1:-TERM}"; }

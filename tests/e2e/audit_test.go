@@ -100,6 +100,15 @@ func TestAudit(t *testing.T) {
 			t.Errorf("path %q is the host's view, want the container's", ev.Path)
 		}
 	}
+	// Each write is logged once: no event twice (same time, pid, op, path).
+	seen := map[string]bool{}
+	for _, ev := range evs {
+		k := fmt.Sprintf("%s %d %s %s", ev.Time.Format(time.RFC3339Nano), ev.PID, ev.Op, ev.Path)
+		if seen[k] {
+			t.Errorf("event logged twice: %s", k)
+		}
+		seen[k] = true
+	}
 	t.Logf("%d audit events of e2e-audit/writer", len(evs))
 
 	// The opted-out pod did the same and more: nothing of it is logged.
