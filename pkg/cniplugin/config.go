@@ -76,8 +76,10 @@ func invalid(msg string, details string) *types.Error {
 
 // parseBase decodes the config without validating policy or annotations:
 // enough for DEL and GC, which must clean up even after the operator broke
-// the policy in the conflist.
-func parseBase(stdin []byte) (*Config, error) {
+// the policy in the conflist. With lenient set (DEL, GC) unknown fields and a
+// bad attachMode are ignored too: a DEL that fails keeps the pod stuck
+// terminating, and the runtime retries it forever.
+func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(stdin, &top); err != nil {
 		return nil, invalid("podscope: config is not a JSON object", err.Error())
@@ -88,7 +90,7 @@ func parseBase(stdin []byte) (*Config, error) {
 			unknown = append(unknown, k)
 		}
 	}
-	if len(unknown) > 0 {
+	if len(unknown) > 0 && !lenient {
 		sort.Strings(unknown)
 		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, attachMode)", unknown[0]),
 			"unknown fields: "+strings.Join(unknown, ", "))
@@ -112,7 +114,9 @@ func parseBase(stdin []byte) (*Config, error) {
 	case "tcx", "tc":
 		c.Mode = datapath.Mode(mode)
 	default:
-		return nil, invalid(fmt.Sprintf("podscope: %s: %q is not an attach mode (tcx, tc, or empty for auto)", field, mode), "")
+		if !lenient {
+			return nil, invalid(fmt.Sprintf("podscope: %s: %q is not an attach mode (tcx, tc, or empty for auto)", field, mode), "")
+		}
 	}
 	return c, nil
 }
@@ -130,7 +134,7 @@ func fieldOf(err error) string {
 // network policy, the pod's policy annotations and the prevResult. Every
 // failure is a *types.Error with code 7 whose message names the field.
 func ParseConfig(stdin []byte) (*Config, error) {
-	c, err := parseBase(stdin)
+	c, err := parseBase(stdin, false)
 	if err != nil {
 		return nil, err
 	}

@@ -189,3 +189,22 @@ func TestContainerIPs(t *testing.T) {
 		t.Fatalf("missing interface: %v", err)
 	}
 }
+
+// DEL must not fail on a conflist edited after ADD: the runtime would retry
+// it forever and the pod would never finish terminating.
+func TestDelToleratesBrokenConfig(t *testing.T) {
+	for name, extra := range map[string]map[string]any{
+		"unknown field":  {"polcy": raw(`{}`)},
+		"bad policy":     {"policy": raw(`{"egress":{"default":"maybe"}}`)},
+		"bad attachMode": {"attachMode": "xdp"},
+	} {
+		stdin := conf(t, extra)
+		var m map[string]any
+		json.Unmarshal(stdin, &m)
+		m["bpffsRoot"] = t.TempDir() // not bpffs: nothing can be attached there
+		stdin, _ = json.Marshal(m)
+		if err := Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: stdin}); err != nil {
+			t.Errorf("%s: DEL failed: %v", name, err)
+		}
+	}
+}

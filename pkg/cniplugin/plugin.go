@@ -40,6 +40,11 @@ func Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return invalid("podscope: "+err.Error(), "")
 	}
+	if len(ips) > pods.MaxIPs {
+		// The registry keeps the first MaxIPs; accounting and policy do not
+		// depend on them (the datapath keys on the veth, not on addresses).
+		ips = ips[:pods.MaxIPs]
+	}
 	hostIndex, hostName, err := hostVeth(args.Netns, args.IfName)
 	if err != nil {
 		return fmt.Errorf("podscope: finding the pod's host veth: %w", err)
@@ -129,7 +134,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, conf *Confi
 // prevResult): the pod is found by container ID, and the second call finds
 // nothing and succeeds.
 func Del(args *skel.CmdArgs) error {
-	conf, err := parseBase(args.StdinData)
+	conf, err := parseBase(args.StdinData, true)
 	if err != nil {
 		return err
 	}
@@ -233,7 +238,7 @@ func Check(args *skel.CmdArgs) error {
 // GC removes every attachment that is not in cni.dev/valid-attachments,
 // logging its counters first, and detaches orphans the registry lost.
 func GC(args *skel.CmdArgs) error {
-	conf, err := parseBase(args.StdinData)
+	conf, err := parseBase(args.StdinData, true)
 	if err != nil {
 		return err
 	}
@@ -300,7 +305,7 @@ func GC(args *skel.CmdArgs) error {
 // Status is called by containerd on every CRI status poll; failing it marks
 // the node NetworkNotReady. It fails only when podscope cannot attach.
 func Status(args *skel.CmdArgs) error {
-	conf, err := parseBase(args.StdinData)
+	conf, err := parseBase(args.StdinData, false)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/podscope/podscope/pkg/datapath"
@@ -49,7 +50,10 @@ func staleReason(p pods.Pod) string {
 	if !linkAlive(p.HostIfindex, p.HostInterface) {
 		return fmt.Sprintf("host veth %s (ifindex %d) gone", p.HostInterface, p.HostIfindex)
 	}
-	if p.Netns != "" {
+	// A bind-mounted netns file (/var/run/netns/…) is removed only when the
+	// runtime destroys the sandbox. A /proc/<pid>/ns/net path vanishes when
+	// that one process exits, while the netns may live on: not a signal.
+	if p.Netns != "" && !strings.HasPrefix(p.Netns, "/proc/") {
 		if _, err := os.Stat(p.Netns); errors.Is(err, os.ErrNotExist) {
 			return "netns " + p.Netns + " gone"
 		}

@@ -33,8 +33,11 @@ import (
 const (
 	valueVersion = 1
 	valueSize    = 1024
-	maxIPs       = 4
+	maxIPs       = MaxIPs
 )
+
+// MaxIPs is how many of a pod's IPs the registry keeps.
+const MaxIPs = 4
 
 type ipRecord struct {
 	Addr   [16]byte

@@ -1,0 +1,83 @@
+package cniplugin
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pods"
+)
+
+func TestAccountingLines(t *testing.T) {
+	dir := t.TempDir()
+	p := pods.Pod{ID: 3, Namespace: "ns1", Name: "web", UID: "u", ContainerID: "c1", Interface: "eth0",
+		IPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/24")}, AttachedAt: time.Unix(100, 0).UTC(), Mode: "tcx"}
+	c := datapath.Counters{RxBytes: 10, RxPackets: 1, TxBytes: 20, TxPackets: 2, DropsEgress: 3, DropsIngress: 4}
+	if err := appendRecord(dir, newRecord(p, "del", c, nil)); err != nil {
+		t.Fatal(err)
+	}
+	p.ContainerID = "c2"
+	if err := appendRecord(dir, newRecord(p, "gc", datapath.Counters{}, errors.New("pins gone"))); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, AccountingFile)
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("accounting log mode %v, want 0600", st.Mode().Perm())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var recs []Record
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		recs = append(recs, r)
+	}
+	if len(recs) != 2 {
+		t.Fatalf("%d lines", len(recs))
+	}
+	r := recs[0]
+	if r.ContainerID != "c1" || r.Pod != "web" || r.Namespace != "ns1" || r.Reason != "del" || r.TxBytes != 20 ||
+		r.RxPackets != 1 || r.DropsIngress != 4 || r.PodID != 3 || !r.AttachedAt.Equal(p.AttachedAt) || r.DetachedAt.IsZero() {
+		t.Errorf("record 1: %+v", r)
+	}
+	if recs[1].CountersError != "pins gone" || recs[1].Reason != "gc" {
+		t.Errorf("record 2: %+v", recs[1])
+	}
+}
+
+func TestStaleReason(t *testing.T) {
+	gone := pods.Pod{HostIfindex: 1 << 30, HostInterface: "vethnothere"}
+	if r := staleReason(gone); r == "" {
+		t.Error("a pod whose host ifindex does not exist is not stale")
+	}
+	// Loopback exists in every netns: alive, unless the name differs (the
+	// kernel reused the ifindex for another device).
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo"}); r != "" {
+		t.Errorf("live pod reported stale: %s", r)
+	}
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "veth123"}); r == "" {
+		t.Error("reused ifindex not detected")
+	}
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/var/run/netns/pstest-none"}); r == "" {
+		t.Error("vanished netns file not detected")
+	}
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/proc/999999999/ns/net"}); r != "" {
+		t.Errorf("a /proc netns path is not a staleness signal: %s", r)
+	}
+}
