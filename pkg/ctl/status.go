@@ -58,6 +58,9 @@ func gatherStatus(root pins.Root, nriSocket string) (*Status, error) {
 	for _, s := range st.StaleLayouts {
 		st.Problems = append(st.Problems, fmt.Sprintf("pins of another podscope layout under %s: remove them with `podscopectl cleanup` after upgrading", s))
 	}
+	if !fileExists(root.Dir("")) {
+		st.Problems = append(st.Problems, fmt.Sprintf("nothing pinned under %s: no pod attached yet, or --bpffs-root is wrong", root.Dir("")))
+	}
 	if err := walkPins(root.Dir(""), st); err != nil {
 		return nil, err
 	}
