@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 
@@ -28,7 +29,8 @@ type fakeArming struct {
 	armErr    error
 	disarmErr error
 	armedErr  error
-	idOffset  uint64 // makes Arm report a wrong id
+	idOffset  uint64        // makes Arm report a wrong id
+	armDelay  time.Duration // makes Arm slow
 }
 
 func newFakeArming() *fakeArming { return &fakeArming{m: map[uint64]Identity{}} }
@@ -37,6 +39,7 @@ func (f *fakeArming) Arm(dir string, id Identity) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.arms++
+	time.Sleep(f.armDelay)
 	if f.armErr != nil {
 		return 0, f.armErr
 	}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
@@ -71,6 +72,17 @@ type Plugin struct {
 	armed map[string]armed // by container id
 
 	resync chan struct{} // see Resync
+
+	// Synchronize arms inline for at most syncBudget; what is left goes to
+	// pending, armed by one background worker (see Synchronize).
+	syncBudget     time.Duration
+	pending        map[string]pendingArm // by container id
+	pendingRunning bool
+}
+
+type pendingArm struct {
+	pod *api.PodSandbox
+	ctr *api.Container
 }
 
 // The NRI events the plugin handles; the stub subscribes to exactly these.
@@ -88,7 +100,8 @@ func New(cfg Config, arm Arming, res CgroupResolver, log *slog.Logger) *Plugin {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Plugin{cfg: cfg, arm: arm, res: res, log: log, armed: map[string]armed{}, resync: make(chan struct{}, 1)}
+	return &Plugin{cfg: cfg, arm: arm, res: res, log: log, armed: map[string]armed{}, resync: make(chan struct{}, 1),
+		syncBudget: time.Second, pending: map[string]pendingArm{}}
 }
 
 // Audited reports whether the containers of pod are audited, and why.
@@ -202,6 +215,7 @@ func (p *Plugin) armLocked(pod *api.PodSandbox, ctr *api.Container) error {
 func (p *Plugin) StopContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) ([]*api.ContainerUpdate, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	delete(p.pending, ctr.GetId())
 	p.disarmLocked(ctr.GetId(), "container stopped")
 	return nil, nil
 }
@@ -211,6 +225,7 @@ func (p *Plugin) StopContainer(_ context.Context, pod *api.PodSandbox, ctr *api.
 func (p *Plugin) RemoveContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	delete(p.pending, ctr.GetId())
 	p.disarmLocked(ctr.GetId(), "container removed")
 	return nil
 }
@@ -219,6 +234,11 @@ func (p *Plugin) RemoveContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 func (p *Plugin) RemovePodSandbox(_ context.Context, pod *api.PodSandbox) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	for cid, pa := range p.pending {
+		if pa.pod.GetId() == pod.GetId() {
+			delete(p.pending, cid)
+		}
+	}
 	for cid, a := range p.armed {
 		if a.sandbox == pod.GetId() || (pod.GetUid() != "" && a.id.PodUID == pod.GetUid()) {
 			p.disarmLocked(cid, "pod removed")
@@ -249,9 +269,23 @@ func (p *Plugin) disarmLocked(containerID, why string) {
 // the pins hold that is no longer a running audited container — so a
 // restart of podscope-nri, a lost connection, or installing podscope on a
 // node with running pods loses nothing and leaks nothing.
-func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
+//
+// NRI bounds Synchronize by the same request timeout as every request (2 s
+// by default) and drops a plugin that exceeds it. Arming costs about a
+// millisecond per container (more in lsm_cgroup mode, one attach per LSM
+// hook), so on a node with very many containers the arming that does not
+// fit in syncBudget (1 s, or until 250 ms before the request's deadline)
+// continues in a background worker. These containers are running already:
+// nothing is gained by arming them before replying.
+func (p *Plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
+	start := time.Now()
+	deadline := start.Add(p.syncBudget)
+	if d, ok := ctx.Deadline(); ok && d.Add(-250*time.Millisecond).Before(deadline) {
+		deadline = d.Add(-250 * time.Millisecond)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	clear(p.pending) // this snapshot supersedes an earlier one
 
 	podByID := make(map[string]*api.PodSandbox, len(pods))
 	for _, pod := range pods {
@@ -316,14 +350,49 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*
 			p.armed[cid] = a
 			continue
 		}
+		if time.Now().After(deadline) {
+			p.pending[cid] = pendingArm{pod: pod, ctr: c}
+			continue
+		}
 		if err := p.armLocked(pod, c); err != nil {
 			failed++
 			p.log.Error("file-write audit NOT armed for running container", containerAttrs(pod, c, "err", err)...)
 		}
 	}
+	if len(p.pending) > 0 && !p.pendingRunning {
+		p.pendingRunning = true
+		go p.armPending()
+	}
 	p.log.Info("synchronized with the runtime", "pods", len(pods), "containers", len(ctrs),
-		"audited", len(want), "armed", len(p.armed), "failed", failed)
+		"audited", len(want), "armed", len(p.armed), "failed", failed, "deferred", len(p.pending),
+		"took", time.Since(start))
 	return nil, nil
+}
+
+// armPending arms what Synchronize left, one container per lock hold so
+// the runtime's events interleave; a container stopped or removed in the
+// meantime has been taken out of pending by its handler.
+func (p *Plugin) armPending() {
+	for {
+		p.mu.Lock()
+		var cid string
+		var pa pendingArm
+		for cid, pa = range p.pending {
+			break
+		}
+		if cid == "" {
+			p.pendingRunning = false
+			p.mu.Unlock()
+			return
+		}
+		delete(p.pending, cid)
+		if _, ok := p.armed[cid]; !ok {
+			if err := p.armLocked(pa.pod, pa.ctr); err != nil {
+				p.log.Error("file-write audit NOT armed for running container", containerAttrs(pa.pod, pa.ctr, "err", err)...)
+			}
+		}
+		p.mu.Unlock()
+	}
 }
 
 func running(c *api.Container) bool {

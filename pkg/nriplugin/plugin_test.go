@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 )
@@ -385,4 +386,62 @@ func sortStrings(s []string) []string {
 		}
 	}
 	return out
+}
+
+// A Synchronize with more arming than fits its budget replies in time and
+// arms the rest in the background; a container stopped before its turn is
+// not armed.
+func TestSynchronizeDefersSlowArming(t *testing.T) {
+	n := newNode(t, true)
+	p, f, _ := newPlugin(t, Config{AuditDefault: true}, n)
+	p.syncBudget = 100 * time.Millisecond
+	f.armDelay = 20 * time.Millisecond
+	pod := n.pod("big", "ubig", nil)
+	var ctrs []*api.Container
+	var ids []string
+	for i := range 20 {
+		c := n.container(pod, fmt.Sprintf("c%02d", i), true)
+		ctrs = append(ctrs, c)
+		ids = append(ids, c.Id)
+	}
+	start := time.Now()
+	if _, err := p.Synchronize(ctx, []*api.PodSandbox{pod}, ctrs); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	p.mu.Lock()
+	deferred := len(p.pending)
+	var stopped *api.Container
+	for _, c := range ctrs {
+		if _, ok := p.pending[c.Id]; ok {
+			stopped = c
+			break
+		}
+	}
+	p.mu.Unlock()
+	t.Logf("Synchronize returned after %v with %d of 20 deferred", took, deferred)
+	if deferred == 0 || stopped == nil {
+		t.Fatalf("nothing deferred although 20 arms × 20ms exceed the 100ms budget (took %v)", took)
+	}
+	if _, err := p.StopContainer(ctx, pod, stopped); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, id := range ids {
+		if id != stopped.Id {
+			want = append(want, id)
+		}
+	}
+	waitFor(t, "the deferred containers armed", hasContainers(f, want...))
+	p.mu.Lock()
+	running := p.pendingRunning
+	p.mu.Unlock()
+	waitFor(t, "the worker to finish", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return !p.pendingRunning
+	})
+	if got := f.containerIDs(); !reflect.DeepEqual(got, sortStrings(want)) {
+		t.Errorf("armed %v (worker running %v)", got, running)
+	}
 }
