@@ -192,9 +192,11 @@ func TestDaemon(t *testing.T) {
 	rt.start()
 	defer rt.stop()
 
+	stdout := &syncLog{}
 	opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50", BPFFSRoot: root.Path,
 		StateDir: filepath.Join(work, "state"), AuditLog: filepath.Join(work, "log", "audit.jsonl"),
-		AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0"}
+		AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0",
+		AuditStdout: true, Stdout: stdout}
 	started := time.Now()
 	d1 := startDaemon(t, opt, logs)
 	waitFor(t, "registration", rt.registered)
@@ -259,6 +261,9 @@ func TestDaemon(t *testing.T) {
 			t.Errorf("event of the opted-out container: %+v", ev)
 		}
 	}
+	if got := strings.Count(stdout.String(), `"containerID":"cid-a"`); got != len(evs) {
+		t.Errorf("--audit-stdout: %d lines of container a, the log has %d", got, len(evs))
+	}
 	if fi, err := os.Stat(opt.AuditLog); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("audit log mode: %v %v", fi.Mode(), err)
 	}
@@ -312,4 +317,54 @@ func TestDaemon(t *testing.T) {
 		t.Error("armed gauge not 0 after stop")
 	}
 	d2.stop(t)
+}
+
+// TestDaemonWithoutBPFFS: the audit cannot load (the bpffs root is not on a
+// bpffs). The daemon still registers and serves; containers start
+// unaudited with a clear log line, or are refused under --fail-closed;
+// /healthz says why it is unhealthy.
+func TestDaemonWithoutBPFFS(t *testing.T) {
+	for _, failClosed := range []bool{false, true} {
+		t.Run("failClosed="+strconv.FormatBool(failClosed), func(t *testing.T) {
+			work := t.TempDir()
+			cgRoot := t.TempDir()
+			logs := &syncLog{}
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("daemon log:\n%s", logs.String())
+				}
+			})
+			rt := newRuntime(t)
+			rt.start()
+			defer rt.stop()
+			opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50",
+				BPFFSRoot: filepath.Join(work, "not-bpffs"), CgroupRoot: cgRoot, AuditLog: filepath.Join(work, "audit.jsonl"),
+				AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0", FailClosed: failClosed}
+			d := startDaemon(t, opt, logs)
+			defer d.stop(t)
+			waitFor(t, "registration", rt.registered)
+
+			if err := os.MkdirAll(filepath.Join(cgRoot, "kubepods", "c1"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			pod := &api.PodSandbox{Id: "sb", Name: "p", Uid: "u", Namespace: "ns"}
+			ctr := &api.Container{Id: "c1", PodSandboxId: "sb", Name: "c", Linux: &api.LinuxContainer{CgroupsPath: "/kubepods/c1"}}
+			err := rt.r.StartContainer(context.Background(), &api.StartContainerRequest{Pod: pod, Container: ctr})
+			if failClosed != (err != nil) {
+				t.Errorf("StartContainer = %v, fail-closed %v", err, failClosed)
+			}
+			if !strings.Contains(logs.String(), "NOT armed") || !strings.Contains(logs.String(), "not on a bpf filesystem") {
+				t.Errorf("no clear log line about the missing bpffs")
+			}
+			resp, err := http.Get("http://" + d.d.MetricsAddr() + "/healthz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 503 || !strings.Contains(string(body), "not on a bpf filesystem") {
+				t.Errorf("/healthz = %d %q", resp.StatusCode, body)
+			}
+		})
+	}
 }
