@@ -6,7 +6,8 @@
  *   lsm_cgroup/<hook>   BPF_LSM_CGROUP, attached to each armed cgroup
  *   lsm/<hook>          BPF LSM, global
  *   fentry/security_*   trampolines on the LSM entry points, global
- *   tracepoint/syscalls/sys_enter_<write syscall>   global, syscall tracepoints
+ *   tracepoint/syscalls/sys_enter_<write syscall>   global, records the call
+ *   tracepoint/syscalls/sys_exit_<write syscall>    global, one program: emits
  *   cgroup/sysctl       on each armed cgroup in every mode
  *
  * All global fronts filter by the audited_cgroups map first.
@@ -34,50 +35,6 @@ static __always_inline bool open_is_write(__u64 flags)
 static __always_inline __u32 open_op(__u64 flags)
 {
 	return (flags & O_CREAT_) ? AOP_CREATE : AOP_OPEN_WRITE;
-}
-
-/* Path-based syscall: (dfd, up) is the object; (dfd2, up2) the aux path (or
- * raw content when raw2). */
-static __always_inline int user_op(__u32 op, __u32 flags, int dfd, const char *up, int dfd2,
-				   const char *up2, bool raw2)
-{
-	struct scratch *s;
-	__u32 plen, alen = 0;
-	__u64 cgid;
-
-	if (!cgroup_armed(&cgid))
-		return 0;
-	s = scratch_get();
-	if (!s) {
-		count_lost(cgid, 1);
-		return 0;
-	}
-	plen = put_user_path(s, 0, dfd, up);
-	if (up2) {
-		if (raw2)
-			alen = put_user_raw(s, plen, up2);
-		else
-			alen = put_user_path(s, plen, dfd2, up2);
-	}
-	return audit_emit(s, cgid, op, flags, plen, alen, up2 ? AAUX_TARGET : AAUX_NONE, false);
-}
-
-/* fd-based syscall: the path comes from the task's file table. */
-static __always_inline int fd_op(__u32 op, __u32 flags, int fd)
-{
-	struct scratch *s;
-	__u64 cgid;
-	__u32 plen;
-
-	if (!cgroup_armed(&cgid))
-		return 0;
-	s = scratch_get();
-	if (!s) {
-		count_lost(cgid, 1);
-		return 0;
-	}
-	plen = put_fd(s, 0, fd);
-	return audit_emit(s, cgid, op, flags, plen, 0, AAUX_NONE, false);
 }
 
 /* Kernel-object hook (LSM, fentry): (d, vm) is the object, (d2, vm2) the aux
@@ -108,150 +65,204 @@ static __always_inline void kernel_op(__u32 op, __u32 flags, struct dentry *d, s
 }
 
 /* ---- syscall tracepoints (mode tracepoint) ----------------------------- */
+/*
+ * sys_enter_<syscall> (one small program per write syscall) only records the
+ * arguments of an armed task's call in audit_inflight, keyed by thread id;
+ * ONE program, tp_exit, attached to every matching sys_exit_<syscall>,
+ * resolves the path and emits — only for calls that succeeded, or that the
+ * kernel refused with EACCES/EPERM (then denied = true). For opens it tells
+ * create from open_write by FMODE_CREATED on the returned fd's file. One exit
+ * program keeps the verifier's work (and load time) to one path resolver.
+ */
+
+enum call_kind {
+	CALL_PATH = 0,	   /* (dfd, up) */
+	CALL_FD = 1,	   /* fd */
+	CALL_TWO_PATHS = 2, /* (dfd, up) + (dfd2, up2) as aux */
+	CALL_PATH_RAW = 3, /* (dfd, up) + raw user string up2 as aux */
+};
+
+struct inflight {
+	__u64 up, up2;
+	__s64 nr; /* syscall number, checked at exit (a killed task never exits) */
+	__s32 dfd, dfd2;
+	__s32 fd;
+	__u32 op, flags;
+	__u8 kind;
+	__u8 is_open;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct inflight);
+} audit_inflight SEC(".maps");
+
+#define EPERM_ 1
+#define EACCES_ 13
+
+static __always_inline int enter(struct trace_event_raw_sys_enter *ctx, struct inflight *in)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 cgid;
+
+	if (!cgroup_armed(&cgid))
+		return 0;
+	in->nr = (__s32)ctx->id; /* __syscall_nr is an int; the rest of the word is padding */
+	if (bpf_map_update_elem(&audit_inflight, &tid, in, BPF_ANY))
+		count_lost(cgid, 1); /* table of calls in flight full */
+	return 0;
+}
 
 #define TP(name) SEC("tracepoint/syscalls/sys_enter_" #name) int tp_##name(struct trace_event_raw_sys_enter *ctx)
 #define ARG(i) (ctx->args[i])
-#define UPTR(i) ((const char *)ctx->args[i])
+#define PATH1(op_, fl, dfd_, up_) \
+	{ .op = (op_), .flags = (fl), .dfd = (dfd_), .up = (__u64)(up_), .kind = CALL_PATH }
+#define PATH2(op_, fl, dfd_, up_, dfd2_, up2_) \
+	{ .op = (op_), .flags = (fl), .dfd = (dfd_), .up = (__u64)(up_), .dfd2 = (dfd2_), .up2 = (__u64)(up2_), .kind = CALL_TWO_PATHS }
+#define FD1(op_, fl, fd_) { .op = (op_), .flags = (fl), .fd = (fd_), .kind = CALL_FD }
+
+#define TP_PATH(name, op_, fl, dfd_, up_)                          \
+	TP(name)                                                   \
+	{                                                          \
+		struct inflight in = PATH1(op_, fl, dfd_, up_);    \
+		return enter(ctx, &in);                            \
+	}
+#define TP_FD(name, op_, fl, fd_)                                  \
+	TP(name)                                                   \
+	{                                                          \
+		struct inflight in = FD1(op_, fl, fd_);            \
+		return enter(ctx, &in);                            \
+	}
+#define TP_TWO(name, op_, fl, dfd_, up_, dfd2_, up2_)                     \
+	TP(name)                                                          \
+	{                                                                 \
+		struct inflight in = PATH2(op_, fl, dfd_, up_, dfd2_, up2_); \
+		return enter(ctx, &in);                                   \
+	}
+
+static __always_inline int enter_open(struct trace_event_raw_sys_enter *ctx, __u64 flags, int dfd, __u64 up)
+{
+	struct inflight in = PATH1(open_op(flags), flags, dfd, up);
+
+	if (!open_is_write(flags))
+		return 0;
+	in.is_open = 1;
+	return enter(ctx, &in);
+}
 
 TP(open)
 {
-	if (!open_is_write(ARG(1)))
-		return 0;
-	return user_op(open_op(ARG(1)), ARG(1), AT_FDCWD_, UPTR(0), 0, NULL, false);
+	return enter_open(ctx, ARG(1), AT_FDCWD_, ARG(0));
 }
 
 TP(openat)
 {
-	if (!open_is_write(ARG(2)))
-		return 0;
-	return user_op(open_op(ARG(2)), ARG(2), (int)ARG(0), UPTR(1), 0, NULL, false);
+	return enter_open(ctx, ARG(2), (int)ARG(0), ARG(1));
 }
 
 TP(openat2)
 {
 	struct open_how how = {};
 
-	if (bpf_probe_read_user(&how, sizeof(how), (void *)ARG(2)) || !open_is_write(how.flags))
+	if (bpf_probe_read_user(&how, sizeof(how), (void *)ARG(2)))
 		return 0;
-	return user_op(open_op(how.flags), how.flags, (int)ARG(0), UPTR(1), 0, NULL, false);
+	return enter_open(ctx, how.flags, (int)ARG(0), ARG(1));
 }
 
 TP(creat)
 {
-	return user_op(AOP_CREATE, O_CREAT_ | O_WRONLY_ | O_TRUNC_, AT_FDCWD_, UPTR(0), 0, NULL, false);
+	return enter_open(ctx, O_CREAT_ | O_WRONLY_ | O_TRUNC_, AT_FDCWD_, ARG(0));
 }
 
-TP(truncate)
-{
-	return user_op(AOP_TRUNCATE, 0, AT_FDCWD_, UPTR(0), 0, NULL, false);
-}
-
-TP(ftruncate)
-{
-	return fd_op(AOP_TRUNCATE, 0, (int)ARG(0));
-}
-
-TP(unlink)
-{
-	return user_op(AOP_UNLINK, 0, AT_FDCWD_, UPTR(0), 0, NULL, false);
-}
-
-TP(unlinkat)
-{
-	__u32 fl = ARG(2);
-
-	return user_op((fl & AT_REMOVEDIR_) ? AOP_RMDIR : AOP_UNLINK, fl, (int)ARG(0), UPTR(1), 0, NULL, false);
-}
-
-TP(rmdir)
-{
-	return user_op(AOP_RMDIR, 0, AT_FDCWD_, UPTR(0), 0, NULL, false);
-}
-
-TP(rename)
-{
-	return user_op(AOP_RENAME, 0, AT_FDCWD_, UPTR(0), AT_FDCWD_, UPTR(1), false);
-}
-
-TP(renameat)
-{
-	return user_op(AOP_RENAME, 0, (int)ARG(0), UPTR(1), (int)ARG(2), UPTR(3), false);
-}
-
-TP(renameat2)
-{
-	return user_op(AOP_RENAME, ARG(4), (int)ARG(0), UPTR(1), (int)ARG(2), UPTR(3), false);
-}
-
-TP(chmod)
-{
-	return user_op(AOP_CHMOD, ARG(1), AT_FDCWD_, UPTR(0), 0, NULL, false);
-}
-
-TP(fchmod)
-{
-	return fd_op(AOP_CHMOD, ARG(1), (int)ARG(0));
-}
-
-TP(fchmodat)
-{
-	return user_op(AOP_CHMOD, ARG(2), (int)ARG(0), UPTR(1), 0, NULL, false);
-}
-
-TP(fchmodat2)
-{
-	return user_op(AOP_CHMOD, ARG(2), (int)ARG(0), UPTR(1), 0, NULL, false);
-}
-
-TP(chown)
-{
-	return user_op(AOP_CHOWN, 0, AT_FDCWD_, UPTR(0), 0, NULL, false);
-}
-
-TP(lchown)
-{
-	return user_op(AOP_CHOWN, 0, AT_FDCWD_, UPTR(0), 0, NULL, false);
-}
-
-TP(fchown)
-{
-	return fd_op(AOP_CHOWN, 0, (int)ARG(0));
-}
-
-TP(fchownat)
-{
-	return user_op(AOP_CHOWN, ARG(4), (int)ARG(0), UPTR(1), 0, NULL, false);
-}
-
-TP(mkdir)
-{
-	return user_op(AOP_MKDIR, ARG(1), AT_FDCWD_, UPTR(0), 0, NULL, false);
-}
-
-TP(mkdirat)
-{
-	return user_op(AOP_MKDIR, ARG(2), (int)ARG(0), UPTR(1), 0, NULL, false);
-}
-
+TP_PATH(truncate, AOP_TRUNCATE, 0, AT_FDCWD_, ARG(0))
+TP_FD(ftruncate, AOP_TRUNCATE, 0, (int)ARG(0))
+TP_PATH(unlink, AOP_UNLINK, 0, AT_FDCWD_, ARG(0))
+TP_PATH(unlinkat, (ARG(2) & AT_REMOVEDIR_) ? AOP_RMDIR : AOP_UNLINK, ARG(2), (int)ARG(0), ARG(1))
+TP_PATH(rmdir, AOP_RMDIR, 0, AT_FDCWD_, ARG(0))
+TP_TWO(rename, AOP_RENAME, 0, AT_FDCWD_, ARG(0), AT_FDCWD_, ARG(1))
+TP_TWO(renameat, AOP_RENAME, 0, (int)ARG(0), ARG(1), (int)ARG(2), ARG(3))
+TP_TWO(renameat2, AOP_RENAME, ARG(4), (int)ARG(0), ARG(1), (int)ARG(2), ARG(3))
+TP_PATH(chmod, AOP_CHMOD, ARG(1), AT_FDCWD_, ARG(0))
+TP_FD(fchmod, AOP_CHMOD, ARG(1), (int)ARG(0))
+TP_PATH(fchmodat, AOP_CHMOD, ARG(2), (int)ARG(0), ARG(1))
+TP_PATH(fchmodat2, AOP_CHMOD, ARG(2), (int)ARG(0), ARG(1))
+TP_PATH(chown, AOP_CHOWN, 0, AT_FDCWD_, ARG(0))
+TP_PATH(lchown, AOP_CHOWN, 0, AT_FDCWD_, ARG(0))
+TP_FD(fchown, AOP_CHOWN, 0, (int)ARG(0))
+TP_PATH(fchownat, AOP_CHOWN, ARG(4), (int)ARG(0), ARG(1))
+TP_PATH(mkdir, AOP_MKDIR, ARG(1), AT_FDCWD_, ARG(0))
+TP_PATH(mkdirat, AOP_MKDIR, ARG(2), (int)ARG(0), ARG(1))
 /* link/symlink: path is the new name, aux the existing file / link content. */
-TP(link)
-{
-	return user_op(AOP_LINK, 0, AT_FDCWD_, UPTR(1), AT_FDCWD_, UPTR(0), false);
-}
-
-TP(linkat)
-{
-	return user_op(AOP_LINK, ARG(4), (int)ARG(2), UPTR(3), (int)ARG(0), UPTR(1), false);
-}
+TP_TWO(link, AOP_LINK, 0, AT_FDCWD_, ARG(1), AT_FDCWD_, ARG(0))
+TP_TWO(linkat, AOP_LINK, ARG(4), (int)ARG(2), ARG(3), (int)ARG(0), ARG(1))
 
 TP(symlink)
 {
-	return user_op(AOP_SYMLINK, 0, AT_FDCWD_, UPTR(1), 0, UPTR(0), true);
+	struct inflight in = PATH2(AOP_SYMLINK, 0, AT_FDCWD_, ARG(1), 0, ARG(0));
+
+	in.kind = CALL_PATH_RAW;
+	return enter(ctx, &in);
 }
 
 TP(symlinkat)
 {
-	return user_op(AOP_SYMLINK, 0, (int)ARG(1), UPTR(2), 0, UPTR(0), true);
+	struct inflight in = PATH2(AOP_SYMLINK, 0, (int)ARG(1), ARG(2), 0, ARG(0));
+
+	in.kind = CALL_PATH_RAW;
+	return enter(ctx, &in);
+}
+
+SEC("tracepoint/syscalls/sys_exit")
+int tp_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct inflight *p = bpf_map_lookup_elem(&audit_inflight, &tid);
+	struct inflight in;
+	struct scratch *s;
+	__u32 plen, alen = 0, kind = AAUX_NONE;
+	long ret = ctx->ret;
+	bool denied = false;
+	__u64 cgid;
+
+	if (!p)
+		return 0;
+	in = *p;
+	bpf_map_delete_elem(&audit_inflight, &tid);
+	if (in.nr != (__s32)ctx->id)
+		return 0;
+	if (ret < 0) {
+		if (ret != -EACCES_ && ret != -EPERM_)
+			return 0; /* ENOENT, EEXIST…: nothing was written */
+		denied = true;
+	}
+	cgid = bpf_get_current_cgroup_id();
+	s = scratch_get();
+	if (!s) {
+		count_lost(cgid, 1);
+		return 0;
+	}
+	if (in.is_open && !denied) {
+		struct file *f = fd_file((int)ret);
+
+		if (f)
+			in.op = (BPF_CORE_READ(f, f_mode) & FMODE_CREATED_) ? AOP_CREATE : AOP_OPEN_WRITE;
+	}
+	if (in.kind == CALL_FD) {
+		plen = put_fd(s, 0, in.fd);
+	} else {
+		plen = put_user_path(s, 0, in.dfd, (const char *)in.up);
+		if (in.kind == CALL_TWO_PATHS) {
+			alen = put_user_path(s, plen, in.dfd2, (const char *)in.up2);
+			kind = AAUX_TARGET;
+		} else if (in.kind == CALL_PATH_RAW) {
+			alen = put_user_raw(s, plen, (const char *)in.up2);
+			kind = AAUX_TARGET;
+		}
+	}
+	return audit_emit(s, cgid, in.op, in.flags, plen, alen, kind, denied);
 }
 
 /* ---- LSM hooks: one body, three attach types ---------------------------- */

@@ -81,6 +81,21 @@ type auditIdentity struct {
 	ContainerId [128]int8
 }
 
+type auditInflight struct {
+	_      structs.HostLayout
+	Up     uint64
+	Up2    uint64
+	Nr     int64
+	Dfd    int32
+	Dfd2   int32
+	Fd     int32
+	Op     uint32
+	Flags  uint32
+	Kind   uint8
+	IsOpen uint8
+	Pad    uint16
+}
+
 type auditScratch struct {
 	_    structs.HostLayout
 	Ev   auditEvent
@@ -116,6 +131,7 @@ const (
 	auditMapAuditDedup          = "audit_dedup"
 	auditMapAuditEvents         = "audit_events"
 	auditMapAuditIdentity       = "audit_identity"
+	auditMapAuditInflight       = "audit_inflight"
 	auditMapAuditLost           = "audit_lost"
 	auditMapAuditMode           = "audit_mode"
 	auditMapAuditScratch        = "audit_scratch"
@@ -154,6 +170,7 @@ const (
 	auditProgTpChmod            = "tp_chmod"
 	auditProgTpChown            = "tp_chown"
 	auditProgTpCreat            = "tp_creat"
+	auditProgTpExit             = "tp_exit"
 	auditProgTpFchmod           = "tp_fchmod"
 	auditProgTpFchmodat         = "tp_fchmodat"
 	auditProgTpFchmodat2        = "tp_fchmodat2"
@@ -263,6 +280,7 @@ type auditProgramSpecs struct {
 	TpChmod            *ebpf.ProgramSpec `ebpf:"tp_chmod"`
 	TpChown            *ebpf.ProgramSpec `ebpf:"tp_chown"`
 	TpCreat            *ebpf.ProgramSpec `ebpf:"tp_creat"`
+	TpExit             *ebpf.ProgramSpec `ebpf:"tp_exit"`
 	TpFchmod           *ebpf.ProgramSpec `ebpf:"tp_fchmod"`
 	TpFchmodat         *ebpf.ProgramSpec `ebpf:"tp_fchmodat"`
 	TpFchmodat2        *ebpf.ProgramSpec `ebpf:"tp_fchmodat2"`
@@ -295,6 +313,7 @@ type auditMapSpecs struct {
 	AuditDedup     *ebpf.MapSpec `ebpf:"audit_dedup"`
 	AuditEvents    *ebpf.MapSpec `ebpf:"audit_events"`
 	AuditIdentity  *ebpf.MapSpec `ebpf:"audit_identity"`
+	AuditInflight  *ebpf.MapSpec `ebpf:"audit_inflight"`
 	AuditLost      *ebpf.MapSpec `ebpf:"audit_lost"`
 	AuditMode      *ebpf.MapSpec `ebpf:"audit_mode"`
 	AuditScratch   *ebpf.MapSpec `ebpf:"audit_scratch"`
@@ -338,6 +357,7 @@ type auditMaps struct {
 	AuditDedup     *ebpf.Map `ebpf:"audit_dedup"`
 	AuditEvents    *ebpf.Map `ebpf:"audit_events"`
 	AuditIdentity  *ebpf.Map `ebpf:"audit_identity"`
+	AuditInflight  *ebpf.Map `ebpf:"audit_inflight"`
 	AuditLost      *ebpf.Map `ebpf:"audit_lost"`
 	AuditMode      *ebpf.Map `ebpf:"audit_mode"`
 	AuditScratch   *ebpf.Map `ebpf:"audit_scratch"`
@@ -349,6 +369,7 @@ func (m *auditMaps) Close() error {
 		m.AuditDedup,
 		m.AuditEvents,
 		m.AuditIdentity,
+		m.AuditInflight,
 		m.AuditLost,
 		m.AuditMode,
 		m.AuditScratch,
@@ -408,6 +429,7 @@ type auditPrograms struct {
 	TpChmod            *ebpf.Program `ebpf:"tp_chmod"`
 	TpChown            *ebpf.Program `ebpf:"tp_chown"`
 	TpCreat            *ebpf.Program `ebpf:"tp_creat"`
+	TpExit             *ebpf.Program `ebpf:"tp_exit"`
 	TpFchmod           *ebpf.Program `ebpf:"tp_fchmod"`
 	TpFchmodat         *ebpf.Program `ebpf:"tp_fchmodat"`
 	TpFchmodat2        *ebpf.Program `ebpf:"tp_fchmodat2"`
@@ -469,6 +491,7 @@ func (p *auditPrograms) Close() error {
 		p.TpChmod,
 		p.TpChown,
 		p.TpCreat,
+		p.TpExit,
 		p.TpFchmod,
 		p.TpFchmodat,
 		p.TpFchmodat2,

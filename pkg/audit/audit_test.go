@@ -271,16 +271,16 @@ func TestTracepointAudit(t *testing.T) {
 			switch {
 			case ev.Op == "sysctl_write" && ev.Path == "/proc/sys/net/ipv4/ip_forward" && ev.Value == "1" && ev.CgroupID == cgid:
 				sys++
-			// os.WriteFile opens with O_CREAT: the tracepoint mode reports
-			// the open as create (the flag asked for), then the sysctl write.
-			case ev.Op == "create" && ev.Path == "/proc/sys/net/ipv4/ip_forward":
+			// os.WriteFile opens with O_CREAT, but the file exists: the open
+			// is open_write (FMODE_CREATED unset), then the sysctl write.
+			case ev.Op == "open_write" && ev.Path == "/proc/sys/net/ipv4/ip_forward":
 				open++
 			default:
 				t.Errorf("unexpected event %+v", ev)
 			}
 		}
 		if sys != 1 || open != 1 {
-			t.Fatalf("want one sysctl_write (value 1) and one create (open) of /proc/sys/net/ipv4/ip_forward, got %+v", got)
+			t.Fatalf("want one sysctl_write (value 1) and one open_write of /proc/sys/net/ipv4/ip_forward, got %+v", got)
 		}
 	})
 

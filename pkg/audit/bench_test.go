@@ -61,6 +61,7 @@ func BenchmarkWriteOverhead(b *testing.B) {
 	detach := func() {
 		for _, n := range names {
 			os.Remove(filepath.Join(a.dir, linkPrefix+n))
+			os.Remove(filepath.Join(a.dir, linkPrefix+exitLinkName(n)))
 		}
 	}
 	attach := func() {

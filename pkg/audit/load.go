@@ -108,30 +108,57 @@ func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []st
 			os.Remove(p)
 		}
 	}
+	pinned := func(pin string) bool {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			return false
+		}
+		l.Close()
+		return true
+	}
 	for _, n := range names {
+		if n == tpExitProg {
+			continue // attached below, once per sys_exit of an attached sys_enter
+		}
 		pin := filepath.Join(dir, linkPrefix+n)
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			l.Close()
-			attached++
+		if !pinned(pin) {
+			l, err := attachOne(m, n, progs[n])
+			if errors.Is(err, os.ErrNotExist) && m == ModeTracepoint {
+				logf("audit: tracepoint syscalls:%s not in this kernel, skipped", tracepointOf(n))
+				continue
+			}
+			if err != nil {
+				undo()
+				return fmt.Errorf("attach %s: %w", n, err)
+			}
+			if err := l.Pin(pin); err != nil {
+				l.Close()
+				undo()
+				return fmt.Errorf("audit: pinning link of %s: %w", n, err)
+			}
+			l.Close() // the pin keeps it attached
+			created = append(created, pin)
+		}
+		attached++
+		if m != ModeTracepoint {
 			continue
 		}
-		l, err := attachOne(m, n, progs[n])
-		if errors.Is(err, os.ErrNotExist) && m == ModeTracepoint {
-			logf("audit: tracepoint syscalls:%s not in this kernel, skipped", tracepointOf(n))
+		xpin := filepath.Join(dir, linkPrefix+exitLinkName(n))
+		if pinned(xpin) {
 			continue
+		}
+		l, err := attachExit(n, progs[tpExitProg])
+		if err == nil {
+			if err = l.Pin(xpin); err != nil {
+				l.Close()
+			}
 		}
 		if err != nil {
 			undo()
-			return fmt.Errorf("attach %s: %w", n, err)
+			return fmt.Errorf("attach %s to %s: %w", tpExitProg, exitTracepointOf(n), err)
 		}
-		if err := l.Pin(pin); err != nil {
-			l.Close()
-			undo()
-			return fmt.Errorf("audit: pinning link of %s: %w", n, err)
-		}
-		l.Close() // the pin keeps it attached
-		created = append(created, pin)
-		attached++
+		l.Close()
+		created = append(created, xpin)
 	}
 	if attached == 0 {
 		return fmt.Errorf("attach: no %s program attached", m)
@@ -139,7 +166,20 @@ func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []st
 	return nil
 }
 
-func tracepointOf(prog string) string { return "sys_enter_" + strings.TrimPrefix(prog, "tp_") }
+// tpExitProg is the one program attached to the sys_exit tracepoint of
+// every write syscall whose sys_enter is attached.
+const tpExitProg = "tp_exit"
+
+func tracepointOf(prog string) string     { return "sys_enter_" + strings.TrimPrefix(prog, "tp_") }
+func exitTracepointOf(prog string) string { return "sys_exit_" + strings.TrimPrefix(prog, "tp_") }
+func exitLinkName(prog string) string     { return "tpx_" + strings.TrimPrefix(prog, "tp_") }
+
+func attachExit(enterProg string, exit *ebpf.Program) (link.Link, error) {
+	if exit == nil {
+		return nil, fmt.Errorf("program %s not loaded", tpExitProg)
+	}
+	return link.Tracepoint("syscalls", exitTracepointOf(enterProg), exit, nil)
+}
 
 func attachOne(m Mode, name string, p *ebpf.Program) (link.Link, error) {
 	if p == nil {
@@ -179,7 +219,7 @@ func ensureTracefs() error {
 func removeModePins(dir string, spec *ebpf.CollectionSpec, m Mode) error {
 	var errs []error
 	for _, n := range progNames(spec, m) {
-		for _, p := range []string{linkPrefix + n, progPrefix + n} {
+		for _, p := range []string{linkPrefix + n, progPrefix + n, linkPrefix + exitLinkName(n)} {
 			if err := os.Remove(filepath.Join(dir, p)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}

@@ -119,6 +119,9 @@ func probeMode(m Mode, cgroupRoot string) (err error) {
 	name := probeProgram[m]
 	sub := spec.Copy()
 	sub.Programs = map[string]*ebpf.ProgramSpec{name: spec.Programs[name]}
+	if m == ModeTracepoint {
+		sub.Programs[tpExitProg] = spec.Programs[tpExitProg]
+	}
 	for _, ms := range sub.Maps {
 		ms.Pinning = ebpf.PinNone // private maps: the probe never touches the node's
 	}
@@ -157,6 +160,13 @@ func probeMode(m Mode, cgroupRoot string) (err error) {
 		return fmt.Errorf("attach: %w", unwrapErrno(err))
 	}
 	defer l.Close()
+	if m == ModeTracepoint {
+		x, err := attachExit(name, coll.Programs[tpExitProg])
+		if err != nil {
+			return fmt.Errorf("attach: %w", unwrapErrno(err))
+		}
+		defer x.Close()
+	}
 
 	if err := coll.Maps["audited_cgroups"].Put(id, auditAuditCgroup{}); err != nil {
 		return fmt.Errorf("arming scratch cgroup: %w", err)
