@@ -209,9 +209,10 @@ func (p *Plugin) armLocked(pod *api.PodSandbox, ctr *api.Container) error {
 	return nil
 }
 
-// StopContainer disarms: a stopped container writes nothing more, and its
-// cgroup is about to be removed (its id is never reused while pinned, but
-// the entry would be a leak).
+// StopContainer disarms. containerd's CRI relays it to NRI only after the
+// task has exited (stop signal, grace period, SIGKILL, wait), so the writes
+// of a graceful shutdown are still audited; after it the cgroup only waits
+// for removal, and keeping it armed would leak the entry.
 func (p *Plugin) StopContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) ([]*api.ContainerUpdate, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
