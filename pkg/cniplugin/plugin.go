@@ -82,22 +82,28 @@ func Add(args *skel.CmdArgs) error {
 		HostInterface: hostName, HostIfindex: hostIndex, IPs: ips,
 		AttachedAt: time.Now().UTC(), Mode: conf.Mode,
 	}
+	var prev *pods.Pod
 	if found {
 		// ADD repeated for the same attachment: same PodID, counters kept.
 		pod.ID = existing.ID
 		pod.AttachedAt = existing.AttachedAt
+		prev = &existing
 	} else if pod.ID, err = reg.Allocate(); err != nil {
 		return types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
 	}
-	if err := attach(reg, dp, pod, conf); err != nil {
+	if err := attach(reg, dp, pod, prev, conf); err != nil {
 		return err
 	}
 	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
 }
 
 // attach registers the pod, writes its policy and attaches, all or nothing:
-// on any failure the steps done so far are undone in reverse.
-func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, conf *Config) (err error) {
+// on any failure the steps done so far are undone in reverse. For a repeated
+// ADD (prev set) a failure restores the previous registry entry and leaves
+// the running attachment alone: removing it would drop counters that no
+// accounting line holds yet (the runtime's DEL after the failed ADD logs
+// them).
+func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.Pod, conf *Config) (err error) {
 	var undo []func() error
 	defer func() {
 		if err == nil {
@@ -112,12 +118,18 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, conf *Confi
 	if err := reg.Put(pod); err != nil {
 		return invalid("podscope: "+err.Error(), "")
 	}
-	undo = append(undo, func() error { return reg.Delete(pod.ID) })
-	undo = append(undo, func() error { return dp.RemovePod(pod.ID) })
+	if prev != nil {
+		undo = append(undo, func() error { return reg.Put(*prev) })
+	} else {
+		undo = append(undo, func() error { return reg.Delete(pod.ID) })
+		undo = append(undo, func() error { return dp.RemovePod(pod.ID) })
+	}
 	if err := dp.SetPolicy(pod.ID, conf.Policy); err != nil {
 		return fmt.Errorf("podscope: writing policy of pod %s: %w", pod.Ref(), err)
 	}
-	undo = append(undo, func() error { return dp.Detach(pod.ID) })
+	if prev == nil {
+		undo = append(undo, func() error { return dp.Detach(pod.ID) })
+	}
 	mode, err := dp.Attach(pod.ID, pod.HostIfindex, conf.Mode)
 	if err != nil {
 		return fmt.Errorf("podscope: attaching to %s (ifindex %d) of pod %s: %w", pod.HostInterface, pod.HostIfindex, pod.Ref(), err)

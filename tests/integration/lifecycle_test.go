@@ -454,3 +454,44 @@ func TestReaperRemovesPodsWhoseVethIsGone(t *testing.T) {
 		t.Fatalf("%d accounting lines after DEL of a reaped pod", len(l))
 	}
 }
+
+// An ADD whose attach fails undoes everything it did: here a second
+// container claims pod a's veth, which the datapath refuses.
+func TestFailedAttachLeavesNothing(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	a := n.newPod("owner", nil)
+	n.mustAdd(a)
+	before, err := readPins(n.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	intruder := &pod{name: "intruder", uid: "intruder-uid", containerID: strings.Repeat("f", 64),
+		netnsPath: a.netnsPath, result: a.result}
+	_, err = n.execPodscope(intruder, "ADD")
+	if err == nil {
+		t.Fatal("ADD of a second pod on an attached veth succeeded")
+	}
+	t.Logf("ADD error: %v", err)
+	if _, ok := n.registered(intruder); ok {
+		t.Error("failed ADD left a registry entry")
+	}
+	after, err := readPins(n.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The flow table moves with background traffic (IPv6 ND, MLD): compare
+	// every other map.
+	for _, st := range []pinnedState{before, after} {
+		for p := range st.mapEntries {
+			if strings.HasSuffix(p, "/flows") {
+				delete(st.mapEntries, p)
+			}
+		}
+	}
+	if fmt.Sprint(before.mapEntries) != fmt.Sprint(after.mapEntries) || len(before.links) != len(after.links) {
+		t.Errorf("failed ADD changed the pins:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if err := n.check(a); err != nil {
+		t.Errorf("the owner pod is no longer intact: %v", err)
+	}
+}
