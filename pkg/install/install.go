@@ -436,6 +436,15 @@ func (in *Installer) Uninstall() error {
 	if err := removeFile(in.statePath()); err != nil {
 		return err
 	}
+	// The lock file and the state dir are the installer's own too. Another
+	// installer blocked on the lock gets it on the unlinked file and starts
+	// from an empty record, which is what it would see a moment later.
+	if err := removeFile(filepath.Join(in.cfg.StateDir, lockFileName)); err != nil {
+		return err
+	}
+	if err := os.Remove(in.cfg.StateDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		in.cfg.Logf("keeping %s: %v", in.cfg.StateDir, err) // not empty: someone else's files
+	}
 	return nil
 }
 

@@ -235,8 +235,8 @@ func TestInstallShapes(t *testing.T) {
 				if _, err := os.Stat(filepath.Join(n.binDir, "podscope")); !errors.Is(err, os.ErrNotExist) {
 					t.Fatalf("binary still there after uninstall: %v", err)
 				}
-				if _, err := os.Stat(filepath.Join(n.stateDir, stateFileName)); !errors.Is(err, os.ErrNotExist) {
-					t.Fatalf("install record still there after uninstall: %v", err)
+				if _, err := os.Stat(n.stateDir); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("install state dir still there after uninstall: %v", err)
 				}
 				if got := n.listing(); len(got) != 2 {
 					t.Fatalf("conf dir after uninstall: %v", keys(got))
