@@ -60,7 +60,11 @@ func (p *Plugin) Run(ctx context.Context, c Conn) error {
 			stub.WithPluginIdx(c.Index),
 			stub.WithSocketPath(c.Socket),
 			stub.WithLogger(nriLogger{p.log.With("component", "nri-stub")}),
-			stub.WithFailurePolicy(&api.FailurePolicy{FailRequest: c.FailRequest}),
+			// KeepConnected: one slow answer (a loaded node) must not get
+			// the plugin unregistered, which would leave every container
+			// started until the reconnect unaudited. Runtimes whose NRI
+			// predates failure policies ignore this.
+			stub.WithFailurePolicy(&api.FailurePolicy{FailRequest: c.FailRequest, KeepConnected: true}),
 			stub.WithOnClose(func() {
 				p.log.Warn("connection to the runtime's NRI socket lost", "socket", c.Socket)
 			}),
