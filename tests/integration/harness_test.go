@@ -418,3 +418,27 @@ func (n *node) execPodscope(p *pod, command string) ([]byte, error) {
 	})
 	return out, err
 }
+
+// flow returns the pod's flow-table entry for proto local<->remote, or nil.
+func (n *node) flow(p *pod, proto string, local, remote netip.AddrPort) *datapath.Flow {
+	n.t.Helper()
+	rp, ok := n.registered(p)
+	if !ok {
+		n.t.Fatalf("pod %s not registered", p.name)
+	}
+	dp, err := datapath.OpenPinned(n.root)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer dp.Close()
+	fls, err := dp.Flows(rp.ID)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	for _, f := range fls {
+		if f.Proto == proto && f.Local == local && f.Remote == remote {
+			return &f
+		}
+	}
+	return nil
+}

@@ -82,6 +82,12 @@ func tcpSend(p *pod, dst netip.AddrPort, n int, timeout time.Duration) error {
 // udpExchange sends count datagrams of size bytes from src to dst and has dst
 // echo each back; it returns how many echoes came back.
 func udpExchange(src, dst *pod, dstAddr netip.AddrPort, count, size int) (int, error) {
+	got, _, err := udpExchangeLocal(src, dst, dstAddr, count, size)
+	return got, err
+}
+
+// udpExchangeLocal is udpExchange that also returns the client's address.
+func udpExchangeLocal(src, dst *pod, dstAddr netip.AddrPort, count, size int) (int, netip.AddrPort, error) {
 	var srv, cli *net.UDPConn
 	err := dst.ns.Do(func(ns.NetNS) error {
 		var err error
@@ -89,7 +95,7 @@ func udpExchange(src, dst *pod, dstAddr netip.AddrPort, count, size int) (int, e
 		return err
 	})
 	if err != nil {
-		return 0, err
+		return 0, netip.AddrPort{}, err
 	}
 	defer srv.Close()
 	go func() {
@@ -109,15 +115,17 @@ func udpExchange(src, dst *pod, dstAddr netip.AddrPort, count, size int) (int, e
 		return err
 	})
 	if err != nil {
-		return 0, err
+		return 0, netip.AddrPort{}, err
 	}
 	defer cli.Close()
+	local := cli.LocalAddr().(*net.UDPAddr).AddrPort()
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	got := 0
 	buf := make([]byte, 65536)
 	payload := make([]byte, size)
 	for i := 0; i < count; i++ {
 		if _, err := cli.Write(payload); err != nil {
-			return got, err
+			return got, local, err
 		}
 		cli.SetReadDeadline(time.Now().Add(2 * time.Second))
 		if _, err := cli.Read(buf); err != nil {
@@ -125,9 +133,9 @@ func udpExchange(src, dst *pod, dstAddr netip.AddrPort, count, size int) (int, e
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return got, err
+			return got, local, err
 		}
 		got++
 	}
-	return got, nil
+	return got, local, nil
 }
