@@ -52,13 +52,22 @@ func Serve(ctx context.Context, addr string, h http.Handler) (bound string, wait
 		}
 		done <- err
 	}()
+	shutdown := make(chan error, 1)
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(sctx) // best effort on exit; Serve's error is what counts
+		shutdown <- srv.Shutdown(sctx)
 	}()
-	return ln.Addr().String(), func() error { return <-done }, nil
+	return ln.Addr().String(), func() error {
+		err := <-done
+		if ctx.Err() != nil {
+			if serr := <-shutdown; serr != nil {
+				err = errors.Join(err, fmt.Errorf("metrics server shutdown: %w", serr))
+			}
+		}
+		return err
+	}, nil
 }
 
 type slogPrintln struct{ l *slog.Logger }

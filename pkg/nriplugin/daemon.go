@@ -264,14 +264,18 @@ func (d *Daemon) runAudit(ctx context.Context, lw *audit.LogWriter, firstTry cha
 	if d.opt.AuditStdout && d.opt.Stdout != nil {
 		stdout = json.NewEncoder(d.opt.Stdout)
 	}
-	var lastWriteErr time.Time
+	var lastWriteErr, lastStdoutErr time.Time
 	sink := func(ev audit.Event) {
 		if err := lw.Write(ev); err != nil && time.Since(lastWriteErr) > 10*time.Second {
 			lastWriteErr = time.Now()
 			d.log.Error("writing the audit log failed (events are lost; repeated errors are suppressed for 10s)", "err", err)
 		}
 		if stdout != nil {
-			_ = stdout.Encode(ev) // a closed stdout must not stop the log
+			// A closed or full stdout must not stop the log: report, go on.
+			if err := stdout.Encode(ev); err != nil && time.Since(lastStdoutErr) > 10*time.Second {
+				lastStdoutErr = time.Now()
+				d.log.Error("writing audit events to stdout failed (repeated errors are suppressed for 10s)", "err", err)
+			}
 		}
 		n := uint64(max(ev.Count, 1))
 		d.writes.Add(metrics.WriteKey{Container: metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod,
