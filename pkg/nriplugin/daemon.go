@@ -110,6 +110,9 @@ func NewDaemon(opt Options, log *slog.Logger) (*Daemon, error) {
 	if opt.AuditRetry <= 0 {
 		opt.AuditRetry = 30 * time.Second
 	}
+	if opt.StateDir == "" {
+		opt.StateDir = cniplugin.DefaultStateDir
+	}
 	res, err := cgroups.NewResolver(opt.CgroupRoot)
 	if err != nil {
 		return nil, err
@@ -144,6 +147,15 @@ func (d *Daemon) MetricsAddr() string {
 func (d *Daemon) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+
+	unlock, err := lockInstance(ctx, d.opt.StateDir, d.log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for another instance
+		}
+		return err
+	}
+	defer unlock()
 
 	lw, err := audit.NewLogWriter(d.opt.AuditLog, d.opt.AuditLogMax, d.opt.AuditLogKeep)
 	if err != nil {

@@ -339,6 +339,7 @@ func TestDaemonWithoutBPFFS(t *testing.T) {
 			defer rt.stop()
 			opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50",
 				BPFFSRoot: filepath.Join(work, "not-bpffs"), CgroupRoot: cgRoot, AuditLog: filepath.Join(work, "audit.jsonl"),
+				StateDir: filepath.Join(work, "state"),
 				AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0", FailClosed: failClosed}
 			d := startDaemon(t, opt, logs)
 			defer d.stop(t)
@@ -367,4 +368,34 @@ func TestDaemonWithoutBPFFS(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDaemonSingleInstance: a second podscope-nri on the same node (same
+// state dir) waits, saying why, until the first exits — two readers of the
+// ring buffer would each log part of the events.
+func TestDaemonSingleInstance(t *testing.T) {
+	work := t.TempDir()
+	rt := newRuntime(t)
+	rt.start()
+	defer rt.stop()
+	opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50",
+		BPFFSRoot: filepath.Join(work, "not-bpffs"), CgroupRoot: t.TempDir(), AuditLog: filepath.Join(work, "audit.jsonl"),
+		StateDir: filepath.Join(work, "state"), AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0"}
+	logs1, logs2 := &syncLog{}, &syncLog{}
+	d1 := startDaemon(t, opt, logs1)
+	waitFor(t, "first daemon up", func() bool { return d1.d.MetricsAddr() != "" })
+	d2 := startDaemon(t, opt, logs2)
+	waitFor(t, "second daemon to say it waits", func() bool {
+		return strings.Contains(logs2.String(), "another podscope-nri runs on this node")
+	})
+	time.Sleep(300 * time.Millisecond)
+	if d2.d.MetricsAddr() != "" {
+		t.Fatal("second daemon started serving while the first runs")
+	}
+	d1.stop(t)
+	waitFor(t, "second daemon to take over", func() bool { return d2.d.MetricsAddr() != "" })
+	if !strings.Contains(logs2.String(), "instance lock acquired") {
+		t.Errorf("take-over not logged:\n%s", logs2.String())
+	}
+	d2.stop(t)
 }
