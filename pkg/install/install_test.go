@@ -477,6 +477,8 @@ func TestBadEntryRefused(t *testing.T) {
 		"bad cidr":   `{"type":"podscope","policy":{"egress":{"default":"allow","rules":[{"cidr":"10.0.0.300/8","action":"deny"}]}}}`,
 		"bad port":   `{"type":"podscope","policy":{"ingress":{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["70000"],"action":"deny"}]}}}`,
 		"wrong type": `{"type":"bridge"}`,
+		"typo":       `{"type":"podscope","polcy":{"egress":{"default":"deny"}}}`,
+		"bad mode":   `{"type":"podscope","attachMode":"xdp"}`,
 		"not json":   `{"type":`,
 	} {
 		t.Run(name, func(t *testing.T) {
