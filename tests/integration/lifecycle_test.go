@@ -495,3 +495,23 @@ func TestFailedAttachLeavesNothing(t *testing.T) {
 		t.Errorf("the owner pod is no longer intact: %v", err)
 	}
 }
+
+// PODSCOPE_ATTACH_MODE in the plugin's environment overrides the config's
+// attachMode (how an operator forces the clsact fallback on a TCX kernel).
+func TestAttachModeFromEnvironment(t *testing.T) {
+	t.Setenv(cniplugin.AttachModeEnv, "tc")
+	n := newNode(t, nodeOpts{mode: "tcx"})
+	p := n.newPod("envmode", nil)
+	n.mustAdd(p)
+	rp, _ := n.registered(p)
+	if rp.Mode != datapath.ModeTC {
+		t.Fatalf("mode %q, want tc from the environment", rp.Mode)
+	}
+	var hs hookState
+	if err := n.inNode(func() (err error) { hs, err = hooksOn(rp.HostIfindex); return }); err != nil {
+		t.Fatal(err)
+	}
+	if hs.tcIngress != 1 || hs.tcEgress != 1 || hs.tcxIngress+hs.tcxEgress != 0 {
+		t.Fatalf("hooks %+v, want one cls_bpf filter per direction and no tcx", hs)
+	}
+}
