@@ -4,7 +4,9 @@
 // the bridge, the host veths and ip_forward change there, never on the host.
 //
 // Run as root: go test ./tests/integration/
-// The reference plugins are built once into $PODSCOPE_CACHE (default
-// /var/cache/podscope/cni-bin). PODSCOPE_MEASURE=1 also runs the latency and
-// throughput measurements (see measure_test.go).
+// The reference plugins are built once into $PODSCOPE_CACHE/cni-bin/<version>
+// ($PODSCOPE_CACHE defaults to /var/cache/podscope, as for the other suites).
+// Measurements (latency, throughput; see measure_test.go):
+//
+//	go test ./tests/integration/ -run '^$' -bench . -benchtime 1x
 package integration

@@ -59,11 +59,11 @@ func repoRoot() string {
 func buildPlugins(t testing.TB) {
 	t.Helper()
 	buildOnce.Do(func() {
-		refBinDir = os.Getenv("PODSCOPE_CACHE")
-		if refBinDir == "" {
-			refBinDir = "/var/cache/podscope/cni-bin"
+		cache := os.Getenv("PODSCOPE_CACHE")
+		if cache == "" {
+			cache = "/var/cache/podscope"
 		}
-		refBinDir = filepath.Join(refBinDir, pluginsVersion)
+		refBinDir = filepath.Join(cache, "cni-bin", pluginsVersion)
 		var missing []string
 		for _, p := range referencePlugins {
 			if _, err := os.Stat(filepath.Join(refBinDir, filepath.Base(p))); err != nil {
