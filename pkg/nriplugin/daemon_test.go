@@ -19,6 +19,9 @@ import (
 
 	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/cniplugin"
+	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -398,4 +401,51 @@ func TestDaemonSingleInstance(t *testing.T) {
 		t.Errorf("take-over not logged:\n%s", logs2.String())
 	}
 	d2.stop(t)
+}
+
+// TestDaemonReaps: the daemon's reaper removes a registered pod whose host
+// veth is gone (no CNI DEL came) and writes its accounting line.
+func TestDaemonReaps(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	dp, err := datapath.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	reg, err := pods.OpenRegistry(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	gone := pods.Pod{ID: 3, Namespace: "ns", Name: "gone", UID: "u-gone", ContainerID: "c-gone",
+		Interface: "eth0", HostInterface: testenv.Name(t), HostIfindex: 1 << 30}
+	if err := reg.Put(gone); err != nil {
+		t.Fatal(err)
+	}
+
+	work := t.TempDir()
+	rt := newRuntime(t)
+	rt.start()
+	defer rt.stop()
+	logs := &syncLog{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", logs.String())
+		}
+	})
+	opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50", BPFFSRoot: root.Path,
+		CgroupRoot: t.TempDir(), AuditLog: filepath.Join(work, "audit.jsonl"), StateDir: filepath.Join(work, "state"),
+		AuditDefault: true, AuditMode: string(audit.ModeTracepoint), ReapInterval: 100 * time.Millisecond}
+	d := startDaemon(t, opt, logs)
+	defer d.stop(t)
+	acct := filepath.Join(opt.StateDir, cniplugin.AccountingFile)
+	// The reaper writes the accounting line, removes the pod, then the
+	// daemon logs it: wait for the log line.
+	waitFor(t, "the stale pod reaped", func() bool { return strings.Contains(logs.String(), "reaped stale pod") })
+	if b, err := os.ReadFile(acct); err != nil || strings.Count(string(b), `"u-gone"`) != 1 {
+		t.Errorf("accounting log %s: want one line of the reaped pod, got %q (%v)", acct, b, err)
+	}
+	if _, ok, err := reg.Get(gone.ID); err != nil || ok {
+		t.Errorf("reaped pod still registered (%v, %v)", ok, err)
+	}
 }
