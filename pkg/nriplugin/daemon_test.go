@@ -342,7 +342,7 @@ func TestDaemonWithoutBPFFS(t *testing.T) {
 			defer rt.stop()
 			opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50",
 				BPFFSRoot: filepath.Join(work, "not-bpffs"), CgroupRoot: cgRoot, AuditLog: filepath.Join(work, "audit.jsonl"),
-				StateDir: filepath.Join(work, "state"),
+				StateDir:     filepath.Join(work, "state"),
 				AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0", FailClosed: failClosed}
 			d := startDaemon(t, opt, logs)
 			defer d.stop(t)
