@@ -284,6 +284,32 @@ func TestTracepointAudit(t *testing.T) {
 		}
 	})
 
+	t.Run("refused write is denied, failed one is not reported", func(t *testing.T) {
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		d := shmDir(t) // its parents are searchable by nobody, unlike t.TempDir's
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "secret"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		pid := h.run(t, cg, "denied", childOpts{env: []string{dirEnv + "=" + d}})
+		h.settle()
+		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
+		if len(got) != 1 {
+			t.Fatalf("want exactly one event (the refused open), got %+v", got)
+		}
+		ev := got[0]
+		if !ev.Denied || ev.Op != "open_write" || ev.Path != filepath.Join(d, "secret") || ev.UID != 65534 || ev.PID != uint32(pid) {
+			t.Fatalf("event %+v: want a denied open_write of %s by uid 65534 pid %d", ev, filepath.Join(d, "secret"), pid)
+		}
+	})
+
 	t.Run("repeats folded, count kept", func(t *testing.T) {
 		cg := h.cgroup(t)
 		cgid, err := h.a.Arm(cg, id)

@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/pins"
 )
@@ -178,7 +180,23 @@ func attachExit(enterProg string, exit *ebpf.Program) (link.Link, error) {
 	if exit == nil {
 		return nil, fmt.Errorf("program %s not loaded", tpExitProg)
 	}
-	return link.Tracepoint("syscalls", exitTracepointOf(enterProg), exit, nil)
+	return retryExist(func() (link.Link, error) {
+		return link.Tracepoint("syscalls", exitTracepointOf(enterProg), exit, nil)
+	})
+}
+
+// retryExist retries an attach that fails with EEXIST for up to a second:
+// a link of the same program on the same tracepoint whose last pin was just
+// removed (Cleanup, a mode switch) is released asynchronously.
+func retryExist(attach func() (link.Link, error)) (link.Link, error) {
+	deadline := time.Now().Add(time.Second)
+	for {
+		l, err := attach()
+		if !errors.Is(err, unix.EEXIST) || time.Now().After(deadline) {
+			return l, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func attachOne(m Mode, name string, p *ebpf.Program) (link.Link, error) {
@@ -194,7 +212,7 @@ func attachOne(m Mode, name string, p *ebpf.Program) (link.Link, error) {
 		if err := ensureTracefs(); err != nil {
 			return nil, err
 		}
-		return link.Tracepoint("syscalls", tracepointOf(name), p, nil)
+		return retryExist(func() (link.Link, error) { return link.Tracepoint("syscalls", tracepointOf(name), p, nil) })
 	}
 	return nil, fmt.Errorf("mode %s has no global attachment", m)
 }

@@ -83,6 +83,19 @@ func runWorkload(name string) error {
 		}
 		fmt.Println(time.Since(start).Nanoseconds() / int64(n))
 		return nil
+	case "denied":
+		// As nobody: a write the kernel refuses (EACCES) is reported as
+		// denied; one that fails otherwise (ENOENT) is not reported.
+		if err := syscall.Setuid(65534); err != nil {
+			return err
+		}
+		if _, err := unix.Open(filepath.Join(d, "secret"), unix.O_WRONLY, 0); err != unix.EACCES {
+			return fmt.Errorf("open secret as nobody: %v, want EACCES", err)
+		}
+		if _, err := unix.Open(filepath.Join(d, "missing", "x"), unix.O_WRONLY|unix.O_CREAT, 0o600); err != unix.ENOENT {
+			return fmt.Errorf("open missing/x: %v, want ENOENT", err)
+		}
+		return nil
 	case "same":
 		for i := 0; i < 5; i++ {
 			fd, err := unix.Open(filepath.Join(d, "same"), unix.O_WRONLY, 0)
