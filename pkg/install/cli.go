@@ -37,6 +37,7 @@ func Main(args []string, stderr io.Writer, validate func([]byte) error) int {
 		unOnExit   = fs.Bool("uninstall-on-exit", false, "with --watch: uninstall when terminated (SIGTERM/SIGINT)")
 		mountBPFFS = fs.String("mount-bpffs", "", "mount a bpffs at this directory if none is there (e.g. /sys/fs/bpf)")
 		noVersion  = fs.Bool("skip-version-check", false, "do not ask the podscope plugin whether it supports the conflist's cniVersion")
+		waitConfig = fs.Duration("wait-for-config", 0, "without --watch: when the conf dir holds no network config yet, wait up to this long for the primary CNI to write one (0: exit 3 at once)")
 		version    = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -98,7 +99,15 @@ func Main(args []string, stderr io.Writer, validate func([]byte) error) int {
 		return 0
 	}
 	if !*watch {
-		if err := in.Install(); err != nil {
+		install := in.Install
+		if *waitConfig > 0 {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			ctx, cancel := context.WithTimeout(ctx, *waitConfig)
+			defer cancel()
+			install = func() error { return in.InstallWhenReady(ctx) }
+		}
+		if err := install(); err != nil {
 			logger.Print(err)
 			if errors.Is(err, ErrNoConfig) {
 				return 3 // distinct: "try again later" for scripts and init containers

@@ -182,6 +182,9 @@ func (in *Installer) entry() ([]byte, error) {
 // order (libcni.ConfFiles, sorted): the first is the active one.
 func configFiles(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // no dir yet: no config yet
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reading CNI conf dir: %w", err)
 	}

@@ -71,6 +71,41 @@ func (in *Installer) Watch(ctx context.Context, resync time.Duration) error {
 	}
 }
 
+// InstallWhenReady is Install that, while the conf dir holds no network
+// config yet (ErrNoConfig), waits for one to appear until ctx ends, then
+// installs at once: an init container on a node whose primary CNI is still
+// starting chains podscope the moment the conflist is written, instead of
+// after the kubelet's restart back-off. Other errors return immediately; at
+// the end of ctx the last ErrNoConfig is returned.
+func (in *Installer) InstallWhenReady(ctx context.Context) error {
+	err := in.Install()
+	if !errors.Is(err, ErrNoConfig) {
+		return err
+	}
+	in.cfg.Logf("%v; waiting for it", err)
+	wake := make(chan struct{}, 1)
+	if w, werr := newDirWatch(in.cfg.CNIConfDir); werr == nil {
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		defer func() { cancel(); w.close(); <-done }()
+		go func() { defer close(done); w.run(wctx, wake, in.cfg.Logf) }()
+	}
+	// Polling as well: the conf dir itself may not exist yet.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return err
+		case <-wake:
+		case <-tick.C:
+		}
+		if err = in.Install(); !errors.Is(err, ErrNoConfig) {
+			return err
+		}
+	}
+}
+
 // dirWatch is an inotify watch on one directory.
 type dirWatch struct {
 	fd  int

@@ -367,3 +367,55 @@ func TestReadersNeverSeeAPartialFile(t *testing.T) {
 		t.Fatal("not restored")
 	}
 }
+
+// --wait-for-config: the installer waits for the primary CNI's first
+// conflist (even for the conf dir itself to appear) and chains it at once.
+func TestCLIWaitForConfig(t *testing.T) {
+	n := newNode(t)
+	if err := os.Remove(n.confDir); err != nil {
+		t.Fatal(err)
+	}
+	cmd := runMain(t, "--wait-for-config=30s", "--cni-bin-dir", n.binDir, "--cni-conf-dir", n.confDir,
+		"--state-dir", n.stateDir, "--src-dir", n.src, "--skip-version-check")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-exited:
+		t.Fatalf("exited before any config existed: %v\n%s", err, out.String())
+	default:
+	}
+	if err := os.MkdirAll(n.confDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conf := fixture(t, "cilium.conflist")
+	written := time.Now()
+	primaryWrite(t, filepath.Join(n.confDir, "05-cilium.conflist"), conf, false)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, out.String())
+		}
+	case <-time.After(rechainBound):
+		_ = cmd.Process.Kill() // our own child, by PID
+		<-exited
+		t.Fatalf("still waiting %s after the config appeared\n%s", rechainBound, out.String())
+	}
+	t.Logf("chained and exited %s after the config appeared", time.Since(written).Round(time.Millisecond))
+	checkChained(t, "05-cilium.conflist", conf, n.read("05-cilium.conflist"), string(DefaultEntry))
+
+	// Nothing within the time: exit 3, as without waiting.
+	empty := newNode(t)
+	cmd = runMain(t, "--wait-for-config=500ms", "--cni-bin-dir", empty.binDir, "--cni-conf-dir", empty.confDir,
+		"--state-dir", empty.stateDir, "--src-dir", empty.src, "--skip-version-check")
+	start := time.Now()
+	o, _ := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 3 || time.Since(start) < 500*time.Millisecond {
+		t.Fatalf("exit %d after %s, want 3 after the 500ms wait\n%s", cmd.ProcessState.ExitCode(), time.Since(start), o)
+	}
+}
