@@ -26,19 +26,27 @@ func Funcs() skel.CNIFuncs {
 
 // Add attaches podscope to the pod's host veth and passes prevResult on.
 func Add(args *skel.CmdArgs) error {
-	conf, err := ParseConfig(args.StdinData)
+	conf, err := add(args)
 	if err != nil {
 		return err
 	}
+	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+}
+
+func add(args *skel.CmdArgs) (*Config, error) {
+	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
 	if conf.PrevResult == nil {
-		return invalid("podscope: no prevResult: podscope is a chained plugin and must follow the plugin that creates the pod's interface (e.g. bridge) in a conflist", "")
+		return nil, invalid("podscope: no prevResult: podscope is a chained plugin and must follow the plugin that creates the pod's interface (e.g. bridge) in a conflist", "")
 	}
 	if args.Netns == "" {
-		return types.NewError(types.ErrInvalidNetNS, "podscope: ADD without a netns (CNI_NETNS is empty)", "")
+		return nil, types.NewError(types.ErrInvalidNetNS, "podscope: ADD without a netns (CNI_NETNS is empty)", "")
 	}
 	ips, err := containerIPs(conf.PrevResult, args.IfName)
 	if err != nil {
-		return invalid("podscope: "+err.Error(), "")
+		return nil, invalid("podscope: "+err.Error(), "")
 	}
 	if len(ips) > pods.MaxIPs {
 		// The registry keeps the first MaxIPs; accounting and policy do not
@@ -47,24 +55,24 @@ func Add(args *skel.CmdArgs) error {
 	}
 	hostIndex, hostName, err := hostVeth(args.Netns, args.IfName)
 	if err != nil {
-		return fmt.Errorf("podscope: finding the pod's host veth: %w", err)
+		return nil, fmt.Errorf("podscope: finding the pod's host veth: %w", err)
 	}
 	id := parseArgs(args.Args)
 
 	lock, err := lockStateDir(conf.StateDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer lock.Unlock()
 
 	reg, err := pods.OpenRegistry(conf.Root)
 	if err != nil {
-		return types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
+		return nil, types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
 	}
 	defer reg.Close()
 	dp, err := datapath.Open(conf.Root)
 	if err != nil {
-		return types.NewError(types.ErrPluginNotAvailable, "podscope: loading the datapath: "+err.Error(), "")
+		return nil, types.NewError(types.ErrPluginNotAvailable, "podscope: loading the datapath: "+err.Error(), "")
 	}
 	defer dp.Close()
 
@@ -77,7 +85,7 @@ func Add(args *skel.CmdArgs) error {
 
 	existing, found, err := reg.ByAttachment(args.ContainerID, args.IfName)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	pod := pods.Pod{
 		Namespace: id.Namespace, Name: id.Name, UID: id.UID,
@@ -92,12 +100,12 @@ func Add(args *skel.CmdArgs) error {
 		pod.AttachedAt = existing.AttachedAt
 		prev = &existing
 	} else if pod.ID, err = reg.Allocate(); err != nil {
-		return types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
+		return nil, types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
 	}
 	if err := attach(reg, dp, pod, prev, conf); err != nil {
-		return err
+		return nil, err
 	}
-	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+	return conf, nil
 }
 
 // attach registers the pod, writes its policy and attaches, all or nothing:

@@ -132,6 +132,7 @@ type node struct {
 	root     pins.Root
 	stateDir string
 	cni      *libcni.CNIConfig
+	cacheDir string // libcni's (the runtime's) attachment cache
 	list     *libcni.NetworkConfigList
 	bridge   string
 	v4, v6   netip.Prefix
@@ -199,7 +200,8 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	if n.list, err = libcni.ConfListFromBytes(conf); err != nil {
 		t.Fatal(err)
 	}
-	n.cni = libcni.NewCNIConfigWithCacheDir([]string{refBinDir, podscopeDir}, t.TempDir(), nil)
+	n.cacheDir = t.TempDir()
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{refBinDir, podscopeDir}, n.cacheDir, nil)
 	return n
 }
 
