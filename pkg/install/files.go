@@ -21,6 +21,13 @@ const tempPrefix = ".podscope-install-"
 // A reader sees the old file or the new one, never a half-written one; a
 // crash leaves at worst a stray temp file.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeFileAtomicIf(path, data, mode, nil)
+}
+
+// writeFileAtomicIf is writeFileAtomic with a last check right before the
+// rename (nil: none): everything slow (write, fsync) happens before it, so
+// the window between the check and the rename is as small as it can be.
+func writeFileAtomicIf(path string, data []byte, mode os.FileMode, check func() error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(path)+".*.tmp")
 	if err != nil {
@@ -46,6 +53,13 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("closing %s: %w", tmp, err)
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			_ = os.Remove(tmp) // nothing else to do about it
+			ok = true          // closed and removed already
+			return err
+		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("renaming %s to %s: %w", tmp, path, err)

@@ -340,18 +340,22 @@ func readConfig(path string) ([]byte, os.FileMode, error) {
 
 // replaceIfUnchanged writes data to path unless path no longer holds old: a
 // primary CNI that rewrote the file in the meantime must not be overwritten
-// with a chained copy of its previous content. What remains is the window
-// between this check and the rename; the watch loop closes it, because the
-// primary's write after our rename is seen and chained again.
+// with a chained copy of its previous content. The check runs after the
+// temp file is written and synced, right before the rename; what remains
+// is the few microseconds between the two, and a primary that writes its
+// file in place into the inode being replaced. A primary that writes after
+// the rename is seen by the watch loop and chained again.
 func replaceIfUnchanged(path string, old, data []byte, mode os.FileMode) error {
-	cur, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("re-reading %s: %w", path, err)
-	}
-	if !bytes.Equal(cur, old) {
-		return fmt.Errorf("%s: %w", path, errChanged)
-	}
-	return writeFileAtomic(path, data, mode)
+	return writeFileAtomicIf(path, data, mode, func() error {
+		cur, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("re-reading %s: %w", path, err)
+		}
+		if !bytes.Equal(cur, old) {
+			return fmt.Errorf("%s: %w", path, errChanged)
+		}
+		return nil
+	})
 }
 
 // checkPlugin refuses to chain podscope into c when the runtime could not
@@ -489,7 +493,7 @@ func (in *Installer) unchain(rec confRecord) error {
 			in.cfg.Logf("restored %s, removed %s", rec.Original, rec.Path)
 			return nil
 		}
-		if err := writeFileAtomic(rec.Path, rec.Before, rec.Mode); err != nil {
+		if err := replaceIfUnchanged(rec.Path, cur, rec.Before, rec.Mode); err != nil {
 			return err
 		}
 		in.cfg.Logf("restored %s", rec.Path)
