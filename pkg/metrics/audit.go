@@ -30,9 +30,12 @@ type Audit struct {
 
 	// Loss counters outlive the arming (a disarmed container's losses stay
 	// counted): the identity of every cgroup seen armed is remembered so
-	// its losses keep their labels.
+	// its losses keep their labels. Names of cgroups that are neither armed
+	// nor have losses are dropped at each scrape, so the map stays as small
+	// as the two sets.
 	mu    sync.Mutex
 	names map[uint64]Container
+	armed map[uint64]bool // at the last scrape
 }
 
 var _ AuditSource = (*Audit)(nil)
@@ -55,6 +58,18 @@ func (a *Audit) name(cgid uint64) Container {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.names[cgid]
+}
+
+// prune forgets names of cgroups that have no losses and were not armed at
+// the last scrape (a cgroup armed since is remembered again by Remember).
+func (a *Audit) prune(lost map[uint64]uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for cgid := range a.names {
+		if _, ok := lost[cgid]; !ok && !a.armed[cgid] {
+			delete(a.names, cgid)
+		}
+	}
 }
 
 // ContainerOf turns an audit identity into metric labels.
@@ -84,9 +99,14 @@ func (a *Audit) Armed() (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	set := make(map[uint64]bool, len(armed))
 	for cgid, id := range armed {
 		a.Remember(cgid, ContainerOf(id))
+		set[cgid] = true
 	}
+	a.mu.Lock()
+	a.armed = set
+	a.mu.Unlock()
 	return len(armed), nil
 }
 
@@ -106,6 +126,7 @@ func (a *Audit) Lost() (map[Container]uint64, error) {
 	for cgid, n := range lost {
 		out[a.name(cgid)] += n
 	}
+	a.prune(lost)
 	return out, nil
 }
 

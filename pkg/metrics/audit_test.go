@@ -54,4 +54,21 @@ func TestAuditSource(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Lost = %v, want %v", got, want)
 	}
+
+	// A container armed (Remember at arm time) and gone again without
+	// losses is forgotten at the next scrape; names with losses stay.
+	src.Remember(12, Container{Namespace: "default", Pod: "short", Container: "job"})
+	if _, err := src.Armed(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Lost(); err != nil {
+		t.Fatal(err)
+	}
+	src.mu.Lock()
+	names := len(src.names)
+	_, kept := src.names[11]
+	src.mu.Unlock()
+	if names != 2 || !kept {
+		t.Errorf("after pruning %d names (side kept: %v), want nginx (armed) and side (losses)", names, kept)
+	}
 }

@@ -59,7 +59,6 @@ type Daemon struct {
 
 	writes   metrics.WriteCounter
 	auditSrc *metrics.Audit
-	events   sync.Map // op -> *atomic.Uint64, for the exit summary
 }
 
 // auditing is the Arming the plugin uses: the Auditor once loaded, and a
@@ -82,7 +81,12 @@ func (a auditing) Arm(dir string, id Identity) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return au.Arm(dir, id)
+	cgid, err := au.Arm(dir, id)
+	if err == nil {
+		// Loss counters outlive the arming: keep the name for the metrics.
+		a.d.auditSrc.Remember(cgid, metrics.ContainerOf(id))
+	}
+	return cgid, err
 }
 
 func (a auditing) Disarm(cgid uint64) error {
@@ -292,9 +296,6 @@ func (d *Daemon) runAudit(ctx context.Context, lw *audit.LogWriter, firstTry cha
 		n := uint64(max(ev.Count, 1))
 		d.writes.Add(metrics.WriteKey{Container: metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod,
 			PodUID: ev.PodUID, Container: ev.Container}, Op: ev.Op}, n)
-		d.auditSrc.Remember(ev.CgroupID, metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod, PodUID: ev.PodUID, Container: ev.Container})
-		c, _ := d.events.LoadOrStore(ev.Op, new(atomic.Uint64))
-		c.(*atomic.Uint64).Add(n)
 	}
 	for {
 		err := a.Run(ctx, sink)
@@ -382,9 +383,10 @@ func (d *Daemon) health() error {
 
 func (d *Daemon) logSummary() {
 	attrs := []any{}
-	d.events.Range(func(k, v any) bool {
-		attrs = append(attrs, k.(string), v.(*atomic.Uint64).Load())
-		return true
-	})
+	for _, op := range audit.Ops() {
+		if n := d.writes.Total(op); n > 0 {
+			attrs = append(attrs, op, n)
+		}
+	}
 	d.log.Info("podscope-nri stopped; audit events written by op", attrs...)
 }
