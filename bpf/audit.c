@@ -93,8 +93,10 @@ struct inflight {
 	__u16 pad;
 };
 
+/* LRU: an entry left by a thread killed inside a syscall is evicted under
+ * pressure instead of filling the table. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, struct inflight);

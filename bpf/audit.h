@@ -10,8 +10,10 @@
  *   audit_identity   HASH        u64 cgroup v2 id -> struct identity (user space only)
  *   audit_lost       PERCPU_HASH u64 cgroup v2 id -> u64 operations not delivered
  *   audit_dedup      LRU_HASH    struct dedup_key -> struct dedup_val
+ *   audit_folds      PERCPU_ARRAY 0 -> u64 repeats folded since load
  *   audit_mode       ARRAY       0 -> u32 mode (enum attach_mode)
  *   audit_events     RINGBUF     struct event + path bytes + aux bytes
+ *   audit_inflight   LRU_HASH    u32 thread id -> struct inflight (audit.c, tracepoint mode)
  */
 #ifndef PODSCOPE_AUDIT_H
 #define PODSCOPE_AUDIT_H
@@ -236,6 +238,25 @@ static __always_inline void count_lost(__u64 cgid, __u64 n)
 		bpf_map_update_elem(&audit_lost, &cgid, &n, BPF_ANY);
 }
 
+/* Folds since boot (per CPU): lets the user-space sweep skip scanning
+ * audit_dedup when nothing was folded since its last pass. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_folds SEC(".maps");
+
+static __always_inline void fold_note(void)
+{
+	__u32 zero = 0;
+	__u64 *v = bpf_map_lookup_elem(&audit_folds, &zero);
+
+	if (v)
+		*v += 1;
+}
+
 struct hash_ctx {
 	__u64 h;
 	__u32 len;
@@ -291,6 +312,7 @@ static __always_inline int audit_emit(struct scratch *s, __u64 cgid, __u32 op, _
 	if (dv) {
 		if (now - dv->window_start_ns < AUDIT_DEDUP_WINDOW_NS) {
 			__sync_fetch_and_add(&dv->pending, 1);
+			fold_note();
 			scratch_put(s);
 			return 0;
 		}

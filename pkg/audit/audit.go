@@ -185,6 +185,9 @@ func (a *Auditor) logfOrNop(format string, args ...any) {
 }
 
 func (a *Auditor) mapOf(name string) (*ebpf.Map, error) {
+	if a.maps == nil {
+		return nil, fmt.Errorf("audit: not open")
+	}
 	m := a.maps.Maps[name]
 	if m == nil {
 		return nil, fmt.Errorf("audit: map %s missing from the object", name)

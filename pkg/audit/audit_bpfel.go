@@ -130,6 +130,7 @@ const (
 const (
 	auditMapAuditDedup          = "audit_dedup"
 	auditMapAuditEvents         = "audit_events"
+	auditMapAuditFolds          = "audit_folds"
 	auditMapAuditIdentity       = "audit_identity"
 	auditMapAuditInflight       = "audit_inflight"
 	auditMapAuditLost           = "audit_lost"
@@ -312,6 +313,7 @@ type auditProgramSpecs struct {
 type auditMapSpecs struct {
 	AuditDedup     *ebpf.MapSpec `ebpf:"audit_dedup"`
 	AuditEvents    *ebpf.MapSpec `ebpf:"audit_events"`
+	AuditFolds     *ebpf.MapSpec `ebpf:"audit_folds"`
 	AuditIdentity  *ebpf.MapSpec `ebpf:"audit_identity"`
 	AuditInflight  *ebpf.MapSpec `ebpf:"audit_inflight"`
 	AuditLost      *ebpf.MapSpec `ebpf:"audit_lost"`
@@ -356,6 +358,7 @@ func (o *auditObjects) Close() error {
 type auditMaps struct {
 	AuditDedup     *ebpf.Map `ebpf:"audit_dedup"`
 	AuditEvents    *ebpf.Map `ebpf:"audit_events"`
+	AuditFolds     *ebpf.Map `ebpf:"audit_folds"`
 	AuditIdentity  *ebpf.Map `ebpf:"audit_identity"`
 	AuditInflight  *ebpf.Map `ebpf:"audit_inflight"`
 	AuditLost      *ebpf.Map `ebpf:"audit_lost"`
@@ -368,6 +371,7 @@ func (m *auditMaps) Close() error {
 	return _AuditClose(
 		m.AuditDedup,
 		m.AuditEvents,
+		m.AuditFolds,
 		m.AuditIdentity,
 		m.AuditInflight,
 		m.AuditLost,

@@ -100,6 +100,10 @@ type decoder struct {
 	n        uint64
 	recent   []foldInfo
 	lastComm string
+	// sweptFolds: audit_folds at the last sweep; sweepLeft: that sweep saw
+	// repeats still inside their window.
+	sweptFolds uint64
+	sweepLeft  bool
 }
 
 const foldSlots = 1 << 16 // audit_dedup max_entries
@@ -198,20 +202,18 @@ func (a *Auditor) sweepFolds(d *decoder, sink func(Event)) {
 	if err != nil {
 		return
 	}
+	// Nothing folded since the last pass (and nothing left over from it):
+	// skip the scan of the fold map.
+	if folds, err := a.foldsSoFar(); err == nil && folds == d.sweptFolds && !d.sweepLeft {
+		return
+	}
+	d.sweptFolds, _ = a.foldsSoFar()
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
 	now := uint64(ts.Nano())
-	var (
-		k    auditDedupKey
-		v    auditDedupVal
-		take []auditDedupKey
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if v.Pending > 0 && now-v.WindowStartNs >= uint64(foldWindow) {
-			take = append(take, k)
-		}
-	}
+	take, left := expiredFolds(m, now)
+	d.sweepLeft = left
+	var v auditDedupVal
 	for _, k := range take {
 		if err := m.LookupAndDelete(k, &v); err != nil || v.Pending == 0 {
 			continue
@@ -234,6 +236,65 @@ func (a *Auditor) sweepFolds(d *decoder, sink func(Event)) {
 		a.identify(&ev)
 		sink(ev)
 	}
+}
+
+// expiredFolds reads the fold map in batches and returns the keys whose
+// window has passed with repeats pending, and whether any entry still has
+// repeats pending inside its window (the next pass must scan again).
+func expiredFolds(m *ebpf.Map, now uint64) (take []auditDedupKey, left bool) {
+	keys := make([]auditDedupKey, 4096)
+	vals := make([]auditDedupVal, 4096)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			if vals[i].Pending == 0 {
+				continue
+			}
+			if now-vals[i].WindowStartNs >= uint64(foldWindow) {
+				take = append(take, keys[i])
+			} else {
+				left = true
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return take, left
+		}
+		if err != nil {
+			// No batch support: walk the map one key at a time.
+			take, left = take[:0], false
+			var (
+				k auditDedupKey
+				v auditDedupVal
+			)
+			it := m.Iterate()
+			for it.Next(&k, &v) {
+				if v.Pending > 0 && now-v.WindowStartNs >= uint64(foldWindow) {
+					take = append(take, k)
+				} else if v.Pending > 0 {
+					left = true
+				}
+			}
+			return take, left
+		}
+	}
+}
+
+// foldsSoFar sums the programs' per-CPU count of folded repeats.
+func (a *Auditor) foldsSoFar() (uint64, error) {
+	m, err := a.mapOf("audit_folds")
+	if err != nil {
+		return 0, err
+	}
+	var vs []uint64
+	if err := m.Lookup(uint32(0), &vs); err != nil {
+		return 0, err
+	}
+	var s uint64
+	for _, v := range vs {
+		s += v
+	}
+	return s, nil
 }
 
 func (a *Auditor) identify(ev *Event) {
