@@ -276,27 +276,7 @@ func (d *Daemon) runAudit(ctx context.Context, lw *audit.LogWriter, firstTry cha
 		d.plugin.Resync()
 	}
 
-	var stdout *json.Encoder
-	if d.opt.AuditStdout && d.opt.Stdout != nil {
-		stdout = json.NewEncoder(d.opt.Stdout)
-	}
-	var lastWriteErr, lastStdoutErr time.Time
-	sink := func(ev audit.Event) {
-		if err := lw.Write(ev); err != nil && time.Since(lastWriteErr) > 10*time.Second {
-			lastWriteErr = time.Now()
-			d.log.Error("writing the audit log failed (events are lost; repeated errors are suppressed for 10s)", "err", err)
-		}
-		if stdout != nil {
-			// A closed or full stdout must not stop the log: report, go on.
-			if err := stdout.Encode(ev); err != nil && time.Since(lastStdoutErr) > 10*time.Second {
-				lastStdoutErr = time.Now()
-				d.log.Error("writing audit events to stdout failed (repeated errors are suppressed for 10s)", "err", err)
-			}
-		}
-		n := uint64(max(ev.Count, 1))
-		d.writes.Add(metrics.WriteKey{Container: metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod,
-			PodUID: ev.PodUID, Container: ev.Container}, Op: ev.Op}, n)
-	}
+	sink := d.sink(lw)
 	for {
 		err := a.Run(ctx, sink)
 		if ctx.Err() != nil {
@@ -313,6 +293,33 @@ func (d *Daemon) runAudit(ctx context.Context, lw *audit.LogWriter, firstTry cha
 		case <-time.After(time.Second):
 		}
 		d.readerErr.Store(nil)
+	}
+}
+
+// sink is what the reader calls for each event, on its goroutine: a slow
+// sink fills the ring and the kernel counts losses, so it does the log
+// write, the optional stdout line and one counter, nothing else.
+func (d *Daemon) sink(lw *audit.LogWriter) func(audit.Event) {
+	var stdout *json.Encoder
+	if d.opt.AuditStdout && d.opt.Stdout != nil {
+		stdout = json.NewEncoder(d.opt.Stdout)
+	}
+	var lastWriteErr, lastStdoutErr time.Time
+	return func(ev audit.Event) {
+		if err := lw.Write(ev); err != nil && time.Since(lastWriteErr) > 10*time.Second {
+			lastWriteErr = time.Now()
+			d.log.Error("writing the audit log failed (events are lost; repeated errors are suppressed for 10s)", "err", err)
+		}
+		if stdout != nil {
+			// A closed or full stdout must not stop the log: report, go on.
+			if err := stdout.Encode(ev); err != nil && time.Since(lastStdoutErr) > 10*time.Second {
+				lastStdoutErr = time.Now()
+				d.log.Error("writing audit events to stdout failed (repeated errors are suppressed for 10s)", "err", err)
+			}
+		}
+		n := uint64(max(ev.Count, 1))
+		d.writes.Add(metrics.WriteKey{Container: metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod,
+			PodUID: ev.PodUID, Container: ev.Container}, Op: ev.Op}, n)
 	}
 }
 
