@@ -7,10 +7,26 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/cni/libcni"
 )
+
+// loadsInLibcni checks that the runtime's CNI library (containerd uses
+// libcni) accepts the file as a conflist whose last plugin is podscope.
+func loadsInLibcni(t *testing.T, data []byte, wantPlugins int) {
+	t.Helper()
+	l, err := libcni.ConfListFromBytes(data)
+	if err != nil {
+		t.Fatalf("libcni refuses the result: %v\n%s", err, data)
+	}
+	if len(l.Plugins) != wantPlugins || l.Plugins[len(l.Plugins)-1].Network.Type != PluginType {
+		t.Fatalf("libcni sees %d plugins, last %q; want %d, last podscope", len(l.Plugins), l.Plugins[len(l.Plugins)-1].Network.Type, wantPlugins)
+	}
+}
 
 // node is a throw-away CNI layout: conf dir, bin dir, state dir and a source
 // dir holding a fake podscope binary.
@@ -132,6 +148,7 @@ func checkChained(t *testing.T, path string, orig, got []byte, entry string) {
 	if len(gc.plugins) != len(oc.plugins)+1 {
 		t.Fatalf("plugins: %d, want %d\n%s", len(gc.plugins), len(oc.plugins)+1, got)
 	}
+	loadsInLibcni(t, got, len(oc.plugins)+1)
 	last := gc.plugins[len(gc.plugins)-1]
 	if last.typ != PluginType {
 		t.Fatalf("last plugin is %q, want podscope\n%s", last.typ, got)
@@ -312,6 +329,7 @@ func TestConvertSingleConf(t *testing.T) {
 			if m["name"] != om["name"] || m["cniVersion"] != om["cniVersion"] {
 				t.Errorf("name/cniVersion not carried over: %v", m)
 			}
+			loadsInLibcni(t, list, 2)
 			plugins := m["plugins"].([]any)
 			if len(plugins) != 2 || !reflect.DeepEqual(plugins[0], om) {
 				t.Fatalf("first plugin is not the original conf: %v", plugins)
@@ -430,6 +448,19 @@ func TestActiveConfigIsLexicallyFirst(t *testing.T) {
 	}
 	if filepath.Base(got) != "10-a.json" {
 		t.Fatalf("active = %s, want 10-a.json", got)
+	}
+	// The same order as libcni's ConfFiles sorted, which containerd uses.
+	lib, err := libcni.ConfFiles(n.confDir, []string{".conf", ".conflist", ".json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(lib)
+	ours, err := configFiles(n.confDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(lib, ours) {
+		t.Fatalf("config files %v, libcni %v", ours, lib)
 	}
 	before := n.listing()
 	if err := n.installer("").Install(); err != nil {
