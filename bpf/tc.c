@@ -201,6 +201,27 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p, __u8 d
 	return -1;
 }
 
+/* The first-match scan of one CIDR's rules. A global (non-inlined)
+ * function: the verifier checks it once, not once per path of its caller,
+ * which keeps the programs' load time low. */
+__attribute__((noinline)) int policy_scan(const struct policy_value *v, __u32 proto, __u32 has_ports, __u32 dport)
+{
+	if (!v)
+		return ACTION_ALLOW;
+	__u32 n = v->nrules;
+	for (__u32 i = 0; i < PODSCOPE_MAX_RULES; i++) {
+		if (i >= n)
+			break;
+		const struct policy_rule *r = &v->rules[i];
+		if (r->proto && r->proto != proto)
+			continue;
+		if (r->has_ports && (!has_ports || dport < r->port_from || dport > r->port_to))
+			continue;
+		return r->action;
+	}
+	return v->dflt;
+}
+
 /* One LPM lookup on the peer address, then the first matching rule. */
 static __always_inline __u8 policy_verdict(__u32 pod, __u8 dir, struct packet *p)
 {
@@ -215,18 +236,7 @@ static __always_inline __u8 policy_verdict(__u32 pod, __u8 dir, struct packet *p
 	struct policy_value *v = bpf_map_lookup_elem(&policy, &k);
 	if (!v)
 		return ACTION_ALLOW; /* no policy for this pod */
-
-	for (int i = 0; i < PODSCOPE_MAX_RULES; i++) {
-		if (i >= v->nrules)
-			break;
-		struct policy_rule *r = &v->rules[i];
-		if (r->proto && r->proto != p->key.proto)
-			continue;
-		if (r->has_ports && (!p->has_ports || p->dport < r->port_from || p->dport > r->port_to))
-			continue;
-		return r->action;
-	}
-	return v->dflt;
+	return policy_scan(v, p->key.proto, p->has_ports, p->dport) == ACTION_DENY ? ACTION_DENY : ACTION_ALLOW;
 }
 
 static __always_inline void count(__u32 pod, __u8 dir, __u64 len, __u8 verdict)

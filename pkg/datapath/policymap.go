@@ -95,24 +95,68 @@ func (d *Datapath) SetPolicy(pod PodID, p policy.Policy) error {
 	if err != nil {
 		return err
 	}
-	keep := map[tcPolicyKey]bool{}
+	keep := make(map[tcPolicyKey]bool, len(want))
+	keys := make([]tcPolicyKey, 0, len(want))
+	values := make([]tcPolicyValue, 0, len(want))
 	for k, e := range want {
 		k.Pod = uint32(pod)
 		keep[k] = true
-		if err := d.objs.Policy.Put(k, policyValue(e)); err != nil {
-			return fmt.Errorf("set policy of pod %d: writing %s %s: %w", pod, e.Direction, e.Prefix, err)
-		}
+		keys = append(keys, k)
+		values = append(values, policyValue(e))
+	}
+	if err := putAll(d.objs.Policy, keys, values); err != nil {
+		return fmt.Errorf("set policy of pod %d: %w", pod, err)
 	}
 	have, err := d.policyKeys(pod)
 	if err != nil {
 		return err
 	}
+	var stale []tcPolicyKey
 	for _, k := range have {
-		if keep[k] {
-			continue
+		if !keep[k] {
+			stale = append(stale, k)
 		}
-		if err := d.objs.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set policy of pod %d: deleting an old entry: %w", pod, err)
+	}
+	if err := deleteAll(d.objs.Policy, stale); err != nil {
+		return fmt.Errorf("set policy of pod %d: deleting old entries: %w", pod, err)
+	}
+	return nil
+}
+
+// putAll writes keys/values with one BPF_MAP_UPDATE_BATCH where the kernel
+// has it (100k CIDRs: one syscall instead of 100k), else one by one.
+func putAll[K, V any](m *ebpf.Map, keys []K, values []V) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err := m.BatchUpdate(keys, values, nil)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("batch update: %w", err)
+	}
+	for i := range keys {
+		if err := m.Put(keys[i], values[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteAll deletes keys (those already gone are fine).
+func deleteAll[K any](m *ebpf.Map, keys []K) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if _, err := m.BatchDelete(keys, nil); err == nil {
+		return nil
+	}
+	// Unsupported, or a key already gone (deleted by the LRU or another
+	// process) stopped the batch: finish one by one.
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
 		}
 	}
 	return nil

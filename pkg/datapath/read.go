@@ -96,21 +96,15 @@ func (d *Datapath) RemovePod(pod PodID) error {
 	if err := it.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("reading flows: %w", err))
 	}
-	for _, k := range flows {
-		if err := d.objs.Flows.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("deleting flow of pod %d: %w", pod, err))
-			break
-		}
+	if err := deleteAll(d.objs.Flows, flows); err != nil {
+		errs = append(errs, fmt.Errorf("deleting flows of pod %d: %w", pod, err))
 	}
 	keys, err := d.policyKeys(pod)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, k := range keys {
-		if err := d.objs.Policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("deleting policy entry of pod %d: %w", pod, err))
-			break
-		}
+	if err := deleteAll(d.objs.Policy, keys); err != nil {
+		errs = append(errs, fmt.Errorf("deleting policy entries of pod %d: %w", pod, err))
 	}
 	if err := d.forgetIfindexes(pod); err != nil {
 		errs = append(errs, err)

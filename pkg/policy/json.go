@@ -286,6 +286,7 @@ func (s Spec) validate(field string) error {
 	if s.Default != Allow && s.Default != Deny {
 		return fieldErr(join(field, "default"), `must be "allow" or "deny"`)
 	}
+	groups := map[tieGroup][]int{}
 	for i, r := range s.Rules {
 		rf := fmt.Sprintf("%s[%d]", join(field, "rules"), i)
 		if !r.CIDR.IsValid() {
@@ -317,14 +318,23 @@ func (s Spec) validate(field string) error {
 		if r.Action != Allow && r.Action != Deny {
 			return fieldErr(join(rf, "action"), `must be "allow" or "deny"`)
 		}
-		for j := 0; j < i; j++ {
+		// Only rules of the same CIDR and protocol can tie: compare within
+		// that group, not with every earlier rule (100k-CIDR policies).
+		g := tieGroup{r.CIDR, r.Protocol}
+		for _, j := range groups[g] {
 			if ties(s.Rules[j], r) {
 				return fieldErr(rf, "ties with %s[%d]: same CIDR %s, same protocol %q and %s; the most specific rule must be unique",
 					join(field, "rules"), j, r.CIDR, r.Protocol, overlapWords(s.Rules[j], r))
 			}
 		}
+		groups[g] = append(groups[g], i)
 	}
 	return nil
+}
+
+type tieGroup struct {
+	cidr  netip.Prefix
+	proto string
 }
 
 func ties(a, b Rule) bool {

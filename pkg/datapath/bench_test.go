@@ -1,0 +1,101 @@
+package datapath
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/podscope/podscope/pkg/policy"
+	"github.com/podscope/podscope/pkg/testenv"
+)
+
+// manyCIDRs returns n distinct /32s in 10.0.0.0/8 with alternating actions,
+// and one /8 above them, so lookups walk a deep trie.
+func manyCIDRs(n int) policy.Spec {
+	s := policy.Spec{Default: policy.Deny}
+	s.Rules = append(s.Rules, policy.Rule{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Protocol: "tcp", Ports: []policy.PortRange{{From: 443, To: 443}}, Action: policy.Allow})
+	for i := 0; len(s.Rules) < n; i++ {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		act := policy.Deny
+		if i%2 == 0 {
+			act = policy.Allow
+		}
+		s.Rules = append(s.Rules, policy.Rule{CIDR: netip.PrefixFrom(a, 32), Protocol: "udp", Ports: []policy.PortRange{{From: 53, To: 53}}, Action: act})
+	}
+	return s
+}
+
+// BenchmarkProgRun measures the program per packet (BPF_PROG_TEST_RUN, the
+// kernel's own timing) with 10 and 100,000 CIDRs in the pod's egress policy:
+// "policy" runs a packet that is denied, so every run does the LPM lookup and
+// the rule scan; "established" runs a packet of an allowed flow (conntrack
+// hit, no policy lookup); both also update the flow table and counters.
+func BenchmarkProgRun(b *testing.B) {
+	for _, n := range []int{10, 100000} {
+		b.Run(fmt.Sprintf("cidrs=%d", n), func(b *testing.B) {
+			testenv.RequireRoot(b)
+			d := openForRun(b)
+			spec := manyCIDRs(n)
+			start := time.Now()
+			if err := d.SetPolicy(testPod, policy.Policy{Egress: spec, Ingress: policy.AllowAll()}); err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("SetPolicy with %d CIDRs: %v", n, time.Since(start))
+			denied := ipv4(podIP, "10.0.0.3", 17, udpHdr(40000, 53, 64)) // odd /32: deny
+			allowed := ipv4(podIP, "10.0.0.4", 17, udpHdr(40000, 53, 64))
+			for name, frame := range map[string][]byte{"policy": denied, "established": allowed} {
+				b.Run(name, func(b *testing.B) {
+					want := uint32(actShot)
+					if name == "established" {
+						want = actNext
+					}
+					ret, per, err := d.program(hookHostIngress).Benchmark(frame, b.N, b.ResetTimer)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if ret != want {
+						b.Fatalf("verdict %s, want %s", verdictName(ret), verdictName(want))
+					}
+					b.ReportMetric(float64(per.Nanoseconds()), "ns/packet")
+				})
+			}
+		})
+	}
+}
+
+// BenchmarkOpen measures loading the programs (verifier included) on an
+// empty root against reusing the pinned programs of a loaded one.
+func BenchmarkOpen(b *testing.B) {
+	b.Run("cold", func(b *testing.B) {
+		root := testenv.BPFFSRoot(b)
+		for i := 0; i < b.N; i++ {
+			d, err := Open(root)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			d.Close()
+			if err := Cleanup(root); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("pinned", func(b *testing.B) {
+		root := testenv.BPFFSRoot(b)
+		d, err := Open(root)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.Close()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			d, err := Open(root)
+			if err != nil {
+				b.Fatal(err)
+			}
+			d.Close()
+		}
+	})
+}
