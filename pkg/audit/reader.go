@@ -21,7 +21,10 @@ const (
 	pollInterval = 100 * time.Millisecond
 	// foldWindow matches AUDIT_DEDUP_WINDOW_NS in bpf/audit.h.
 	foldWindow = time.Second
-	headerSize = int(unsafe.Sizeof(auditEvent{}))
+	// sweepInterval: how often Run looks for folded repeats to flush (cheap
+	// when nothing was folded: one per-CPU counter read).
+	sweepInterval = foldWindow / 4
+	headerSize    = int(unsafe.Sizeof(auditEvent{}))
 )
 
 // Run reads the ring buffer until ctx ends, calling sink for each event in
@@ -57,7 +60,7 @@ func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
 
 	d := a.newDecoder()
 	var rec ringbuf.Record
-	nextSweep := time.Now().Add(foldWindow)
+	nextSweep := time.Now().Add(sweepInterval)
 	for {
 		rd.SetDeadline(time.Now().Add(pollInterval))
 		err := rd.ReadInto(&rec)
@@ -83,7 +86,7 @@ func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
 		}
 		if now := time.Now(); now.After(nextSweep) {
 			a.sweepFolds(d, sink)
-			nextSweep = now.Add(foldWindow)
+			nextSweep = now.Add(sweepInterval)
 		}
 	}
 }
