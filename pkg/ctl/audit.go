@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,6 +32,8 @@ type AuditEvent struct {
 	Flags       uint32    `json:"flags"`
 	Denied      bool      `json:"denied"`
 	Count       uint32    `json:"count,omitempty"`
+	Target      string    `json:"target,omitempty"` // rename's new path, link's file, symlink's content
+	Value       string    `json:"value,omitempty"`  // sysctl_write's value
 }
 
 type auditOpts struct {
@@ -118,8 +121,15 @@ func runAudit(w io.Writer, o auditOpts) error {
 		if count == 0 {
 			count = 1
 		}
+		path := e.Path
+		if e.Target != "" {
+			path += " -> " + e.Target
+		}
+		if e.Value != "" {
+			path += " = " + strconv.Quote(e.Value)
+		}
 		fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%d\n", e.Time.Local().Format(time.RFC3339), e.Namespace, e.Pod,
-			e.Container, e.PID, e.Comm, e.UID, e.Op, e.Path, yesNo(e.Denied), count)
+			e.Container, e.PID, e.Comm, e.UID, e.Op, path, yesNo(e.Denied), count)
 	}
 	if bad > 0 {
 		return fmt.Errorf("%d line(s) of %s are not audit events (skipped)", bad, o.path)

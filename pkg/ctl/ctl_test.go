@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/policy"
@@ -219,5 +220,51 @@ func TestPolicyEntriesOrderedAsTheKernelDecides(t *testing.T) {
 	want := "egress 10.1.0.0/16,egress 0.0.0.0/0,egress ::/0,ingress 0.0.0.0/0"
 	if strings.Join(order, ",") != want {
 		t.Fatalf("order %v, want %s", order, want)
+	}
+}
+
+// podscopectl reads what podscope-nri's LogWriter writes: the same field
+// names, nothing lost.
+func TestAuditReadsLogWriterOutput(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "audit.jsonl")
+	w, err := audit.NewLogWriter(p, 1<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := []audit.Event{
+		{Time: time.Unix(1700000000, 0).UTC(), Namespace: "default", Pod: "web-0", PodUID: "u1", Container: "nginx", ContainerID: "c1",
+			CgroupID: 42, PID: 7, Comm: "mv", UID: 1000, Op: "rename", Path: "/a", Target: "/b", Flags: 0, Denied: true, Count: 2},
+		{Time: time.Unix(1700000001, 0).UTC(), Namespace: "default", Pod: "web-0", Op: "sysctl_write", Path: "/proc/sys/net/ipv4/ip_forward", Value: "1", Count: 1},
+	}
+	for _, e := range in {
+		if err := w.Write(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := runAudit(&b, auditOpts{path: p, pod: "default/web-0", json: true}); err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(&b)
+	for i, want := range in {
+		var got AuditEvent
+		if err := dec.Decode(&got); err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+		wantJSON, _ := json.Marshal(want)
+		gotJSON, _ := json.Marshal(got)
+		if string(wantJSON) != string(gotJSON) {
+			t.Errorf("event %d:\n got %s\nwant %s", i, gotJSON, wantJSON)
+		}
+	}
+	b.Reset()
+	if err := runAudit(&b, auditOpts{path: p}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "/a -> /b") || !strings.Contains(b.String(), `ip_forward = "1"`) {
+		t.Fatalf("table:\n%s", b.String())
 	}
 }
