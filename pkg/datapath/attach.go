@@ -556,7 +556,7 @@ func (d *Datapath) Attachments() ([]Attachment, error) {
 // pinned programs and registered in the ifindex map; the error names the
 // first thing missing.
 func (d *Datapath) Check(pod PodID, ifindex int) error {
-	for _, name := range []string{progPinIngress, progPinEgress, tcMapPodIfaces, tcMapPodCounters, tcMapFlows, tcMapPolicy, tcMapAttachments} {
+	for _, name := range []string{progPin(hookHostIngress), progPin(hookHostEgress), tcMapPodIfaces, tcMapPodCounters, tcMapFlows, tcMapPolicy, tcMapAttachments} {
 		if _, err := os.Stat(filepath.Join(d.dir, name)); err != nil {
 			return fmt.Errorf("pod %d: pin %s missing: %w", pod, filepath.Join(d.dir, name), err)
 		}
@@ -607,6 +607,42 @@ func (d *Datapath) Check(pod PodID, ifindex int) error {
 		}
 	}
 	return nil
+}
+
+// upgradeAttachments points every recorded attachment at this Datapath's
+// programs: tcx links atomically (BPF_LINK_UPDATE), tc filters by replacing
+// them in place. Devices not visible from here (gone, or in another netns)
+// are skipped.
+func (d *Datapath) upgradeAttachments() error {
+	recs, err := d.records()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		if r.Mode == ModeTCX {
+			l, err := link.LoadPinnedLink(r.Pin, nil)
+			if err != nil {
+				continue
+			}
+			if err := l.Update(d.program(r.hook)); err != nil && !errors.Is(err, unix.ENOLINK) {
+				errs = append(errs, fmt.Errorf("pod %d host %s hook: %w", r.Pod, r.hook, err))
+			}
+			l.Close()
+			continue
+		}
+		f, err := ourFilter(r.Ifindex, r.hook, r.Handle, r.Prio)
+		if err != nil || f == nil {
+			continue
+		}
+		f.Fd = d.program(r.hook).FD()
+		f.Name = tcFilterName + "_" + r.hook.String()
+		f.DirectAction = true
+		if err := netlink.FilterReplace(f); err != nil {
+			errs = append(errs, fmt.Errorf("pod %d host %s hook: %w", r.Pod, r.hook, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Cleanup detaches every pod of the datapath under root and removes all its

@@ -377,7 +377,7 @@ func TestOpenReusesPinnedPrograms(t *testing.T) {
 	// pinned maps (same map IDs).
 	m1, _ := d2.objs.Flows.Info()
 	id1, _ := m1.ID()
-	for _, p := range []string{progPinIngress, progPinEgress} {
+	for _, p := range []string{progPin(hookHostIngress), progPin(hookHostEgress)} {
 		if err := os.Remove(filepath.Join(d2.Dir(), p)); err != nil {
 			t.Fatal(err)
 		}
@@ -456,4 +456,61 @@ func TestCleanup(t *testing.T) {
 		t.Fatalf("pins left after Cleanup: %v", err)
 	}
 	n.do(func() error { return Cleanup(root) }) // idempotent
+}
+
+// An upgraded podscope (another object, same map layout) loads its own
+// programs against the pinned maps and moves the running attachments to
+// them, keeping counters.
+func TestUpgradeMovesAttachments(t *testing.T) {
+	for _, mode := range []Mode{ModeTCX, ModeTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			n := newNode(t)
+			root := testenv.BPFFSRoot(t)
+			d, err := Open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, idx := n.veth(0)
+			n.attach(d, 51, idx, mode)
+			if err := d.objs.PodCounters.Update(uint32(51), make([]tcTrafficCounters, ebpf.MustPossibleCPU()), ebpf.UpdateExist); err != nil {
+				t.Fatal(err)
+			}
+			oldIn, oldEg, _ := d.ProgramIDs()
+			d.Close()
+			// Pretend the pinned programs are an older build's.
+			for _, h := range hooks {
+				base := progPinIngress
+				if h == hookHostEgress {
+					base = progPinEgress
+				}
+				if err := os.Rename(filepath.Join(d.Dir(), progPin(h)), filepath.Join(d.Dir(), base+"_000000000000")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// A reader of another version still opens the pins.
+			r, err := OpenPinned(root)
+			if err != nil {
+				t.Fatalf("OpenPinned with another build's programs: %v", err)
+			}
+			r.Close()
+
+			var d2 *Datapath
+			n.do(func() error { d2, err = Open(root); return err })
+			defer d2.Close()
+			newIn, newEg, _ := d2.ProgramIDs()
+			if newIn == oldIn || newEg == oldEg {
+				t.Fatal("Open reused another build's programs")
+			}
+			if err := n.check(d2, 51, idx); err != nil {
+				t.Fatalf("attachment not moved to the new programs: %v", err)
+			}
+			tcx, filters, _ := n.kernelView(idx)
+			if len(tcx)+len(filters) != 2 {
+				t.Fatalf("after upgrade: tcx %v filters %d, want exactly 2 attachments", tcx, len(filters))
+			}
+			if old := otherProgPins(d2.Dir()); len(old) != 0 {
+				t.Fatalf("old program pins left: %v", old)
+			}
+		})
+	}
 }

@@ -1,6 +1,8 @@
 package datapath
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -12,19 +14,43 @@ import (
 	"github.com/podscope/podscope/pkg/pins"
 )
 
-// Program pins live next to the maps (which bpf2go/libbpf pin by their own
-// names) under root.Dir(Owner).
+// Program pins live next to the maps (which are pinned by their own names)
+// under root.Dir(Owner). A program pin's name carries a hash of the object
+// that holds it, prog_host_ingress_<hash>: an upgraded podscope with the same
+// map layout finds no pin of its own, loads its programs against the pinned
+// maps and moves every attachment over (link update / filter replace), so
+// counters, flows and policy survive the upgrade.
 const (
 	progPinIngress = "prog_host_ingress"
 	progPinEgress  = "prog_host_egress"
 	linksDir       = "links"
 )
 
+// objectHash identifies the embedded BPF object.
+var objectHash = func() string {
+	sum := sha256.Sum256(_TcBytes)
+	return hex.EncodeToString(sum[:6])
+}()
+
 func progPin(h hook) string {
 	if h == hookHostIngress {
-		return progPinIngress
+		return progPinIngress + "_" + objectHash
 	}
-	return progPinEgress
+	return progPinEgress + "_" + objectHash
+}
+
+// otherProgPins lists program pins of other objects (older podscopes).
+func otherProgPins(dir string) []string {
+	var out []string
+	for _, base := range []string{progPinIngress, progPinEgress} {
+		matches, _ := filepath.Glob(filepath.Join(dir, base+"_*"))
+		for _, m := range matches {
+			if filepath.Base(m) != progPin(hookHostIngress) && filepath.Base(m) != progPin(hookHostEgress) {
+				out = append(out, m)
+			}
+		}
+	}
+	return out
 }
 
 // Open loads the datapath of a node, or reuses it: the first Open on a root
@@ -54,7 +80,7 @@ func Open(root pins.Root) (*Datapath, error) {
 	}
 	d := &Datapath{root: root, dir: dir}
 	if allPinned(spec, dir) {
-		if err := d.loadPinned(spec); err == nil {
+		if err := d.loadPinned(spec, false); err == nil {
 			return d, nil
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, err
@@ -71,6 +97,17 @@ func Open(root pins.Root) (*Datapath, error) {
 			d.Close()
 			return nil, err
 		}
+	}
+	// Attachments made with other programs (an older podscope's, or ours
+	// loaded against maps that have since been re-created) move to the new
+	// ones; then the older programs' pins go. An attachment that cannot be
+	// moved keeps its old program (held by its link) until re-attached.
+	if err := d.upgradeAttachments(); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("moving attachments to the new programs: %w", err)
+	}
+	for _, p := range otherProgPins(dir) {
+		_ = os.Remove(p)
 	}
 	return d, nil
 }
@@ -91,7 +128,7 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 		return nil, err
 	}
 	d := &Datapath{root: root, dir: dir}
-	if err := d.loadPinned(spec); err != nil {
+	if err := d.loadPinned(spec, true); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w under %s (no pod attached on this node yet?): %v", ErrNotLoaded, dir, err)
 		}
@@ -100,7 +137,25 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	return d, nil
 }
 
-func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec) error {
+// findProgPin is this object's program pin, or another version's if only
+// that exists (a reader of another version still reads the maps).
+func findProgPin(dir string, h hook) string {
+	own := filepath.Join(dir, progPin(h))
+	if _, err := os.Stat(own); err == nil {
+		return own
+	}
+	base := progPinIngress
+	if h == hookHostEgress {
+		base = progPinEgress
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, base+"_*")); len(m) > 0 {
+		return m[0]
+	}
+	return own
+}
+
+// loadPinned loads every pin; readOnly accepts another version's programs.
+func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 	var objs tcObjects
 	ok := false
 	defer func() {
@@ -126,9 +181,13 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec) error {
 		}
 	}
 	for _, h := range hooks {
-		p, err := ebpf.LoadPinnedProgram(filepath.Join(d.dir, progPin(h)), nil)
+		path := filepath.Join(d.dir, progPin(h))
+		if readOnly {
+			path = findProgPin(d.dir, h)
+		}
+		p, err := ebpf.LoadPinnedProgram(path, nil)
 		if err != nil {
-			return fmt.Errorf("pinned program %s: %w", progPin(h), err)
+			return fmt.Errorf("pinned program %s: %w", filepath.Base(path), err)
 		}
 		if h == hookHostIngress {
 			objs.HostIngress = p
@@ -163,7 +222,7 @@ func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root, dir string) erro
 }
 
 func allPinned(spec *ebpf.CollectionSpec, dir string) bool {
-	names := []string{progPinIngress, progPinEgress}
+	names := []string{progPin(hookHostIngress), progPin(hookHostEgress)}
 	for name := range spec.Maps {
 		names = append(names, name)
 	}
