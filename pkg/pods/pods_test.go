@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -119,5 +122,28 @@ func TestRegistryPinned(t *testing.T) {
 	}
 	if err := r.Delete(2); err != nil {
 		t.Fatalf("deleting a missing pod: %v", err)
+	}
+}
+
+// A registry pinned by another layout is refused with the map's name and
+// what to do, by both openers.
+func TestRegistryIncompatiblePin(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	dir, err := root.Ensure(Owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := spec()
+	old.ValueSize = 512
+	m, err := ebpf.NewMapWithOptions(old, ebpf.MapOptions{PinPath: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	for name, open := range map[string]func(pins.Root) (*Registry, error){"OpenRegistry": OpenRegistry, "OpenPinnedRegistry": OpenPinnedRegistry} {
+		_, err := open(root)
+		if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), MapName) || !strings.Contains(err.Error(), "podscopectl cleanup") {
+			t.Errorf("%s on an old layout: %v", name, err)
+		}
 	}
 }
