@@ -128,16 +128,22 @@ func (in *Installer) copyBinaries(st *state) error {
 	if err := os.MkdirAll(in.cfg.CNIBinDir, 0o755); err != nil {
 		return fmt.Errorf("creating CNI bin dir: %w", err)
 	}
+	changed := false
 	for _, name := range in.cfg.Binaries {
 		dst := filepath.Join(in.cfg.CNIBinDir, name)
 		sum, written, err := copyBinary(filepath.Join(in.cfg.SrcDir, name), dst)
 		if err != nil {
 			return err
 		}
-		st.setBinary(binRecord{Path: dst, SHA256: sum})
+		if st.setBinary(binRecord{Path: dst, SHA256: sum}) {
+			changed = true
+		}
 		if written {
 			in.cfg.Logf("installed %s", dst)
 		}
+	}
+	if !changed {
+		return nil // the watch loop's rounds write nothing when nothing changed
 	}
 	// Recorded before any config refers to the binaries, so an uninstall
 	// after a crash still knows what to remove.

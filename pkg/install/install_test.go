@@ -238,6 +238,16 @@ func TestInstallShapes(t *testing.T) {
 				if !bytes.Equal(state1, state2) {
 					t.Fatal("second install changed the install record")
 				}
+				// ... and did not even rewrite it (the watch loop runs a
+				// round every resync: no fsync when nothing changed).
+				stA, _ := os.Stat(filepath.Join(n.stateDir, stateFileName))
+				if err := n.installer(entry).Install(); err != nil {
+					t.Fatal(err)
+				}
+				stB, _ := os.Stat(filepath.Join(n.stateDir, stateFileName))
+				if !os.SameFile(stA, stB) {
+					t.Error("a no-op install rewrote the install record")
+				}
 				if got := n.read("99-loopback.conf"); !bytes.Equal(got, lo) {
 					t.Fatal("a config that is not the active one was modified")
 				}

@@ -64,14 +64,17 @@ func (s *state) setConfig(r confRecord) {
 	s.Configs = append(s.Configs, r)
 }
 
-func (s *state) setBinary(r binRecord) {
+// setBinary records r and reports whether the record changed.
+func (s *state) setBinary(r binRecord) bool {
 	for i := range s.Binaries {
 		if s.Binaries[i].Path == r.Path {
+			changed := s.Binaries[i] != r
 			s.Binaries[i] = r
-			return
+			return changed
 		}
 	}
 	s.Binaries = append(s.Binaries, r)
+	return true
 }
 
 func (in *Installer) statePath() string { return filepath.Join(in.cfg.StateDir, stateFileName) }
