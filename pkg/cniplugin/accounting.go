@@ -28,6 +28,7 @@ type Record struct {
 	HostInterface string         `json:"hostInterface"`
 	IPs           []netip.Prefix `json:"ips"`
 	Mode          string         `json:"mode"`
+	Network       string         `json:"network,omitempty"`
 	PodID         uint32         `json:"podID"`
 	AttachedAt    time.Time      `json:"attachedAt"`
 	DetachedAt    time.Time      `json:"detachedAt"`
@@ -47,7 +48,7 @@ func newRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Recor
 	r := Record{
 		Time: now, Reason: reason, Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID,
 		ContainerID: p.ContainerID, Interface: p.Interface, HostInterface: p.HostInterface,
-		IPs: p.IPs, Mode: string(p.Mode), PodID: uint32(p.ID), AttachedAt: p.AttachedAt, DetachedAt: now,
+		IPs: p.IPs, Mode: string(p.Mode), Network: p.Network, PodID: uint32(p.ID), AttachedAt: p.AttachedAt, DetachedAt: now,
 		RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
 		DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
 	}

@@ -91,7 +91,7 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		Namespace: id.Namespace, Name: id.Name, UID: id.UID,
 		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
 		HostInterface: hostName, HostIfindex: hostIndex, IPs: ips,
-		AttachedAt: time.Now().UTC(), Mode: conf.Mode,
+		AttachedAt: time.Now().UTC(), Mode: conf.Mode, Network: conf.Name,
 	}
 	var prev *pods.Pod
 	if found {
@@ -296,7 +296,9 @@ func GC(args *skel.CmdArgs) error {
 	var errs []error
 	known := map[datapath.PodID]bool{}
 	for _, p := range all {
-		if valid[types.GCAttachment{ContainerID: p.ContainerID, IfName: p.Interface}] {
+		// Another network's pod sharing this bpffs root: its runtime GCs it.
+		other := p.Network != "" && conf.Name != "" && p.Network != conf.Name
+		if other || valid[types.GCAttachment{ContainerID: p.ContainerID, IfName: p.Interface}] {
 			known[p.ID] = true
 			continue
 		}

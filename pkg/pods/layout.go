@@ -26,7 +26,8 @@ import (
 //	768    16   container interface name (IFNAMSIZ)
 //	784    16   host interface name
 //	800    80   4 × IP: 16 bytes address (v4 in the first 4), family (4|6|0 = unused), prefix bits, 2 pad
-//	880    144  reserved, zero
+//	880    64   CNI network name (the conflist's "name"; "" in entries written before it existed)
+//	944    80   reserved, zero
 //
 // Strings that do not fit are refused rather than cut: a truncated container
 // ID would never match on DEL.
@@ -59,7 +60,8 @@ type record struct {
 	Interface     [16]byte
 	HostInterface [16]byte
 	IPs           [maxIPs]ipRecord
-	Reserved      [144]byte
+	Network       [64]byte
+	Reserved      [80]byte
 }
 
 func init() {
@@ -103,6 +105,7 @@ func encode(p Pod) ([]byte, error) {
 		{r.Netns[:], "netns path", p.Netns},
 		{r.Interface[:], "interface", p.Interface},
 		{r.HostInterface[:], "host interface", p.HostInterface},
+		{r.Network[:], "network name", p.Network},
 	} {
 		if err := putString(f.dst, f.name, f.value); err != nil {
 			return nil, err
@@ -151,6 +154,7 @@ func decode(id datapath.PodID, b []byte) (Pod, error) {
 		Netns:         getString(r.Netns[:]),
 		Interface:     getString(r.Interface[:]),
 		HostInterface: getString(r.HostInterface[:]),
+		Network:       getString(r.Network[:]),
 		HostIfindex:   int(r.HostIfindex),
 		Mode:          datapath.Mode(getString(r.Mode[:])),
 	}

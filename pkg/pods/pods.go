@@ -49,6 +49,9 @@ type Pod struct {
 	IPs           []netip.Prefix `json:"ips"`
 	AttachedAt    time.Time      `json:"attachedAt"`
 	Mode          datapath.Mode  `json:"mode"`
+	// Network is the CNI network (conflist name) the pod was attached
+	// through: GC of one network must not touch another's pods.
+	Network string `json:"network,omitempty"`
 }
 
 // Ref is NS/NAME, or the container ID when the pod has no Kubernetes name.

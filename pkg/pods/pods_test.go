@@ -20,7 +20,7 @@ func samplePod(id datapath.PodID) Pod {
 		ContainerID: strings.Repeat("c", 128), Netns: "/var/run/netns/cni-1234", Interface: "eth0",
 		HostInterface: "veth12345678", HostIfindex: 42,
 		IPs:        []netip.Prefix{netip.MustParsePrefix("10.1.2.3/24"), netip.MustParsePrefix("fd00:1::3/64")},
-		AttachedAt: time.Unix(1700000000, 123).UTC(), Mode: "tcx",
+		AttachedAt: time.Unix(1700000000, 123).UTC(), Mode: "tcx", Network: "k8s-pod-network",
 	}
 }
 
@@ -38,7 +38,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.Name != p.Name || got.ContainerID != p.ContainerID || got.UID != p.UID || got.HostIfindex != 42 ||
-		!got.AttachedAt.Equal(p.AttachedAt) || got.Mode != "tcx" || len(got.IPs) != 2 ||
+		!got.AttachedAt.Equal(p.AttachedAt) || got.Mode != "tcx" || len(got.IPs) != 2 || got.Network != p.Network ||
 		got.IPs[0] != p.IPs[0] || got.IPs[1] != p.IPs[1] {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, p)
 	}

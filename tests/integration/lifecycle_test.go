@@ -372,11 +372,21 @@ func TestGCRemovesInvalidAttachments(t *testing.T) {
 	for _, p := range []*pod{keep, drop1, drop2} {
 		n.mustAdd(p)
 	}
+	// A pod of another network sharing the bpffs root: not this GC's to remove.
+	main := n.list
+	var err error
+	n.list, err = libcni.ConfListFromBytes([]byte(strings.Replace(string(main.Bytes), `"name":"`+main.Name+`"`, `"name":"`+main.Name+`x"`, 1)))
+	if err != nil || n.list.Name != main.Name+"x" {
+		t.Fatalf("other network: %v %q", err, n.list.Name)
+	}
+	foreign := n.newPod("gc-foreign", nil)
+	n.mustAdd(foreign)
+	n.list = main
 	// A runtime's GC with no cached attachments (as after a reboot of the
 	// runtime's state): libcni sends only the GC verb, so what is removed is
 	// podscope's own GC's doing, not a DEL.
 	gcCNI := libcni.NewCNIConfigWithCacheDir(n.cni.Path, t.TempDir(), nil)
-	err := n.inNode(func() error {
+	err = n.inNode(func() error {
 		return gcCNI.GCNetworkList(context.Background(), n.list, &libcni.GCArgs{
 			ValidAttachments: []types.GCAttachment{{ContainerID: keep.containerID, IfName: "eth0"}},
 		})
@@ -389,6 +399,9 @@ func TestGCRemovesInvalidAttachments(t *testing.T) {
 	}
 	if err := n.check(keep); err != nil {
 		t.Errorf("valid pod no longer passes CHECK after GC: %v", err)
+	}
+	if rp, ok := n.registered(foreign); !ok || rp.Network != main.Name+"x" {
+		t.Errorf("GC of network %s removed (or mislabelled) a pod of another network: %v %+v", main.Name, ok, rp)
 	}
 	for _, p := range []*pod{drop1, drop2} {
 		if _, ok := n.registered(p); ok {
@@ -403,8 +416,8 @@ func TestGCRemovesInvalidAttachments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.links) != 2 && n.mode != "tc" {
-		t.Errorf("link pins after GC: %v, want only the kept pod's two", st.links)
+	if len(st.links) != 4 {
+		t.Errorf("link pins after GC: %v, want the kept and the foreign pod's two each", st.links)
 	}
 }
 
