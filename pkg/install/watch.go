@@ -41,9 +41,18 @@ func (in *Installer) Watch(ctx context.Context, resync time.Duration) error {
 		defer func() { w.close(); <-done }()
 		go func() { defer close(done); w.run(ctx, wake, in.cfg.Logf) }()
 	}
+	// A persistent error (an unsupported cniVersion, a broken file) is
+	// logged when it starts and when it changes, not every resync.
+	var lastErr string
 	round := func() {
-		if err := in.Install(); err != nil {
+		err := in.Install()
+		switch {
+		case err != nil && err.Error() != lastErr:
 			in.cfg.Logf("chaining: %v", err)
+			lastErr = err.Error()
+		case err == nil && lastErr != "":
+			in.cfg.Logf("chaining works again")
+			lastErr = ""
 		}
 	}
 	round()
