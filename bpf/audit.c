@@ -195,6 +195,9 @@ TP_PATH(chown, AOP_CHOWN, 0, AT_FDCWD_, ARG(0))
 TP_PATH(lchown, AOP_CHOWN, 0, AT_FDCWD_, ARG(0))
 TP_FD(fchown, AOP_CHOWN, 0, (int)ARG(0))
 TP_PATH(fchownat, AOP_CHOWN, ARG(4), (int)ARG(0), ARG(1))
+/* mknod(S_IFREG) creates a regular file without open: reported as create. */
+TP_PATH(mknod, AOP_CREATE, ARG(1), AT_FDCWD_, ARG(0))
+TP_PATH(mknodat, AOP_CREATE, ARG(2), (int)ARG(0), ARG(1))
 TP_PATH(mkdir, AOP_MKDIR, ARG(1), AT_FDCWD_, ARG(0))
 TP_PATH(mkdirat, AOP_MKDIR, ARG(2), (int)ARG(0), ARG(1))
 /* link/symlink: path is the new name, aux the existing file / link content. */
@@ -269,15 +272,18 @@ int tp_exit(struct trace_event_raw_sys_exit *ctx)
 
 /* ---- LSM hooks: one body, three attach types ---------------------------- */
 
+/* Creation is reported by path_mknod (an O_CREAT open that creates goes
+ * through security_path_mknod in may_o_create, and so does mknod(2)):
+ * file_open reports only opens for writing of files that existed. */
 static __always_inline void on_file_open(struct file *f)
 {
 	__u32 mode = BPF_CORE_READ(f, f_mode);
 	__u32 flags = BPF_CORE_READ(f, f_flags);
 
-	if (!(mode & FMODE_WRITE_) && !(mode & FMODE_CREATED_))
+	if (!(mode & FMODE_WRITE_) || (mode & FMODE_CREATED_))
 		return;
-	kernel_op((mode & FMODE_CREATED_) ? AOP_CREATE : AOP_OPEN_WRITE, flags, BPF_CORE_READ(f, f_path.dentry),
-		  BPF_CORE_READ(f, f_path.mnt), NULL, NULL, NULL);
+	kernel_op(AOP_OPEN_WRITE, flags, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), NULL, NULL,
+		  NULL);
 }
 
 static __always_inline void on_path_truncate(const struct path *p)
@@ -298,6 +304,11 @@ static __always_inline void on_path_rmdir(const struct path *dir, struct dentry 
 static __always_inline void on_path_mkdir(const struct path *dir, struct dentry *d, umode_t mode)
 {
 	kernel_op(AOP_MKDIR, mode, d, BPF_CORE_READ(dir, mnt), NULL, NULL, NULL);
+}
+
+static __always_inline void on_path_mknod(const struct path *dir, struct dentry *d, umode_t mode)
+{
+	kernel_op(AOP_CREATE, mode, d, BPF_CORE_READ(dir, mnt), NULL, NULL, NULL);
 }
 
 static __always_inline void on_path_chmod(const struct path *p, umode_t mode)
@@ -358,6 +369,8 @@ FRONTS(path_truncate, on_path_truncate(path), const struct path *path)
 FRONTS(path_unlink, on_path_unlink(dir, dentry), const struct path *dir, struct dentry *dentry)
 FRONTS(path_rmdir, on_path_rmdir(dir, dentry), const struct path *dir, struct dentry *dentry)
 FRONTS(path_mkdir, on_path_mkdir(dir, dentry, mode), const struct path *dir, struct dentry *dentry, umode_t mode)
+FRONTS(path_mknod, on_path_mknod(dir, dentry, mode), const struct path *dir, struct dentry *dentry, umode_t mode,
+       unsigned int dev)
 FRONTS(path_chmod, on_path_chmod(path, mode), const struct path *path, umode_t mode)
 FRONTS(path_chown, on_path_chown(path), const struct path *path)
 FRONTS(path_rename, on_path_rename(old_dir, old_dentry, new_dir, new_dentry, flags), const struct path *old_dir,

@@ -143,6 +143,7 @@ const (
 	auditProgFentryPathChown    = "fentry_path_chown"
 	auditProgFentryPathLink     = "fentry_path_link"
 	auditProgFentryPathMkdir    = "fentry_path_mkdir"
+	auditProgFentryPathMknod    = "fentry_path_mknod"
 	auditProgFentryPathRename   = "fentry_path_rename"
 	auditProgFentryPathRmdir    = "fentry_path_rmdir"
 	auditProgFentryPathSymlink  = "fentry_path_symlink"
@@ -153,6 +154,7 @@ const (
 	auditProgLsmPathChown       = "lsm_path_chown"
 	auditProgLsmPathLink        = "lsm_path_link"
 	auditProgLsmPathMkdir       = "lsm_path_mkdir"
+	auditProgLsmPathMknod       = "lsm_path_mknod"
 	auditProgLsmPathRename      = "lsm_path_rename"
 	auditProgLsmPathRmdir       = "lsm_path_rmdir"
 	auditProgLsmPathSymlink     = "lsm_path_symlink"
@@ -163,6 +165,7 @@ const (
 	auditProgLsmcPathChown      = "lsmc_path_chown"
 	auditProgLsmcPathLink       = "lsmc_path_link"
 	auditProgLsmcPathMkdir      = "lsmc_path_mkdir"
+	auditProgLsmcPathMknod      = "lsmc_path_mknod"
 	auditProgLsmcPathRename     = "lsmc_path_rename"
 	auditProgLsmcPathRmdir      = "lsmc_path_rmdir"
 	auditProgLsmcPathSymlink    = "lsmc_path_symlink"
@@ -183,6 +186,8 @@ const (
 	auditProgTpLinkat           = "tp_linkat"
 	auditProgTpMkdir            = "tp_mkdir"
 	auditProgTpMkdirat          = "tp_mkdirat"
+	auditProgTpMknod            = "tp_mknod"
+	auditProgTpMknodat          = "tp_mknodat"
 	auditProgTpOpen             = "tp_open"
 	auditProgTpOpenat           = "tp_openat"
 	auditProgTpOpenat2          = "tp_openat2"
@@ -253,6 +258,7 @@ type auditProgramSpecs struct {
 	FentryPathChown    *ebpf.ProgramSpec `ebpf:"fentry_path_chown"`
 	FentryPathLink     *ebpf.ProgramSpec `ebpf:"fentry_path_link"`
 	FentryPathMkdir    *ebpf.ProgramSpec `ebpf:"fentry_path_mkdir"`
+	FentryPathMknod    *ebpf.ProgramSpec `ebpf:"fentry_path_mknod"`
 	FentryPathRename   *ebpf.ProgramSpec `ebpf:"fentry_path_rename"`
 	FentryPathRmdir    *ebpf.ProgramSpec `ebpf:"fentry_path_rmdir"`
 	FentryPathSymlink  *ebpf.ProgramSpec `ebpf:"fentry_path_symlink"`
@@ -263,6 +269,7 @@ type auditProgramSpecs struct {
 	LsmPathChown       *ebpf.ProgramSpec `ebpf:"lsm_path_chown"`
 	LsmPathLink        *ebpf.ProgramSpec `ebpf:"lsm_path_link"`
 	LsmPathMkdir       *ebpf.ProgramSpec `ebpf:"lsm_path_mkdir"`
+	LsmPathMknod       *ebpf.ProgramSpec `ebpf:"lsm_path_mknod"`
 	LsmPathRename      *ebpf.ProgramSpec `ebpf:"lsm_path_rename"`
 	LsmPathRmdir       *ebpf.ProgramSpec `ebpf:"lsm_path_rmdir"`
 	LsmPathSymlink     *ebpf.ProgramSpec `ebpf:"lsm_path_symlink"`
@@ -273,6 +280,7 @@ type auditProgramSpecs struct {
 	LsmcPathChown      *ebpf.ProgramSpec `ebpf:"lsmc_path_chown"`
 	LsmcPathLink       *ebpf.ProgramSpec `ebpf:"lsmc_path_link"`
 	LsmcPathMkdir      *ebpf.ProgramSpec `ebpf:"lsmc_path_mkdir"`
+	LsmcPathMknod      *ebpf.ProgramSpec `ebpf:"lsmc_path_mknod"`
 	LsmcPathRename     *ebpf.ProgramSpec `ebpf:"lsmc_path_rename"`
 	LsmcPathRmdir      *ebpf.ProgramSpec `ebpf:"lsmc_path_rmdir"`
 	LsmcPathSymlink    *ebpf.ProgramSpec `ebpf:"lsmc_path_symlink"`
@@ -293,6 +301,8 @@ type auditProgramSpecs struct {
 	TpLinkat           *ebpf.ProgramSpec `ebpf:"tp_linkat"`
 	TpMkdir            *ebpf.ProgramSpec `ebpf:"tp_mkdir"`
 	TpMkdirat          *ebpf.ProgramSpec `ebpf:"tp_mkdirat"`
+	TpMknod            *ebpf.ProgramSpec `ebpf:"tp_mknod"`
+	TpMknodat          *ebpf.ProgramSpec `ebpf:"tp_mknodat"`
 	TpOpen             *ebpf.ProgramSpec `ebpf:"tp_open"`
 	TpOpenat           *ebpf.ProgramSpec `ebpf:"tp_openat"`
 	TpOpenat2          *ebpf.ProgramSpec `ebpf:"tp_openat2"`
@@ -405,6 +415,7 @@ type auditPrograms struct {
 	FentryPathChown    *ebpf.Program `ebpf:"fentry_path_chown"`
 	FentryPathLink     *ebpf.Program `ebpf:"fentry_path_link"`
 	FentryPathMkdir    *ebpf.Program `ebpf:"fentry_path_mkdir"`
+	FentryPathMknod    *ebpf.Program `ebpf:"fentry_path_mknod"`
 	FentryPathRename   *ebpf.Program `ebpf:"fentry_path_rename"`
 	FentryPathRmdir    *ebpf.Program `ebpf:"fentry_path_rmdir"`
 	FentryPathSymlink  *ebpf.Program `ebpf:"fentry_path_symlink"`
@@ -415,6 +426,7 @@ type auditPrograms struct {
 	LsmPathChown       *ebpf.Program `ebpf:"lsm_path_chown"`
 	LsmPathLink        *ebpf.Program `ebpf:"lsm_path_link"`
 	LsmPathMkdir       *ebpf.Program `ebpf:"lsm_path_mkdir"`
+	LsmPathMknod       *ebpf.Program `ebpf:"lsm_path_mknod"`
 	LsmPathRename      *ebpf.Program `ebpf:"lsm_path_rename"`
 	LsmPathRmdir       *ebpf.Program `ebpf:"lsm_path_rmdir"`
 	LsmPathSymlink     *ebpf.Program `ebpf:"lsm_path_symlink"`
@@ -425,6 +437,7 @@ type auditPrograms struct {
 	LsmcPathChown      *ebpf.Program `ebpf:"lsmc_path_chown"`
 	LsmcPathLink       *ebpf.Program `ebpf:"lsmc_path_link"`
 	LsmcPathMkdir      *ebpf.Program `ebpf:"lsmc_path_mkdir"`
+	LsmcPathMknod      *ebpf.Program `ebpf:"lsmc_path_mknod"`
 	LsmcPathRename     *ebpf.Program `ebpf:"lsmc_path_rename"`
 	LsmcPathRmdir      *ebpf.Program `ebpf:"lsmc_path_rmdir"`
 	LsmcPathSymlink    *ebpf.Program `ebpf:"lsmc_path_symlink"`
@@ -445,6 +458,8 @@ type auditPrograms struct {
 	TpLinkat           *ebpf.Program `ebpf:"tp_linkat"`
 	TpMkdir            *ebpf.Program `ebpf:"tp_mkdir"`
 	TpMkdirat          *ebpf.Program `ebpf:"tp_mkdirat"`
+	TpMknod            *ebpf.Program `ebpf:"tp_mknod"`
+	TpMknodat          *ebpf.Program `ebpf:"tp_mknodat"`
 	TpOpen             *ebpf.Program `ebpf:"tp_open"`
 	TpOpenat           *ebpf.Program `ebpf:"tp_openat"`
 	TpOpenat2          *ebpf.Program `ebpf:"tp_openat2"`
@@ -467,6 +482,7 @@ func (p *auditPrograms) Close() error {
 		p.FentryPathChown,
 		p.FentryPathLink,
 		p.FentryPathMkdir,
+		p.FentryPathMknod,
 		p.FentryPathRename,
 		p.FentryPathRmdir,
 		p.FentryPathSymlink,
@@ -477,6 +493,7 @@ func (p *auditPrograms) Close() error {
 		p.LsmPathChown,
 		p.LsmPathLink,
 		p.LsmPathMkdir,
+		p.LsmPathMknod,
 		p.LsmPathRename,
 		p.LsmPathRmdir,
 		p.LsmPathSymlink,
@@ -487,6 +504,7 @@ func (p *auditPrograms) Close() error {
 		p.LsmcPathChown,
 		p.LsmcPathLink,
 		p.LsmcPathMkdir,
+		p.LsmcPathMknod,
 		p.LsmcPathRename,
 		p.LsmcPathRmdir,
 		p.LsmcPathSymlink,
@@ -507,6 +525,8 @@ func (p *auditPrograms) Close() error {
 		p.TpLinkat,
 		p.TpMkdir,
 		p.TpMkdirat,
+		p.TpMknod,
+		p.TpMknodat,
 		p.TpOpen,
 		p.TpOpenat,
 		p.TpOpenat2,

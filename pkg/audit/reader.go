@@ -85,6 +85,7 @@ func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
 			return nil
 		}
 		if now := time.Now(); now.After(nextSweep) {
+			d.clockSync() // follow wall-clock steps (NTP) in event times
 			a.sweepFolds(d, sink)
 			nextSweep = now.Add(sweepInterval)
 		}
@@ -154,14 +155,16 @@ func (d *decoder) comm(c *[16]int8) string {
 }
 
 func (a *Auditor) newDecoder() *decoder {
+	d := &decoder{a: a, recent: make([]foldInfo, foldSlots)}
+	d.clockSync()
+	return d
+}
+
+// clockSync sets the wall-clock time of boot: records carry CLOCK_BOOTTIME.
+func (d *decoder) clockSync() {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	now := time.Now()
-	return &decoder{
-		a:        a,
-		bootBase: now.Add(-time.Duration(ts.Nano())),
-		recent:   make([]foldInfo, foldSlots),
-	}
+	d.bootBase = time.Now().Add(-time.Duration(ts.Nano()))
 }
 
 func (d *decoder) decode(raw []byte) (Event, bool) {
