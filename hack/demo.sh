@@ -29,9 +29,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "dependencies (apt, bpffs) and build"
 hack/install-deps.sh
-if ! { [ -x bin/podscope ] && [ -x bin/podscope-nri ] && [ -x bin/podscopectl ]; }; then
-  make build || echo "demo: make build failed: going on with what was built; the parts missing are said below" >&2
-fi
+make -s build || echo "demo: make build failed: going on with what was built; the parts missing are said below" >&2
 [ -x bin/podscopectl ] || { echo "demo: bin/podscopectl missing: nothing to show" >&2; exit 1; }
 if [ "${KEEP:-}" != 1 ]; then trap 'step "teardown"; hack/e2e-env.sh down' EXIT; fi
 step "containerd + podscope (first run builds containerd, crictl and the CNI plugins once: ~2 min)"
