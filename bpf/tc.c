@@ -83,6 +83,8 @@ struct packet {
 	__u16 dport;         /* destination port, what policy rules match */
 	__u8  has_ports;
 	__u8  nonfirst_frag; /* no L4 header: only port-less rules can match, no flow */
+	__u8  is_related;    /* an ICMP error quoting a packet of flow `related` */
+	struct flow_key related;
 };
 
 /* Reads src/dst into the pod view. */
@@ -97,7 +99,76 @@ static __always_inline void set_addrs(struct packet *p, __u8 dir, const void *sr
 	}
 }
 
-/* Parses L4 at off. Returns 0, or -1 when the header is truncated. */
+/* ICMP errors that quote the packet they are about (destination
+ * unreachable / fragmentation needed, time exceeded, parameter problem;
+ * ICMPv6 also packet too big). */
+static __always_inline int is_icmp_error(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return type == 3 || type == 11 || type == 12;
+	return type >= 1 && type <= 4;
+}
+
+/* ICMPv6 link-local control (MLD 130-132 and 143; router and neighbour
+ * solicitation and advertisement, redirect 133-137): like ARP for IPv4, the
+ * pod's link cannot work without it, so no policy applies. */
+static __always_inline int is_icmpv6_link_control(__u8 type)
+{
+	return (type >= 130 && type <= 137) || type == 143;
+}
+
+/* Parses the packet quoted by an ICMP error at off into p->related, in the
+ * pod's view of that packet, which travelled opposite to dir. */
+static __always_inline int parse_related(struct __sk_buff *skb, struct packet *p, __u8 dir, __u32 off)
+{
+	__u8 inner_dir = dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS;
+	__u8 src[16] = {}, dst[16] = {};
+	__u8 proto;
+	__u32 l4;
+
+	if (p->key.family == 4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5)
+			return -1;
+		__builtin_memcpy(src, &ip.saddr, 4);
+		__builtin_memcpy(dst, &ip.daddr, 4);
+		proto = ip.protocol;
+		l4 = off + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
+			return -1;
+		__builtin_memcpy(src, &ip6.saddr, 16);
+		__builtin_memcpy(dst, &ip6.daddr, 16);
+		proto = ip6.nexthdr;
+		l4 = off + sizeof(ip6);
+	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+		return -1;
+	__be16 ports[2];
+	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
+		return -1;
+	__u16 sport = bpf_ntohs(ports[0]), dport = bpf_ntohs(ports[1]);
+
+	struct flow_key *k = &p->related;
+	k->family = p->key.family;
+	k->proto = proto;
+	if (inner_dir == DIR_EGRESS) {
+		__builtin_memcpy(k->local, src, 16);
+		__builtin_memcpy(k->remote, dst, 16);
+		k->local_port = sport;
+		k->remote_port = dport;
+	} else {
+		__builtin_memcpy(k->local, dst, 16);
+		__builtin_memcpy(k->remote, src, 16);
+		k->local_port = dport;
+		k->remote_port = sport;
+	}
+	return 0;
+}
+
+/* Parses L4 at off. Returns 0, or -1 when the header is truncated or the
+ * packet is link-local control that passes untouched. */
 static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p, __u8 dir, __u32 off)
 {
 	__u8 proto = p->key.proto;
@@ -118,6 +189,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p, __u
 		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
 			return -1;
 		__u8 type = hdr[0];
+		if (proto == IPPROTO_ICMPV6 && is_icmpv6_link_control(type))
+			return -1;
+		if (is_icmp_error(proto, type) && parse_related(skb, p, dir, off + sizeof(hdr)) == 0)
+			p->is_related = 1;
 		if (type == ICMP_ECHO_REQUEST || type == ICMP_ECHO_REPLY ||
 		    type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY) {
 			if ((proto == IPPROTO_ICMP) == (type < ICMPV6_ECHO_REQUEST))
@@ -264,6 +339,15 @@ static __always_inline __u8 decide(__u32 pod, __u8 dir, struct packet *p, __u64 
 {
 	if (p->nonfirst_frag)
 		return policy_verdict(pod, dir, p);
+
+	if (p->is_related) {
+		/* An error about an allowed connection (path MTU, unreachable)
+		 * passes like its replies. */
+		p->related.pod = pod;
+		struct flow_stats *rf = bpf_map_lookup_elem(&flows, &p->related);
+		if (rf && rf->allowed)
+			return ACTION_ALLOW;
+	}
 
 	p->key.pod = pod;
 	struct flow_stats *f = bpf_map_lookup_elem(&flows, &p->key);

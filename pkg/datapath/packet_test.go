@@ -118,3 +118,17 @@ func frag6(offset8 uint16, more bool) ext6 {
 func arp() []byte {
 	return ether(ethARP, make([]byte, 28))
 }
+
+// icmpError builds an ICMP (or ICMPv6) error of typ/code quoting orig (an
+// IP packet without its Ethernet header).
+func icmpError(typ, code byte, orig []byte) []byte {
+	b := make([]byte, 8, 8+len(orig))
+	b[0], b[1] = typ, code
+	return append(b, orig...)
+}
+
+func ndp(typ byte) []byte {
+	b := make([]byte, 24)
+	b[0] = typ
+	return b
+}

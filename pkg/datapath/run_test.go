@@ -387,3 +387,50 @@ func TestFragments(t *testing.T) {
 		}
 	}
 }
+
+func TestICMPErrorsAndNDP(t *testing.T) {
+	d := openForRun(t)
+	setPolicy(t, d,
+		`{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["443"],"action":"allow"},
+		  {"cidr":"fd00:1::/32","protocol":"tcp","ports":["443"],"action":"allow"}]}`,
+		`{"default":"deny"}`)
+	// Neighbour discovery and MLD pass both ways under default deny.
+	for _, typ := range []byte{133, 134, 135, 136, 137, 130, 143} {
+		if r := run(t, d, policy.Egress, ipv6(podIP6, "ff02::1:ff00:1", 58, ndp(typ))); r != actNext {
+			t.Errorf("egress ICMPv6 type %d under default deny: %s", typ, verdictName(r))
+		}
+		if r := run(t, d, policy.Ingress, ipv6("fe80::1", podIP6, 58, ndp(typ))); r != actNext {
+			t.Errorf("ingress ICMPv6 type %d under default deny: %s", typ, verdictName(r))
+		}
+	}
+	// An echo request is not link control: denied.
+	if r := run(t, d, policy.Ingress, ipv6("fe80::1", podIP6, 58, icmpEcho(128, 1, 1))); r != actShot {
+		t.Fatalf("ingress echo request under default deny: %s", verdictName(r))
+	}
+
+	// v4: fragmentation needed from a router about the pod's allowed
+	// connection passes; about a connection never allowed it is dropped.
+	syn := ipv4(podIP, "10.1.2.3", 6, tcpHdr(44000, 443, tcpSYN))
+	if r := run(t, d, policy.Egress, syn); r != actNext {
+		t.Fatalf("allowed SYN: %s", verdictName(r))
+	}
+	fragNeeded := ipv4("10.9.9.1", podIP, 1, icmpError(3, 4, syn[14:14+28]))
+	if r := run(t, d, policy.Ingress, fragNeeded); r != actNext {
+		t.Fatalf("ICMP fragmentation needed about an allowed connection: %s", verdictName(r))
+	}
+	other := ipv4(podIP, "10.1.2.3", 6, tcpHdr(44001, 443, tcpSYN)) // never sent
+	if r := run(t, d, policy.Ingress, ipv4("10.9.9.1", podIP, 1, icmpError(3, 4, other[14:14+28]))); r != actShot {
+		t.Fatalf("ICMP error about an unknown connection: %s", verdictName(r))
+	}
+	// v6: packet too big.
+	syn6 := ipv6(podIP6, "fd00:1::9", 6, tcpHdr(44002, 443, tcpSYN))
+	if r := run(t, d, policy.Egress, syn6); r != actNext {
+		t.Fatalf("allowed v6 SYN: %s", verdictName(r))
+	}
+	if r := run(t, d, policy.Ingress, ipv6("fd00:9::1", podIP6, 58, icmpError(2, 0, syn6[14:14+48]))); r != actNext {
+		t.Fatalf("ICMPv6 packet too big about an allowed connection: %s", verdictName(r))
+	}
+	if r := run(t, d, policy.Ingress, ipv6("fd00:9::1", podIP6, 58, icmpError(1, 4, syn6[14:14+43]))); r != actShot {
+		t.Fatalf("ICMPv6 error quoting a truncated header: %s", verdictName(r))
+	}
+}
