@@ -137,6 +137,11 @@ type Options struct {
 	CgroupRoot string
 	// Logf receives one line per notable step (mode chosen, refusals).
 	Logf func(format string, args ...any)
+
+	// ringBytes overrides the ring buffer size (a power of two, multiple
+	// of the page size) when the ring is created: tests use a small ring
+	// to provoke losses.
+	ringBytes uint32
 }
 
 // ErrNotLoaded is returned by PinnedMode when no audit programs are pinned.

@@ -417,6 +417,58 @@ func TestTracepointAudit(t *testing.T) {
 	})
 }
 
+// TestLossIsCountedExactly provokes losses: a 1 MiB ring, no reader while
+// 50,000 distinct files are created, so most records cannot be reserved.
+// Every operation must then be either delivered or counted lost for its
+// cgroup — never silently dropped.
+func TestLossIsCountedExactly(t *testing.T) {
+	testenv.RequireRoot(t)
+	root := testenv.BPFFSRoot(t)
+	a, err := Open(root, Options{ringBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); Cleanup(root) })
+	h := &harness{a: a}
+	if h.cgRoot, err = Cgroup2Root(); err != nil {
+		t.Fatal(err)
+	}
+	cg := h.cgroup(t)
+	cgid, err := a.Arm(cg, Identity{Pod: "lossy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Disarm(cgid)
+	const n = 50000
+	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + shmDir(t), countEnv + "=" + strconv.Itoa(n)}})
+	lost, err := a.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost[cgid] == 0 {
+		t.Fatalf("no loss with a 1 MiB ring and no reader for %d events: the test provokes nothing", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var delivered uint64
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Run(ctx, func(ev Event) {
+			if ev.PID == uint32(pid) && ev.Op == "create" && ev.CgroupID == cgid {
+				delivered += uint64(ev.Count)
+			}
+		})
+	}()
+	time.Sleep(5 * pollInterval)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d operations: %d delivered from the ring, %d counted lost", n, delivered, lost[cgid])
+	if delivered+lost[cgid] != n {
+		t.Fatalf("delivered %d + lost %d != %d", delivered, lost[cgid], n)
+	}
+}
+
 // TestRestartKeepsState: a second Open on the same root (a daemon restart)
 // reuses the pinned mode, programs, links and armed cgroups with their
 // identities, without probing again.

@@ -42,10 +42,13 @@ func progNames(spec *ebpf.CollectionSpec, m Mode) []string {
 }
 
 // loadMaps creates (or reopens, from their pins) every map of the object.
-func loadMaps(root pins.Root, dir string) (*ebpf.CollectionSpec, *ebpf.Collection, error) {
+func loadMaps(root pins.Root, dir string, ringBytes uint32) (*ebpf.CollectionSpec, *ebpf.Collection, error) {
 	spec, err := loadAudit()
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit: parsing the embedded BPF object: %w", err)
+	}
+	if ringBytes != 0 {
+		spec.Maps["audit_events"].MaxEntries = ringBytes
 	}
 	ms := spec.Copy()
 	ms.Programs = map[string]*ebpf.ProgramSpec{}

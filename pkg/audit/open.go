@@ -24,7 +24,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec, maps, err := loadMaps(root, dir)
+	spec, maps, err := loadMaps(root, dir, opts.ringBytes)
 	if err != nil {
 		return nil, err
 	}
