@@ -104,10 +104,13 @@ func firstLine(s string) string {
 	return strings.TrimSuffix(strings.TrimSpace(s), ":")
 }
 
+// probeProgram is the program each mode's probe loads: the one that fires
+// for the probe child's write, an O_CREAT open creating a file (creation
+// goes through path_mknod in the LSM modes; file_open skips created files).
 var probeProgram = map[Mode]string{
-	ModeLSMCgroup:  "lsmc_file_open",
-	ModeLSM:        "lsm_file_open",
-	ModeFentry:     "fentry_file_open",
+	ModeLSMCgroup:  "lsmc_path_mknod",
+	ModeLSM:        "lsm_path_mknod",
+	ModeFentry:     "fentry_path_mknod",
 	ModeTracepoint: "tp_openat",
 }
 
