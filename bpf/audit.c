@@ -291,6 +291,12 @@ static __always_inline void on_path_truncate(const struct path *p)
 	kernel_op(AOP_TRUNCATE, 0, BPF_CORE_READ(p, dentry), BPF_CORE_READ(p, mnt), NULL, NULL, NULL);
 }
 
+/* ftruncate reaches security_file_truncate, not path_truncate. */
+static __always_inline void on_file_truncate(struct file *f)
+{
+	kernel_op(AOP_TRUNCATE, 0, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), NULL, NULL, NULL);
+}
+
 static __always_inline void on_path_unlink(const struct path *dir, struct dentry *d)
 {
 	kernel_op(AOP_UNLINK, 0, d, BPF_CORE_READ(dir, mnt), NULL, NULL, NULL);
@@ -366,6 +372,7 @@ static __always_inline void on_path_symlink(const struct path *dir, struct dentr
 
 FRONTS(file_open, on_file_open(file), struct file *file)
 FRONTS(path_truncate, on_path_truncate(path), const struct path *path)
+FRONTS(file_truncate, on_file_truncate(file), struct file *file)
 FRONTS(path_unlink, on_path_unlink(dir, dentry), const struct path *dir, struct dentry *dentry)
 FRONTS(path_rmdir, on_path_rmdir(dir, dentry), const struct path *dir, struct dentry *dentry)
 FRONTS(path_mkdir, on_path_mkdir(dir, dentry, mode), const struct path *dir, struct dentry *dentry, umode_t mode)

@@ -139,6 +139,7 @@ const (
 	auditMapAuditedCgroups      = "audited_cgroups"
 	auditProgAuditSysctl        = "audit_sysctl"
 	auditProgFentryFileOpen     = "fentry_file_open"
+	auditProgFentryFileTruncate = "fentry_file_truncate"
 	auditProgFentryPathChmod    = "fentry_path_chmod"
 	auditProgFentryPathChown    = "fentry_path_chown"
 	auditProgFentryPathLink     = "fentry_path_link"
@@ -150,6 +151,7 @@ const (
 	auditProgFentryPathTruncate = "fentry_path_truncate"
 	auditProgFentryPathUnlink   = "fentry_path_unlink"
 	auditProgLsmFileOpen        = "lsm_file_open"
+	auditProgLsmFileTruncate    = "lsm_file_truncate"
 	auditProgLsmPathChmod       = "lsm_path_chmod"
 	auditProgLsmPathChown       = "lsm_path_chown"
 	auditProgLsmPathLink        = "lsm_path_link"
@@ -161,6 +163,7 @@ const (
 	auditProgLsmPathTruncate    = "lsm_path_truncate"
 	auditProgLsmPathUnlink      = "lsm_path_unlink"
 	auditProgLsmcFileOpen       = "lsmc_file_open"
+	auditProgLsmcFileTruncate   = "lsmc_file_truncate"
 	auditProgLsmcPathChmod      = "lsmc_path_chmod"
 	auditProgLsmcPathChown      = "lsmc_path_chown"
 	auditProgLsmcPathLink       = "lsmc_path_link"
@@ -254,6 +257,7 @@ type auditSpecs struct {
 type auditProgramSpecs struct {
 	AuditSysctl        *ebpf.ProgramSpec `ebpf:"audit_sysctl"`
 	FentryFileOpen     *ebpf.ProgramSpec `ebpf:"fentry_file_open"`
+	FentryFileTruncate *ebpf.ProgramSpec `ebpf:"fentry_file_truncate"`
 	FentryPathChmod    *ebpf.ProgramSpec `ebpf:"fentry_path_chmod"`
 	FentryPathChown    *ebpf.ProgramSpec `ebpf:"fentry_path_chown"`
 	FentryPathLink     *ebpf.ProgramSpec `ebpf:"fentry_path_link"`
@@ -265,6 +269,7 @@ type auditProgramSpecs struct {
 	FentryPathTruncate *ebpf.ProgramSpec `ebpf:"fentry_path_truncate"`
 	FentryPathUnlink   *ebpf.ProgramSpec `ebpf:"fentry_path_unlink"`
 	LsmFileOpen        *ebpf.ProgramSpec `ebpf:"lsm_file_open"`
+	LsmFileTruncate    *ebpf.ProgramSpec `ebpf:"lsm_file_truncate"`
 	LsmPathChmod       *ebpf.ProgramSpec `ebpf:"lsm_path_chmod"`
 	LsmPathChown       *ebpf.ProgramSpec `ebpf:"lsm_path_chown"`
 	LsmPathLink        *ebpf.ProgramSpec `ebpf:"lsm_path_link"`
@@ -276,6 +281,7 @@ type auditProgramSpecs struct {
 	LsmPathTruncate    *ebpf.ProgramSpec `ebpf:"lsm_path_truncate"`
 	LsmPathUnlink      *ebpf.ProgramSpec `ebpf:"lsm_path_unlink"`
 	LsmcFileOpen       *ebpf.ProgramSpec `ebpf:"lsmc_file_open"`
+	LsmcFileTruncate   *ebpf.ProgramSpec `ebpf:"lsmc_file_truncate"`
 	LsmcPathChmod      *ebpf.ProgramSpec `ebpf:"lsmc_path_chmod"`
 	LsmcPathChown      *ebpf.ProgramSpec `ebpf:"lsmc_path_chown"`
 	LsmcPathLink       *ebpf.ProgramSpec `ebpf:"lsmc_path_link"`
@@ -411,6 +417,7 @@ type auditVariables struct {
 type auditPrograms struct {
 	AuditSysctl        *ebpf.Program `ebpf:"audit_sysctl"`
 	FentryFileOpen     *ebpf.Program `ebpf:"fentry_file_open"`
+	FentryFileTruncate *ebpf.Program `ebpf:"fentry_file_truncate"`
 	FentryPathChmod    *ebpf.Program `ebpf:"fentry_path_chmod"`
 	FentryPathChown    *ebpf.Program `ebpf:"fentry_path_chown"`
 	FentryPathLink     *ebpf.Program `ebpf:"fentry_path_link"`
@@ -422,6 +429,7 @@ type auditPrograms struct {
 	FentryPathTruncate *ebpf.Program `ebpf:"fentry_path_truncate"`
 	FentryPathUnlink   *ebpf.Program `ebpf:"fentry_path_unlink"`
 	LsmFileOpen        *ebpf.Program `ebpf:"lsm_file_open"`
+	LsmFileTruncate    *ebpf.Program `ebpf:"lsm_file_truncate"`
 	LsmPathChmod       *ebpf.Program `ebpf:"lsm_path_chmod"`
 	LsmPathChown       *ebpf.Program `ebpf:"lsm_path_chown"`
 	LsmPathLink        *ebpf.Program `ebpf:"lsm_path_link"`
@@ -433,6 +441,7 @@ type auditPrograms struct {
 	LsmPathTruncate    *ebpf.Program `ebpf:"lsm_path_truncate"`
 	LsmPathUnlink      *ebpf.Program `ebpf:"lsm_path_unlink"`
 	LsmcFileOpen       *ebpf.Program `ebpf:"lsmc_file_open"`
+	LsmcFileTruncate   *ebpf.Program `ebpf:"lsmc_file_truncate"`
 	LsmcPathChmod      *ebpf.Program `ebpf:"lsmc_path_chmod"`
 	LsmcPathChown      *ebpf.Program `ebpf:"lsmc_path_chown"`
 	LsmcPathLink       *ebpf.Program `ebpf:"lsmc_path_link"`
@@ -478,6 +487,7 @@ func (p *auditPrograms) Close() error {
 	return _AuditClose(
 		p.AuditSysctl,
 		p.FentryFileOpen,
+		p.FentryFileTruncate,
 		p.FentryPathChmod,
 		p.FentryPathChown,
 		p.FentryPathLink,
@@ -489,6 +499,7 @@ func (p *auditPrograms) Close() error {
 		p.FentryPathTruncate,
 		p.FentryPathUnlink,
 		p.LsmFileOpen,
+		p.LsmFileTruncate,
 		p.LsmPathChmod,
 		p.LsmPathChown,
 		p.LsmPathLink,
@@ -500,6 +511,7 @@ func (p *auditPrograms) Close() error {
 		p.LsmPathTruncate,
 		p.LsmPathUnlink,
 		p.LsmcFileOpen,
+		p.LsmcFileTruncate,
 		p.LsmcPathChmod,
 		p.LsmcPathChown,
 		p.LsmcPathLink,

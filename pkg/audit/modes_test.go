@@ -43,8 +43,8 @@ func TestStrongModeProgramsLoadOrEPERM(t *testing.T) {
 			}
 		}
 	}
-	if n != 33 {
-		t.Fatalf("%d programs in modes lsm_cgroup/lsm/fentry, want 11 hooks x 3", n)
+	if n != 36 {
+		t.Fatalf("%d programs in modes lsm_cgroup/lsm/fentry, want 12 hooks x 3", n)
 	}
 }
 
