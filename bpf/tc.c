@@ -297,8 +297,9 @@ __attribute__((noinline)) int policy_scan(const struct policy_value *v, __u32 pr
 	return v->dflt;
 }
 
-/* One LPM lookup on the peer address, then the first matching rule. */
-static __always_inline __u8 policy_verdict(__u32 pod, __u8 dir, struct packet *p)
+/* One LPM lookup on the peer address, then the first matching rule, for a
+ * packet of p's flow travelling in dir with destination port dport. */
+static __always_inline __u8 policy_verdict(__u32 pod, __u8 dir, struct packet *p, __u16 dport)
 {
 	struct policy_key k = {
 		.prefixlen = 64 + (p->key.family == 4 ? 32 : 128),
@@ -311,7 +312,7 @@ static __always_inline __u8 policy_verdict(__u32 pod, __u8 dir, struct packet *p
 	struct policy_value *v = bpf_map_lookup_elem(&policy, &k);
 	if (!v)
 		return ACTION_ALLOW; /* no policy for this pod */
-	return policy_scan(v, p->key.proto, p->has_ports, p->dport) == ACTION_DENY ? ACTION_DENY : ACTION_ALLOW;
+	return policy_scan(v, p->key.proto, p->has_ports, dport) == ACTION_DENY ? ACTION_DENY : ACTION_ALLOW;
 }
 
 static __always_inline void count(__u32 pod, __u8 dir, __u64 len, __u8 verdict)
@@ -334,34 +335,54 @@ static __always_inline void count(__u32 pod, __u8 dir, __u64 len, __u8 verdict)
 	}
 }
 
-/* Conntrack + policy + flow accounting for a parsed packet. */
-static __always_inline __u8 decide(__u32 pod, __u8 dir, struct packet *p, __u64 len)
+/* Conntrack + policy + flow accounting for a parsed packet. gen is the
+ * pod's policy generation: a flow's allowed bits count only under the
+ * generation they were earned in, so a policy change re-judges established
+ * flows (once per flow, on its next packet). */
+static __always_inline __u8 decide(__u32 pod, __u32 gen, __u8 dir, struct packet *p, __u64 len)
 {
 	if (p->nonfirst_frag)
-		return policy_verdict(pod, dir, p);
+		return policy_verdict(pod, dir, p, 0);
 
 	if (p->is_related) {
 		/* An error about an allowed connection (path MTU, unreachable)
 		 * passes like its replies. */
 		p->related.pod = pod;
 		struct flow_stats *rf = bpf_map_lookup_elem(&flows, &p->related);
-		if (rf && rf->allowed)
+		if (rf && rf->allowed && rf->policy_gen == gen)
 			return ACTION_ALLOW;
 	}
 
 	p->key.pod = pod;
 	struct flow_stats *f = bpf_map_lookup_elem(&flows, &p->key);
-	__u8 verdict;
-	if (f && f->allowed)
+	__u8 verdict, allowed = 0;
+	if (f && f->policy_gen == gen)
+		allowed = f->allowed;
+	if (allowed) {
 		verdict = ACTION_ALLOW; /* an allowed connection: its replies pass too */
-	else
-		verdict = policy_verdict(pod, dir, p);
+	} else {
+		verdict = policy_verdict(pod, dir, p, p->dport);
+		if (verdict == ACTION_DENY && f && f->policy_gen != gen) {
+			/* Under an older policy: still a reply of a connection the
+			 * other direction allows now? Its destination port is the
+			 * other end of this packet's. */
+			__u8 other = dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS;
+			if (f->allowed & (1 << other)) {
+				__u16 port = other == DIR_EGRESS ? p->key.remote_port : p->key.local_port;
+				if (policy_verdict(pod, other, p, port) == ACTION_ALLOW) {
+					allowed = 1 << other;
+					verdict = ACTION_ALLOW;
+				}
+			}
+		}
+	}
 
 	__u64 now = bpf_ktime_get_ns();
 	if (!f) {
 		struct flow_stats n = {
 			.first_seen_ns = now,
 			.initiator = dir,
+			.policy_gen = gen,
 		};
 		bpf_map_update_elem(&flows, &p->key, &n, BPF_NOEXIST);
 		f = bpf_map_lookup_elem(&flows, &p->key);
@@ -373,8 +394,12 @@ static __always_inline __u8 decide(__u32 pod, __u8 dir, struct packet *p, __u64 
 	__sync_fetch_and_add(&f->packets[dir & 1], 1);
 	f->last_seen_ns = now;
 	f->verdict = verdict;
-	if (verdict == ACTION_ALLOW && !(f->allowed & (1 << dir)))
-		f->allowed |= 1 << dir;
+	if (verdict == ACTION_ALLOW)
+		allowed |= 1 << dir;
+	if (f->policy_gen != gen || f->allowed != allowed) {
+		f->policy_gen = gen;
+		f->allowed = allowed;
+	}
 	return verdict;
 }
 
@@ -386,14 +411,14 @@ static __always_inline int handle(struct __sk_buff *skb, enum hook hook)
 	if (!pi)
 		return TC_ACT_UNSPEC; /* not a pod's veth (or being detached) */
 
-	__u32 pod = pi->pod;
+	__u32 pod = pi->pod, gen = pi->policy_gen;
 	__u8 dir = pod_direction(hook);
 	__u64 len = skb->len;
 	__u8 verdict = ACTION_ALLOW;
 	struct packet p = {};
 
 	if (parse(skb, &p, dir) == 0)
-		verdict = decide(pod, dir, &p, len);
+		verdict = decide(pod, gen, dir, &p, len);
 	count(pod, dir, len, verdict);
 	return verdict == ACTION_DENY ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }

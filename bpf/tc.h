@@ -47,7 +47,8 @@ enum attach_mode {
  * Written by Attach, deleted by Detach (ifindexes are reused by the kernel:
  * nothing else may be keyed by them). */
 struct pod_iface {
-	__u32 pod; /* stable pod id, never 0 */
+	__u32 pod;        /* stable pod id, never 0 */
+	__u32 policy_gen; /* changed by every SetPolicy of the pod */
 };
 
 /* pod_counters: PERCPU_HASH, key __u32 pod -> value; arrays indexed by
@@ -81,8 +82,10 @@ struct flow_key {
 /* Arrays indexed by enum pod_dir. Times are bpf_ktime_get_ns() (CLOCK_MONOTONIC).
  * allowed: bit (1 << dir) is set once the policy allowed a packet of this flow
  * in dir; any set bit lets every later packet of the flow pass in both
- * directions (replies of an allowed connection). Flows count every packet
- * seen, passed or dropped; verdict is the last packet's. */
+ * directions (replies of an allowed connection) while policy_gen equals the
+ * pod's (struct pod_iface): after a policy change the flow is judged again.
+ * Flows count every packet seen, passed or dropped; verdict is the last
+ * packet's. */
 struct flow_stats {
 	__u64 bytes[2];
 	__u64 packets[2];
@@ -91,7 +94,8 @@ struct flow_stats {
 	__u8  verdict;   /* enum action */
 	__u8  initiator; /* enum pod_dir of the first packet */
 	__u8  allowed;
-	__u8  pad[5];
+	__u8  pad;
+	__u32 policy_gen;
 };
 
 /* policy: LPM_TRIE (BPF_F_NO_PREALLOC), key -> struct policy_value.

@@ -81,7 +81,23 @@ func (d *Datapath) Attach(pod PodID, ifindex int, mode Mode) (Mode, error) {
 		}
 	}()
 
-	// Another attachment of this pod (other veth or mode) is replaced.
+	gen, err := d.policyGen(pod)
+	if err != nil {
+		return "", err
+	}
+	// Another attachment of this pod (other veth or mode) is replaced, and
+	// another veth's registration goes with it.
+	ifs, err := d.podIfaces(pod)
+	if err != nil {
+		return "", err
+	}
+	for k := range ifs {
+		if int(k) != ifindex {
+			if err := d.objs.PodIfaces.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return "", fmt.Errorf("attach pod %d: forgetting its old ifindex %d: %w", pod, k, err)
+			}
+		}
+	}
 	for _, h := range hooks {
 		rec, ok, err := d.record(pod, h)
 		if err != nil {
@@ -110,7 +126,7 @@ func (d *Datapath) Attach(pod PodID, ifindex int, mode Mode) (Mode, error) {
 	ifkey := uint32(ifindex)
 	var prev tcPodIface
 	hadPrev := d.objs.PodIfaces.Lookup(ifkey, &prev) == nil
-	if err := d.objs.PodIfaces.Put(ifkey, tcPodIface{Pod: uint32(pod)}); err != nil {
+	if err := d.objs.PodIfaces.Put(ifkey, tcPodIface{Pod: uint32(pod), PolicyGen: gen}); err != nil {
 		return "", fmt.Errorf("attach pod %d: registering ifindex %d: %w", pod, ifindex, err)
 	}
 	undo = append(undo, func() {
@@ -487,19 +503,11 @@ func (d *Datapath) Detach(pod PodID) error {
 // forgetIfindexes deletes every ifindex entry pointing at pod: the kernel
 // reuses ifindexes, so a stale one would account a new veth to this pod.
 func (d *Datapath) forgetIfindexes(pod PodID) error {
-	var k uint32
-	var v tcPodIface
-	var stale []uint32
-	it := d.objs.PodIfaces.Iterate()
-	for it.Next(&k, &v) {
-		if v.Pod == uint32(pod) {
-			stale = append(stale, k)
-		}
+	ifs, err := d.podIfaces(pod)
+	if err != nil {
+		return err
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading ifindex map: %w", err)
-	}
-	for _, k := range stale {
+	for k := range ifs {
 		if err := d.objs.PodIfaces.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("deleting ifindex %d of pod %d: %w", k, pod, err)
 		}

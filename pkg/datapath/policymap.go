@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -83,10 +84,11 @@ func compile(p policy.Policy) (map[tcPolicyKey]policy.Entry, error) {
 }
 
 // SetPolicy makes the kernel enforce p for pod: every compiled entry is
-// written, then entries of the pod that p no longer has are deleted. A
-// packet racing the update sees either the old or the new entry of its
-// CIDR. Established flows keep passing (conntrack), as after an iptables
-// rule change.
+// written, then entries of the pod that p no longer has are deleted, then
+// the pod's policy generation changes so that established flows are judged
+// again on their next packet (a reply passes if the new policy still allows
+// the direction that opened the connection). A packet racing the update sees
+// either the old or the new entry of its CIDR.
 func (d *Datapath) SetPolicy(pod PodID, p policy.Policy) error {
 	if pod == 0 {
 		return errors.New("set policy: pod id 0 is invalid")
@@ -119,6 +121,63 @@ func (d *Datapath) SetPolicy(pod PodID, p policy.Policy) error {
 	}
 	if err := deleteAll(d.objs.Policy, stale); err != nil {
 		return fmt.Errorf("set policy of pod %d: deleting old entries: %w", pod, err)
+	}
+	return d.bumpPolicyGen(pod)
+}
+
+// podIfaces returns the ifindex entries of pod.
+func (d *Datapath) podIfaces(pod PodID) (map[uint32]tcPodIface, error) {
+	out := map[uint32]tcPodIface{}
+	var k uint32
+	var v tcPodIface
+	it := d.objs.PodIfaces.Iterate()
+	for it.Next(&k, &v) {
+		if v.Pod == uint32(pod) {
+			out[k] = v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading ifindex map: %w", err)
+	}
+	return out, nil
+}
+
+// policyGen is the policy generation of pod's registered veth, or a new
+// one when it has none.
+func (d *Datapath) policyGen(pod PodID) (uint32, error) {
+	ifs, err := d.podIfaces(pod)
+	if err != nil {
+		return 0, err
+	}
+	for _, v := range ifs {
+		return v.PolicyGen, nil
+	}
+	return newPolicyGen(0), nil
+}
+
+// newPolicyGen returns a generation different from old. Generations only
+// need to differ from the previous one (the kernel compares for equality),
+// also between processes: the clock in microseconds does that.
+func newPolicyGen(old uint32) uint32 {
+	g := uint32(time.Now().UnixNano() / 1000)
+	if g == old {
+		g++
+	}
+	return g
+}
+
+// bumpPolicyGen gives pod's registered veths a new policy generation, so
+// the programs judge the pod's established flows again under the new policy.
+func (d *Datapath) bumpPolicyGen(pod PodID) error {
+	ifs, err := d.podIfaces(pod)
+	if err != nil {
+		return err
+	}
+	for k, v := range ifs {
+		v.PolicyGen = newPolicyGen(v.PolicyGen)
+		if err := d.objs.PodIfaces.Update(k, v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set policy of pod %d: new policy generation: %w", pod, err)
+		}
 	}
 	return nil
 }

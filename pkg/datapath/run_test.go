@@ -34,7 +34,7 @@ func openForRun(t testing.TB) *Datapath {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if err := d.objs.PodIfaces.Put(uint32(testRunIfindex), tcPodIface{Pod: uint32(testPod)}); err != nil {
+	if err := d.objs.PodIfaces.Put(uint32(testRunIfindex), tcPodIface{Pod: uint32(testPod), PolicyGen: 1}); err != nil {
 		t.Fatal(err)
 	}
 	return d
@@ -432,5 +432,44 @@ func TestICMPErrorsAndNDP(t *testing.T) {
 	}
 	if r := run(t, d, policy.Ingress, ipv6("fd00:9::1", podIP6, 58, icmpError(1, 4, syn6[14:14+43]))); r != actShot {
 		t.Fatalf("ICMPv6 error quoting a truncated header: %s", verdictName(r))
+	}
+}
+
+// A policy change judges established flows again: a connection the new
+// policy no longer allows stops (both ways); one it still allows keeps its
+// replies even before the pod sends again.
+func TestPolicyChangeRejudgesFlows(t *testing.T) {
+	d := openForRun(t)
+	allow := `{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80"],"action":"allow"}]}`
+	setPolicy(t, d, allow, `{"default":"deny"}`)
+	syn := ipv4(podIP, "10.1.2.3", 6, tcpHdr(45000, 80, tcpSYN))
+	reply := ipv4("10.1.2.3", podIP, 6, tcpHdr(80, 45000, tcpSYN|tcpACK))
+	ack := ipv4(podIP, "10.1.2.3", 6, tcpHdr(45000, 80, tcpACK))
+	if run(t, d, policy.Egress, syn) != actNext || run(t, d, policy.Ingress, reply) != actNext {
+		t.Fatal("allowed connection did not pass")
+	}
+
+	// Same policy again (a new generation): the reply still passes first.
+	setPolicy(t, d, allow, `{"default":"deny"}`)
+	if r := run(t, d, policy.Ingress, reply); r != actNext {
+		t.Fatalf("reply after re-applying the same policy: %s", verdictName(r))
+	}
+
+	// Tightened: the established connection is cut both ways.
+	setPolicy(t, d, `{"default":"deny"}`, `{"default":"deny"}`)
+	if r := run(t, d, policy.Ingress, reply); r != actShot {
+		t.Fatalf("reply after the allow rule was removed: %s", verdictName(r))
+	}
+	if r := run(t, d, policy.Egress, ack); r != actShot {
+		t.Fatalf("pod's packet after the allow rule was removed: %s", verdictName(r))
+	}
+
+	// Loosened again: the pod's next packet re-opens it.
+	setPolicy(t, d, allow, `{"default":"deny"}`)
+	if r := run(t, d, policy.Ingress, reply); r != actShot {
+		t.Fatalf("reply before the pod sent again under the new policy: %s", verdictName(r))
+	}
+	if run(t, d, policy.Egress, ack) != actNext || run(t, d, policy.Ingress, reply) != actNext {
+		t.Fatal("connection did not pass again after the allow rule came back")
 	}
 }

@@ -49,12 +49,14 @@ type tcFlowStats struct {
 	Verdict     uint8
 	Initiator   uint8
 	Allowed     uint8
-	Pad         [5]uint8
+	Pad         uint8
+	PolicyGen   uint32
 }
 
 type tcPodIface struct {
-	_   structs.HostLayout
-	Pod uint32
+	_         structs.HostLayout
+	Pod       uint32
+	PolicyGen uint32
 }
 
 type tcPolicyKey struct {
