@@ -116,6 +116,17 @@ func TestAudit(t *testing.T) {
 		t.Errorf("pod with podscope.io/audit=\"false\" produced %d events, e.g. %+v", len(q), q[0])
 	}
 
+	// And as metrics: the writer's script container counted its ops.
+	for _, op := range []string{"rename", "mkdir", "rmdir", "unlink", "chmod", "truncate"} {
+		v, ok := e.metric(t, "podscope_file_write_events_total", `pod_uid="`+w.UID+`"`, `container="script"`, `op="`+op+`"`)
+		if !ok || v < 1 {
+			t.Errorf("metric podscope_file_write_events_total{pod=\"writer\",container=\"script\",op=%q} = %v (present %v), want >= 1", op, v, ok)
+		}
+	}
+	if v, ok := e.metric(t, "podscope_file_write_events_total", `pod_uid="`+quiet.UID+`"`); ok && v > 0 {
+		t.Errorf("metric podscope_file_write_events_total of the opted-out pod = %v, want none", v)
+	}
+
 	// podscopectl reads the same log.
 	out := e.podscopectl(t, "audit", "--pod", "e2e-audit/writer", "--log", e.auditLog)
 	if !strings.Contains(out, "/data/a.txt") || !strings.Contains(out, "rmdir") {

@@ -23,8 +23,8 @@ import (
 
 // env is the running environment, as hack/e2e-env.sh wrote it to $WORK/env.
 type env struct {
-	work, repo, crictl, bpffsRoot, stateDir, auditLog, busybox, cgroupParent string
-	chained                                                                  bool // podscope is in the default network's chain
+	work, repo, crictl, bpffsRoot, stateDir, auditLog, busybox, cgroupParent, metricsAddr string
+	chained                                                                               bool // podscope is in the default network's chain
 }
 
 func getenv(t testing.TB, k string) string {
@@ -56,6 +56,7 @@ func mustEnv(t testing.TB) *env {
 		auditLog:     getenv(t, "PODSCOPE_E2E_AUDIT_LOG"),
 		busybox:      getenv(t, "PODSCOPE_E2E_BUSYBOX_IMAGE"),
 		cgroupParent: getenv(t, "PODSCOPE_E2E_CGROUP_PARENT"),
+		metricsAddr:  getenv(t, "PODSCOPE_E2E_METRICS_ADDR"),
 		chained:      os.Getenv("PODSCOPE_E2E_PODSCOPE_CHAINED") == "1",
 	}
 }

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -154,4 +157,40 @@ func (e *env) waitAttached(t testing.TB, p *pod) ctl.PodRow {
 		return nil
 	})
 	return r
+}
+
+// metric scrapes podscope-nri's /metrics and sums the samples of name whose
+// labels contain every one of labels (each like `pod_uid="…"`).
+func (e *env) metric(t testing.TB, name string, labels ...string) (float64, bool) {
+	t.Helper()
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + e.metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping podscope-nri metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scraping podscope-nri metrics: %v %s", err, resp.Status)
+	}
+	var sum float64
+	found := false
+lines:
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				continue lines
+			}
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		sum += v
+		found = true
+	}
+	return sum, found
 }

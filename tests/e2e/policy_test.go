@@ -68,6 +68,19 @@ func TestPolicy(t *testing.T) {
 	if out, err := e.exec(sc, "pstraffic", "tcp-send", cli.IP+":6000", "50000"); err != nil || strings.TrimSpace(out) != "ok 50000" {
 		t.Errorf("server -> client:6000 (replies must pass the server's ingress deny): %q %v", out, err)
 	}
+	// An egress annotation: "locked" may only reach server:80.
+	locked := e.runPod(t, podSpec{Namespace: "e2e-policy", Name: "locked", Annotations: map[string]string{
+		"podscope.io/egress": `{"default":"deny","rules":[{"cidr":"` + srv.IP + `/32","protocol":"tcp","ports":["80"],"action":"allow"}]}`}})
+	lc := locked.start(t, "sleep", "sleep", "3600")
+	e.waitAttached(t, locked)
+	eventually(t, 10*time.Second, "locked -> server:80 (its egress annotation allows it)", func() error { return connect(lc, srv.IP+":80") })
+	if err := connect(lc, open.IP+":80"); err == nil {
+		t.Error("locked -> open:80 connected; its egress annotation (default deny) forbids it")
+	}
+	if l := e.mustPodRow(t, locked).Counters; l.DropsEgress == 0 {
+		t.Error("locked: no egress drops counted for the denied SYNs to open:80")
+	}
+
 	// And the allowed path still works after all that.
 	if err := connect(c, srv.IP+":80"); err != nil {
 		t.Errorf("client -> server:80 after the denied attempts: %v", err)

@@ -60,6 +60,23 @@ func TestTrafficAccounting(t *testing.T) {
 		t.Errorf("packets: client tx %d, server rx %d; want at least the %d datagrams", c1.TxPackets-c0.TxPackets, s1.RxPackets-s0.RxPackets, udpCount)
 	}
 
+	// The same counters as Prometheus metrics (read from the pins per
+	// scrape, so at least what podscopectl saw a moment ago).
+	uid := `pod_uid="` + srv.UID + `"`
+	for _, m := range []struct {
+		name string
+		min  uint64
+	}{
+		{"podscope_network_receive_bytes_total", s1.RxBytes},
+		{"podscope_network_transmit_bytes_total", s1.TxBytes},
+		{"podscope_network_receive_packets_total", s1.RxPackets},
+	} {
+		v, ok := e.metric(t, m.name, uid, `namespace="e2e-acct"`, `pod="server"`)
+		if !ok || v < float64(m.min) {
+			t.Errorf("metric %s{pod=\"server\"} = %v (present %v), want >= %d", m.name, v, ok, m.min)
+		}
+	}
+
 	// Flows of the client: one TCP flow to :5000 and UDP to :5001, it
 	// initiated both.
 	var fl ctl.Flows
