@@ -227,6 +227,12 @@ func TestAttachDetach(t *testing.T) {
 			if err := d.objs.PodIfaces.Lookup(uint32(idx), &pi); !errors.Is(err, ebpf.ErrKeyNotExist) {
 				t.Fatalf("ifindex entry survived Detach: %v %+v", err, pi)
 			}
+			if ifs, err := d.PodIfindexes(11); err != nil || len(ifs) != 0 {
+				t.Fatalf("PodIfindexes after Detach: %v %v", ifs, err)
+			}
+			if ifs, err := d.PodIfindexes(12); err != nil || len(ifs) != 1 || ifs[0] != idx2 {
+				t.Fatalf("PodIfindexes of the second pod: %v %v, want [%d]", ifs, err, idx2)
+			}
 			entries, _ := os.ReadDir(filepath.Join(d.Dir(), linksDir))
 			for _, e := range entries {
 				if strings.HasPrefix(e.Name(), "11_") {

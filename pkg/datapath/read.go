@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
 
 	"github.com/cilium/ebpf"
 
@@ -110,4 +111,19 @@ func (d *Datapath) RemovePod(pod PodID) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// PodIfindexes lists the veth ifindexes registered to pod (empty after
+// Detach or RemovePod).
+func (d *Datapath) PodIfindexes(pod PodID) ([]int, error) {
+	ifs, err := d.podIfaces(pod)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int, 0, len(ifs))
+	for k := range ifs {
+		out = append(out, int(k))
+	}
+	sort.Ints(out)
+	return out, nil
 }
