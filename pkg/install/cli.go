@@ -38,6 +38,8 @@ func Main(args []string, stderr io.Writer, validate func([]byte) error) int {
 		mountBPFFS = fs.String("mount-bpffs", "", "mount a bpffs at this directory if none is there (e.g. /sys/fs/bpf)")
 		noVersion  = fs.Bool("skip-version-check", false, "do not ask the podscope plugin whether it supports the conflist's cniVersion")
 		waitConfig = fs.Duration("wait-for-config", 0, "without --watch: when the conf dir holds no network config yet, wait up to this long for the primary CNI to write one (0: exit 3 at once)")
+		adopt      = fs.Bool("adopt", true, "after chaining, attach podscope to pods already running (from the runtime's CNI result cache)")
+		cacheDir   = fs.String("cni-cache-dir", DefaultCNICacheDir, "the runtime's libcni cache, read by --adopt")
 		version    = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -79,6 +81,13 @@ func Main(args []string, stderr io.Writer, validate func([]byte) error) int {
 	if !*noVersion {
 		cfg.SupportedVersions = PluginVersions
 	}
+	adopted := false
+	if *adopt {
+		cfg.AfterChain = func(path string) {
+			adopted = true
+			adoptRunning(path, *cacheDir, logger.Printf)
+		}
+	}
 	in, err := New(cfg)
 	if err != nil {
 		logger.Print(err)
@@ -115,6 +124,11 @@ func Main(args []string, stderr io.Writer, validate func([]byte) error) int {
 			return 1
 		}
 		logger.Printf("podscope is chained into %s", mustActive(*confDir))
+		if *adopt && !adopted {
+			// Chained already (an earlier run, or by hand): pods may still
+			// have started before that, or lost their pins to a cleanup.
+			adoptRunning(mustActive(*confDir), *cacheDir, logger.Printf)
+		}
 		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -59,7 +59,12 @@ type Config struct {
 	// plugin at the given path supports; a conflist whose cniVersion is not
 	// among them is refused, because the runtime would then fail every pod.
 	SupportedVersions func(pluginPath string) ([]string, error)
-	Logf              func(format string, args ...any)
+	// AfterChain, if set, runs after podscope was written into a config
+	// (a first chain, or a re-chain after the primary CNI rewrote it), with
+	// the path of the config now active. Pods started while podscope was
+	// not chained are adopted there.
+	AfterChain func(path string)
+	Logf       func(format string, args ...any)
 }
 
 // Installer installs podscope on one node.
@@ -287,7 +292,14 @@ func (in *Installer) chain(st *state, entry []byte) error {
 		return err
 	}
 	in.cfg.Logf("chained podscope into %s", path)
+	in.afterChain(path)
 	return nil
+}
+
+func (in *Installer) afterChain(path string) {
+	if in.cfg.AfterChain != nil {
+		in.cfg.AfterChain(path)
+	}
 }
 
 // convert replaces a single-plugin config (.conf/.json) by a conflist of the
@@ -329,6 +341,7 @@ func (in *Installer) convert(st *state, c *netConf, mode os.FileMode, entry []by
 		return err
 	}
 	in.cfg.Logf("converted %s into %s with podscope chained", path, newPath)
+	in.afterChain(newPath)
 	return nil
 }
 

@@ -203,6 +203,8 @@ func TestMain(m *testing.M) {
 func runMain(t *testing.T, args ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
+	// Never read the host runtime's CNI cache from a test.
+	cmd.Args = append(cmd.Args, "--cni-cache-dir", t.TempDir())
 	cmd.Env = append(os.Environ(), "PODSCOPE_INSTALL_TEST_MAIN=1")
 	return cmd
 }

@@ -9,6 +9,10 @@ import (
 	"github.com/podscope/podscope/pkg/cniplugin"
 )
 
+// 0.3.x is claimed because most primary CNIs (kindnet, flannel, Calico,
+// Cilium) still write "cniVersion": "0.3.1" and a chained plugin must accept
+// the conflist's version; CHECK (0.4.0) and GC/STATUS (1.1.0) are then simply
+// never called.
 func main() {
-	skel.PluginMainFuncs(cniplugin.Funcs(), version.VersionsStartingFrom("0.4.0"), buildinfo.String("podscope"))
+	skel.PluginMainFuncs(cniplugin.Funcs(), version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), buildinfo.String("podscope"))
 }
