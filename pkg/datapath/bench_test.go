@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
 	"github.com/podscope/podscope/pkg/policy"
 	"github.com/podscope/podscope/pkg/testenv"
 )
@@ -98,4 +101,55 @@ func BenchmarkOpen(b *testing.B) {
 			d.Close()
 		}
 	})
+}
+
+// BenchmarkAttachDetach measures one Attach + Detach of a pod on a veth in a
+// throw-away netns, per mode (tcx pays synchronize_rcu in the kernel per hook
+// change; cls_bpf does not).
+func BenchmarkAttachDetach(b *testing.B) {
+	for _, mode := range []Mode{ModeTCX, ModeTC} {
+		b.Run(string(mode), func(b *testing.B) {
+			testenv.RequireRoot(b)
+			nsn, err := ns.TempNetNS()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nsn.Close()
+			d, err := Open(testenv.BPFFSRoot(b))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer d.Close()
+			name := testenv.Name(b)
+			err = nsn.Do(func(ns.NetNS) error {
+				if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name + "h"}, PeerName: name + "p"}); err != nil {
+					return err
+				}
+				l, err := netlink.LinkByName(name + "h")
+				if err != nil {
+					return err
+				}
+				var attach, detach time.Duration
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					t0 := time.Now()
+					if _, err := d.Attach(71, l.Attrs().Index, mode); err != nil {
+						return err
+					}
+					t1 := time.Now()
+					if err := d.Detach(71); err != nil {
+						return err
+					}
+					attach += t1.Sub(t0)
+					detach += time.Since(t1)
+				}
+				b.ReportMetric(float64(attach.Nanoseconds())/float64(b.N), "ns/attach")
+				b.ReportMetric(float64(detach.Nanoseconds())/float64(b.N), "ns/detach")
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
 }
