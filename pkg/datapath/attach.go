@@ -10,23 +10,15 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
-	"github.com/podscope/podscope/pkg/pins"
 	"golang.org/x/sys/unix"
 )
 
-// tc mode: every pod's filter has handle = pod id at one fixed priority, so
-// a filter is found again (and never confused with another pod's, even when
-// the kernel reuses the ifindex) without a pin.
+// Attach modes as recorded in struct attachment (enum attach_mode).
 const (
-	tcFilterPrio  = 49152
-	tcFilterName  = "podscope"
-	modeCodeTCX   = 1 // enum attach_mode in bpf/tc.h
-	modeCodeTC    = 2
-	createdQdisc  = 1 // ATTACH_F_CREATED_QDISC
-	clsactHandleM = 0xffff
+	modeCodeTCX = 1
+	modeCodeTC  = 2
 )
 
 func modeCode(m Mode) uint32 {
@@ -198,177 +190,6 @@ func (d *Datapath) programID(h hook) (ebpf.ProgramID, error) {
 	return id, nil
 }
 
-// removeTCXLink detaches the pinned link at path and removes its pin.
-// Dropping the pin alone would detach it too, but only once the kernel frees
-// the inode (after an RCU grace period), so a Detach followed by a query
-// would still see the program: BPF_LINK_DETACH makes it synchronous. A link
-// whose device is gone is already detached.
-func removeTCXLink(path string) error {
-	l, err := link.LoadPinnedLink(path, nil)
-	if err == nil {
-		if derr := l.Detach(); derr != nil && !errors.Is(derr, unix.ENOLINK) && !errors.Is(derr, unix.EINVAL) {
-			l.Close()
-			return fmt.Errorf("detaching tcx link %s: %w", path, derr)
-		}
-		l.Close()
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("unpinning tcx link %s: %w", path, err)
-	}
-	return nil
-}
-
-// tcxLinkState loads the pinned link at path and reports its ifindex (0 once
-// its device is gone) and program.
-func tcxLinkState(path string) (ifindex uint32, prog ebpf.ProgramID, err error) {
-	l, err := link.LoadPinnedLink(path, nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return 0, 0, err
-	}
-	tcx := info.TCX()
-	if tcx == nil {
-		return 0, 0, fmt.Errorf("pin %s is a %v link, not tcx", path, info.Type)
-	}
-	return tcx.Ifindex, info.Program, nil
-}
-
-func (d *Datapath) attachTCX(pod PodID, h hook, ifindex int) (func(), error) {
-	path := d.linkPin(pod, h)
-	want, err := d.programID(h)
-	if err != nil {
-		return nil, err
-	}
-	if idx, prog, err := tcxLinkState(path); err == nil && int(idx) == ifindex && prog == want {
-		// Already attached: only make sure the record is there.
-		return d.putRecord(pod, h, tcAttachment{Ifindex: uint32(ifindex), Mode: modeCodeTCX})
-	}
-	// A pin that is not this attachment (a deleted veth's defunct link keeps
-	// its pin and would block re-pinning) goes.
-	if err := removeTCXLink(path); err != nil {
-		return nil, fmt.Errorf("removing stale link pin: %w", err)
-	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: d.program(h), Attach: h.tcxAttach()})
-	if err != nil {
-		return nil, err
-	}
-	if err := l.Pin(path); err != nil {
-		_ = l.Detach()
-		l.Close()
-		return nil, fmt.Errorf("pinning tcx link at %s: %w", path, err)
-	}
-	// The pin holds the link; dropping our fd keeps it attached.
-	l.Close()
-	undoRec, err := d.putRecord(pod, h, tcAttachment{Ifindex: uint32(ifindex), Mode: modeCodeTCX})
-	if err != nil {
-		_ = removeTCXLink(path)
-		return nil, err
-	}
-	return func() {
-		undoRec()
-		_ = removeTCXLink(path)
-	}, nil
-}
-
-func tcParent(h hook) uint32 {
-	if h == hookHostIngress {
-		return netlink.HANDLE_MIN_INGRESS
-	}
-	return netlink.HANDLE_MIN_EGRESS
-}
-
-func clsact(ifindex int) *netlink.GenericQdisc {
-	return &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: ifindex,
-			Handle:    netlink.MakeHandle(clsactHandleM, 0),
-			Parent:    netlink.HANDLE_CLSACT,
-		},
-		QdiscType: "clsact",
-	}
-}
-
-func (d *Datapath) attachTC(pod PodID, h hook, ifindex int) (func(), error) {
-	var undo []func()
-	runUndo := func() {
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
-		}
-	}
-	var flags uint32
-	switch err := netlink.QdiscAdd(clsact(ifindex)); {
-	case err == nil:
-		flags |= createdQdisc
-		undo = append(undo, func() { _ = netlink.QdiscDel(clsact(ifindex)) })
-	case errors.Is(err, unix.EEXIST):
-		// Ours if a record of this pod on this device says so (a repeated
-		// Attach, or the other hook of this one).
-		for _, other := range hooks {
-			if prev, ok, _ := d.record(pod, other); ok && prev.Flags&createdQdisc != 0 &&
-				int(prev.Ifindex) == ifindex && modeOf(prev.Mode) == ModeTC {
-				flags |= createdQdisc
-			}
-		}
-	default:
-		return nil, fmt.Errorf("adding clsact qdisc: %w", err)
-	}
-	f := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: ifindex,
-			Parent:    tcParent(h),
-			Handle:    uint32(pod),
-			Priority:  tcFilterPrio,
-			Protocol:  unix.ETH_P_ALL,
-		},
-		Fd:           d.program(h).FD(),
-		Name:         tcFilterName + "_" + h.String(),
-		DirectAction: true,
-	}
-	if err := netlink.FilterReplace(f); err != nil {
-		runUndo()
-		return nil, fmt.Errorf("adding cls_bpf filter: %w", err)
-	}
-	undo = append(undo, func() { _ = netlink.FilterDel(f) })
-	undoRec, err := d.putRecord(pod, h, tcAttachment{Ifindex: uint32(ifindex), Mode: modeCodeTC,
-		Handle: uint32(pod), Prio: tcFilterPrio, Flags: flags})
-	if err != nil {
-		runUndo()
-		return nil, err
-	}
-	undo = append(undo, undoRec)
-	return runUndo, nil
-}
-
-// ourFilter finds pod's filter on one hook of ifindex; nil when the device
-// or the filter is gone.
-func ourFilter(ifindex int, h hook, handle, prio uint32) (*netlink.BpfFilter, error) {
-	l, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	filters, err := netlink.FilterList(l, tcParent(h))
-	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // no clsact qdisc
-			return nil, nil
-		}
-		return nil, err
-	}
-	for _, f := range filters {
-		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Handle == handle && uint32(bf.Priority) == prio {
-			return bf, nil
-		}
-	}
-	return nil, nil
-}
-
 // detachHook removes one attachment; a device that is already gone is fine.
 func (d *Datapath) detachHook(pod PodID, h hook, rec tcAttachment) error {
 	key := tcAttachmentKey{Pod: uint32(pod), Hook: uint32(h)}
@@ -394,21 +215,6 @@ func (d *Datapath) detachHook(pod PodID, h hook, rec tcAttachment) error {
 		return fmt.Errorf("deleting attachment record: %w", err)
 	}
 	return nil
-}
-
-// removeEmptyClsact deletes the clsact qdisc podscope created once no filter
-// is left on either of its hooks (another user's filters keep it).
-func removeEmptyClsact(ifindex int) {
-	l, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		return
-	}
-	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-		if fs, err := netlink.FilterList(l, parent); err != nil || len(fs) > 0 {
-			return
-		}
-	}
-	_ = netlink.QdiscDel(clsact(ifindex))
 }
 
 // reapIfindex removes other pods' records on ifindex whose attachment is no
@@ -615,71 +421,4 @@ func (d *Datapath) Check(pod PodID, ifindex int) error {
 		}
 	}
 	return nil
-}
-
-// upgradeAttachments points every recorded attachment at this Datapath's
-// programs: tcx links atomically (BPF_LINK_UPDATE), tc filters by replacing
-// them in place. Devices not visible from here (gone, or in another netns)
-// are skipped.
-func (d *Datapath) upgradeAttachments() error {
-	recs, err := d.records()
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, r := range recs {
-		if r.Mode == ModeTCX {
-			l, err := link.LoadPinnedLink(r.Pin, nil)
-			if err != nil {
-				continue
-			}
-			if err := l.Update(d.program(r.hook)); err != nil && !errors.Is(err, unix.ENOLINK) {
-				errs = append(errs, fmt.Errorf("pod %d host %s hook: %w", r.Pod, r.hook, err))
-			}
-			l.Close()
-			continue
-		}
-		f, err := ourFilter(r.Ifindex, r.hook, r.Handle, r.Prio)
-		if err != nil || f == nil {
-			continue
-		}
-		f.Fd = d.program(r.hook).FD()
-		f.Name = tcFilterName + "_" + r.hook.String()
-		f.DirectAction = true
-		if err := netlink.FilterReplace(f); err != nil {
-			errs = append(errs, fmt.Errorf("pod %d host %s hook: %w", r.Pod, r.hook, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Cleanup detaches every pod of the datapath under root and removes all its
-// pins. Run it in the network namespace of the veths (the node's).
-func Cleanup(root pins.Root) error {
-	dir := root.Dir(Owner)
-	d, err := OpenPinned(root)
-	var errs []error
-	if err == nil {
-		atts, err := d.Attachments()
-		if err != nil {
-			errs = append(errs, err)
-		}
-		done := map[PodID]bool{}
-		for _, a := range atts {
-			if !done[a.Pod] {
-				done[a.Pod] = true
-				if err := d.Detach(a.Pod); err != nil {
-					errs = append(errs, err)
-				}
-			}
-		}
-		d.Close()
-	} else if !errors.Is(err, ErrNotLoaded) {
-		errs = append(errs, err)
-	}
-	// Removing the pins releases any link left (its last reference).
-	if err := os.RemoveAll(dir); err != nil {
-		errs = append(errs, fmt.Errorf("removing %s: %w", dir, err))
-	}
-	return errors.Join(errs...)
 }

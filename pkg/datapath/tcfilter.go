@@ -1,0 +1,131 @@
+// tc mode: a clsact qdisc with a direct-action cls_bpf filter per hook.
+
+package datapath
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// tc mode: every pod's filter has handle = pod id at one fixed priority, so
+// a filter is found again (and never confused with another pod's, even when
+// the kernel reuses the ifindex) without a pin.
+const (
+	tcFilterPrio  = 49152
+	tcFilterName  = "podscope"
+	createdQdisc  = 1 // ATTACH_F_CREATED_QDISC
+	clsactHandleM = 0xffff
+)
+
+func tcParent(h hook) uint32 {
+	if h == hookHostIngress {
+		return netlink.HANDLE_MIN_INGRESS
+	}
+	return netlink.HANDLE_MIN_EGRESS
+}
+
+func clsact(ifindex int) *netlink.GenericQdisc {
+	return &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: ifindex,
+			Handle:    netlink.MakeHandle(clsactHandleM, 0),
+			Parent:    netlink.HANDLE_CLSACT,
+		},
+		QdiscType: "clsact",
+	}
+}
+
+func (d *Datapath) attachTC(pod PodID, h hook, ifindex int) (func(), error) {
+	var undo []func()
+	runUndo := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	var flags uint32
+	switch err := netlink.QdiscAdd(clsact(ifindex)); {
+	case err == nil:
+		flags |= createdQdisc
+		undo = append(undo, func() { _ = netlink.QdiscDel(clsact(ifindex)) })
+	case errors.Is(err, unix.EEXIST):
+		// Ours if a record of this pod on this device says so (a repeated
+		// Attach, or the other hook of this one).
+		for _, other := range hooks {
+			if prev, ok, _ := d.record(pod, other); ok && prev.Flags&createdQdisc != 0 &&
+				int(prev.Ifindex) == ifindex && modeOf(prev.Mode) == ModeTC {
+				flags |= createdQdisc
+			}
+		}
+	default:
+		return nil, fmt.Errorf("adding clsact qdisc: %w", err)
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex,
+			Parent:    tcParent(h),
+			Handle:    uint32(pod),
+			Priority:  tcFilterPrio,
+			Protocol:  unix.ETH_P_ALL,
+		},
+		Fd:           d.program(h).FD(),
+		Name:         tcFilterName + "_" + h.String(),
+		DirectAction: true,
+	}
+	if err := netlink.FilterReplace(f); err != nil {
+		runUndo()
+		return nil, fmt.Errorf("adding cls_bpf filter: %w", err)
+	}
+	undo = append(undo, func() { _ = netlink.FilterDel(f) })
+	undoRec, err := d.putRecord(pod, h, tcAttachment{Ifindex: uint32(ifindex), Mode: modeCodeTC,
+		Handle: uint32(pod), Prio: tcFilterPrio, Flags: flags})
+	if err != nil {
+		runUndo()
+		return nil, err
+	}
+	undo = append(undo, undoRec)
+	return runUndo, nil
+}
+
+// ourFilter finds pod's filter on one hook of ifindex; nil when the device
+// or the filter is gone.
+func ourFilter(ifindex int, h hook, handle, prio uint32) (*netlink.BpfFilter, error) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	filters, err := netlink.FilterList(l, tcParent(h))
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // no clsact qdisc
+			return nil, nil
+		}
+		return nil, err
+	}
+	for _, f := range filters {
+		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Handle == handle && uint32(bf.Priority) == prio {
+			return bf, nil
+		}
+	}
+	return nil, nil
+}
+
+// removeEmptyClsact deletes the clsact qdisc podscope created once no filter
+// is left on either of its hooks (another user's filters keep it).
+func removeEmptyClsact(ifindex int) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return
+	}
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		if fs, err := netlink.FilterList(l, parent); err != nil || len(fs) > 0 {
+			return
+		}
+	}
+	_ = netlink.QdiscDel(clsact(ifindex))
+}
