@@ -83,6 +83,7 @@ enum call_kind {
 };
 
 struct inflight {
+	__u64 cgid; /* the armed cgroup (the task's own or an ancestor) */
 	__u64 up, up2;
 	__s64 nr; /* syscall number, checked at exit (a killed task never exits) */
 	__s32 dfd, dfd2;
@@ -113,6 +114,7 @@ static __always_inline int enter(struct trace_event_raw_sys_enter *ctx, struct i
 	if (!cgroup_armed(&cgid))
 		return 0;
 	in->nr = (__s32)ctx->id; /* __syscall_nr is an int; the rest of the word is padding */
+	in->cgid = cgid;
 	if (bpf_map_update_elem(&audit_inflight, &tid, in, BPF_ANY))
 		count_lost(cgid, 1); /* table of calls in flight full */
 	return 0;
@@ -243,7 +245,7 @@ int tp_exit(struct trace_event_raw_sys_exit *ctx)
 			return 0; /* ENOENT, EEXIST…: nothing was written */
 		denied = true;
 	}
-	cgid = bpf_get_current_cgroup_id();
+	cgid = in.cgid;
 	s = scratch_get();
 	if (!s) {
 		count_lost(cgid, 1);

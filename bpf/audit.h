@@ -10,6 +10,7 @@
  *   audit_identity   HASH        u64 cgroup v2 id -> struct identity (user space only)
  *   audit_lost       PERCPU_HASH u64 cgroup v2 id -> u64 operations not delivered
  *   audit_dedup      LRU_HASH    struct dedup_key -> struct dedup_val
+ *   audit_levels     ARRAY       0 -> u32 bit mask of the levels of armed cgroups
  *   audit_folds      PERCPU_ARRAY 0 -> u64 repeats folded since load
  *   audit_mode       ARRAY       0 -> u32 mode (enum attach_mode)
  *   audit_events     RINGBUF     struct event + path bytes + aux bytes
@@ -87,7 +88,11 @@ struct event {
 struct audit_cgroup {
 	__u32 flags; /* reserved (e.g. deny mode); 0 = audit */
 	__u32 armed_at; /* seconds, CLOCK_BOOTTIME; for diagnostics */
+	__u32 level; /* depth in the cgroup v2 tree (root = 0) */
+	__u32 pad;
 };
+
+#define AUDIT_MAX_LEVEL 32
 
 /* Identity strings, kept by user space only, so they survive a daemon
  * restart; fixed size because a BPF hash map value is. */
@@ -131,6 +136,18 @@ struct {
 	__type(value, struct audit_cgroup);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } audited_cgroups SEC(".maps");
+
+/* Levels (depths) at which cgroups are armed, as a bit mask kept by user
+ * space: a task in a sub-cgroup of an armed cgroup (systemd or a runtime
+ * inside the container) is found by checking its ancestor at those levels
+ * only — usually one extra lookup, and none when nothing is armed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_levels SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -187,12 +204,51 @@ const enum write_op *unused_write_op __attribute__((unused));
 const enum attach_mode *unused_attach_mode __attribute__((unused));
 const enum aux_kind *unused_aux_kind __attribute__((unused));
 
-/* The first question of every front: is the current task's cgroup armed?
- * Unarmed cgroups pay one helper call and one hash lookup. */
+struct level_ctx {
+	__u64 self;
+	__u64 found;
+	__u32 mask;
+};
+
+static long level_step(__u64 lvl, struct level_ctx *c)
+{
+	__u64 id;
+
+	if (!(c->mask & (1U << lvl)))
+		return 0;
+	id = bpf_get_current_ancestor_cgroup_id(lvl);
+	if (id == 0)
+		return 1; /* deeper than the task itself */
+	if (id != c->self && bpf_map_lookup_elem(&audited_cgroups, &id)) {
+		c->found = id;
+		return 1;
+	}
+	return 0;
+}
+
+/* The first question of every front: is the current task's cgroup, or its
+ * ancestor at a level where cgroups are armed, in audited_cgroups? *cgid is
+ * the armed cgroup's id (so the event names the container). Unarmed tasks
+ * pay a cgroup-id lookup and, with cgroups armed, one ancestor lookup per
+ * armed level. */
 static __always_inline bool cgroup_armed(__u64 *cgid)
 {
+	struct level_ctx c = {};
+	__u32 zero = 0, *mask;
+
 	*cgid = bpf_get_current_cgroup_id();
-	return bpf_map_lookup_elem(&audited_cgroups, cgid) != NULL;
+	if (bpf_map_lookup_elem(&audited_cgroups, cgid))
+		return true;
+	mask = bpf_map_lookup_elem(&audit_levels, &zero);
+	if (!mask || !*mask)
+		return false;
+	c.self = *cgid;
+	c.mask = *mask;
+	bpf_loop(AUDIT_MAX_LEVEL, level_step, &c, 0);
+	if (!c.found)
+		return false;
+	*cgid = c.found;
+	return true;
 }
 
 /* Take the per-CPU scratch; NULL if it is in use (a preempted program on this

@@ -46,8 +46,20 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	a.cache.put(cgid, id)
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) // diagnostics only
+	level, err := cgroupLevel(cgroupDir)
+	if err != nil {
+		idm.Delete(cgid)
+		a.removeCgroupLinks(cgid, "")
+		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
+	}
 	ac, _ := a.mapOf("audited_cgroups")
-	if err := ac.Put(cgid, auditAuditCgroup{ArmedAt: uint32(ts.Sec)}); err != nil {
+	if err := ac.Put(cgid, auditAuditCgroup{ArmedAt: uint32(ts.Sec), Level: level}); err != nil {
+		idm.Delete(cgid)
+		a.removeCgroupLinks(cgid, "")
+		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
+	}
+	if err := a.syncLevels(); err != nil {
+		ac.Delete(cgid)
 		idm.Delete(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
@@ -67,7 +79,7 @@ func (a *Auditor) Disarm(cgid uint64) error {
 	if err := ac.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: %w", cgid, err))
 	}
-	errs = append(errs, a.removeCgroupLinks(cgid, ""))
+	errs = append(errs, a.syncLevels(), a.removeCgroupLinks(cgid, ""))
 	if err := idm.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: identity: %w", cgid, err))
 	}
@@ -99,6 +111,34 @@ func (a *Auditor) Armed() (map[uint64]Identity, error) {
 		return nil, fmt.Errorf("audit: listing armed cgroups: %w", err)
 	}
 	return out, nil
+}
+
+// syncLevels rewrites audit_levels, the mask of the levels of armed
+// cgroups, from audited_cgroups.
+func (a *Auditor) syncLevels() error {
+	ac, _ := a.mapOf("audited_cgroups")
+	lv, err := a.mapOf("audit_levels")
+	if err != nil {
+		return err
+	}
+	var (
+		mask uint32
+		k    uint64
+		v    auditAuditCgroup
+	)
+	it := ac.Iterate()
+	for it.Next(&k, &v) {
+		if v.Level < 32 {
+			mask |= 1 << v.Level
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("listing armed cgroups: %w", err)
+	}
+	if err := lv.Put(uint32(0), mask); err != nil {
+		return fmt.Errorf("updating armed levels: %w", err)
+	}
+	return nil
 }
 
 // attachCgroupProgs attaches (multi-attach links, pinned as cg_<id>_<prog>)

@@ -27,6 +27,8 @@ type auditAuditCgroup struct {
 	_       structs.HostLayout
 	Flags   uint32
 	ArmedAt uint32
+	Level   uint32
+	Pad     uint32
 }
 
 type auditAuxKind uint32
@@ -83,6 +85,7 @@ type auditIdentity struct {
 
 type auditInflight struct {
 	_      structs.HostLayout
+	Cgid   uint64
 	Up     uint64
 	Up2    uint64
 	Nr     int64
@@ -133,6 +136,7 @@ const (
 	auditMapAuditFolds          = "audit_folds"
 	auditMapAuditIdentity       = "audit_identity"
 	auditMapAuditInflight       = "audit_inflight"
+	auditMapAuditLevels         = "audit_levels"
 	auditMapAuditLost           = "audit_lost"
 	auditMapAuditMode           = "audit_mode"
 	auditMapAuditScratch        = "audit_scratch"
@@ -332,6 +336,7 @@ type auditMapSpecs struct {
 	AuditFolds     *ebpf.MapSpec `ebpf:"audit_folds"`
 	AuditIdentity  *ebpf.MapSpec `ebpf:"audit_identity"`
 	AuditInflight  *ebpf.MapSpec `ebpf:"audit_inflight"`
+	AuditLevels    *ebpf.MapSpec `ebpf:"audit_levels"`
 	AuditLost      *ebpf.MapSpec `ebpf:"audit_lost"`
 	AuditMode      *ebpf.MapSpec `ebpf:"audit_mode"`
 	AuditScratch   *ebpf.MapSpec `ebpf:"audit_scratch"`
@@ -377,6 +382,7 @@ type auditMaps struct {
 	AuditFolds     *ebpf.Map `ebpf:"audit_folds"`
 	AuditIdentity  *ebpf.Map `ebpf:"audit_identity"`
 	AuditInflight  *ebpf.Map `ebpf:"audit_inflight"`
+	AuditLevels    *ebpf.Map `ebpf:"audit_levels"`
 	AuditLost      *ebpf.Map `ebpf:"audit_lost"`
 	AuditMode      *ebpf.Map `ebpf:"audit_mode"`
 	AuditScratch   *ebpf.Map `ebpf:"audit_scratch"`
@@ -390,6 +396,7 @@ func (m *auditMaps) Close() error {
 		m.AuditFolds,
 		m.AuditIdentity,
 		m.AuditInflight,
+		m.AuditLevels,
 		m.AuditLost,
 		m.AuditMode,
 		m.AuditScratch,

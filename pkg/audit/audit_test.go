@@ -249,6 +249,32 @@ func TestTracepointAudit(t *testing.T) {
 		}
 	})
 
+	t.Run("sub-cgroup of an armed cgroup is audited as it", func(t *testing.T) {
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		inner := filepath.Join(cg, "inner", "deeper")
+		if err := os.MkdirAll(inner, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(inner); os.Remove(filepath.Dir(inner)) })
+		d := realDir(t)
+		pid := h.run(t, inner, "writes", childOpts{env: []string{dirEnv + "=" + d, countEnv + "=4"}})
+		h.settle()
+		got := h.take(func(ev Event) bool { return ev.PID == uint32(pid) })
+		if len(got) != 4 {
+			t.Fatalf("writes in %s (under the armed cgroup): %d events, want 4: %+v", inner, len(got), got)
+		}
+		for _, ev := range got {
+			if ev.CgroupID != cgid || ev.Pod != id.Pod || ev.Op != "create" {
+				t.Fatalf("event %+v: want it attributed to the armed cgroup %d (%s)", ev, cgid, id.Pod)
+			}
+		}
+	})
+
 	t.Run("sysctl write in own netns", func(t *testing.T) {
 		cg := h.cgroup(t)
 		cgid, err := h.a.Arm(cg, id)

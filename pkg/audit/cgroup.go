@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -52,6 +53,40 @@ func CgroupID(dir string) (uint64, error) {
 		return 0, fmt.Errorf("cgroup %s is not a directory", dir)
 	}
 	return st.Ino, nil
+}
+
+// cgroupLevel is the depth of a cgroup v2 directory in the hierarchy (the
+// root is 0): the number of its ancestors on the same cgroup2 mount. It is
+// the level bpf_get_current_ancestor_cgroup_id() knows it by, as long as
+// the mount shows the whole tree (the host's cgroup namespace).
+func cgroupLevel(dir string) (uint32, error) {
+	p := filepath.Clean(dir)
+	var level uint32
+	for {
+		parent := filepath.Dir(p)
+		if parent == p {
+			return 0, fmt.Errorf("cgroup %s: no cgroup2 mount above it", dir)
+		}
+		var fs unix.Statfs_t
+		if err := unix.Statfs(parent, &fs); err != nil {
+			return 0, fmt.Errorf("cgroup %s: %w", dir, err)
+		}
+		if fs.Type != unix.CGROUP2_SUPER_MAGIC {
+			return level, nil
+		}
+		var a, b unix.Stat_t
+		if err := unix.Stat(parent, &a); err != nil {
+			return 0, err
+		}
+		if err := unix.Stat(p, &b); err != nil {
+			return 0, err
+		}
+		if a.Dev != b.Dev {
+			return level, nil // another cgroup2 mount above this one
+		}
+		level++
+		p = parent
+	}
 }
 
 func mountTracefs(dir string) error {
