@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -518,5 +519,89 @@ func TestUpgradeMovesAttachments(t *testing.T) {
 				t.Fatalf("old program pins left: %v", old)
 			}
 		})
+	}
+}
+
+// Parallel CNI ADDs: Opens racing on a fresh root load the programs once,
+// and parallel Attaches of different pods all land.
+func TestParallelOpenAndAttach(t *testing.T) {
+	const pods = 12
+	n := newNode(t)
+	root := testenv.BPFFSRoot(t)
+	idx := make([]int, pods)
+	for i := range idx {
+		_, idx[i] = n.veth(0)
+	}
+	dps := make([]*Datapath, pods)
+	errs := make(chan error, pods)
+	for i := 0; i < pods; i++ {
+		go func(i int) {
+			err := n.ns.Do(func(ns.NetNS) error {
+				d, err := Open(root)
+				if err != nil {
+					return err
+				}
+				dps[i] = d
+				mode := ModeTCX
+				if i%2 == 1 {
+					mode = ModeTC
+				}
+				_, err = d.Attach(PodID(100+i), idx[i], mode)
+				return err
+			})
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < pods; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	in0, eg0, _ := dps[0].ProgramIDs()
+	for i, d := range dps {
+		defer d.Close()
+		in, eg, _ := d.ProgramIDs()
+		if in != in0 || eg != eg0 {
+			t.Fatalf("Open %d loaded its own programs (%d/%d, first %d/%d)", i, in, eg, in0, eg0)
+		}
+		if err := n.check(d, PodID(100+i), idx[i]); err != nil {
+			t.Fatalf("pod %d: %v", 100+i, err)
+		}
+	}
+	atts, err := dps[0].Attachments()
+	if err != nil || len(atts) != 2*pods {
+		t.Fatalf("%d attachments, want %d: %v", len(atts), 2*pods, err)
+	}
+}
+
+func TestAttachBadInput(t *testing.T) {
+	n := newNode(t)
+	d, err := Open(testenv.BPFFSRoot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	n.do(func() error {
+		if _, err := d.Attach(0, 1, ModeTC); err == nil {
+			return errors.New("Attach of pod 0 succeeded")
+		}
+		if _, err := d.Attach(5, 1, "xdp"); err == nil || !strings.Contains(err.Error(), `"xdp"`) {
+			return fmt.Errorf("Attach with an unknown mode: %v", err)
+		}
+		for _, mode := range []Mode{ModeTCX, ModeTC} {
+			if _, err := d.Attach(5, 999999, mode); err == nil {
+				return fmt.Errorf("%s Attach to a missing ifindex succeeded", mode)
+			}
+		}
+		return nil
+	})
+	if atts := podAttachments(t, d, 5); len(atts) != 0 {
+		t.Fatalf("failed Attaches left %+v", atts)
+	}
+	if ifs, _ := d.PodIfindexes(5); len(ifs) != 0 {
+		t.Fatalf("failed Attaches left ifindexes %v", ifs)
 	}
 }
