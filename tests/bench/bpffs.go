@@ -15,8 +15,9 @@ import (
 )
 
 // benchBPFFSRoot makes a fresh podscope bpffs root for one part of the run
-// (never the node's real /sys/fs/bpf/podscope) and returns its remover.
-func benchBPFFSRoot(cfg *Config, name string) (string, func(), error) {
+// (never the node's real /sys/fs/bpf/podscope) and returns its remover,
+// which runs cleanup (podscope's own: detach, unpin) before removing the dir.
+func benchBPFFSRoot(cfg *Config, name string, cleanup func(pins.Root) error) (string, func(), error) {
 	if err := pins.MountBPFFS("/sys/fs/bpf"); err != nil {
 		return "", nil, fmt.Errorf("bpffs: %w", err)
 	}
@@ -25,8 +26,10 @@ func benchBPFFSRoot(cfg *Config, name string) (string, func(), error) {
 		return "", nil, err
 	}
 	return dir, func() {
-		if err := cleanupPodscopePins(dir); err != nil {
-			cfg.logf("podscope cleanup of %s: %v", dir, err)
+		if cleanup != nil {
+			if err := cleanup(pins.New(dir)); err != nil {
+				cfg.logf("podscope cleanup of %s: %v", dir, err)
+			}
 		}
 		if err := os.RemoveAll(dir); err != nil {
 			cfg.logf("removing %s: %v", dir, err)

@@ -132,6 +132,7 @@ func cmdRun(args []string) error {
 	scale := fs.Int("scale-pods", 0, "pods attached at once in the scale test (default 1000, quick 100)")
 	auditOps := fs.Int("audit-ops", 0, "operations per audit loop measurement (default 100000, quick 20000)")
 	burst := fs.Int("audit-burst", 200000, "writes in the audit loss burst")
+	auditd := fs.Bool("auditd", !quick0(args), "measure auditd -w DIR -p wa (enables kernel audit; off in --quick)")
 	only := fs.String("variants", "", "run only datapath variants whose name contains this (debugging)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -144,7 +145,7 @@ func cmdRun(args []string) error {
 		return err
 	}
 	cfg := &Config{Quick: *quick, Rounds: *rounds, Duration: *dur, Self: self, Out: *out, RunID: NewRunID(),
-		CNIBin: *cniBin, CNIRuns: *cniRuns, ScalePods: *scale, AuditOps: *auditOps, AuditBurst: *burst}
+		CNIBin: *cniBin, CNIRuns: *cniRuns, ScalePods: *scale, AuditOps: *auditOps, AuditBurst: *burst, Auditd: *auditd}
 	def := func(v *int, full, q int) {
 		if *v == 0 {
 			*v = full
@@ -185,6 +186,7 @@ func cmdRun(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg.ctx = ctx
+	defer cfg.runCleanups()
 
 	res := &Results{Started: start.UTC(), Quick: cfg.Quick, Machine: machine()}
 	want := map[string]bool{}
@@ -253,6 +255,20 @@ func cmdRun(args []string) error {
 	}
 	cfg.logf("wrote %s/results.{json,md,png} in %.0fs", cfg.Out, res.Seconds)
 	return errors.Join(errs...)
+}
+
+// quick0 tells whether the run is quick before flags are parsed (for the
+// default of --auditd).
+func quick0(args []string) bool {
+	if os.Getenv("QUICK") == "1" {
+		return true
+	}
+	for _, a := range args {
+		if a == "--quick" || a == "-quick" || a == "--quick=true" {
+			return true
+		}
+	}
+	return false
 }
 
 func machine() Machine {

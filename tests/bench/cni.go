@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/podscope/podscope/pkg/datapath"
 )
 
 // cniVariant is one conflist measured by the CNI section.
@@ -93,7 +95,7 @@ func RunCNI(cfg *Config) (*Section, error) {
 			cfg.logf("removing %s: %v", node, err)
 		}
 	}()
-	root, rootCleanup, rootErr := benchBPFFSRoot(cfg, "cni")
+	root, rootCleanup, rootErr := benchBPFFSRoot(cfg, "cni", datapath.Cleanup)
 	if rootErr == nil {
 		defer rootCleanup()
 	}
@@ -183,7 +185,7 @@ func RunCNI(cfg *Config) (*Section, error) {
 		scale.AddNA("pods 1-10", v.NA)
 		mem.AddNA("all pinned maps", v.NA)
 	} else if !cfg.stopped() {
-		sroot, scleanup, err := benchBPFFSRoot(cfg, "scale")
+		sroot, scleanup, err := benchBPFFSRoot(cfg, "scale", datapath.Cleanup)
 		if err != nil {
 			scale.AddNA("pods 1-10", err.Error())
 			mem.AddNA("all pinned maps", err.Error())

@@ -32,9 +32,23 @@ type Config struct {
 	CNIRuns, ScalePods int
 	// AuditOps per audit loop measurement; AuditBurst the burst size.
 	AuditOps, AuditBurst int
-	Log                  func(format string, args ...any)
+	// Auditd adds the auditd rows (enables kernel audit for a while).
+	Auditd bool
+	Log    func(format string, args ...any)
 
-	ctx context.Context
+	ctx      context.Context
+	cleanups []func()
+}
+
+// onExit registers f to run when the run ends (last registered first).
+func (c *Config) onExit(f func()) { c.cleanups = append(c.cleanups, f) }
+
+// runCleanups runs what onExit registered.
+func (c *Config) runCleanups() {
+	for i := len(c.cleanups) - 1; i >= 0; i-- {
+		c.cleanups[i]()
+	}
+	c.cleanups = nil
 }
 
 // stopped reports whether the run was interrupted.
