@@ -99,12 +99,17 @@ func (d *Datapath) SetPolicy(pod PodID, p policy.Policy) error {
 	}
 	keep := make(map[tcPolicyKey]bool, len(want))
 	keys := make([]tcPolicyKey, 0, len(want))
-	values := make([]tcPolicyValue, 0, len(want))
-	for k, e := range want {
+	for k := range want {
 		k.Pod = uint32(pod)
 		keep[k] = true
 		keys = append(keys, k)
-		values = append(values, policyValue(e))
+	}
+	// /0 entries first (see hasPolicy).
+	sort.SliceStable(keys, func(i, j int) bool { return keys[i].Prefixlen == policyKeyBits && keys[j].Prefixlen > policyKeyBits })
+	values := make([]tcPolicyValue, len(keys))
+	for i, k := range keys {
+		k.Pod = 0
+		values[i] = policyValue(want[k])
 	}
 	if err := putAll(d.objs.Policy, keys, values); err != nil {
 		return fmt.Errorf("set policy of pod %d: %w", pod, err)
@@ -221,8 +226,35 @@ func deleteAll[K any](m *ebpf.Map, keys []K) error {
 	return nil
 }
 
-// policyKeys lists the trie's keys of pod.
+// hasPolicy reports whether pod has any entry in the trie, without walking
+// it: SetPolicy writes a pod's /0 entries before any other and RemovePod
+// deletes them last, so a pod without /0 entries has no entries at all.
+func (d *Datapath) hasPolicy(pod PodID) bool {
+	for _, dir := range []policy.Direction{policy.Egress, policy.Ingress} {
+		for _, fam := range []uint8{4, 6} {
+			k := tcPolicyKey{Prefixlen: policyKeyBits, Pod: uint32(pod), Dir: uint8(dir), Family: fam}
+			var v tcPolicyValue
+			if d.objs.Policy.Lookup(k, &v) == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// policyKeys lists the trie's keys of pod, /0 entries last. The trie cannot
+// seek to one pod's keys, so this walks every key: skipped for a pod without
+// policy (the common case of a CNI ADD).
 func (d *Datapath) policyKeys(pod PodID) ([]tcPolicyKey, error) {
+	if !d.hasPolicy(pod) {
+		return nil, nil
+	}
+	out, err := d.walkPolicyKeys(pod)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Prefixlen > policyKeyBits && out[j].Prefixlen == policyKeyBits })
+	return out, err
+}
+
+func (d *Datapath) walkPolicyKeys(pod PodID) ([]tcPolicyKey, error) {
 	var out []tcPolicyKey
 	var k, next tcPolicyKey
 	var cur any // nil: first key

@@ -88,6 +88,11 @@ func TestPolicyEntriesCheckAndReplace(t *testing.T) {
 
 func TestRemovePod(t *testing.T) {
 	d := openForRun(t)
+	other := policy.Policy{Egress: policy.Spec{Default: policy.Deny, Rules: []policy.Rule{
+		{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Action: policy.Allow}}}, Ingress: policy.AllowAll()}
+	if err := d.SetPolicy(testPod+1, other); err != nil {
+		t.Fatal(err)
+	}
 	setPolicy(t, d, `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","action":"deny"}]}`, `{"default":"allow"}`)
 	run(t, d, policy.Egress, ipv4(podIP, "192.168.0.1", 17, udpHdr(1000, 53, 10)))
 	run(t, d, policy.Egress, ipv4(podIP, "10.0.0.1", 17, udpHdr(1000, 53, 10)))
@@ -112,5 +117,8 @@ func TestRemovePod(t *testing.T) {
 	}
 	if err := d.RemovePod(testPod); err != nil {
 		t.Fatalf("second RemovePod: %v", err)
+	}
+	if err := d.CheckPolicy(testPod+1, other); err != nil {
+		t.Fatalf("RemovePod of one pod changed another's policy: %v", err)
 	}
 }
