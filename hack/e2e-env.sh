@@ -483,12 +483,44 @@ remove_cgroups() {
   return 0
 }
 
+# Processes still in our pods' cgroups (a pod containerd failed to remove,
+# or whose shim died): all ours, killed through cgroup v2's cgroup.kill.
+kill_pod_processes() {
+  local d=/sys/fs/cgroup/unified/$CGROUP_PARENT
+  [ -d /sys/fs/cgroup/unified ] || d=/sys/fs/cgroup/$CGROUP_PARENT
+  [ -f "$d/cgroup.kill" ] || return 0
+  if [ -n "$(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)" ]; then
+    log "killing processes left in $d"
+    echo 1 >"$d/cgroup.kill" || true
+    sleep 0.5
+  fi
+}
+
+# verify_clean reports anything `down` should have removed and did not.
+verify_clean() {
+  local left=() h
+  pid_alive "$WORK/containerd.pid" && left+=("containerd pid $(cat "$WORK/containerd.pid")")
+  pid_alive "$WORK/nri.pid" && left+=("podscope-nri pid $(cat "$WORK/nri.pid")")
+  grep -q " $WORK/" /proc/self/mountinfo && left+=("mounts under $WORK")
+  ip link show "$BRIDGE" >/dev/null 2>&1 && left+=("bridge $BRIDGE")
+  for h in /sys/fs/cgroup/* /sys/fs/cgroup/unified; do
+    [ -d "$h/$CGROUP_PARENT" ] && left+=("cgroup $h/$CGROUP_PARENT")
+  done
+  [ -e "$BPFFS_ROOT" ] && left+=("bpffs root $BPFFS_ROOT")
+  ls /var/lib/cni/results/"$NET_NAME"-* >/dev/null 2>&1 && left+=("/var/lib/cni/results/$NET_NAME-*")
+  if [ ${#left[@]} -gt 0 ]; then
+    log "down: LEFT BEHIND: ${left[*]}"
+    return 1
+  fi
+}
+
 cmd_down() {
-  local p
+  local p rc=0
   [ -d "$WORK" ] || { log "nothing in $WORK"; return 0; }
   remove_pods
   cmd_stop_nri
   cmd_stop_containerd
+  kill_pod_processes
   stop_shims
   unmount_work
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
@@ -512,10 +544,15 @@ cmd_down() {
     rm -rf "$BPFFS_ROOT"
   fi
   # Keep the logs of the last run for a person (or CI) to read.
+  rm -rf "$REPO/.e2e/last"
   mkdir -p "$REPO/.e2e/last"
   cp -f "$WORK"/log/*.log "$WORK/audit.jsonl" "$PS_STATE/accounting.jsonl" "$REPO/.e2e/last/" 2>/dev/null || true
-  rm -rf "$WORK"
-  log "down: nothing left running (logs of this run in .e2e/last/)"
+  verify_clean || rc=1
+  if [ $rc = 0 ]; then
+    rm -rf "$WORK"
+    log "down: nothing left running, mounted or configured (logs of this run in .e2e/last/)"
+  fi
+  return $rc
 }
 
 cmd_env() { [ -f "$WORK/env" ] || die "no environment up in $WORK"; cat "$WORK/env"; }
