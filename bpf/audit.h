@@ -10,7 +10,7 @@
  *   audit_identity   HASH        u64 cgroup v2 id -> struct identity (user space only)
  *   audit_lost       PERCPU_HASH u64 cgroup v2 id -> u64 operations not delivered
  *   audit_dedup      LRU_HASH    struct dedup_key -> struct dedup_val
- *   audit_levels     ARRAY       0 -> u32 bit mask of the levels of armed cgroups
+ *   audit_levels     ARRAY       0 -> struct armed_levels (ascending levels of armed cgroups)
  *   audit_folds      PERCPU_ARRAY 0 -> u64 repeats folded since load
  *   audit_mode       ARRAY       0 -> u32 mode (enum attach_mode)
  *   audit_events     RINGBUF     struct event + path bytes + aux bytes
@@ -92,7 +92,7 @@ struct audit_cgroup {
 	__u32 pad;
 };
 
-#define AUDIT_MAX_LEVEL 32
+
 
 /* Identity strings, kept by user space only, so they survive a daemon
  * restart; fixed size because a BPF hash map value is. */
@@ -137,15 +137,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } audited_cgroups SEC(".maps");
 
-/* Levels (depths) at which cgroups are armed, as a bit mask kept by user
- * space: a task in a sub-cgroup of an armed cgroup (systemd or a runtime
- * inside the container) is found by checking its ancestor at those levels
- * only — usually one extra lookup, and none when nothing is armed. */
+/* Levels (depths) at which cgroups are armed, kept by user space: a task
+ * in a sub-cgroup of an armed cgroup (systemd or a runtime inside the
+ * container) is found by checking its ancestor at those levels only —
+ * usually one extra lookup, none when nothing is armed. */
+#define AUDIT_MAX_LEVELS 8
+struct armed_levels {
+	__u32 n;
+	__u32 level[AUDIT_MAX_LEVELS];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct armed_levels);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } audit_levels SEC(".maps");
 
@@ -200,31 +206,10 @@ const struct identity *unused_identity __attribute__((unused));
 const struct dedup_key *unused_dedup_key __attribute__((unused));
 const struct dedup_val *unused_dedup_val __attribute__((unused));
 const struct audit_cgroup *unused_audit_cgroup __attribute__((unused));
+const struct armed_levels *unused_armed_levels __attribute__((unused));
 const enum write_op *unused_write_op __attribute__((unused));
 const enum attach_mode *unused_attach_mode __attribute__((unused));
 const enum aux_kind *unused_aux_kind __attribute__((unused));
-
-struct level_ctx {
-	__u64 self;
-	__u64 found;
-	__u32 mask;
-};
-
-static long level_step(__u64 lvl, struct level_ctx *c)
-{
-	__u64 id;
-
-	if (!(c->mask & (1U << lvl)))
-		return 0;
-	id = bpf_get_current_ancestor_cgroup_id(lvl);
-	if (id == 0)
-		return 1; /* deeper than the task itself */
-	if (id != c->self && bpf_map_lookup_elem(&audited_cgroups, &id)) {
-		c->found = id;
-		return 1;
-	}
-	return 0;
-}
 
 /* The first question of every front: is the current task's cgroup, or its
  * ancestor at a level where cgroups are armed, in audited_cgroups? *cgid is
@@ -233,22 +218,30 @@ static long level_step(__u64 lvl, struct level_ctx *c)
  * armed level. */
 static __always_inline bool cgroup_armed(__u64 *cgid)
 {
-	struct level_ctx c = {};
-	__u32 zero = 0, *mask;
+	struct armed_levels *lv;
+	__u32 zero = 0;
+	__u64 self, id;
 
-	*cgid = bpf_get_current_cgroup_id();
-	if (bpf_map_lookup_elem(&audited_cgroups, cgid))
+	self = bpf_get_current_cgroup_id();
+	*cgid = self;
+	if (bpf_map_lookup_elem(&audited_cgroups, &self))
 		return true;
-	mask = bpf_map_lookup_elem(&audit_levels, &zero);
-	if (!mask || !*mask)
+	lv = bpf_map_lookup_elem(&audit_levels, &zero);
+	if (!lv)
 		return false;
-	c.self = *cgid;
-	c.mask = *mask;
-	bpf_loop(AUDIT_MAX_LEVEL, level_step, &c, 0);
-	if (!c.found)
-		return false;
-	*cgid = c.found;
-	return true;
+#pragma unroll
+	for (int i = 0; i < AUDIT_MAX_LEVELS; i++) {
+		if (i >= lv->n)
+			break;
+		id = bpf_get_current_ancestor_cgroup_id(lv->level[i]);
+		if (id == 0)
+			break; /* levels are ascending: the task is above the rest */
+		if (id != self && bpf_map_lookup_elem(&audited_cgroups, &id)) {
+			*cgid = id;
+			return true;
+		}
+	}
+	return false;
 }
 
 /* Take the per-CPU scratch; NULL if it is in use (a preempted program on this

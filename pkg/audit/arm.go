@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -113,29 +114,38 @@ func (a *Auditor) Armed() (map[uint64]Identity, error) {
 	return out, nil
 }
 
-// syncLevels rewrites audit_levels, the mask of the levels of armed
-// cgroups, from audited_cgroups.
+// syncLevels rewrites audit_levels, the ascending distinct levels of the
+// armed cgroups, from audited_cgroups. More distinct levels than the
+// programs check (8) is an error: the deeper ones would go unaudited.
 func (a *Auditor) syncLevels() error {
 	ac, _ := a.mapOf("audited_cgroups")
 	lv, err := a.mapOf("audit_levels")
 	if err != nil {
 		return err
 	}
+	seen := map[uint32]bool{}
 	var (
-		mask uint32
-		k    uint64
-		v    auditAuditCgroup
+		k uint64
+		v auditAuditCgroup
 	)
 	it := ac.Iterate()
 	for it.Next(&k, &v) {
-		if v.Level < 32 {
-			mask |= 1 << v.Level
-		}
+		seen[v.Level] = true
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("listing armed cgroups: %w", err)
 	}
-	if err := lv.Put(uint32(0), mask); err != nil {
+	var out auditArmedLevels
+	if len(seen) > len(out.Level) {
+		return fmt.Errorf("cgroups armed at %d different depths; the programs check at most %d", len(seen), len(out.Level))
+	}
+	levels := make([]uint32, 0, len(seen))
+	for l := range seen {
+		levels = append(levels, l)
+	}
+	sort.Slice(levels, func(i, j int) bool { return levels[i] < levels[j] })
+	out.N = uint32(copy(out.Level[:], levels))
+	if err := lv.Put(uint32(0), out); err != nil {
 		return fmt.Errorf("updating armed levels: %w", err)
 	}
 	return nil

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type auditArmedLevels struct {
+	_     structs.HostLayout
+	N     uint32
+	Level [8]uint32
+}
+
 type auditAttachMode uint32
 
 const (
@@ -207,6 +213,7 @@ const (
 	auditProgTpTruncate         = "tp_truncate"
 	auditProgTpUnlink           = "tp_unlink"
 	auditProgTpUnlinkat         = "tp_unlinkat"
+	auditVarUnusedArmedLevels   = "unused_armed_levels"
 	auditVarUnusedAttachMode    = "unused_attach_mode"
 	auditVarUnusedAuditCgroup   = "unused_audit_cgroup"
 	auditVarUnusedAuxKind       = "unused_aux_kind"
@@ -347,6 +354,7 @@ type auditMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type auditVariableSpecs struct {
+	UnusedArmedLevels *ebpf.VariableSpec `ebpf:"unused_armed_levels"`
 	UnusedAttachMode  *ebpf.VariableSpec `ebpf:"unused_attach_mode"`
 	UnusedAuditCgroup *ebpf.VariableSpec `ebpf:"unused_audit_cgroup"`
 	UnusedAuxKind     *ebpf.VariableSpec `ebpf:"unused_aux_kind"`
@@ -408,6 +416,7 @@ func (m *auditMaps) Close() error {
 //
 // It can be passed to loadAuditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type auditVariables struct {
+	UnusedArmedLevels *ebpf.Variable `ebpf:"unused_armed_levels"`
 	UnusedAttachMode  *ebpf.Variable `ebpf:"unused_attach_mode"`
 	UnusedAuditCgroup *ebpf.Variable `ebpf:"unused_audit_cgroup"`
 	UnusedAuxKind     *ebpf.Variable `ebpf:"unused_aux_kind"`
