@@ -207,17 +207,30 @@ wait_socket() { # path seconds what
 
 podscope_bin() { [ -x "$REPO/bin/$1" ] && echo "$REPO/bin/$1"; }
 
+# bridge_conflist NAME RANGE-START RANGE-END [EXTRA-ENTRY]: a conflist of the
+# bridge plugin on our bridge and subnet, optionally followed by one entry.
+bridge_conflist() {
+  cat <<JSON
+{ "cniVersion": "1.0.0",
+  "name": "$1",
+  "plugins": [
+    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false,
+      "ipam": { "type": "host-local", "dataDir": "$WORK/ipam",
+                "ranges": [[{"subnet": "$SUBNET4", "rangeStart": "$2", "rangeEnd": "$3", "gateway": "$GATEWAY4"}]] } }${4:+,
+    $4}
+  ] }
+JSON
+}
+
 write_configs() {
-  local runc_bin chain=""
+  local runc_bin entry=""
   runc_bin=$(command -v runc)
   mkdir -p "$WORK"/{root,state,s,runc,cdi,opt,nri-plugins,nri-conf,ipam,log,bin} \
-    "$WORK/cni/bin" "$WORK/cni/net.d" "$WORK/cni/net.d-bare" "$PS_STATE"
+    "$WORK/cni/bin" "$WORK/cni/net.d" "$WORK/cni/net.d-bare" "$WORK/cni/net.d-adopt" "$PS_STATE"
   cp -f "$CNIP_DIR"/{bridge,host-local,loopback,portmap} "$WORK/cni/bin/"
-  if [ -n "$(podscope_bin podscope)" ]; then
-    cp -f "$REPO/bin/podscope" "$WORK/cni/bin/podscope"
-    chain=$(cat <<JSON
-,
-    { "type": "podscope",
+  # podscope's entry, also what the adoption test gives podscope-install.
+  cat >"$WORK/podscope-entry.json" <<JSON
+{ "type": "podscope",
       "bpffsRoot": "$BPFFS_ROOT",
       "stateDir": "$PS_STATE",
       "capabilities": {"io.kubernetes.cri.pod-annotations": true},
@@ -226,31 +239,19 @@ write_configs() {
         "ingress": {"default": "allow", "rules": []}
       } }
 JSON
-)
+  if [ -n "$(podscope_bin podscope)" ]; then
+    cp -f "$REPO/bin/podscope" "$WORK/cni/bin/podscope"
+    entry=$(cat "$WORK/podscope-entry.json")
   else
     log "bin/podscope not built: the chain is bridge only (run make build)"
   fi
-  # Two networks on the same bridge and subnet, disjoint IP ranges: the
-  # default runtime handler (runc) chains podscope, "runc-bare" does not, so
-  # the suite can compare the two in one containerd.
-  cat >"$WORK/cni/net.d/10-$NET_NAME.conflist" <<JSON
-{ "cniVersion": "1.0.0",
-  "name": "$NET_NAME",
-  "plugins": [
-    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false,
-      "ipam": { "type": "host-local", "dataDir": "$WORK/ipam",
-                "ranges": [[{"subnet": "$SUBNET4", "rangeStart": "10.77.0.16", "rangeEnd": "10.77.0.127", "gateway": "$GATEWAY4"}]] } }$chain
-  ] }
-JSON
-  cat >"$WORK/cni/net.d-bare/10-$NET_NAME-bare.conflist" <<JSON
-{ "cniVersion": "1.0.0",
-  "name": "$NET_NAME-bare",
-  "plugins": [
-    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false,
-      "ipam": { "type": "host-local", "dataDir": "$WORK/ipam",
-                "ranges": [[{"subnet": "$SUBNET4", "rangeStart": "10.77.0.128", "rangeEnd": "10.77.0.254", "gateway": "$GATEWAY4"}]] } }
-  ] }
-JSON
+  # Three networks on the same bridge and subnet, disjoint IP ranges, one
+  # per runtime handler: "runc" (the default) chains podscope; "runc-bare"
+  # never does (the suite compares the two); "runc-adopt" starts without it
+  # and gets it chained by podscope-install while its pods run.
+  bridge_conflist "$NET_NAME" 10.77.0.16 10.77.0.99 "$entry" >"$WORK/cni/net.d/10-$NET_NAME.conflist"
+  bridge_conflist "$NET_NAME-adopt" 10.77.0.100 10.77.0.127 >"$WORK/cni/net.d-adopt/10-$NET_NAME-adopt.conflist"
+  bridge_conflist "$NET_NAME-bare" 10.77.0.128 10.77.0.254 >"$WORK/cni/net.d-bare/10-$NET_NAME-bare.conflist"
   local runtime_opts
   runtime_opts=$(cat <<TOML
           runtime_type = 'io.containerd.runc.v2'
@@ -292,6 +293,9 @@ ${runtime_opts//RUNTIME/runc}
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-bare]
           cni_conf_dir = '$WORK/cni/net.d-bare'
 ${runtime_opts//RUNTIME/runc-bare}
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-adopt]
+          cni_conf_dir = '$WORK/cni/net.d-adopt'
+${runtime_opts//RUNTIME/runc-adopt}
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ['$WORK/cni/bin']
       conf_dir = '$WORK/cni/net.d'
@@ -364,7 +368,10 @@ export PODSCOPE_E2E_BRIDGE='$BRIDGE'
 export PODSCOPE_E2E_CGROUP_PARENT='$CGROUP_PARENT'
 export PODSCOPE_E2E_PAUSE_IMAGE='$PAUSE_IMAGE'
 export PODSCOPE_E2E_BUSYBOX_IMAGE='$BUSYBOX_IMAGE'
-export PODSCOPE_E2E_PODSCOPE_CHAINED='$([ -n "$chain" ] && echo 1 || echo 0)'
+export PODSCOPE_E2E_PODSCOPE_CHAINED='$([ -n "$entry" ] && echo 1 || echo 0)'
+export PODSCOPE_E2E_CNI_BIN_DIR='$WORK/cni/bin'
+export PODSCOPE_E2E_ADOPT_CONF_DIR='$WORK/cni/net.d-adopt'
+export PODSCOPE_E2E_PODSCOPE_ENTRY='$WORK/podscope-entry.json'
 export PATH="$WORK/bin:\$PATH"
 ENV
 }
