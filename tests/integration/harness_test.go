@@ -163,7 +163,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 		t.Fatal(err)
 	}
 	n.v4 = netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 100+int(b[0])%100, b[1]))
-	n.v6 = netip.MustParsePrefix(fmt.Sprintf("fd00:%x::/64", 0x100+int(b[0])<<8|int(b[1])))
+	n.v6 = netip.MustParsePrefix(fmt.Sprintf("fd00:%x::/64", uint16(b[0])<<8|uint16(b[1]))) // one 16-bit group: never more than 4 hex digits
 	// Loopback up in the node, like on a real host.
 	if err := n.ns.Do(func(ns.NetNS) error {
 		return exec.Command("ip", "link", "set", "lo", "up").Run()
