@@ -48,6 +48,7 @@ func TestProbeReportsTracepoint(t *testing.T) {
 // reader collecting every event.
 type harness struct {
 	a      *Auditor
+	stop   func() // stops the reader (idempotent)
 	cgRoot string
 	mu     sync.Mutex
 	events []Event
@@ -75,6 +76,13 @@ func newHarness(t *testing.T) *harness {
 		}
 	})
 	h := &harness{a: a, cgRoot: cgRoot}
+	h.read(t, a)
+	t.Cleanup(h.stop)
+	return h
+}
+
+// read starts a reader on a collecting into h.events; h.stop ends it.
+func (h *harness) read(t *testing.T, a *Auditor) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -85,13 +93,15 @@ func newHarness(t *testing.T) *harness {
 			h.mu.Unlock()
 		})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return h
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
 }
 
 // cgroup creates a fresh cgroup v2 directory, removed at the end.
@@ -506,13 +516,12 @@ func TestRestartKeepsState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.a.Disarm(cgid)
 	start := time.Now()
 	b, err := Open(h.a.root, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() }) // after the reader on b stops (cleanups run in reverse)
 	t.Logf("reopen took %v", time.Since(start))
 	if !b.Probe().Reused || b.Mode() != ModeTracepoint {
 		t.Fatalf("reopen: %s, want the pinned tracepoint mode reused", b.Probe())
@@ -524,12 +533,22 @@ func TestRestartKeepsState(t *testing.T) {
 	if err != nil || armed[cgid] != id {
 		t.Fatalf("after reopen Armed() = %v, %v; want %d -> %+v", armed, err, cgid, id)
 	}
-	// Closing the first handle (the old daemon exiting) keeps auditing.
+	// The old daemon exits (reader stopped, handles closed); the new one
+	// reads: auditing goes on.
+	h.stop()
 	h.a.Close()
+	h.read(t, b)
+	t.Cleanup(h.stop)
 	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=2"}})
 	h.settle()
 	if evs := h.take(func(ev Event) bool { return ev.PID == uint32(pid) }); len(evs) != 2 {
 		t.Fatalf("after the first handle closed: %d events, want 2", len(evs))
+	}
+	if err := b.Disarm(cgid); err != nil {
+		t.Fatalf("Disarm through the new handle: %v", err)
+	}
+	if armed, _ := b.Armed(); len(armed) != 0 {
+		t.Fatalf("still armed after Disarm: %v", armed)
 	}
 }
 
