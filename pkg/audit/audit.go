@@ -171,7 +171,7 @@ func (a *Auditor) Mode() Mode { return a.mode }
 func (a *Auditor) Probe() ProbeResult { return a.probe }
 
 // Close drops this process's handles; pins (and therefore the programs,
-// links and maps) stay.
+// links and maps) stay. Call it after Run has returned.
 func (a *Auditor) Close() error {
 	var errs []error
 	for _, p := range a.progs {
