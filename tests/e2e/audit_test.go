@@ -10,7 +10,7 @@ import (
 
 // writeScript makes exactly these changes under /data (the busybox image has
 // an empty /data): create+write, truncate, rename, chmod, unlink, mkdir, rmdir.
-const writeScript = `echo hello > /data/a.txt; truncate -c -s 2 /data/a.txt; mv /data/a.txt /data/b.txt; chmod 600 /data/b.txt; rm /data/b.txt; mkdir /data/d; rmdir /data/d; echo done; sleep 3600`
+const writeScript = `echo hello > /data/a.txt; truncate -s 2 /data/a.txt; mv /data/a.txt /data/b.txt; chmod 600 /data/b.txt; rm /data/b.txt; mkdir /data/d; rmdir /data/d; echo done; sleep 3600`
 
 // auditWant is one event the script must produce.
 type auditWant struct {
