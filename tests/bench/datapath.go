@@ -62,7 +62,7 @@ func RunDatapath(cfg *Config, variants []*Variant) (*Section, error) {
 	sec := &Section{Name: "Datapath: pod -> veth -> bridge -> veth -> pod"}
 	sec.Notes = append(sec.Notes,
 		fmt.Sprintf("%d rounds; each round runs, per workload, baseline and variant alternately (A B A C A … A), %s per measurement; ratio = median over rounds of variant / mean of the two baselines around it", cfg.Rounds, cfg.Duration),
-		"load: tests/bench load tool (blocking sockets, raw syscalls; netperf-like), a fresh client process per measurement in the client pod netns",
+		"load: tests/bench load tool (blocking sockets, raw syscalls; netperf-like), a fresh client process per measurement in the client pod netns; client, server and proxy pinned to the same CPU (the 4-stream client unpinned): no cross-CPU wake-ups, which are VM exits here and made RR vary 2.5x",
 		"every variant has its own node netns + pod pair (10.99.<n>.0/24 on a bridge); bridged IPv4 goes through the node netns' netfilter FORWARD hook (br_netfilter, per-netns bridge-nf-call-iptables=1) in every variant, baseline included")
 	base := &Variant{Name: BaselineName}
 	all := append([]*Variant{base}, variants...)
@@ -211,13 +211,13 @@ func setupVariant(cfg *Config, v *Variant, idx int) error {
 	if v.Proxy {
 		srv = []string{"serve", "--addr", fmt.Sprintf("127.0.0.1:%d", backendPort)}
 	}
-	d, err := startDaemon(p.Server, cfg.Self, srv...)
+	d, err := startDaemon(p.Server, serverCPU, cfg.Self, srv...)
 	if err != nil {
 		return err
 	}
 	v.daemons = append(v.daemons, d)
 	if v.Proxy {
-		d, err := startDaemon(p.Server, cfg.Self, "proxy", "--listen", fmt.Sprintf("0.0.0.0:%d", ServerPort),
+		d, err := startDaemon(p.Server, serverCPU, cfg.Self, "proxy", "--listen", fmt.Sprintf("0.0.0.0:%d", ServerPort),
 			"--upstream", fmt.Sprintf("127.0.0.1:%d", backendPort))
 		if err != nil {
 			return err

@@ -1,0 +1,135 @@
+package bench
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+func findTable(r *Results, section, title string) *Table {
+	for _, t := range sectionTables(r, section) {
+		if strings.HasPrefix(t.Title, title) {
+			return t
+		}
+	}
+	return nil
+}
+
+// ratioOf is the ratio of variant in the table, or NaN with the reason.
+func ratioOf(t *Table, variant string) (float64, string) {
+	if t == nil {
+		return math.NaN(), "section not run"
+	}
+	row := t.Row(variant)
+	switch {
+	case row == nil:
+		return math.NaN(), "row missing"
+	case row.NA != "":
+		return math.NaN(), row.NA
+	}
+	return row.Ratio, ""
+}
+
+func goal(name, target string, v float64, na string, ok func(float64) bool, measured string) Goal {
+	g := Goal{Goal: name, Target: target}
+	if math.IsNaN(v) {
+		g.Measured = "n/a"
+		g.Note = na
+		return g
+	}
+	met := ok(v)
+	g.Met = &met
+	g.Measured = measured
+	if g.Measured == "" {
+		g.Measured = FormatRatio(v)
+	}
+	return g
+}
+
+// Goals holds podscope's promises against what the run measured. A goal
+// whose inputs did not run is "n/a" with the reason, never met.
+func Goals(r *Results) []Goal {
+	var out []Goal
+	atLeast := func(x float64) func(float64) bool { return func(v float64) bool { return v >= x } }
+	atMost := func(x float64) func(float64) bool { return func(v float64) bool { return v <= x } }
+	for _, variant := range []string{"podscope, accounting only", "podscope, 1,000 policy cidrs"} {
+		for _, w := range []struct{ title, label string }{
+			{"TCP_STREAM, 1 stream", "TCP_STREAM 1 stream"},
+			{"TCP_STREAM, 4 streams", "TCP_STREAM 4 streams"},
+			{"TCP_RR", "TCP_RR"},
+		} {
+			v, na := ratioOf(findTable(r, "Datapath", w.title), variant)
+			out = append(out, goal(fmt.Sprintf("%s: %s vs no program", strings.TrimPrefix(variant, "podscope, "), w.label), ">= 0.97", v, na, atLeast(0.97), ""))
+		}
+	}
+	for _, w := range []struct{ title, label string }{{"TCP_RR", "TCP_RR"}, {"UDP", "UDP pps"}, {"TCP_STREAM, 1 stream", "TCP_STREAM 1"}} {
+		t := findTable(r, "Datapath", w.title)
+		a, na1 := ratioOf(t, "podscope, 10 policy cidrs")
+		b, na2 := ratioOf(t, "podscope, 100,000 policy cidrs")
+		na := na1
+		if na == "" {
+			na = na2
+		}
+		v := Ratio(b, a)
+		out = append(out, goal("flat from 10 to 100,000 cidrs: "+w.label+" ratio(100k) / ratio(10)", ">= 0.97", v, na, atLeast(0.97),
+			fmt.Sprintf("%s (%s / %s)", FormatRatio(v), FormatRatio(b), FormatRatio(a))))
+	}
+	if t := findTable(r, "CNI", "ADD, whole chain"); t != nil {
+		bw := t.Row("bridge + bandwidth")
+		for _, mode := range []string{"tcx", "tc"} {
+			ps := t.Row("bridge + podscope (" + mode + ")")
+			for _, q := range []string{"p50", "p95"} {
+				v, na := math.NaN(), ""
+				switch {
+				case ps == nil || bw == nil:
+					na = "row missing"
+				case ps.NA != "":
+					na = ps.NA
+				case bw.NA != "":
+					na = "bandwidth: " + bw.NA
+				default:
+					a, b := ps.Median, bw.Median
+					if q == "p95" {
+						a, b = ps.Extra["p95"], bw.Extra["p95"]
+					}
+					v = Ratio(a, b)
+					na = fmt.Sprintf("%s ms vs %s ms", FormatValue(a), FormatValue(b))
+				}
+				g := goal(fmt.Sprintf("CNI ADD %s: bridge+podscope (%s) / bridge+bandwidth", q, mode), "<= 1.00", v, na, atMost(1.0), "")
+				if g.Met != nil {
+					g.Measured = FormatRatio(v) + " (" + na + ")"
+					g.Note = ""
+				}
+				out = append(out, g)
+			}
+		}
+	} else {
+		out = append(out, Goal{Goal: "CNI ADD vs bandwidth plugin", Target: "<= 1.00", Measured: "n/a", Note: "section not run"})
+	}
+	for _, x := range []struct{ title, label string }{{"open(", "write loop"}, {"getppid", "getppid loop"}} {
+		t := findTable(r, "Audit", x.title)
+		v, na := ratioOf(t, "podscope loaded, unarmed cgroup")
+		out = append(out, goal("audit, unarmed cgroup: "+x.label, "<= 1.03", v, na, atMost(1.03), ""))
+		v, na = ratioOf(t, "podscope loaded, armed cgroup")
+		out = append(out, goal("audit, armed cgroup: "+x.label, "<= 1.30", v, na, atMost(1.30), ""))
+	}
+	if t := findTable(r, "Audit", "Reader at"); t != nil {
+		row := t.Row("silent loss (writes neither seen nor counted)")
+		if row == nil || row.NA != "" {
+			reason := "burst not run"
+			if len(t.Rows) > 0 && t.Rows[0].NA != "" {
+				reason = t.Rows[0].NA
+			}
+			out = append(out, Goal{Goal: "no silent loss at the audit burst", Target: "0", Measured: "n/a", Note: reason})
+		} else {
+			met := row.Median == 0
+			lost := t.Row("lost, counted by the kernel side")
+			note := ""
+			if lost != nil {
+				note = fmt.Sprintf("%s counted lost", FormatValue(lost.Median))
+			}
+			out = append(out, Goal{Goal: "no silent loss at the audit burst", Target: "0", Measured: FormatValue(row.Median), Met: &met, Note: note})
+		}
+	}
+	return out
+}

@@ -1,4 +1,0 @@
-package bench
-
-func Goals(r *Results) []Goal            { return nil }
-func Plot(r *Results, path string) error { return nil }
