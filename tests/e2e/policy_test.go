@@ -95,6 +95,10 @@ func TestPolicy(t *testing.T) {
 		t.Errorf("client egress drops %d -> %d: the denied tcp/7777 SYNs were not counted", c0.DropsEgress, c1.DropsEgress)
 	}
 
+	if v, ok := e.metric(t, "podscope_network_policy_drops_total", `pod_uid="`+srv.UID+`"`, `direction="ingress"`); !ok || v < float64(d1.DropsIngress) {
+		t.Errorf("metric podscope_network_policy_drops_total{pod=\"server\",direction=\"ingress\"} = %v (present %v), want >= %d", v, ok, d1.DropsIngress)
+	}
+
 	// What the kernel enforces, as podscopectl shows it.
 	var pp ctl.PodPolicy
 	e.podscopectlJSON(t, &pp, "policy", "show", "e2e-policy/server")
