@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -74,5 +75,37 @@ func TestPodStartLatency(t *testing.T) {
 	t.Log(msg)
 	if err := os.WriteFile(filepath.Join(e.work, "latency.txt"), []byte(msg+"\n"), 0o644); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestNetworkReady: containerd calls podscope's CNI STATUS on every CRI
+// status call; a failing STATUS would mark the node NetworkNotReady.
+func TestNetworkReady(t *testing.T) {
+	e := mustEnv(t)
+	e.requireCNI(t)
+	var info struct {
+		Status struct {
+			Conditions []struct {
+				Type    string `json:"type"`
+				Status  bool   `json:"status"`
+				Reason  string `json:"reason"`
+				Message string `json:"message"`
+			} `json:"conditions"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(e.mustCrictl(t, "info", "-o", "json")), &info); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range info.Status.Conditions {
+		if c.Type == "NetworkReady" {
+			found = true
+			if !c.Status {
+				t.Errorf("NetworkReady false with podscope chained: %s: %s", c.Reason, c.Message)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("crictl info has no NetworkReady condition: %+v", info.Status.Conditions)
 	}
 }
