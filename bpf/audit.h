@@ -13,6 +13,7 @@
  *   audit_levels     ARRAY       0 -> struct armed_levels (ascending levels of armed cgroups)
  *   audit_folds      PERCPU_ARRAY 0 -> u64 repeats folded since load
  *   audit_mode       ARRAY       0 -> u32 mode (enum attach_mode)
+ *   audit_object     ARRAY       0 -> struct object_id (user space only)
  *   audit_events     RINGBUF     struct event + path bytes + aux bytes
  *   audit_inflight   LRU_HASH    u32 thread id -> struct inflight (audit.c, tracepoint mode)
  */
@@ -187,6 +188,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } audit_mode SEC(".maps");
 
+/* SHA-256 of the BPF object whose programs are pinned: user space only. A
+ * restart with another build replaces the pinned programs and links. */
+struct object_id {
+	__u8 sha256[32];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct object_id);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_object SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, AUDIT_RING_BYTES);
@@ -207,6 +222,7 @@ const struct dedup_key *unused_dedup_key __attribute__((unused));
 const struct dedup_val *unused_dedup_val __attribute__((unused));
 const struct audit_cgroup *unused_audit_cgroup __attribute__((unused));
 const struct armed_levels *unused_armed_levels __attribute__((unused));
+const struct object_id *unused_object_id __attribute__((unused));
 const enum write_op *unused_write_op __attribute__((unused));
 const enum attach_mode *unused_attach_mode __attribute__((unused));
 const enum aux_kind *unused_aux_kind __attribute__((unused));

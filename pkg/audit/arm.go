@@ -186,6 +186,36 @@ func (a *Auditor) attachCgroupProgs(cgid uint64, dir string) error {
 	return nil
 }
 
+// updateCgroupLinks points every pinned per-cgroup link at this build's
+// program of the same name (BPF_LINK_UPDATE: the cgroup is never without).
+func (a *Auditor) updateCgroupLinks() error {
+	entries, err := os.ReadDir(a.dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), cgLinkPrefix)
+		if !ok {
+			continue
+		}
+		_, prog, ok := strings.Cut(rest, "_")
+		p := a.progs[prog]
+		if !ok || p == nil {
+			continue
+		}
+		l, err := link.LoadPinnedLink(filepath.Join(a.dir, e.Name()), nil)
+		if err == nil {
+			err = l.Update(p)
+			l.Close()
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("updating link %s: %w", e.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (a *Auditor) cgLinkPin(cgid uint64, prog string) string {
 	return filepath.Join(a.dir, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
 }

@@ -105,6 +105,11 @@ type auditInflight struct {
 	Pad    uint16
 }
 
+type auditObjectId struct {
+	_      structs.HostLayout
+	Sha256 [32]uint8
+}
+
 type auditScratch struct {
 	_    structs.HostLayout
 	Ev   auditEvent
@@ -145,6 +150,7 @@ const (
 	auditMapAuditLevels         = "audit_levels"
 	auditMapAuditLost           = "audit_lost"
 	auditMapAuditMode           = "audit_mode"
+	auditMapAuditObject         = "audit_object"
 	auditMapAuditScratch        = "audit_scratch"
 	auditMapAuditedCgroups      = "audited_cgroups"
 	auditProgAuditSysctl        = "audit_sysctl"
@@ -221,6 +227,7 @@ const (
 	auditVarUnusedDedupVal      = "unused_dedup_val"
 	auditVarUnusedEvent         = "unused_event"
 	auditVarUnusedIdentity      = "unused_identity"
+	auditVarUnusedObjectId      = "unused_object_id"
 	auditVarUnusedWriteOp       = "unused_write_op"
 )
 
@@ -346,6 +353,7 @@ type auditMapSpecs struct {
 	AuditLevels    *ebpf.MapSpec `ebpf:"audit_levels"`
 	AuditLost      *ebpf.MapSpec `ebpf:"audit_lost"`
 	AuditMode      *ebpf.MapSpec `ebpf:"audit_mode"`
+	AuditObject    *ebpf.MapSpec `ebpf:"audit_object"`
 	AuditScratch   *ebpf.MapSpec `ebpf:"audit_scratch"`
 	AuditedCgroups *ebpf.MapSpec `ebpf:"audited_cgroups"`
 }
@@ -362,6 +370,7 @@ type auditVariableSpecs struct {
 	UnusedDedupVal    *ebpf.VariableSpec `ebpf:"unused_dedup_val"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedIdentity    *ebpf.VariableSpec `ebpf:"unused_identity"`
+	UnusedObjectId    *ebpf.VariableSpec `ebpf:"unused_object_id"`
 	UnusedWriteOp     *ebpf.VariableSpec `ebpf:"unused_write_op"`
 }
 
@@ -393,6 +402,7 @@ type auditMaps struct {
 	AuditLevels    *ebpf.Map `ebpf:"audit_levels"`
 	AuditLost      *ebpf.Map `ebpf:"audit_lost"`
 	AuditMode      *ebpf.Map `ebpf:"audit_mode"`
+	AuditObject    *ebpf.Map `ebpf:"audit_object"`
 	AuditScratch   *ebpf.Map `ebpf:"audit_scratch"`
 	AuditedCgroups *ebpf.Map `ebpf:"audited_cgroups"`
 }
@@ -407,6 +417,7 @@ func (m *auditMaps) Close() error {
 		m.AuditLevels,
 		m.AuditLost,
 		m.AuditMode,
+		m.AuditObject,
 		m.AuditScratch,
 		m.AuditedCgroups,
 	)
@@ -424,6 +435,7 @@ type auditVariables struct {
 	UnusedDedupVal    *ebpf.Variable `ebpf:"unused_dedup_val"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
 	UnusedIdentity    *ebpf.Variable `ebpf:"unused_identity"`
+	UnusedObjectId    *ebpf.Variable `ebpf:"unused_object_id"`
 	UnusedWriteOp     *ebpf.Variable `ebpf:"unused_write_op"`
 }
 

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/testenv"
@@ -579,4 +581,87 @@ func diffEvents(want, got []wantEvent) string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
+}
+
+// TestUpgradeReplacesPrograms: pins made by another build are replaced on
+// Open — new programs loaded, the global links and the per-cgroup sysctl
+// link pointed at them — and the audit goes on.
+func TestUpgradeReplacesPrograms(t *testing.T) {
+	h := newHarness(t)
+	cg := h.cgroup(t)
+	id := Identity{Namespace: "ns", Pod: "upgraded"}
+	cgid, err := h.a.Arm(cg, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	progID := func(p *ebpf.Program) ebpf.ProgramID {
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := info.ID()
+		return pid
+	}
+	linkProg := func(pin string) ebpf.ProgramID {
+		l, err := link.LoadPinnedLink(filepath.Join(h.a.dir, pin), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Program
+	}
+	oldExit := progID(h.a.progs[tpExitProg])
+	sysctlPin := cgLinkPrefix + strconv.FormatUint(cgid, 10) + "_" + sysctlProg
+	if linkProg(sysctlPin) != progID(h.a.progs[sysctlProg]) {
+		t.Fatal("sysctl link does not run the loaded sysctl program")
+	}
+	// Pretend the pins were made by another build.
+	if err := h.a.maps.Maps["audit_object"].Put(uint32(0), auditObjectId{}); err != nil {
+		t.Fatal(err)
+	}
+	var logs []string
+	b, err := Open(h.a.root, Options{Logf: func(f string, args ...any) { logs = append(logs, fmt.Sprintf(f, args...)) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if !strings.Contains(strings.Join(logs, "\n"), "another build") {
+		t.Errorf("upgrade not logged: %q", logs)
+	}
+	newExit := progID(b.progs[tpExitProg])
+	if newExit == oldExit {
+		t.Fatal("tp_exit was not reloaded")
+	}
+	if got := linkProg(linkPrefix + exitLinkName("tp_openat")); got != newExit {
+		t.Fatalf("sys_exit_openat link runs program %d, want the new %d", got, newExit)
+	}
+	if got, want := linkProg(sysctlPin), progID(b.progs[sysctlProg]); got != want {
+		t.Fatalf("sysctl link of the armed cgroup runs program %d, want the new %d", got, want)
+	}
+	// A third Open of the same build changes nothing.
+	c, err := Open(h.a.root, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if progID(c.progs[tpExitProg]) != newExit {
+		t.Fatal("an Open of the same build reloaded the programs")
+	}
+	c.Close()
+
+	h.stop()
+	h.a.Close()
+	h.read(t, b)
+	t.Cleanup(h.stop)
+	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=3"}})
+	h.settle()
+	if evs := h.take(func(ev Event) bool { return ev.PID == uint32(pid) && ev.Pod == "upgraded" }); len(evs) != 3 {
+		t.Fatalf("after the upgrade: %d events, want 3", len(evs))
+	}
+	if err := b.Disarm(cgid); err != nil {
+		t.Fatal(err)
+	}
 }

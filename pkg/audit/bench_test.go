@@ -65,7 +65,7 @@ func BenchmarkWriteOverhead(b *testing.B) {
 		}
 	}
 	attach := func() {
-		if err := attachGlobal(a.dir, a.mode, a.progs, names, b.Logf); err != nil {
+		if err := attachGlobal(a.dir, a.mode, a.progs, names, false, b.Logf); err != nil {
 			b.Fatal(err)
 		}
 	}

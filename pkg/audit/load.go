@@ -105,7 +105,10 @@ func loadPrograms(spec *ebpf.CollectionSpec, maps *ebpf.Collection, dir string, 
 // pinned (a restart re-attaches nothing). Tracepoints that this kernel does
 // not have (openat2, fchmodat2 on older kernels; open, creat… on arm64) are
 // skipped; it is an error only when none attaches.
-func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []string, logf func(string, ...any)) error {
+//
+// replace: the pinned links belong to older programs; each is unpinned
+// (detached) right before its successor is attached.
+func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []string, replace bool, logf func(string, ...any)) error {
 	attached := 0
 	var created []string
 	undo := func() {
@@ -114,6 +117,10 @@ func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []st
 		}
 	}
 	pinned := func(pin string) bool {
+		if replace {
+			os.Remove(pin)
+			return false
+		}
 		l, err := link.LoadPinnedLink(pin, nil)
 		if err != nil {
 			return false
@@ -233,6 +240,23 @@ func ensureTracefs() error {
 		return fmt.Errorf("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: %w", err)
 	}
 	return nil
+}
+
+// removePins removes every pin under dir whose name starts with prefix.
+func removePins(dir, prefix string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // removeGlobalLinks unpins (and so detaches) the global links and the

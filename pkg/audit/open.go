@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -66,15 +67,40 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 		}
 	}
 
+	// Pins made by another build of the programs (an upgrade): drop the
+	// program pins so this build's programs load, then swap every link to
+	// them. Global tracepoint links are replaced one by one; per-cgroup
+	// links are updated in place (no gap).
+	objSum := sha256.Sum256(_AuditBytes)
+	var stored auditObjectId
+	if err := maps.Maps["audit_object"].Lookup(uint32(0), &stored); err != nil {
+		return fail(fmt.Errorf("audit: reading pinned object id: %w", err))
+	}
+	upgrade := pinnedMode != "" && stored.Sha256 != objSum
+	if upgrade {
+		a.logfOrNop("audit: pinned programs come from another build of podscope; replacing them")
+		if err := removePins(dir, progPrefix); err != nil {
+			return fail(fmt.Errorf("audit: removing old program pins: %w", err))
+		}
+	}
+
 	names := progNames(spec, a.mode)
 	a.progs, err = loadPrograms(spec, maps, dir, append([]string{sysctlProg}, names...))
 	if err != nil {
 		return fail(fmt.Errorf("audit: mode %s: %w", a.mode, unwrapErrno(err)))
 	}
 	if a.mode != ModeLSMCgroup {
-		if err := attachGlobal(dir, a.mode, a.progs, names, a.logfOrNop); err != nil {
+		if err := attachGlobal(dir, a.mode, a.progs, names, upgrade, a.logfOrNop); err != nil {
 			return fail(fmt.Errorf("audit: mode %s: %w", a.mode, err))
 		}
+	}
+	if upgrade {
+		if err := a.updateCgroupLinks(); err != nil {
+			a.logfOrNop("audit: %v (those cgroups keep the old programs until re-armed)", err)
+		}
+	}
+	if err := maps.Maps["audit_object"].Put(uint32(0), auditObjectId{Sha256: objSum}); err != nil {
+		return fail(fmt.Errorf("audit: pinning object id: %w", err))
 	}
 	if err := maps.Maps["audit_mode"].Put(uint32(0), uint32(a.mode.kernel())); err != nil {
 		return fail(fmt.Errorf("audit: pinning mode: %w", err))
