@@ -4,8 +4,12 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"sort"
 	"strings"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // ServerPort is the load server's base port inside the server pod.
@@ -32,6 +36,9 @@ type Variant struct {
 	Proxy bool
 	// NA: the variant cannot run here; the reason is printed in its row.
 	NA string
+	// Programs returns the BPF programs the variant put on the path (by
+	// hook name), for the run-time profile.
+	Programs func() (map[string]ebpf.ProgramID, error)
 
 	pair    *Pair
 	daemons []*daemon
@@ -181,6 +188,9 @@ func RunDatapath(cfg *Config, variants []*Variant) (*Section, error) {
 		t.ComputeRatios()
 		sec.Tables = append(sec.Tables, t)
 	}
+	if pt := profilePrograms(cfg, active); pt != nil {
+		sec.Tables = append(sec.Tables, pt)
+	}
 	for _, v := range variants {
 		if v.NA != "" || v.Verify == nil {
 			continue
@@ -249,4 +259,101 @@ func firstLine(s string) string {
 		s = s[:200] + "…"
 	}
 	return s
+}
+
+// profilePrograms measures, outside the A/B rounds, how long the variants'
+// BPF programs run per packet: kernel run-time stats (BPF_ENABLE_STATS,
+// held by an fd and off again when it closes; no sysctl is written) around
+// one TCP_RR and one UDP measurement per variant. It answers "what does the
+// time go to" for a ratio below the goal: BPF ns per operation against the
+// operation's whole time.
+func profilePrograms(cfg *Config, vs []*Variant) *Table {
+	var withProgs []*Variant
+	for _, v := range vs {
+		if v.Programs != nil {
+			withProgs = append(withProgs, v)
+		}
+	}
+	if len(withProgs) == 0 || cfg.stopped() {
+		return nil
+	}
+	t := &Table{Title: "podscope programs: run time per operation (BPF_ENABLE_STATS, separate runs)", Unit: "ns of BPF per op",
+		Extra: []string{"ns/run ingress hook", "ns/run egress hook", "runs/op", "op ns", "BPF share %"}}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.AddNA("all", "BPF_ENABLE_STATS: "+err.Error())
+		return t
+	}
+	defer stats.Close()
+	snapshot := func(ids map[string]ebpf.ProgramID) (map[string]ebpf.ProgramStats, error) {
+		out := map[string]ebpf.ProgramStats{}
+		for name, id := range ids {
+			p, err := ebpf.NewProgramFromID(id)
+			if err != nil {
+				return nil, err
+			}
+			st, err := p.Stats()
+			p.Close()
+			if err != nil {
+				return nil, err
+			}
+			out[name] = *st
+		}
+		return out, nil
+	}
+	for _, v := range withProgs {
+		ids, err := v.Programs()
+		if err != nil {
+			t.AddNA(v.Name, err.Error())
+			continue
+		}
+		names := make([]string, 0, len(ids))
+		for n := range ids {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, w := range []Workload{Workloads[2], Workloads[4]} {
+			label := v.Name + ", " + map[string]string{"rr": "TCP_RR", "udp": "UDP"}[w.Mode]
+			before, err := snapshot(ids)
+			if err != nil {
+				t.AddNA(label, err.Error())
+				continue
+			}
+			r, err := runClient(cfg.Self, v.pair.Client, LoadOptions{Mode: w.Mode, Duration: time.Second,
+				Target: netip.AddrPortFrom(netip.MustParseAddr(v.pair.ServerIP), ServerPort)})
+			if err != nil {
+				t.AddNA(label, firstLine(err.Error()))
+				continue
+			}
+			after, err := snapshot(ids)
+			if err != nil {
+				t.AddNA(label, err.Error())
+				continue
+			}
+			var totalNs float64
+			var runs uint64
+			extra := map[string]float64{}
+			for _, n := range names {
+				dn := float64(after[n].Runtime - before[n].Runtime)
+				dc := after[n].RunCount - before[n].RunCount
+				totalNs += dn
+				runs += dc
+				if dc > 0 {
+					extra["ns/run "+n+" hook"] = dn / float64(dc)
+				}
+			}
+			if r.Ops == 0 || runs == 0 {
+				t.AddNA(label, "no runs counted")
+				continue
+			}
+			perOp := totalNs / float64(r.Ops)
+			opNs := 1e9 / r.Value
+			extra["runs/op"] = float64(runs) / float64(r.Ops)
+			extra["op ns"] = opNs
+			extra["BPF share %"] = 100 * perOp / opNs
+			row := t.Add(label, []float64{perOp})
+			row.Extra = extra
+		}
+	}
+	return t
 }

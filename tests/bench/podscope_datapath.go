@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/policy"
@@ -121,6 +123,14 @@ func podscopeVariant(cfg *Config, name string, cidrs int) *Variant {
 			return fmt.Errorf("policy dropped %d packets: a rule matched the bench traffic", c.DropsEgress+sc.DropsIngress)
 		}
 		return nil
+	}
+	v.Programs = func() (map[string]ebpf.ProgramID, error) {
+		dp, err := s.open()
+		if err != nil {
+			return nil, err
+		}
+		in, eg, err := dp.ProgramIDs()
+		return map[string]ebpf.ProgramID{"ingress": in, "egress": eg}, err
 	}
 	v.Teardown = func(p *Pair) error {
 		dp, err := s.open()
