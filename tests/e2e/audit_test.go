@@ -96,6 +96,9 @@ func TestAudit(t *testing.T) {
 		if ok := slices.Contains(allowedOps[ev.Path], ev.Op); !ok || ev.ContainerID != script {
 			t.Errorf("event the script did not cause: %s %s by %s (%s)", ev.Op, ev.Path, ev.Container, ev.Comm)
 		}
+		if ev.Op == "rename" && ev.Target != "/data/b.txt" {
+			t.Errorf("rename of /data/a.txt has target %q, want /data/b.txt", ev.Target)
+		}
 		if strings.Contains(ev.Path, "overlay") || strings.Contains(ev.Path, "snapshots") {
 			t.Errorf("path %q is the host's view, want the container's", ev.Path)
 		}

@@ -89,6 +89,7 @@ type auditEvent struct {
 	Comm        string    `json:"comm"`
 	Op          string    `json:"op"`
 	Path        string    `json:"path"`
+	Target      string    `json:"target"` // rename/link/symlink: the new name
 	Denied      bool      `json:"denied"`
 }
 
