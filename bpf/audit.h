@@ -14,6 +14,7 @@
  *   audit_folds      PERCPU_ARRAY 0 -> u64 repeats folded since load
  *   audit_mode       ARRAY       0 -> u32 mode (enum attach_mode)
  *   audit_object     ARRAY       0 -> struct object_id (user space only)
+ *   audit_probe      ARRAY       enum attach_mode -> struct probe_refusal (user space only)
  *   audit_events     RINGBUF     struct event + path bytes + aux bytes
  *   audit_inflight   LRU_HASH    u32 thread id -> struct inflight (audit.c, tracepoint mode)
  */
@@ -188,6 +189,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } audit_mode SEC(".maps");
 
+/* Why the probe refused each stronger mode (index: enum attach_mode), so a
+ * restarted daemon and podscopectl can still say it: user space only. */
+struct probe_refusal {
+	char reason[252];
+	__u32 refused; /* 1: this mode was probed and refused */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 5);
+	__type(key, __u32);
+	__type(value, struct probe_refusal);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_probe SEC(".maps");
+
 /* SHA-256 of the BPF object whose programs are pinned: user space only. A
  * restart with another build replaces the pinned programs and links. */
 struct object_id {
@@ -223,6 +239,7 @@ const struct dedup_val *unused_dedup_val __attribute__((unused));
 const struct audit_cgroup *unused_audit_cgroup __attribute__((unused));
 const struct armed_levels *unused_armed_levels __attribute__((unused));
 const struct object_id *unused_object_id __attribute__((unused));
+const struct probe_refusal *unused_probe_refusal __attribute__((unused));
 const enum write_op *unused_write_op __attribute__((unused));
 const enum attach_mode *unused_attach_mode __attribute__((unused));
 const enum aux_kind *unused_aux_kind __attribute__((unused));

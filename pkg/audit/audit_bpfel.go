@@ -110,6 +110,12 @@ type auditObjectId struct {
 	Sha256 [32]uint8
 }
 
+type auditProbeRefusal struct {
+	_       structs.HostLayout
+	Reason  [252]int8
+	Refused uint32
+}
+
 type auditScratch struct {
 	_    structs.HostLayout
 	Ev   auditEvent
@@ -151,6 +157,7 @@ const (
 	auditMapAuditLost           = "audit_lost"
 	auditMapAuditMode           = "audit_mode"
 	auditMapAuditObject         = "audit_object"
+	auditMapAuditProbe          = "audit_probe"
 	auditMapAuditScratch        = "audit_scratch"
 	auditMapAuditedCgroups      = "audited_cgroups"
 	auditProgAuditSysctl        = "audit_sysctl"
@@ -228,6 +235,7 @@ const (
 	auditVarUnusedEvent         = "unused_event"
 	auditVarUnusedIdentity      = "unused_identity"
 	auditVarUnusedObjectId      = "unused_object_id"
+	auditVarUnusedProbeRefusal  = "unused_probe_refusal"
 	auditVarUnusedWriteOp       = "unused_write_op"
 )
 
@@ -354,6 +362,7 @@ type auditMapSpecs struct {
 	AuditLost      *ebpf.MapSpec `ebpf:"audit_lost"`
 	AuditMode      *ebpf.MapSpec `ebpf:"audit_mode"`
 	AuditObject    *ebpf.MapSpec `ebpf:"audit_object"`
+	AuditProbe     *ebpf.MapSpec `ebpf:"audit_probe"`
 	AuditScratch   *ebpf.MapSpec `ebpf:"audit_scratch"`
 	AuditedCgroups *ebpf.MapSpec `ebpf:"audited_cgroups"`
 }
@@ -362,16 +371,17 @@ type auditMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type auditVariableSpecs struct {
-	UnusedArmedLevels *ebpf.VariableSpec `ebpf:"unused_armed_levels"`
-	UnusedAttachMode  *ebpf.VariableSpec `ebpf:"unused_attach_mode"`
-	UnusedAuditCgroup *ebpf.VariableSpec `ebpf:"unused_audit_cgroup"`
-	UnusedAuxKind     *ebpf.VariableSpec `ebpf:"unused_aux_kind"`
-	UnusedDedupKey    *ebpf.VariableSpec `ebpf:"unused_dedup_key"`
-	UnusedDedupVal    *ebpf.VariableSpec `ebpf:"unused_dedup_val"`
-	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedIdentity    *ebpf.VariableSpec `ebpf:"unused_identity"`
-	UnusedObjectId    *ebpf.VariableSpec `ebpf:"unused_object_id"`
-	UnusedWriteOp     *ebpf.VariableSpec `ebpf:"unused_write_op"`
+	UnusedArmedLevels  *ebpf.VariableSpec `ebpf:"unused_armed_levels"`
+	UnusedAttachMode   *ebpf.VariableSpec `ebpf:"unused_attach_mode"`
+	UnusedAuditCgroup  *ebpf.VariableSpec `ebpf:"unused_audit_cgroup"`
+	UnusedAuxKind      *ebpf.VariableSpec `ebpf:"unused_aux_kind"`
+	UnusedDedupKey     *ebpf.VariableSpec `ebpf:"unused_dedup_key"`
+	UnusedDedupVal     *ebpf.VariableSpec `ebpf:"unused_dedup_val"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedIdentity     *ebpf.VariableSpec `ebpf:"unused_identity"`
+	UnusedObjectId     *ebpf.VariableSpec `ebpf:"unused_object_id"`
+	UnusedProbeRefusal *ebpf.VariableSpec `ebpf:"unused_probe_refusal"`
+	UnusedWriteOp      *ebpf.VariableSpec `ebpf:"unused_write_op"`
 }
 
 // auditObjects contains all objects after they have been loaded into the kernel.
@@ -403,6 +413,7 @@ type auditMaps struct {
 	AuditLost      *ebpf.Map `ebpf:"audit_lost"`
 	AuditMode      *ebpf.Map `ebpf:"audit_mode"`
 	AuditObject    *ebpf.Map `ebpf:"audit_object"`
+	AuditProbe     *ebpf.Map `ebpf:"audit_probe"`
 	AuditScratch   *ebpf.Map `ebpf:"audit_scratch"`
 	AuditedCgroups *ebpf.Map `ebpf:"audited_cgroups"`
 }
@@ -418,6 +429,7 @@ func (m *auditMaps) Close() error {
 		m.AuditLost,
 		m.AuditMode,
 		m.AuditObject,
+		m.AuditProbe,
 		m.AuditScratch,
 		m.AuditedCgroups,
 	)
@@ -427,16 +439,17 @@ func (m *auditMaps) Close() error {
 //
 // It can be passed to loadAuditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type auditVariables struct {
-	UnusedArmedLevels *ebpf.Variable `ebpf:"unused_armed_levels"`
-	UnusedAttachMode  *ebpf.Variable `ebpf:"unused_attach_mode"`
-	UnusedAuditCgroup *ebpf.Variable `ebpf:"unused_audit_cgroup"`
-	UnusedAuxKind     *ebpf.Variable `ebpf:"unused_aux_kind"`
-	UnusedDedupKey    *ebpf.Variable `ebpf:"unused_dedup_key"`
-	UnusedDedupVal    *ebpf.Variable `ebpf:"unused_dedup_val"`
-	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
-	UnusedIdentity    *ebpf.Variable `ebpf:"unused_identity"`
-	UnusedObjectId    *ebpf.Variable `ebpf:"unused_object_id"`
-	UnusedWriteOp     *ebpf.Variable `ebpf:"unused_write_op"`
+	UnusedArmedLevels  *ebpf.Variable `ebpf:"unused_armed_levels"`
+	UnusedAttachMode   *ebpf.Variable `ebpf:"unused_attach_mode"`
+	UnusedAuditCgroup  *ebpf.Variable `ebpf:"unused_audit_cgroup"`
+	UnusedAuxKind      *ebpf.Variable `ebpf:"unused_aux_kind"`
+	UnusedDedupKey     *ebpf.Variable `ebpf:"unused_dedup_key"`
+	UnusedDedupVal     *ebpf.Variable `ebpf:"unused_dedup_val"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedIdentity     *ebpf.Variable `ebpf:"unused_identity"`
+	UnusedObjectId     *ebpf.Variable `ebpf:"unused_object_id"`
+	UnusedProbeRefusal *ebpf.Variable `ebpf:"unused_probe_refusal"`
+	UnusedWriteOp      *ebpf.Variable `ebpf:"unused_write_op"`
 }
 
 // auditPrograms contains all programs after they have been loaded into the kernel.

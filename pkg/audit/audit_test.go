@@ -528,6 +528,13 @@ func TestRestartKeepsState(t *testing.T) {
 	if !b.Probe().Reused || b.Mode() != ModeTracepoint {
 		t.Fatalf("reopen: %s, want the pinned tracepoint mode reused", b.Probe())
 	}
+	// The refusals of the first start's probe survive the restart.
+	if got, want := b.Probe().Refused, h.a.Probe().Refused; len(want) != 3 || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("reopen refusals %v, want the first probe's %v", got, want)
+	}
+	if pr, err := PinnedProbe(h.a.root); err != nil || pr.Mode != ModeTracepoint || fmt.Sprint(pr.Refused) != fmt.Sprint(h.a.Probe().Refused) {
+		t.Fatalf("PinnedProbe = %+v, %v; want tracepoint with %v", pr, err, h.a.Probe().Refused)
+	}
 	if m, err := PinnedMode(h.a.root); err != nil || m != ModeTracepoint {
 		t.Fatalf("PinnedMode = %q, %v", m, err)
 	}

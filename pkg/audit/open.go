@@ -41,11 +41,17 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	}
 	pinnedMode := modeFromKernel(pinned)
 
+	probeMap := maps.Maps["audit_probe"]
 	switch {
 	case opts.Mode != "":
 		a.mode, a.probe = opts.Mode, ProbeResult{Mode: opts.Mode, Forced: true}
 	case pinnedMode != "":
-		a.mode, a.probe = pinnedMode, ProbeResult{Mode: pinnedMode, Reused: true}
+		a.probe, err = readProbe(probeMap, pinnedMode)
+		if err != nil {
+			return fail(err)
+		}
+		a.probe.Reused = true
+		a.mode = pinnedMode
 	default:
 		a.probe = ProbeModes(opts.CgroupRoot)
 		if a.probe.Mode == "" {
@@ -102,6 +108,11 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	if err := maps.Maps["audit_object"].Put(uint32(0), auditObjectId{Sha256: objSum}); err != nil {
 		return fail(fmt.Errorf("audit: pinning object id: %w", err))
 	}
+	if !a.probe.Reused {
+		if err := writeProbe(probeMap, a.probe); err != nil {
+			return fail(err)
+		}
+	}
 	if err := maps.Maps["audit_mode"].Put(uint32(0), uint32(a.mode.kernel())); err != nil {
 		return fail(fmt.Errorf("audit: pinning mode: %w", err))
 	}
@@ -131,6 +142,74 @@ func PinnedMode(root pins.Root) (Mode, error) {
 		return "", ErrNotLoaded
 	}
 	return mode, nil
+}
+
+// PinnedProbe is the probe result behind the pinned mode (the refusals of
+// the stronger modes, or Forced), for status commands; it opens only the
+// pinned mode and probe maps. ErrNotLoaded when nothing is pinned.
+func PinnedProbe(root pins.Root) (ProbeResult, error) {
+	mode, err := PinnedMode(root)
+	if err != nil {
+		return ProbeResult{}, err
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir("audit"), "audit_probe"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return ProbeResult{}, fmt.Errorf("audit: opening pinned probe result: %w", err)
+	}
+	defer m.Close()
+	return readProbe(m, mode)
+}
+
+const forcedMarker = "forced"
+
+func writeProbe(m *ebpf.Map, r ProbeResult) error {
+	put := func(idx uint32, reason string, refused bool) error {
+		var v auditProbeRefusal
+		for i := 0; i < len(reason) && i < len(v.Reason)-1; i++ {
+			v.Reason[i] = int8(reason[i])
+		}
+		if refused {
+			v.Refused = 1
+		}
+		return m.Put(idx, v)
+	}
+	marker := ""
+	if r.Forced {
+		marker = forcedMarker
+	}
+	if err := put(0, marker, false); err != nil {
+		return fmt.Errorf("audit: pinning probe result: %w", err)
+	}
+	for _, mode := range Modes {
+		reason, refused := "", false
+		for _, f := range r.Refused {
+			if f.Mode == mode {
+				reason, refused = f.Reason, true
+			}
+		}
+		if err := put(uint32(mode.kernel()), reason, refused); err != nil {
+			return fmt.Errorf("audit: pinning probe result: %w", err)
+		}
+	}
+	return nil
+}
+
+func readProbe(m *ebpf.Map, mode Mode) (ProbeResult, error) {
+	r := ProbeResult{Mode: mode}
+	var v auditProbeRefusal
+	if err := m.Lookup(uint32(0), &v); err != nil {
+		return r, fmt.Errorf("audit: reading pinned probe result: %w", err)
+	}
+	r.Forced = cstr(v.Reason[:]) == forcedMarker
+	for _, md := range Modes {
+		if err := m.Lookup(uint32(md.kernel()), &v); err != nil {
+			return r, fmt.Errorf("audit: reading pinned probe result: %w", err)
+		}
+		if v.Refused != 0 {
+			r.Refused = append(r.Refused, Refusal{Mode: md, Reason: cstr(v.Reason[:])})
+		}
+	}
+	return r, nil
 }
 
 // Cleanup detaches and unpins everything of the audit under root: removing
