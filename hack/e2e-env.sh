@@ -36,6 +36,8 @@ IMG_DIR=$CACHE/images
 NET_NAME=pstest-e2e
 BRIDGE=pstest-e2e0
 SUBNET4=10.77.0.0/24
+# Not fd00::/64: that one is on this machine's eth0.
+SUBNET6=fd00:77::/64
 GATEWAY4=10.77.0.1
 BPFFS_ROOT=/sys/fs/bpf/pstest-e2e
 CGROUP_PARENT=pstest-e2e
@@ -226,7 +228,7 @@ write_configs() {
   local runc_bin entry=""
   runc_bin=$(command -v runc)
   mkdir -p "$WORK"/{root,state,s,runc,cdi,opt,nri-plugins,nri-conf,ipam,log,bin} \
-    "$WORK/cni/bin" "$WORK/cni/net.d" "$WORK/cni/net.d-bare" "$WORK/cni/net.d-adopt" "$PS_STATE"
+    "$WORK/cni/bin" "$WORK/cni/net.d" "$WORK/cni/net.d-bare" "$WORK/cni/net.d-adopt" "$WORK/cni/net.d-dual" "$PS_STATE"
   cp -f "$CNIP_DIR"/{bridge,host-local,loopback,portmap} "$WORK/cni/bin/"
   # podscope's entry, also what the adoption test gives podscope-install.
   cat >"$WORK/podscope-entry.json" <<JSON
@@ -249,7 +251,21 @@ JSON
   # per runtime handler: "runc" (the default) chains podscope; "runc-bare"
   # never does (the suite compares the two); "runc-adopt" starts without it
   # and gets it chained by podscope-install while its pods run.
-  bridge_conflist "$NET_NAME" 10.77.0.16 10.77.0.99 "$entry" >"$WORK/cni/net.d/10-$NET_NAME.conflist"
+  bridge_conflist "$NET_NAME" 10.77.0.16 10.77.0.79 "$entry" >"$WORK/cni/net.d/10-$NET_NAME.conflist"
+  # "runc-dual": IPv4 + IPv6 with podscope. No gateway (isGateway false), so
+  # the bridge gets no IPv6 address, the host no IPv6 route and its IPv6
+  # forwarding stays untouched; pods reach each other on the bridge.
+  cat >"$WORK/cni/net.d-dual/10-$NET_NAME-dual.conflist" <<JSON
+{ "cniVersion": "1.0.0",
+  "name": "$NET_NAME-dual",
+  "plugins": [
+    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": false, "ipMasq": false,
+      "ipam": { "type": "host-local", "dataDir": "$WORK/ipam",
+                "ranges": [[{"subnet": "$SUBNET4", "rangeStart": "10.77.0.80", "rangeEnd": "10.77.0.99"}],
+                           [{"subnet": "$SUBNET6"}]] } }${entry:+,
+    $entry}
+  ] }
+JSON
   bridge_conflist "$NET_NAME-adopt" 10.77.0.100 10.77.0.127 >"$WORK/cni/net.d-adopt/10-$NET_NAME-adopt.conflist"
   bridge_conflist "$NET_NAME-bare" 10.77.0.128 10.77.0.254 >"$WORK/cni/net.d-bare/10-$NET_NAME-bare.conflist"
   local runtime_opts
@@ -293,6 +309,9 @@ ${runtime_opts//RUNTIME/runc}
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-bare]
           cni_conf_dir = '$WORK/cni/net.d-bare'
 ${runtime_opts//RUNTIME/runc-bare}
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-dual]
+          cni_conf_dir = '$WORK/cni/net.d-dual'
+${runtime_opts//RUNTIME/runc-dual}
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-adopt]
           cni_conf_dir = '$WORK/cni/net.d-adopt'
 ${runtime_opts//RUNTIME/runc-adopt}

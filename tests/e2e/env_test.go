@@ -186,6 +186,7 @@ type pod struct {
 	ID                   string
 	Namespace, Name, UID string
 	IP                   string
+	IPs                  []string // all of them, IP first
 	cfgPath              string
 	runpTook             time.Duration // how long crictl runp took
 	removed              bool
@@ -230,23 +231,33 @@ func (e *env) runPod(t testing.TB, s podSpec) *pod {
 	p.ID = e.mustCrictl(t, append(args, p.cfgPath)...)
 	p.runpTook = time.Since(start)
 	t.Cleanup(func() { p.remove(t) })
-	p.IP = e.podIP(t, p.ID)
+	p.IPs = e.podIPs(t, p.ID)
+	if len(p.IPs) > 0 {
+		p.IP = p.IPs[0]
+	}
 	return p
 }
 
-func (e *env) podIP(t testing.TB, id string) string {
+func (e *env) podIPs(t testing.TB, id string) []string {
 	t.Helper()
 	var st struct {
 		Status struct {
 			Network struct {
-				IP string `json:"ip"`
+				IP            string `json:"ip"`
+				AdditionalIPs []struct {
+					IP string `json:"ip"`
+				} `json:"additionalIps"`
 			} `json:"network"`
 		} `json:"status"`
 	}
 	if err := json.Unmarshal([]byte(e.mustCrictl(t, "inspectp", "-o", "json", id)), &st); err != nil {
 		t.Fatal(err)
 	}
-	return st.Status.Network.IP
+	ips := []string{st.Status.Network.IP}
+	for _, a := range st.Status.Network.AdditionalIPs {
+		ips = append(ips, a.IP)
+	}
+	return ips
 }
 
 // remove stops and removes the pod (CNI DEL twice, as containerd does).
