@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -166,6 +167,19 @@ func (h *harness) settle() {
 	}
 }
 
+// waitFor waits (up to 30 s: the reader may be starved on a loaded CI
+// machine) until n events match, then settles to catch any extra ones.
+func (h *harness) waitFor(match func(Event) bool, n int) {
+	h.waitUntil(func() bool { return len(h.take(match)) >= n })
+}
+
+func (h *harness) waitUntil(done func() bool) {
+	for deadline := time.Now().Add(30 * time.Second); !done() && time.Now().Before(deadline); {
+		time.Sleep(pollInterval)
+	}
+	h.settle()
+}
+
 func (h *harness) take(match func(Event) bool) []Event {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -210,7 +224,7 @@ func TestTracepointAudit(t *testing.T) {
 		}
 		defer fd.Close()
 		pid := h.run(t, cg, "ops", childOpts{env: []string{dirEnv + "=" + d}, files: []*os.File{fd}, unshare: unix.CLONE_NEWNS})
-		h.settle()
+		h.waitFor(func(ev Event) bool { return ev.CgroupID == cgid }, len(opsWant(d)))
 		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
 		want := opsWant(d)
 		comm := filepath.Base(os.Args[0])
@@ -251,7 +265,7 @@ func TestTracepointAudit(t *testing.T) {
 		d := realDir(t)
 		pid := h.run(t, sibling, "writes", childOpts{env: []string{dirEnv + "=" + d, countEnv + "=50"}})
 		armedPid := h.run(t, armed, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=3"}})
-		h.settle()
+		h.waitFor(func(ev Event) bool { return ev.PID == uint32(armedPid) }, 3)
 		if evs := h.take(func(ev Event) bool { return ev.CgroupID == sib || ev.PID == uint32(pid) }); len(evs) != 0 {
 			t.Fatalf("unarmed sibling cgroup produced %d events, first %+v", len(evs), evs[0])
 		}
@@ -275,7 +289,7 @@ func TestTracepointAudit(t *testing.T) {
 		t.Cleanup(func() { os.Remove(inner); os.Remove(filepath.Dir(inner)) })
 		d := realDir(t)
 		pid := h.run(t, inner, "writes", childOpts{env: []string{dirEnv + "=" + d, countEnv + "=4"}})
-		h.settle()
+		h.waitFor(func(ev Event) bool { return ev.PID == uint32(pid) }, 4)
 		got := h.take(func(ev Event) bool { return ev.PID == uint32(pid) })
 		if len(got) != 4 {
 			t.Fatalf("writes in %s (under the armed cgroup): %d events, want 4: %+v", inner, len(got), got)
@@ -302,7 +316,7 @@ func TestTracepointAudit(t *testing.T) {
 			env:     []string{netnsEnv + "=" + strconv.FormatUint(st.Ino, 10)},
 			unshare: unix.CLONE_NEWNET,
 		})
-		h.settle()
+		h.waitFor(func(ev Event) bool { return ev.PID == uint32(pid) }, 2)
 		got := h.take(func(ev Event) bool { return ev.PID == uint32(pid) })
 		var sys, open int
 		for _, ev := range got {
@@ -337,7 +351,7 @@ func TestTracepointAudit(t *testing.T) {
 			t.Fatal(err)
 		}
 		pid := h.run(t, cg, "denied", childOpts{env: []string{dirEnv + "=" + d}})
-		h.settle()
+		h.waitFor(func(ev Event) bool { return ev.CgroupID == cgid }, 1)
 		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
 		if len(got) != 1 {
 			t.Fatalf("want exactly one event (the refused open), got %+v", got)
@@ -432,7 +446,14 @@ func TestTracepointAudit(t *testing.T) {
 		start := time.Now()
 		pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + d, countEnv + "=" + strconv.Itoa(n)}})
 		took := time.Since(start)
-		h.settle()
+		h.waitUntil(func() bool {
+			var sum uint64
+			for _, ev := range h.take(func(ev Event) bool { return ev.CgroupID == cgid }) {
+				sum += uint64(ev.Count)
+			}
+			lost, _ := h.a.Lost()
+			return sum+lost[cgid] >= n
+		})
 		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
 		var delivered uint64
 		seen := make(map[string]bool, len(got))
@@ -487,20 +508,26 @@ func TestLossIsCountedExactly(t *testing.T) {
 		t.Fatalf("no loss with a 1 MiB ring and no reader for %d events: the test provokes nothing", n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var delivered uint64
+	var got atomic.Uint64
 	done := make(chan error, 1)
 	go func() {
 		done <- a.Run(ctx, func(ev Event) {
 			if ev.PID == uint32(pid) && ev.Op == "create" && ev.CgroupID == cgid {
-				delivered += uint64(ev.Count)
+				got.Add(uint64(ev.Count))
 			}
 		})
 	}()
-	time.Sleep(5 * pollInterval)
+	// Drain (bounded: a starved reader on a loaded machine), then a little
+	// more to catch anything extra.
+	for deadline := time.Now().Add(30 * time.Second); got.Load()+lost[cgid] < n && time.Now().Before(deadline); {
+		time.Sleep(pollInterval)
+	}
+	time.Sleep(3 * pollInterval)
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	delivered := got.Load()
 	t.Logf("%d operations: %d delivered from the ring, %d counted lost", n, delivered, lost[cgid])
 	if delivered+lost[cgid] != n {
 		t.Fatalf("delivered %d + lost %d != %d", delivered, lost[cgid], n)
@@ -549,7 +576,7 @@ func TestRestartKeepsState(t *testing.T) {
 	h.read(t, b)
 	t.Cleanup(h.stop)
 	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=2"}})
-	h.settle()
+	h.waitFor(func(ev Event) bool { return ev.PID == uint32(pid) }, 2)
 	if evs := h.take(func(ev Event) bool { return ev.PID == uint32(pid) }); len(evs) != 2 {
 		t.Fatalf("after the first handle closed: %d events, want 2", len(evs))
 	}
@@ -664,7 +691,7 @@ func TestUpgradeReplacesPrograms(t *testing.T) {
 	h.read(t, b)
 	t.Cleanup(h.stop)
 	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=3"}})
-	h.settle()
+	h.waitFor(func(ev Event) bool { return ev.PID == uint32(pid) }, 3)
 	if evs := h.take(func(ev Event) bool { return ev.PID == uint32(pid) && ev.Pod == "upgraded" }); len(evs) != 3 {
 		t.Fatalf("after the upgrade: %d events, want 3", len(evs))
 	}
