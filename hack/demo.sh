@@ -93,6 +93,8 @@ for port in 8080 7777; do
 done
 sleep 2   # let the audit events reach the log
 
+step "podscopectl status   (summary; the full one lists every pinned program)"
+podscopectl status | sed '/^$/q' || true
 step "podscopectl pods"
 podscopectl pods || true
 step "podscopectl flows --pod demo/client"
