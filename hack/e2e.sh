@@ -14,9 +14,14 @@ export PODSCOPE_E2E_WORK=${PODSCOPE_E2E_WORK:-/run/podscope-e2e}
 [ "$(id -u)" = 0 ] || { echo "e2e: must run as root" >&2; exit 1; }
 
 t0=$(date +%s)
-# A previous run killed hard may have left its environment: remove it first.
+# A running environment (a kept demo, another e2e) is not ours to stop; the
+# leftovers of a run killed hard are removed first.
+if [ -f "$PODSCOPE_E2E_WORK/containerd.pid" ] && kill -0 "$(cat "$PODSCOPE_E2E_WORK/containerd.pid")" 2>/dev/null; then
+  echo "e2e: an environment is running in $PODSCOPE_E2E_WORK (a kept demo?): stop it with hack/e2e-env.sh down" >&2
+  exit 1
+fi
 if [ -e "$PODSCOPE_E2E_WORK" ]; then
-  echo "e2e: removing a previous environment in $PODSCOPE_E2E_WORK" >&2
+  echo "e2e: removing the leftovers of a previous run in $PODSCOPE_E2E_WORK" >&2
   hack/e2e-env.sh down
 fi
 # Test what the tree holds, not a stale bin/ (cheap when nothing changed;
