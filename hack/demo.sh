@@ -20,9 +20,13 @@ WORK=$PODSCOPE_E2E_WORK
 
 if [ "${1:-}" = stop ]; then exec hack/e2e-env.sh down; fi
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (it starts containerd and loads BPF programs)" >&2; exit 1; }
-if [ -e "$WORK/containerd.pid" ]; then
+if [ -f "$WORK/containerd.pid" ] && kill -0 "$(cat "$WORK/containerd.pid")" 2>/dev/null; then
   echo "demo: an environment is already up in $WORK (a kept demo or a running e2e): hack/demo.sh stop first" >&2
   exit 1
+fi
+if [ -e "$WORK" ]; then
+  echo "demo: removing the leftovers of a previous run in $WORK" >&2
+  hack/e2e-env.sh down
 fi
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
