@@ -20,7 +20,7 @@ WORK=$PODSCOPE_E2E_WORK
 
 if [ "${1:-}" = stop ]; then exec hack/e2e-env.sh down; fi
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (it starts containerd and loads BPF programs)" >&2; exit 1; }
-if [ -f "$WORK/containerd.pid" ] && kill -0 "$(cat "$WORK/containerd.pid")" 2>/dev/null; then
+if hack/e2e-env.sh running; then
   echo "demo: an environment is already up in $WORK (a kept demo or a running e2e): hack/demo.sh stop first" >&2
   exit 1
 fi

@@ -9,6 +9,7 @@
 #   hack/e2e-env.sh down        stop what `up` started and remove everything it made
 #   hack/e2e-env.sh start-containerd|stop-containerd|start-nri|stop-nri [SIGNAL]
 #   hack/e2e-env.sh env         print the environment (source-able) of a running env
+#   hack/e2e-env.sh running     exit 0 if the environment's containerd runs
 #
 # Tools are cached under $PODSCOPE_CACHE (default /var/cache/podscope), keyed
 # by version; everything else lives in $PODSCOPE_E2E_WORK (default
@@ -181,7 +182,14 @@ AUDIT_LOG=$WORK/audit.jsonl
 METRICS_ADDR=${PODSCOPE_E2E_METRICS:-127.0.0.1:19810}
 CRICTL="$CRICTL_DIR/crictl --config $WORK/crictl.yaml"
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PID: the process exists and is not a zombie (a killed daemon stays a
+# zombie until PID 1 reaps it, and kill -0 still succeeds on it).
+alive() {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+pid_alive() { [ -f "$1" ] && alive "$(cat "$1")"; }
 
 # stop_pid PIDFILE [SIGNAL]: signal the recorded process, wait up to 20 s for
 # it to exit, then SIGKILL it. Only ever the PID this script recorded.
@@ -189,13 +197,13 @@ stop_pid() {
   local f=$1 sig=${2:-TERM} pid i
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill -s "$sig" "$pid" 2>/dev/null || true
-    for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for i in $(seq 200); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
       log "pid $pid ($f) ignored SIG$sig for 20s: SIGKILL"
       kill -9 "$pid" 2>/dev/null || true
-      for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for i in $(seq 50); do alive "$pid" || break; sleep 0.1; done
     fi
   fi
   rm -f "$f"
@@ -592,5 +600,6 @@ case "${1:-}" in
   start-nri) cmd_start_nri ;;
   stop-nri) cmd_stop_nri "${2:-TERM}" ;;
   env) cmd_env ;;
+  running) pid_alive "$WORK/containerd.pid" ;;
   *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

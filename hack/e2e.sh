@@ -16,7 +16,7 @@ export PODSCOPE_E2E_WORK=${PODSCOPE_E2E_WORK:-/run/podscope-e2e}
 t0=$(date +%s)
 # A running environment (a kept demo, another e2e) is not ours to stop; the
 # leftovers of a run killed hard are removed first.
-if [ -f "$PODSCOPE_E2E_WORK/containerd.pid" ] && kill -0 "$(cat "$PODSCOPE_E2E_WORK/containerd.pid")" 2>/dev/null; then
+if hack/e2e-env.sh running; then
   echo "e2e: an environment is running in $PODSCOPE_E2E_WORK (a kept demo?): stop it with hack/e2e-env.sh down" >&2
   exit 1
 fi

@@ -88,13 +88,19 @@ func missingPart(t testing.TB, what string) {
 	t.Skip(what + " (skipped only because CI is unset)")
 }
 
+// nriRunning: podscope-nri's recorded PID is alive and not a zombie (one
+// killed stays a zombie until PID 1 reaps it).
 func (e *env) nriRunning() bool {
 	b, err := os.ReadFile(filepath.Join(e.work, "nri.pid"))
 	if err != nil {
 		return false
 	}
-	_, err = os.Stat("/proc/" + strings.TrimSpace(string(b)))
-	return err == nil
+	stat, err := os.ReadFile("/proc/" + strings.TrimSpace(string(b)) + "/stat")
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(stat), ") ")
+	return rest != "" && rest[0] != 'Z' && rest[0] != 'X'
 }
 
 // run runs a command with a deadline and returns its stdout; the error
