@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -15,8 +16,10 @@ import (
 // is global, so the run saves the enabled flag and the rule list, and puts
 // them back. One thing cannot be put back: once audit has been enabled, the
 // kernel (audit_ever_enabled) gives every process forked afterwards a
-// syscall-audit context until reboot. That is why these rows run last and
-// not in bench-quick.
+// syscall-audit context (every syscall on the slow path) until reboot, unless
+// a task rule says "never". So when audit was off before the run, the run
+// leaves `-a never,task` behind: new processes then pay nothing, as before.
+// The rows run last and not in bench-quick.
 
 const auditdKey = "pstestbn"
 
@@ -65,9 +68,22 @@ func addAuditdRows(cfg *Config, env *auditEnv, writeT, cheapT *Table, sec *Secti
 		na("kernel audit configuration is locked (enabled 2)")
 		return
 	}
+	if pid != 0 {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			// A daemon that died without unregistering: a new one replaces
+			// it (the kernel checks the old one is gone).
+			pid = 0
+		}
+	}
 	var daemon *exec.Cmd
 	if pid == 0 {
-		conf, err := os.MkdirTemp(cfg.Out, "auditd-")
+		// auditd chdirs to / at start: its config dir must be absolute.
+		out, err := filepath.Abs(cfg.Out)
+		if err != nil {
+			na(err.Error())
+			return
+		}
+		conf, err := os.MkdirTemp(out, "auditd-")
 		if err != nil {
 			na(err.Error())
 			return
@@ -88,7 +104,7 @@ func addAuditdRows(cfg *Config, env *auditEnv, writeT, cheapT *Table, sec *Secti
 			na(err.Error())
 			return
 		}
-		daemon = exec.Command("auditd", "-n", "-c", conf)
+		daemon = exec.Command("auditd", "-n", "-s", "nochange", "-c", conf)
 		var stderr strings.Builder
 		daemon.Stderr = &stderr
 		if err := daemon.Start(); err != nil {
@@ -96,7 +112,8 @@ func addAuditdRows(cfg *Config, env *auditEnv, writeT, cheapT *Table, sec *Secti
 			return
 		}
 		defer func() {
-			_ = daemon.Process.Signal(os.Interrupt)
+			// SIGTERM: auditd's clean shutdown, which unregisters it.
+			_ = daemon.Process.Signal(syscall.SIGTERM)
 			done := make(chan struct{})
 			go func() { _ = daemon.Wait(); close(done) }()
 			select {
@@ -121,6 +138,26 @@ func addAuditdRows(cfg *Config, env *auditEnv, writeT, cheapT *Table, sec *Secti
 	} else {
 		sec.Notes = append(sec.Notes, fmt.Sprintf("an auditd (pid %d) was already running; the rule was added to it", pid))
 	}
+	rules, err := output("auditctl", "-l")
+	if err != nil {
+		na("auditctl -l: " + firstLine(err.Error()))
+		return
+	}
+	hadNever := strings.Contains(rules, "-a never,task")
+	if hadNever {
+		// Left by an earlier run: it would keep the watch from firing.
+		if err := run("auditctl", "-d", "never,task"); err != nil {
+			na("removing -a never,task: " + firstLine(err.Error()))
+			return
+		}
+	}
+	defer func() {
+		if hadNever || enabled == 0 {
+			if err := run("auditctl", "-a", "never,task"); err != nil {
+				cfg.logf("adding -a never,task back: %v", err)
+			}
+		}
+	}()
 	rule := []string{"-w", env.dir, "-p", "wa", "-k", auditdKey}
 	if err := run("auditctl", rule...); err != nil {
 		na("adding the watch: " + firstLine(err.Error()))
@@ -135,17 +172,27 @@ func addAuditdRows(cfg *Config, env *auditEnv, writeT, cheapT *Table, sec *Secti
 		}
 	}()
 	sec.Notes = append(sec.Notes,
-		"auditd rows: the bench's own auditd (scratch config, RAW log on the same disk as bench/out) with `auditctl -w DIR -p wa`; per round kernel audit off (podscope not loaded) then on; ratio vs that same-round baseline. Enabling audit makes every process forked afterwards carry a syscall-audit context until reboot (audit_ever_enabled), so it runs last and never in bench-quick")
+		"auditd rows: the bench's own auditd (scratch config, RAW log on the same disk as bench/out) with `auditctl -w DIR -p wa`; per round kernel audit off (podscope not loaded) then on; ratio vs that same-round baseline. Enabling audit makes every process forked afterwards carry a syscall-audit context until reboot (audit_ever_enabled), so it runs last, never in bench-quick, and leaves \"-a never,task\" when audit was off before (new processes then skip syscall audit, as before the run)")
 	var ws, cs, wp, cp []float64
 	var errs []string
 	for round := 0; round < cfg.Rounds && !cfg.stopped(); round++ {
 		cfg.logf("auditd round %d/%d", round+1, cfg.Rounds)
+		// Off: as before audit was ever enabled (no syscall-audit context
+		// for new processes). On: the watch, with auditd reading.
 		if err := run("auditctl", "-e", "0"); err != nil {
+			errs = append(errs, err.Error())
+			break
+		}
+		if err := run("auditctl", "-a", "never,task"); err != nil {
 			errs = append(errs, err.Error())
 			break
 		}
 		bw, err1 := env.loop("write", env.unarmed)
 		bc, err2 := env.loop("getppid", env.unarmed)
+		if err := run("auditctl", "-d", "never,task"); err != nil {
+			errs = append(errs, err.Error())
+			break
+		}
 		if err := run("auditctl", "-e", "1"); err != nil {
 			errs = append(errs, err.Error())
 			break

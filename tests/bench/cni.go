@@ -178,7 +178,7 @@ func RunCNI(cfg *Config) (*Section, error) {
 		"bandwidth gets real rates through capabilityArgs (1 Gbit/s both ways), so it creates its tbf qdisc and ifb device")
 
 	// Scale: pods stay attached.
-	scale := &Table{Title: fmt.Sprintf("ADD at scale, bridge + podscope (tcx), %d pods attached", cfg.ScalePods), Unit: "ms",
+	scale := &Table{Title: fmt.Sprintf("ADD at scale, bridge + podscope (tcx), up to %d pods attached on one bridge", cfg.ScalePods), Unit: "ms",
 		Baseline: "pods 1-10", Extra: []string{"p95"}}
 	mem := &Table{Title: fmt.Sprintf("podscope pinned map memory (memlock) at %d pods", cfg.ScalePods), Unit: "MiB"}
 	if v := variants[1]; v.NA != "" {
@@ -194,8 +194,10 @@ func RunCNI(cfg *Config) (*Section, error) {
 			sv := &cniVariant{Name: "scale", ConfList: confList("pstestbn-scale",
 				bridgePlugin("pstestbnb9", "10.64.0.0/16", ipam("b9")),
 				map[string]any{"type": "podscope", "bpffsRoot": sroot, "stateDir": filepath.Join(scratch, "state-scale"), "attachMode": "tcx"})}
+			bv := &cniVariant{Name: "scale-bridge", ConfList: confList("pstestbn-scale",
+				bridgePlugin("pstestbnb9", "10.64.0.0/16", ipam("b9")))}
 			sjob := cniJob{Kind: "scale", Paths: paths, CacheDir: filepath.Join(scratch, "cache"),
-				NetnsBase: fmt.Sprintf("%s%s-scale", RunPrefix, cfg.RunID), Runs: cfg.ScalePods, Variants: []*cniVariant{sv}, BPFFSRoot: sroot}
+				NetnsBase: fmt.Sprintf("%s%s-scale", RunPrefix, cfg.RunID), Runs: cfg.ScalePods, Variants: []*cniVariant{sv, bv}, BPFFSRoot: sroot}
 			cfg.logf("cni: attaching %d pods for the scale test", cfg.ScalePods)
 			sout, err := runCNIWorker(cfg, node, sjob)
 			if err != nil {
@@ -234,6 +236,15 @@ func addScaleRows(scale, mem *Table, out *cniOutput, pods int) {
 	}
 	all := scale.Add(fmt.Sprintf("all %d pods", n), add)
 	all.Extra = map[string]float64{"p95": Percentile(add, 95)}
+	if b := out.Times["scale-bridge"]; b != nil && len(b.Add) == 20 {
+		r := scale.Add("bridge alone, same bridge, before the podscope pods", b.Add[:10])
+		r.Extra = map[string]float64{"p95": Percentile(b.Add[:10], 95)}
+		r = scale.Add(fmt.Sprintf("bridge alone, same bridge, after the %d podscope pods", n), b.Add[10:])
+		r.Extra = map[string]float64{"p95": Percentile(b.Add[10:], 95)}
+		r.Note = "what the bridge, IPAM and kernel add at this scale without podscope"
+	} else if b != nil && len(b.Errors) > 0 {
+		scale.AddNA("bridge alone, same bridge", b.Errors[0])
+	}
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
 	r := mem.Add(fmt.Sprintf("all pinned maps (%d maps), %d pods", out.MapCount, n), []float64{mib(out.MapBytesAll)})
 	r.Note = fmt.Sprintf("%.1f KiB per pod over the 1-pod footprint", float64(out.MapBytesAll-out.MapBytesFirst)/1024/float64(max(n-1, 1)))
@@ -340,6 +351,9 @@ func cmdCNIWorker(args []string) error {
 			}
 		}
 	case "scale":
+		// Variants[0] is bridge + podscope, Variants[1] the same bridge
+		// and IPAM without podscope: 10 bridge-only pods before and after
+		// the podscope pods tell the bridge's own growth from podscope's.
 		v := job.Variants[0]
 		var nss []string
 		defer func() {
@@ -349,13 +363,29 @@ func cmdCNIWorker(args []string) error {
 				_ = DelNetns(ns)
 			}
 		}()
-		for i := 0; i < job.Runs; i++ {
+		addOne := func(v *cniVariant, i int) error {
 			ns, _, err := add(v, i)
 			if ns != "" {
 				nss = append(nss, ns)
 			}
 			if err != nil {
-				fail(v, fmt.Errorf("ADD pod %d: %w", i+1, err))
+				fail(v, fmt.Errorf("ADD pod %d: %w", len(nss), err))
+			}
+			return err
+		}
+		bridgeOnly := func(from int) {
+			if len(job.Variants) < 2 {
+				return
+			}
+			for i := from; i < from+10; i++ {
+				if addOne(job.Variants[1], i) != nil {
+					return
+				}
+			}
+		}
+		bridgeOnly(0)
+		for i := 0; i < job.Runs; i++ {
+			if addOne(v, i) != nil {
 				break
 			}
 			if i == 0 {
@@ -369,6 +399,7 @@ func cmdCNIWorker(args []string) error {
 		if err != nil {
 			out.Notes = append(out.Notes, "map memory: "+err.Error())
 		}
+		bridgeOnly(10)
 	default:
 		return fmt.Errorf("unknown job kind %q", job.Kind)
 	}
