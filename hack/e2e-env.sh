@@ -133,6 +133,7 @@ build_images() {
   key=$(cat "$REPO/hack/pause/"*.go | sha256sum | cut -c1-12)
   if [ ! -f "$IMG_DIR/pause-$key.tar" ]; then
     log "building pause image"
+    rm -f "$IMG_DIR"/pause-*.tar
     rootfs=$(mktemp -d)
     (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$rootfs/pause" ./hack/pause)
     oci_layout "$IMG_DIR/pause-$key.tar" "$PAUSE_IMAGE" '["/pause"]' "$rootfs"
@@ -146,6 +147,7 @@ build_images() {
   key=$( (sha256sum /bin/busybox; cat "$REPO/tests/e2e/images/pstraffic/"*.go) | sha256sum | cut -c1-12)
   if [ ! -f "$IMG_DIR/busybox-$key.tar" ]; then
     log "building busybox image"
+    rm -f "$IMG_DIR"/busybox-*.tar
     rootfs=$(mktemp -d)
     mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$rootfs/var/www" "$rootfs/data"
     chmod 1777 "$rootfs/tmp"
