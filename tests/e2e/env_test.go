@@ -23,8 +23,10 @@ import (
 
 // env is the running environment, as hack/e2e-env.sh wrote it to $WORK/env.
 type env struct {
-	work, repo, crictl, bpffsRoot, stateDir, auditLog, busybox, cgroupParent, metricsAddr string
-	chained                                                                               bool // podscope is in the default network's chain
+	work, repo, crictl                 string
+	bpffsRoot, stateDir, auditLog      string
+	busybox, cgroupParent, metricsAddr string
+	chained                            bool // podscope is in the default network's chain
 }
 
 func getenv(t testing.TB, k string) string {
