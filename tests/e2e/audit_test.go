@@ -150,3 +150,31 @@ func missingWants(evs []auditEvent, ctrID string, wants []auditWant) []string {
 	}
 	return missing
 }
+
+// TestAuditDefaultOff: with podscope-nri --audit-default=off only pods
+// annotated podscope.io/audit: "true" are audited.
+func TestAuditDefaultOff(t *testing.T) {
+	e := mustEnv(t)
+	e.requireNRI(t)
+	e.envScript(t, "stop-nri")
+	e.envScriptWith(t, []string{"PODSCOPE_NRI_ARGS=--audit-default=off"}, "start-nri")
+	t.Cleanup(func() {
+		e.envScript(t, "stop-nri")
+		e.envScript(t, "start-nri")
+	})
+	in := e.runPod(t, podSpec{Namespace: "e2e-auditoff", Name: "optin",
+		Annotations: map[string]string{"podscope.io/audit": "true"}})
+	cin := in.start(t, "w", "sh", "-c", "echo x > /data/opted-in; sleep 3600")
+	out := e.runPod(t, podSpec{Namespace: "e2e-auditoff", Name: "plain"})
+	out.start(t, "w", "sh", "-c", "echo x > /data/not-opted-in; sleep 3600")
+	eventually(t, 15*time.Second, "audit event of the opted-in pod", func() error {
+		if missing := missingWants(e.auditOf(t, in.UID), cin, []auditWant{{[]string{"create", "open_write"}, "/data/opted-in"}}); len(missing) > 0 {
+			return fmt.Errorf("missing %v", missing)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	if evs := e.auditOf(t, out.UID); len(evs) != 0 {
+		t.Errorf("--audit-default=off: the pod without the annotation produced %d events, e.g. %+v", len(evs), evs[0])
+	}
+}

@@ -136,8 +136,15 @@ func (e *env) mustCrictl(t testing.TB, args ...string) string {
 // envScript runs hack/e2e-env.sh on the running environment (restarts).
 func (e *env) envScript(t testing.TB, args ...string) {
 	t.Helper()
+	e.envScriptWith(t, nil, args...)
+}
+
+// envScriptWith is envScript with extra environment (e.g. PODSCOPE_NRI_ARGS
+// for start-nri).
+func (e *env) envScriptWith(t testing.TB, extra []string, args ...string) {
+	t.Helper()
 	cmd := exec.Command(filepath.Join(e.repo, "hack/e2e-env.sh"), args...)
-	cmd.Env = append(os.Environ(), "PODSCOPE_E2E_WORK="+e.work)
+	cmd.Env = append(append(os.Environ(), "PODSCOPE_E2E_WORK="+e.work), extra...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("hack/e2e-env.sh %s: %v\n%s", strings.Join(args, " "), err, out)
