@@ -102,7 +102,7 @@ func TestPolicy(t *testing.T) {
 	// What the kernel enforces, as podscopectl shows it.
 	var pp ctl.PodPolicy
 	e.podscopectlJSON(t, &pp, "policy", "show", "e2e-policy/server")
-	var ingressDeny, port80 bool
+	var ingressDeny, port80, egress7777 bool
 	for _, en := range pp.Entries {
 		if en.Direction == "ingress" && en.Default == "deny" {
 			ingressDeny = true
@@ -111,9 +111,17 @@ func TestPolicy(t *testing.T) {
 			if en.Direction == "ingress" && r.Protocol == "tcp" && strings.Contains(r.Ports, "80") && r.Action == "allow" {
 				port80 = true
 			}
+			if en.Direction == "egress" && r.Protocol == "tcp" && strings.Contains(r.Ports, "7777") && r.Action == "deny" {
+				egress7777 = true
+			}
 		}
 	}
 	if !ingressDeny || !port80 {
 		t.Errorf("policy show e2e-policy/server: want ingress default deny with tcp/80 allowed: %+v", pp.Entries)
+	}
+	// The annotation replaced the ingress default only: egress is still the
+	// network's (tcp/7777 denied).
+	if !egress7777 {
+		t.Errorf("policy show e2e-policy/server: the network's egress rule (tcp/7777 deny) is gone: %+v", pp.Entries)
 	}
 }
