@@ -165,6 +165,12 @@ func TestRestarts(t *testing.T) {
 		t.Log("podscope-nri exited when containerd went away; restarting it as a supervisor would")
 		e.envScript(t, "start-nri")
 	}
+	eventually(t, 20*time.Second, "podscope-nri connected to the restarted containerd (metric podscope_nri_connected)", func() error {
+		if v, ok := e.metric(t, "podscope_nri_connected"); !ok || v != 1 {
+			return fmt.Errorf("podscope_nri_connected = %v (present %v)", v, ok)
+		}
+		return nil
+	})
 	r1 := e.mustPodRow(t, a).Counters
 	if r1.RxBytes < r0.RxBytes || r1.TxBytes < r0.TxBytes {
 		t.Errorf("counters went back across a containerd restart: %+v -> %+v", r0, r1)

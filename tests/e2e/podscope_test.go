@@ -178,7 +178,7 @@ func (e *env) metric(t testing.TB, name string, labels ...string) (float64, bool
 	found := false
 lines:
 	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name+"{") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
 			continue
 		}
 		for _, l := range labels {
