@@ -191,3 +191,10 @@ func TestJSONHasNoNaN(t *testing.T) {
 		t.Errorf("podscope ratio lost in JSON: %s", data)
 	}
 }
+
+func TestKeepClean(t *testing.T) {
+	got := keepClean([]float64{1, 2, 3, 4}, []bool{true, false, true, false})
+	if len(got) != 2 || got[0] != 1 || got[1] != 3 {
+		t.Errorf("keepClean = %v, want [1 3]", got)
+	}
+}
