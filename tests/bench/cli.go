@@ -33,6 +33,8 @@ func Main(args []string) error {
 		return cmdProxy(args[1:])
 	case "load":
 		return cmdLoad(args[1:])
+	case "report":
+		return cmdReport(args[1:])
 	case "cni-worker":
 		return cmdCNIWorker(args[1:])
 	case "audit-loop":
@@ -118,6 +120,47 @@ func cmdLoad(args []string) error {
 		return err
 	}
 	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// cmdReport re-renders a results.json (tables, summary, markdown, plot)
+// without measuring again: after a change to the reporting code.
+func cmdReport(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	in := fs.String("in", "bench/out/results.json", "results.json to read")
+	out := fs.String("out", "bench/out", "directory for results.{json,md,png}")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	res, err := ReadResults(*in)
+	if err != nil {
+		return err
+	}
+	res.Summary = Goals(res)
+	return writeResults(res, *out)
+}
+
+func writeResults(res *Results, out string) error {
+	if err := res.WriteText(os.Stdout); err != nil {
+		return err
+	}
+	if err := res.WriteJSON(filepath.Join(out, "results.json")); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(out, "results.md"))
+	if err != nil {
+		return err
+	}
+	if err := res.WriteMarkdown(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := Plot(res, filepath.Join(out, "results.png")); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	return nil
 }
 
 func cmdRun(args []string) error {
@@ -233,25 +276,8 @@ func cmdRun(args []string) error {
 	for _, e := range errs {
 		res.Notes = append(res.Notes, "section failed: "+e.Error())
 	}
-	if err := res.WriteText(os.Stdout); err != nil {
+	if err := writeResults(res, cfg.Out); err != nil {
 		return err
-	}
-	if err := res.WriteJSON(filepath.Join(cfg.Out, "results.json")); err != nil {
-		return err
-	}
-	f, err := os.Create(filepath.Join(cfg.Out, "results.md"))
-	if err != nil {
-		return err
-	}
-	if err := res.WriteMarkdown(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := Plot(res, filepath.Join(cfg.Out, "results.png")); err != nil {
-		return fmt.Errorf("plot: %w", err)
 	}
 	cfg.logf("wrote %s/results.{json,md,png} in %.0fs", cfg.Out, res.Seconds)
 	return errors.Join(errs...)

@@ -105,6 +105,60 @@ func (r Row) MarshalJSON() ([]byte, error) {
 	return json.Marshal(p)
 }
 
+// UnmarshalJSON reads what MarshalJSON wrote (null -> NaN).
+func (r *Row) UnmarshalJSON(data []byte) error {
+	var p struct {
+		Variant string             `json:"variant"`
+		Samples []*float64         `json:"samples"`
+		N       int                `json:"n"`
+		Median  *float64           `json:"median"`
+		Min     *float64           `json:"min"`
+		Max     *float64           `json:"max"`
+		Ratio   *float64           `json:"ratio"`
+		Extra   map[string]float64 `json:"extra"`
+		NA      string             `json:"na"`
+		Note    string             `json:"note"`
+		Paired  []*float64         `json:"paired"`
+	}
+	if err := json.Unmarshal(data, &p); err != nil {
+		return err
+	}
+	*r = Row{Variant: p.Variant, Samples: unnums(p.Samples), Summary: Summary{N: p.N, Median: unnum(p.Median), Min: unnum(p.Min), Max: unnum(p.Max)},
+		Ratio: unnum(p.Ratio), Extra: p.Extra, NA: p.NA, Note: p.Note, Paired: unnums(p.Paired)}
+	return nil
+}
+
+func unnum(f *float64) float64 {
+	if f == nil {
+		return math.NaN()
+	}
+	return *f
+}
+
+func unnums(fs []*float64) []float64 {
+	if len(fs) == 0 {
+		return nil
+	}
+	out := make([]float64, len(fs))
+	for i, f := range fs {
+		out[i] = unnum(f)
+	}
+	return out
+}
+
+// ReadResults loads a results.json.
+func ReadResults(path string) (*Results, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Results
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &r, nil
+}
+
 func num(f float64) *float64 {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return nil

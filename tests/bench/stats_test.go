@@ -198,3 +198,22 @@ func TestKeepClean(t *testing.T) {
 		t.Errorf("keepClean = %v, want [1 3]", got)
 	}
 }
+
+func TestResultsRoundTrip(t *testing.T) {
+	res := &Results{Sections: []Section{{Name: "Datapath: x", Tables: []*Table{sampleTable()}}}}
+	path := t.TempDir() + "/r.json"
+	if err := res.WriteJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadResults(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := back.Sections[0].Tables[0]
+	if r := tb.Row("podscope"); r == nil || !near(r.Ratio, 0.97) || !near(r.Median, 97) || len(r.Paired) != 3 {
+		t.Errorf("podscope row after round trip: %+v", r)
+	}
+	if r := tb.Row("nft"); r == nil || r.NA == "" || !math.IsNaN(r.Median) || !math.IsNaN(r.Ratio) {
+		t.Errorf("n/a row after round trip must keep NaN and the reason: %+v", r)
+	}
+}
