@@ -28,6 +28,13 @@ func ratioPanel(title, xlabel string, tables []*Table, goal float64) (*plot.Plot
 	p := plot.New()
 	p.Title.Text = title
 	p.X.Label.Text = xlabel
+	var withBase []*Table
+	for _, t := range tables {
+		if t.Baseline != "" {
+			withBase = append(withBase, t)
+		}
+	}
+	tables = withBase
 	if len(tables) == 0 {
 		return p, nil
 	}
@@ -82,7 +89,7 @@ func ratioPanel(title, xlabel string, tables []*Table, goal float64) (*plot.Plot
 	}
 	p.NominalY(rev...)
 	p.X.Min = 0
-	p.X.Max = maxV * 1.05
+	p.X.Max = maxV * 1.5 // room on the right for the legend
 	p.Legend.Top = true
 	p.Legend.TextStyle.Font.Size = vg.Points(8)
 	p.Y.Tick.Label.Font.Size = vg.Points(8)
