@@ -221,8 +221,8 @@ func cmdRun(args []string) error {
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return err
 	}
-	if left := RemoveLeftovers(); len(left) > 0 {
-		cfg.logf("removed netns left by an earlier interrupted run: %s", strings.Join(left, " "))
+	if left := RemoveLeftovers(cleanupPins); len(left) > 0 {
+		cfg.logf("removed what an earlier interrupted run left: %s", strings.Join(left, " "))
 	}
 	// An interrupt must still remove what was created: the deferred
 	// teardowns run because the sections return on ctx cancel.

@@ -92,18 +92,45 @@ func DelNetns(name string) error {
 	return run("ip", "netns", "del", name)
 }
 
-// RemoveLeftovers deletes netns of earlier interrupted bench runs (only
-// names starting with RunPrefix, which nothing but the bench creates).
-func RemoveLeftovers() []string {
-	entries, err := os.ReadDir("/run/netns")
-	if err != nil {
-		return nil
-	}
+// RemoveLeftovers deletes what an earlier, killed bench run left: netns,
+// bpffs roots, cgroups and tmpfs dirs whose names start with RunPrefix,
+// which nothing but the bench creates.
+func RemoveLeftovers(cleanPins func(dir string) error) []string {
 	var removed []string
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), RunPrefix) {
-			if DelNetns(e.Name()) == nil {
+	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), RunPrefix) && DelNetns(e.Name()) == nil {
 				removed = append(removed, e.Name())
+			}
+		}
+	}
+	if entries, err := os.ReadDir("/sys/fs/bpf"); err == nil {
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), RunPrefix) {
+				continue
+			}
+			dir := filepath.Join("/sys/fs/bpf", e.Name())
+			if cleanPins != nil {
+				_ = cleanPins(dir)
+			}
+			if os.RemoveAll(dir) == nil {
+				removed = append(removed, dir)
+			}
+		}
+	}
+	if root, err := cgroup2Root(); err == nil {
+		if entries, err := os.ReadDir(root); err == nil {
+			for _, e := range entries {
+				if e.IsDir() && strings.HasPrefix(e.Name(), RunPrefix) && os.Remove(filepath.Join(root, e.Name())) == nil {
+					removed = append(removed, filepath.Join(root, e.Name()))
+				}
+			}
+		}
+	}
+	if entries, err := os.ReadDir("/dev/shm"); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), RunPrefix) && os.RemoveAll(filepath.Join("/dev/shm", e.Name())) == nil {
+				removed = append(removed, filepath.Join("/dev/shm", e.Name()))
 			}
 		}
 	}

@@ -2,10 +2,12 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strconv"
 
 	"github.com/podscope/podscope/pkg/audit"
+	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 )
 
@@ -72,4 +74,11 @@ func (p *podscopeAudit) Lost(cgid uint64) (uint64, error) {
 		return 0, err
 	}
 	return m[cgid] + m[0], nil
+}
+
+// cleanupPins detaches and unpins podscope's datapath and audit under a
+// leftover bench root.
+func cleanupPins(dir string) error {
+	root := pins.New(dir)
+	return errors.Join(datapath.Cleanup(root), audit.Cleanup(root))
 }
