@@ -277,7 +277,7 @@ func profilePrograms(cfg *Config, vs []*Variant) *Table {
 	if len(withProgs) == 0 || cfg.stopped() {
 		return nil
 	}
-	t := &Table{Title: "podscope programs: run time per operation (BPF_ENABLE_STATS, separate runs)", Unit: "ns of BPF per op",
+	t := &Table{Title: "BPF programs on the path: run time per operation (BPF_ENABLE_STATS, separate runs; stats add ~50 ns per run)", Unit: "ns of BPF per op",
 		Extra: []string{"ns/run ingress hook", "ns/run egress hook", "runs/op", "op ns", "BPF share %"}}
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {

@@ -78,7 +78,7 @@ func Goals(r *Results) []Goal {
 	// machine's noise does not blur: BPF ns per op with 100,000 CIDRs
 	// against 10.
 	for _, w := range []string{"TCP_RR", "UDP"} {
-		t := findTable(r, "Datapath", "podscope programs")
+		t := findTable(r, "Datapath", "BPF programs on the path")
 		a, b := math.NaN(), math.NaN()
 		na := "profile not run"
 		if t != nil {
