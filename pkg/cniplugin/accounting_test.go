@@ -62,22 +62,49 @@ func TestAccountingLines(t *testing.T) {
 }
 
 func TestStaleReason(t *testing.T) {
-	gone := pods.Pod{HostIfindex: 1 << 30, HostInterface: "vethnothere"}
-	if r := staleReason(gone); r == "" {
-		t.Error("a pod whose host ifindex does not exist is not stale")
+	snap, err := linkSnapshot()
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Loopback exists in every netns: alive, unless the name differs (the
-	// kernel reused the ifindex for another device).
-	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo"}); r != "" {
-		t.Errorf("live pod reported stale: %s", r)
+	// The same answers asking link by link (nil) and from one dump.
+	for name, ls := range map[string]links{"per-link": nil, "snapshot": snap} {
+		t.Run(name, func(t *testing.T) {
+			gone := pods.Pod{HostIfindex: 1 << 30, HostInterface: "vethnothere"}
+			if r := staleReason(gone, ls); r == "" {
+				t.Error("a pod whose host ifindex does not exist is not stale")
+			}
+			// Loopback exists in every netns: alive, unless the name differs
+			// (the kernel reused the ifindex for another device).
+			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo"}, ls); r != "" {
+				t.Errorf("live pod reported stale: %s", r)
+			}
+			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "veth123"}, ls); r == "" {
+				t.Error("reused ifindex not detected")
+			}
+			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/var/run/netns/pstest-none"}, ls); r == "" {
+				t.Error("vanished netns file not detected")
+			}
+			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/proc/999999999/ns/net"}, ls); r != "" {
+				t.Errorf("a /proc netns path is not a staleness signal: %s", r)
+			}
+		})
 	}
-	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "veth123"}); r == "" {
-		t.Error("reused ifindex not detected")
+}
+
+// ADD reaps at most once per AddReapInterval per node.
+func TestReapDue(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	if !reapDue(dir, now) {
+		t.Fatal("first ADD on a node does not reap")
 	}
-	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/var/run/netns/pstest-none"}); r == "" {
-		t.Error("vanished netns file not detected")
+	if reapDue(dir, now.Add(time.Second)) {
+		t.Fatal("second ADD a second later reaps again")
 	}
-	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/proc/999999999/ns/net"}); r != "" {
-		t.Errorf("a /proc netns path is not a staleness signal: %s", r)
+	if !reapDue(dir, now.Add(AddReapInterval+time.Second)) {
+		t.Fatal("ADD after the interval does not reap")
+	}
+	if reapDue(dir, now.Add(AddReapInterval+2*time.Second)) {
+		t.Fatal("the interval did not restart at the last reap")
 	}
 }

@@ -79,8 +79,10 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	// Pods whose veth vanished without a DEL (containerd never calls GC).
 	// Best effort: a failure here must not fail this pod's ADD, so it goes to
 	// stderr, which runtimes log.
-	if _, err := reapLocked(conf.Root, conf.StateDir, reg, dp, AddReapBudget); err != nil {
-		fmt.Fprintf(os.Stderr, "podscope: reaper during ADD of %s: %v\n", args.ContainerID, err)
+	if reapDue(conf.StateDir, time.Now()) {
+		if _, err := reapLocked(conf.Root, conf.StateDir, reg, dp, AddReapBudget); err != nil {
+			fmt.Fprintf(os.Stderr, "podscope: reaper during ADD of %s: %v\n", args.ContainerID, err)
+		}
 	}
 
 	existing, found, err := reg.ByAttachment(args.ContainerID, args.IfName)
