@@ -20,6 +20,16 @@ import (
 // It stops after budget. It must run in the netns the pods' host veths live
 // in (the node's). Exported for podscope-nri to call periodically.
 func Reap(root pins.Root, stateDir string, budget time.Duration) ([]pods.Pod, error) {
+	return withPinnedPods(root, stateDir, func(stateDir string, reg *pods.Registry, dp *datapath.Datapath, _ error) ([]pods.Pod, error) {
+		return reapLocked(root, stateDir, reg, dp, budget)
+	})
+}
+
+// withPinnedPods runs fn under the state-dir lock with the pinned pod
+// registry and datapath (dp nil and dperr set when the datapath pins are
+// gone). Without a registry nothing was ever attached: fn is not called.
+func withPinnedPods(root pins.Root, stateDir string,
+	fn func(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error) ([]pods.Pod, error)) ([]pods.Pod, error) {
 	if stateDir == "" {
 		stateDir = DefaultStateDir
 	}
@@ -39,13 +49,13 @@ func Reap(root pins.Root, stateDir string, budget time.Duration) ([]pods.Pod, er
 		return nil, err
 	}
 	defer reg.Close()
-	dp, err := datapath.OpenPinned(root)
-	if err != nil {
+	dp, dperr := datapath.OpenPinned(root)
+	if dperr != nil {
 		dp = nil
 	} else {
 		defer dp.Close()
 	}
-	return reapLocked(root, stateDir, reg, dp, budget)
+	return fn(stateDir, reg, dp, dperr)
 }
 
 // AddReapInterval is how often, at most, an ADD runs the reaper on a node.
@@ -160,43 +170,22 @@ func reapLocked(root pins.Root, stateDir string, reg *pods.Registry, dp *datapat
 // TeardownAll logs and removes every registered pod under the state-dir
 // lock (podscopectl cleanup), returning the pods it logged.
 func TeardownAll(root pins.Root, stateDir, reason string) ([]pods.Pod, error) {
-	if stateDir == "" {
-		stateDir = DefaultStateDir
-	}
-	if _, err := os.Stat(pods.Path(root)); errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	lock, err := lockStateDir(stateDir)
-	if err != nil {
-		return nil, err
-	}
-	defer lock.Unlock()
-	reg, err := pods.OpenPinnedRegistry(root)
-	if errors.Is(err, pods.ErrNoRegistry) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer reg.Close()
-	dp, dperr := datapath.OpenPinned(root)
-	if dp != nil {
-		defer dp.Close()
-	}
-	all, err := reg.List()
-	if err != nil {
-		return nil, err
-	}
-	var (
-		done []pods.Pod
-		errs []error
-	)
-	for _, p := range all {
-		if err := teardown(stateDir, reg, dp, dperr, p, reason); err != nil {
-			errs = append(errs, err)
-			continue
+	return withPinnedPods(root, stateDir, func(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error) ([]pods.Pod, error) {
+		all, err := reg.List()
+		if err != nil {
+			return nil, err
 		}
-		done = append(done, p)
-	}
-	return done, errors.Join(errs...)
+		var (
+			done []pods.Pod
+			errs []error
+		)
+		for _, p := range all {
+			if err := teardown(stateDir, reg, dp, dperr, p, reason); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			done = append(done, p)
+		}
+		return done, errors.Join(errs...)
+	})
 }

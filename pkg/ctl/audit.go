@@ -11,30 +11,13 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/podscope/podscope/pkg/audit"
 )
 
 // AuditEvent is one line of the audit log podscope-nri writes (DESIGN.md
-// "Audit event"). Declared here rather than imported so podscopectl reads
-// the log's documented JSON form, not one package's Go type.
-type AuditEvent struct {
-	Time        time.Time `json:"time"`
-	Namespace   string    `json:"namespace"`
-	Pod         string    `json:"pod"`
-	PodUID      string    `json:"podUID"`
-	Container   string    `json:"container"`
-	ContainerID string    `json:"containerID"`
-	CgroupID    uint64    `json:"cgroupID"`
-	PID         uint32    `json:"pid"`
-	Comm        string    `json:"comm"`
-	UID         uint32    `json:"uid"`
-	Op          string    `json:"op"`
-	Path        string    `json:"path"`
-	Flags       uint32    `json:"flags"`
-	Denied      bool      `json:"denied"`
-	Count       uint32    `json:"count,omitempty"`
-	Target      string    `json:"target,omitempty"` // rename's new path, link's file, symlink's content
-	Value       string    `json:"value,omitempty"`  // sysctl_write's value
-}
+// "Audit event"): the writer's own type, so reader and writer cannot drift.
+type AuditEvent = audit.Event
 
 type auditOpts struct {
 	path   string
