@@ -71,6 +71,13 @@ func Open(root pins.Root) (*Datapath, error) {
 	}
 	defer unlock()
 
+	d := &Datapath{root: root, dir: dir}
+	if ok, err := d.loadOwnPins(); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
 	spec, err := loadTc()
 	if err != nil {
 		return nil, err
@@ -78,7 +85,6 @@ func Open(root pins.Root) (*Datapath, error) {
 	if err := checkPinnedMaps(spec, root, dir); err != nil {
 		return nil, err
 	}
-	d := &Datapath{root: root, dir: dir}
 	if allPinned(spec, dir) {
 		if err := d.loadPinned(spec, false); err == nil {
 			return d, nil
@@ -120,6 +126,13 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	if err := pins.CheckBPFFS(root.Path); err != nil {
 		return nil, err
 	}
+	d := &Datapath{root: root, dir: dir}
+	if ok, err := d.loadOwnPins(); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
 	spec, err := loadTc()
 	if err != nil {
 		return nil, err
@@ -127,7 +140,6 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	if err := checkPinnedMaps(spec, root, dir); err != nil {
 		return nil, err
 	}
-	d := &Datapath{root: root, dir: dir}
 	if err := d.loadPinned(spec, true); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w under %s (no pod attached on this node yet?): %v", ErrNotLoaded, dir, err)

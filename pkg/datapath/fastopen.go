@@ -1,0 +1,79 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/cilium/ebpf"
+)
+
+// loadOwnPins is the hot path of Open and OpenPinned: every CNI ADD and DEL
+// is a fresh process, and parsing the embedded ELF and BTF (loadTc) was the
+// largest part of podscope's own ADD time in tc mode. When this object's
+// own program pins exist (their names carry objectHash), they were loaded
+// against the pinned maps by this same object, so the spec check has been
+// done already; what remains to prove is that the pinned maps are still the
+// ones those programs use, which the programs' map IDs tell exactly.
+//
+// It returns false, holding nothing, when any pin is missing or the maps
+// were replaced: the caller then takes the full path, which checks the
+// layout against the spec and explains what is wrong.
+func (d *Datapath) loadOwnPins() (bool, error) {
+	var objs tcObjects
+	ok := false
+	defer func() {
+		if !ok {
+			objs.Close()
+		}
+	}()
+	progs := map[hook]**ebpf.Program{hookHostIngress: &objs.HostIngress, hookHostEgress: &objs.HostEgress}
+	var used []ebpf.MapID
+	for h, dst := range progs {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(d.dir, progPin(h)), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("pinned program %s: %w", progPin(h), err)
+		}
+		*dst = p
+		info, err := p.Info()
+		if err != nil {
+			return false, nil
+		}
+		ids, available := info.MapIDs()
+		if !available {
+			return false, nil
+		}
+		used = append(used, ids...)
+	}
+	maps := map[string]**ebpf.Map{
+		tcMapAttachments: &objs.Attachments,
+		tcMapFlows:       &objs.Flows,
+		tcMapPodCounters: &objs.PodCounters,
+		tcMapPodIfaces:   &objs.PodIfaces,
+		tcMapPolicy:      &objs.Policy,
+	}
+	for name, dst := range maps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
+		if err != nil {
+			return false, nil
+		}
+		*dst = m
+		info, err := m.Info()
+		if err != nil {
+			return false, nil
+		}
+		id, available := info.ID()
+		// attachments is user-space bookkeeping the programs never read.
+		if !available || (name != tcMapAttachments && !slices.Contains(used, id)) {
+			return false, nil
+		}
+	}
+	ok = true
+	d.objs = objs
+	return true, nil
+}
