@@ -201,11 +201,15 @@ func (p *Pair) Ifindex(ifname string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	var idx int
-	if _, err := fmt.Sscanf(out, "%d:", &idx); err != nil {
-		return 0, fmt.Errorf("parsing %q: %w", out, err)
+	// ip may print a warning line first ("Peer netns reference is
+	// invalid." for a veth whose peer is in a netns without an id here).
+	for _, l := range strings.Split(out, "\n") {
+		var idx int
+		if _, err := fmt.Sscanf(l, "%d:", &idx); err == nil {
+			return idx, nil
+		}
 	}
-	return idx, nil
+	return 0, fmt.Errorf("no ifindex of %s in %q", ifname, firstLine(out))
 }
 
 // Delete removes the pair's namespaces.
