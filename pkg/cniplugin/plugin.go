@@ -85,10 +85,13 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		}
 	}
 
-	existing, found, err := reg.ByAttachment(args.ContainerID, args.IfName)
+	// One scan of the registry answers both questions of ADD: is this
+	// attachment known, and which pod ID is free.
+	registered, err := reg.List()
 	if err != nil {
 		return nil, err
 	}
+	existing, found := pods.FindAttachment(registered, args.ContainerID, args.IfName)
 	pod := pods.Pod{
 		Namespace: id.Namespace, Name: id.Name, UID: id.UID,
 		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
@@ -101,7 +104,7 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		pod.ID = existing.ID
 		pod.AttachedAt = existing.AttachedAt
 		prev = &existing
-	} else if pod.ID, err = reg.Allocate(); err != nil {
+	} else if pod.ID, err = pods.FreeID(registered); err != nil {
 		return nil, types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
 	}
 	if err := attach(reg, dp, pod, prev, conf); err != nil {
@@ -274,59 +277,45 @@ func GC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[a] = true
 	}
-	lock, err := lockStateDir(conf.StateDir)
-	if err != nil {
-		return err
-	}
-	defer lock.Unlock()
-	reg, err := pods.OpenPinnedRegistry(conf.Root)
-	if errors.Is(err, pods.ErrNoRegistry) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-	dp, dperr := datapath.OpenPinned(conf.Root)
-	if dp != nil {
-		defer dp.Close()
-	}
-	all, err := reg.List()
-	if err != nil {
-		return err
-	}
-	var errs []error
-	known := map[datapath.PodID]bool{}
-	for _, p := range all {
-		// Another network's pod sharing this bpffs root: its runtime GCs it.
-		other := p.Network != "" && conf.Name != "" && p.Network != conf.Name
-		if other || valid[types.GCAttachment{ContainerID: p.ContainerID, IfName: p.Interface}] {
-			known[p.ID] = true
-			continue
-		}
-		if err := teardown(conf.StateDir, reg, dp, dperr, p, "gc"); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if dp != nil {
-		atts, err := dp.Attachments()
+	_, err = withPinnedPods(conf.Root, conf.StateDir, func(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error) ([]pods.Pod, error) {
+		all, err := reg.List()
 		if err != nil {
-			errs = append(errs, err)
+			return nil, err
 		}
-		for _, a := range atts {
-			if known[a.Pod] {
+		var errs []error
+		known := map[datapath.PodID]bool{}
+		for _, p := range all {
+			// Another network's pod sharing this bpffs root: its runtime GCs it.
+			other := p.Network != "" && conf.Name != "" && p.Network != conf.Name
+			if other || valid[types.GCAttachment{ContainerID: p.ContainerID, IfName: p.Interface}] {
+				known[p.ID] = true
 				continue
 			}
-			// Attached, but no registry entry: no identity to log.
-			if err := dp.Detach(a.Pod); err != nil {
-				errs = append(errs, err)
-			}
-			if err := dp.RemovePod(a.Pod); err != nil {
+			if err := teardown(stateDir, reg, dp, dperr, p, "gc"); err != nil {
 				errs = append(errs, err)
 			}
 		}
-	}
-	return errors.Join(errs...)
+		if dp != nil {
+			atts, err := dp.Attachments()
+			if err != nil {
+				errs = append(errs, err)
+			}
+			for _, a := range atts {
+				if known[a.Pod] {
+					continue
+				}
+				// Attached, but no registry entry: no identity to log.
+				if err := dp.Detach(a.Pod); err != nil {
+					errs = append(errs, err)
+				}
+				if err := dp.RemovePod(a.Pod); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		return nil, errors.Join(errs...)
+	})
+	return err
 }
 
 // Status is called by containerd on every CRI status poll; failing it marks

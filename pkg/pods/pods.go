@@ -192,12 +192,19 @@ func (r *Registry) ByAttachment(containerID, ifname string) (Pod, bool, error) {
 	if err != nil {
 		return Pod{}, false, err
 	}
+	p, ok := FindAttachment(all, containerID, ifname)
+	return p, ok, nil
+}
+
+// FindAttachment is ByAttachment over pods already listed, for a caller
+// that needs the list for more than one question (ADD: find, then allocate).
+func FindAttachment(all []Pod, containerID, ifname string) (Pod, bool) {
 	for _, p := range all {
 		if p.ContainerID == containerID && (ifname == "" || p.Interface == ifname) {
-			return p, true, nil
+			return p, true
 		}
 	}
-	return Pod{}, false, nil
+	return Pod{}, false
 }
 
 // ByName finds a pod by NS/NAME (or by container ID, as Ref prints it).
@@ -217,21 +224,22 @@ func (r *Registry) ByName(ref string) (Pod, bool, error) {
 // Allocate returns the lowest PodID not in use. The caller must hold the
 // state-dir lock until it has Put the pod, or two ADDs get the same ID.
 func (r *Registry) Allocate() (datapath.PodID, error) {
-	used := map[uint32]bool{}
-	var (
-		k uint32
-		v []byte
-	)
-	it := r.m.Iterate()
-	for it.Next(&k, &v) {
-		used[k] = true
+	all, err := r.List()
+	if err != nil {
+		return 0, err
 	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("pod registry: iterating: %w", err)
+	return FreeID(all)
+}
+
+// FreeID is the lowest pod ID that none of all uses.
+func FreeID(all []Pod) (datapath.PodID, error) {
+	used := make(map[datapath.PodID]bool, len(all))
+	for _, p := range all {
+		used[p.ID] = true
 	}
-	for id := uint32(1); id <= MaxPods; id++ {
+	for id := datapath.PodID(1); id <= MaxPods; id++ {
 		if !used[id] {
-			return datapath.PodID(id), nil
+			return id, nil
 		}
 	}
 	return 0, fmt.Errorf("pod registry full: %d pods attached", MaxPods)
