@@ -75,16 +75,12 @@ func reapDue(stateDir string, now time.Time) bool {
 			return false
 		}
 	}
-	f, err := os.OpenFile(stamp, os.O_CREATE|os.O_WRONLY, 0o600)
-	if err == nil {
-		err = f.Close()
-	}
-	if err == nil {
-		err = os.Chtimes(stamp, now, now)
-	}
 	// A stamp that cannot be written means reaping on every ADD: slower,
-	// never wrong.
-	_ = err
+	// never wrong, so its errors are not the ADD's.
+	if f, err := os.OpenFile(stamp, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		f.Close()
+		os.Chtimes(stamp, now, now)
+	}
 	return true
 }
 
