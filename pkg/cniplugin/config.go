@@ -1,6 +1,7 @@
 // Package cniplugin is the logic of the podscope chained CNI plugin: config
-// parsing, ADD/DEL/CHECK/GC/STATUS, the state-dir lock, the accounting log
-// and the reaper of pods whose veth or netns is gone.
+// parsing, ADD/DEL/CHECK/GC/STATUS and adoption of running pods. The pod
+// state it reads and writes (lock, registry, accounting log, reaper) is
+// pkg/podstate's.
 package cniplugin
 
 import (
@@ -18,11 +19,9 @@ import (
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/policy"
 )
-
-// DefaultStateDir holds the lock and accounting.jsonl when stateDir is unset.
-const DefaultStateDir = "/var/lib/podscope"
 
 // AttachModeEnv forces the attach mode ("tcx" or "tc") over the config's, so
 // tests and operators can exercise the clsact fallback on a TCX kernel.
@@ -101,7 +100,7 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	}
 	c.Root = pins.New(c.BPFFSRoot)
 	if c.StateDir == "" {
-		c.StateDir = DefaultStateDir
+		c.StateDir = podstate.DefaultDir
 	}
 	mode := c.AttachMode
 	field := "attachMode"

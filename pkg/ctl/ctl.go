@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // DefaultAuditLog is where podscope-nri writes audit events by default.
@@ -137,7 +138,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		return runAudit(stdout, auditOpts{path: *logPath, pod: *podRef, follow: *follow, json: c.output == "json"})
 	case "cleanup":
-		stateDir := fs.String("state-dir", "/var/lib/podscope", "podscope state dir (its accounting.jsonl gets the final counters)")
+		stateDir := fs.String("state-dir", podstate.DefaultDir, "podscope state dir (its accounting.jsonl gets the final counters)")
 		if err := parse(fs, &c, rest, 0); err != nil {
 			return err
 		}

@@ -10,8 +10,8 @@ import (
 
 	"github.com/containerd/nri/pkg/api"
 
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // Defaults of podscope-nri's flags (DESIGN.md "podscope-nri flags").
@@ -62,7 +62,7 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	fs.StringVar(&o.PluginName, "plugin-name", DefaultPluginName, "NRI plugin name (what containerd's required_plugins lists)")
 	fs.StringVar(&o.PluginIdx, "plugin-idx", DefaultPluginIdx, "NRI plugin index, two digits: order among NRI plugins")
 	fs.StringVar(&o.BPFFSRoot, "bpffs-root", pins.DefaultRoot, "bpffs directory of podscope's pinned maps, programs and links")
-	fs.StringVar(&o.StateDir, "state-dir", cniplugin.DefaultStateDir, "podscope's state directory (the CNI plugin's: accounting log of reaped pods)")
+	fs.StringVar(&o.StateDir, "state-dir", podstate.DefaultDir, "podscope's state directory (the CNI plugin's: accounting log of reaped pods)")
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 mount (default: found in /proc/self/mountinfo, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
 	fs.StringVar(&o.AuditLog, "audit-log", DefaultAuditLog, "audit log file (JSON lines, mode 0600, rotated by size)")
 	fs.Int64Var(&o.AuditLogMax, "audit-log-max-bytes", 100<<20, "rotate the audit log when it would grow past this size")

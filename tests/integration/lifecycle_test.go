@@ -17,6 +17,7 @@ import (
 	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // podscopeOnly is the conflist reduced to its podscope entry, to run
@@ -442,7 +443,7 @@ func TestReaperRemovesPodsWhoseVethIsGone(t *testing.T) {
 	}
 	var reaped []pods.Pod
 	err := n.inNode(func() (err error) {
-		reaped, err = cniplugin.Reap(n.root, n.stateDir, time.Second)
+		reaped, err = podstate.Reap(n.root, n.stateDir, time.Second)
 		return
 	})
 	if err != nil {
