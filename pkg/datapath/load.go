@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/flock"
 	"github.com/podscope/podscope/pkg/pins"
 )
 
@@ -275,14 +275,4 @@ func replacePin(p *ebpf.Program, path string) error {
 // lockDir takes an exclusive flock on the datapath directory: loading,
 // attaching and detaching from parallel CNI invocations are serialised per
 // node, so two ADDs never both load programs or race on one pod's pins.
-func lockDir(dir string) (func(), error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s for locking: %w", dir, err)
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
-	}
-	return func() { unix.Close(fd) }, nil
-}
+func lockDir(dir string) (func(), error) { return flock.Dir(dir) }
