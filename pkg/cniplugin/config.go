@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 
@@ -22,10 +21,6 @@ import (
 	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/policy"
 )
-
-// AttachModeEnv forces the attach mode ("tcx" or "tc") over the config's, so
-// tests and operators can exercise the clsact fallback on a TCX kernel.
-const AttachModeEnv = "PODSCOPE_ATTACH_MODE"
 
 // Pod annotations that replace the network's policy for one direction.
 const (
@@ -102,19 +97,24 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	if c.StateDir == "" {
 		c.StateDir = podstate.DefaultDir
 	}
-	mode := c.AttachMode
-	field := "attachMode"
-	if env := os.Getenv(AttachModeEnv); env != "" {
-		mode, field = env, "environment "+AttachModeEnv
-	}
-	switch mode {
-	case "", "auto":
-		c.Mode = ""
-	case "tcx", "tc":
-		c.Mode = datapath.Mode(mode)
-	default:
+	env, set, err := datapath.ModeFromEnv()
+	switch {
+	case err != nil:
 		if !lenient {
-			return nil, invalid(fmt.Sprintf("podscope: %s: %q is not an attach mode (tcx, tc, or empty for auto)", field, mode), "")
+			return nil, invalid("podscope: environment "+err.Error(), "")
+		}
+	case set:
+		c.Mode = env
+	default:
+		switch c.AttachMode {
+		case "", "auto":
+			c.Mode = datapath.ModeAuto
+		case "tcx", "tc":
+			c.Mode = datapath.Mode(c.AttachMode)
+		default:
+			if !lenient {
+				return nil, invalid(fmt.Sprintf("podscope: attachMode: %q is not an attach mode (tcx, tc, or empty for auto)", c.AttachMode), "")
+			}
 		}
 	}
 	return c, nil

@@ -14,7 +14,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/podstate"
@@ -515,7 +514,7 @@ func TestFailedAttachLeavesNothing(t *testing.T) {
 // PODSCOPE_ATTACH_MODE in the plugin's environment overrides the config's
 // attachMode (how an operator forces the clsact fallback on a TCX kernel).
 func TestAttachModeFromEnvironment(t *testing.T) {
-	t.Setenv(cniplugin.AttachModeEnv, "tc")
+	t.Setenv(datapath.ModeEnv, "tc")
 	n := newNode(t, nodeOpts{mode: "tcx"})
 	p := n.newPod("envmode", nil)
 	n.mustAdd(p)
