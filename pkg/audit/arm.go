@@ -13,6 +13,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // Arm starts the audit of the cgroup v2 directory cgroupDir (a container's
@@ -274,9 +276,7 @@ func identityToKernel(id Identity) (auditIdentity, error) {
 
 func identityFromKernel(k *auditIdentity) Identity {
 	return Identity{
-		Namespace:   cstr(k.Namespace[:]),
-		Pod:         cstr(k.Pod[:]),
-		PodUID:      cstr(k.PodUid[:]),
+		Identity:    pods.Identity{Namespace: cstr(k.Namespace[:]), Pod: cstr(k.Pod[:]), PodUID: cstr(k.PodUid[:])},
 		Container:   cstr(k.Container[:]),
 		ContainerID: cstr(k.ContainerId[:]),
 	}

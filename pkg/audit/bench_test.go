@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -41,7 +42,7 @@ func BenchmarkWriteOverhead(b *testing.B) {
 		b.Fatal(err)
 	}
 	armedCg, unarmedCg := benchCgroup(b, cgRoot), benchCgroup(b, cgRoot)
-	if _, err := a.Arm(armedCg, Identity{Namespace: "bench", Pod: "bench"}); err != nil {
+	if _, err := a.Arm(armedCg, Identity{Identity: pods.Identity{Namespace: "bench", Pod: "bench"}}); err != nil {
 		b.Fatal(err)
 	}
 	var seen atomic.Uint64
@@ -133,7 +134,7 @@ func BenchmarkReaderDrain(b *testing.B) {
 		b.Fatal(err)
 	}
 	cg := benchCgroup(b, cgRoot)
-	cgid, err := a.Arm(cg, Identity{Namespace: "bench", Pod: "bench"})
+	cgid, err := a.Arm(cg, Identity{Identity: pods.Identity{Namespace: "bench", Pod: "bench"}})
 	if err != nil {
 		b.Fatal(err)
 	}
