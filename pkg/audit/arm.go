@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/cgroups"
 	"github.com/podscope/podscope/pkg/pods"
 )
 
@@ -28,7 +29,7 @@ import (
 func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	cgid, err := CgroupID(cgroupDir)
+	cgid, err := cgroups.V2ID(cgroupDir)
 	if err != nil {
 		return 0, fmt.Errorf("audit: arm: %w", err)
 	}
@@ -49,7 +50,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	a.cache.put(cgid, id)
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) // diagnostics only
-	level, err := cgroupLevel(cgroupDir)
+	level, err := cgroups.Level(cgroupDir)
 	if err != nil {
 		idm.Delete(cgid)
 		a.removeCgroupLinks(cgid, "")

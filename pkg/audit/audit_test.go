@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/cgroups"
 	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/testenv"
 )
@@ -63,7 +64,7 @@ func newHarness(t *testing.T) *harness {
 	t.Helper()
 	testenv.RequireRoot(t)
 	root := testenv.BPFFSRoot(t)
-	cgRoot, err := Cgroup2Root()
+	cgRoot, err := cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +260,7 @@ func TestTracepointAudit(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer h.a.Disarm(cgid)
-		sib, err := CgroupID(sibling)
+		sib, err := cgroups.V2ID(sibling)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -490,7 +491,7 @@ func TestLossIsCountedExactly(t *testing.T) {
 	}
 	t.Cleanup(func() { a.Close(); Cleanup(root) })
 	h := &harness{a: a}
-	if h.cgRoot, err = Cgroup2Root(); err != nil {
+	if h.cgRoot, err = cgroup2Root(); err != nil {
 		t.Fatal(err)
 	}
 	cg := h.cgroup(t)

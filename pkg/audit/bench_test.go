@@ -37,7 +37,7 @@ func BenchmarkWriteOverhead(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { a.Close(); Cleanup(root) })
-	cgRoot, err := Cgroup2Root()
+	cgRoot, err := cgroup2Root()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func BenchmarkReaderDrain(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { a.Close(); Cleanup(root) })
-	cgRoot, err := Cgroup2Root()
+	cgRoot, err := cgroup2Root()
 	if err != nil {
 		b.Fatal(err)
 	}
