@@ -82,6 +82,9 @@ func Open(root pins.Root) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
+	if testSpecHook != nil {
+		testSpecHook(spec)
+	}
 	if err := checkPinnedMaps(spec, root, dir); err != nil {
 		return nil, err
 	}
@@ -149,6 +152,10 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	return d, nil
 }
 
+// testSpecHook lets a test shrink a map (e.g. the policy trie, to fill it)
+// before the first Open of its own root. Nil outside tests.
+var testSpecHook func(*ebpf.CollectionSpec)
+
 // findProgPin is this object's program pin, or another version's if only
 // that exists (a reader of another version still reads the maps).
 func findProgPin(dir string, h hook) string {
@@ -175,14 +182,7 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 			objs.Close()
 		}
 	}()
-	maps := map[string]**ebpf.Map{
-		tcMapAttachments: &objs.Attachments,
-		tcMapFlows:       &objs.Flows,
-		tcMapPodCounters: &objs.PodCounters,
-		tcMapPodIfaces:   &objs.PodIfaces,
-		tcMapPolicy:      &objs.Policy,
-	}
-	for name, dst := range maps {
+	for name, dst := range mapFields(&objs.tcMaps) {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
 		if err != nil {
 			return fmt.Errorf("pinned map %s: %w", name, err)
@@ -215,6 +215,9 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 // checkPinnedMaps compares every existing map pin with the object's spec, so
 // an old layout is refused with the map's name before anything is loaded.
 func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root, dir string) error {
+	if err := checkLegacyPolicy(root, dir); err != nil {
+		return err
+	}
 	for name, ms := range spec.Maps {
 		path := filepath.Join(dir, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
