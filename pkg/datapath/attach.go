@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,7 +35,7 @@ func modeOf(code uint32) Mode {
 }
 
 func (d *Datapath) linkPin(pod PodID, h hook) string {
-	return filepath.Join(d.dir, linksDir, fmt.Sprintf("%d_%s", pod, h))
+	return d.root.Pin(Owner, linksDir, fmt.Sprintf("%d_%s", pod, h))
 }
 
 // Attach attaches the programs to both hooks of the host-side veth ifindex
@@ -336,12 +335,12 @@ func (d *Datapath) Attachments() ([]Attachment, error) {
 			seen[r.Pin] = true
 		}
 	}
-	entries, err := os.ReadDir(filepath.Join(d.dir, linksDir))
+	entries, err := os.ReadDir(d.root.Pin(Owner, linksDir))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
 	for _, e := range entries {
-		path := filepath.Join(d.dir, linksDir, e.Name())
+		path := d.root.Pin(Owner, linksDir, e.Name())
 		podStr, hookStr, ok := strings.Cut(e.Name(), "_")
 		n, err := strconv.ParseUint(podStr, 10, 32)
 		if seen[path] || !ok || err != nil {
@@ -376,8 +375,8 @@ func (d *Datapath) Check(pod PodID, ifindex int) error {
 	}
 	sort.Strings(names[2:])
 	for _, name := range names {
-		if _, err := os.Stat(filepath.Join(d.dir, name)); err != nil {
-			return fmt.Errorf("pod %d: pin %s missing: %w", pod, filepath.Join(d.dir, name), err)
+		if _, err := os.Stat(d.root.Pin(Owner, name)); err != nil {
+			return fmt.Errorf("pod %d: pin %s missing: %w", pod, d.root.Pin(Owner, name), err)
 		}
 	}
 	var pi tcPodIface
