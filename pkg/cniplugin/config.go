@@ -249,26 +249,27 @@ func (c *Config) policySetFor() (*datapath.PolicySet, error) {
 // (c.Policy is not set); the caller parses it with c.parsePolicy when the
 // datapath does not hold the policy set of c.policySum() yet.
 func parseConfigLazy(stdin []byte) (*Config, error) {
-	c, err := parseBase(stdin, false)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.parsePrevResult(); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return parseConfig(stdin, false)
 }
 
 // ParseConfig decodes and validates a podscope entry: unknown fields, the
 // network policy, the pod's policy annotations and the prevResult. Every
 // failure is a *types.Error with code 7 whose message names the field.
 func ParseConfig(stdin []byte) (*Config, error) {
+	return parseConfig(stdin, true)
+}
+
+// parseConfig is parseBase, then the policy (when withPolicy), then the
+// prevResult: a config with a bad policy is refused for its policy first.
+func parseConfig(stdin []byte, withPolicy bool) (*Config, error) {
 	c, err := parseBase(stdin, false)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.parsePolicy(); err != nil {
-		return nil, err
+	if withPolicy {
+		if err := c.parsePolicy(); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.parsePrevResult(); err != nil {
 		return nil, err

@@ -167,41 +167,29 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 // prevResult): the pod is found by container ID, and the second call finds
 // nothing and succeeds.
 func Del(args *skel.CmdArgs) error {
-	conf, err := parseBase(args.StdinData, true)
-	if err != nil {
+	conf, err := parseCleanup(args.StdinData)
+	if conf == nil {
 		return err
 	}
-	if pins.CheckBPFFS(conf.Root.Path) != nil {
-		return nil // nothing can be attached without bpffs
+	return podstate.WithPinned(conf.Root, conf.StateDir, func(st *podstate.State) error {
+		pod, found, err := st.Registry.ByAttachment(args.ContainerID, args.IfName)
+		if err != nil || !found {
+			return err
+		}
+		return st.Teardown(pod, "del")
+	})
+}
+
+// parseCleanup parses the config of DEL and GC leniently (they must clean up
+// even after the operator broke the config). A nil config without error
+// means nothing can be attached under the root (it is not on bpffs), so
+// there is nothing to clean.
+func parseCleanup(stdin []byte) (*Config, error) {
+	conf, err := parseBase(stdin, true)
+	if err != nil || pins.CheckBPFFS(conf.Root.Path) != nil {
+		return nil, err
 	}
-	if _, err := os.Stat(pods.Path(conf.Root)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	unlock, err := podstate.Lock(conf.StateDir)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	reg, err := pods.OpenPinnedRegistry(conf.Root)
-	if errors.Is(err, pods.ErrNoRegistry) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-	pod, found, err := reg.ByAttachment(args.ContainerID, args.IfName)
-	if err != nil || !found {
-		return err
-	}
-	st := &podstate.State{Root: conf.Root, Dir: conf.StateDir, Registry: reg}
-	st.Datapath, st.DatapathErr = datapath.OpenPinned(conf.Root)
-	if st.DatapathErr != nil {
-		st.Datapath = nil
-	} else {
-		defer st.Datapath.Close()
-	}
-	return st.Teardown(pod, "del")
+	return conf, nil
 }
 
 // Check verifies the pod is registered, attached on both hooks and enforcing
@@ -243,12 +231,9 @@ func Check(args *skel.CmdArgs) error {
 // GC removes every attachment that is not in cni.dev/valid-attachments,
 // logging its counters first, and detaches orphans the registry lost.
 func GC(args *skel.CmdArgs) error {
-	conf, err := parseBase(args.StdinData, true)
-	if err != nil {
+	conf, err := parseCleanup(args.StdinData)
+	if conf == nil {
 		return err
-	}
-	if pins.CheckBPFFS(conf.Root.Path) != nil {
-		return nil
 	}
 	valid := map[types.GCAttachment]bool{}
 	for _, a := range conf.ValidAttachments {

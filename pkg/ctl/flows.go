@@ -19,13 +19,9 @@ type Flows struct {
 }
 
 func gatherFlows(root pins.Root, ref string) (*Flows, error) {
-	p, err := findPod(root, ref)
+	p, dp, err := openPod(root, ref)
 	if err != nil {
 		return nil, err
-	}
-	dp, err := datapath.OpenPinned(root)
-	if err != nil {
-		return nil, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
 	}
 	defer dp.Close()
 	fl, err := dp.Flows(p.ID)

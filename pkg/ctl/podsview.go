@@ -85,3 +85,17 @@ func findPod(root pins.Root, ref string) (pods.Pod, error) {
 	}
 	return p, nil
 }
+
+// openPod resolves ref and opens the datapath that holds its state, for the
+// per-pod views (flows, policy). The caller closes the datapath.
+func openPod(root pins.Root, ref string) (pods.Pod, *datapath.Datapath, error) {
+	p, err := findPod(root, ref)
+	if err != nil {
+		return pods.Pod{}, nil, err
+	}
+	dp, err := datapath.OpenPinned(root)
+	if err != nil {
+		return pods.Pod{}, nil, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
+	}
+	return p, dp, nil
+}

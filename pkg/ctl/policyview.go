@@ -7,7 +7,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/policy"
 )
@@ -36,13 +35,9 @@ type PolicyRule struct {
 }
 
 func gatherPolicy(root pins.Root, ref string) (*PodPolicy, error) {
-	p, err := findPod(root, ref)
+	p, dp, err := openPod(root, ref)
 	if err != nil {
 		return nil, err
-	}
-	dp, err := datapath.OpenPinned(root)
-	if err != nil {
-		return nil, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
 	}
 	defer dp.Close()
 	es, err := dp.PolicyEntries(p.ID)

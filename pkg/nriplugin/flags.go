@@ -58,9 +58,9 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	fs := flag.NewFlagSet("podscope-nri", flag.ContinueOnError)
 	fs.SetOutput(output)
 	o := &f.Options
-	fs.StringVar(&o.NRISocket, "nri-socket", api.DefaultSocketPath, "containerd's NRI socket")
-	fs.StringVar(&o.PluginName, "plugin-name", DefaultPluginName, "NRI plugin name (what containerd's required_plugins lists)")
-	fs.StringVar(&o.PluginIdx, "plugin-idx", DefaultPluginIdx, "NRI plugin index, two digits: order among NRI plugins")
+	fs.StringVar(&o.NRI.Socket, "nri-socket", api.DefaultSocketPath, "containerd's NRI socket")
+	fs.StringVar(&o.NRI.Name, "plugin-name", DefaultPluginName, "NRI plugin name (what containerd's required_plugins lists)")
+	fs.StringVar(&o.NRI.Index, "plugin-idx", DefaultPluginIdx, "NRI plugin index, two digits: order among NRI plugins")
 	fs.StringVar(&o.BPFFSRoot, "bpffs-root", pins.DefaultRoot, "bpffs directory of podscope's pinned maps, programs and links")
 	fs.StringVar(&o.StateDir, "state-dir", podstate.DefaultDir, "podscope's state directory (the CNI plugin's: accounting log of reaped pods)")
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 mount (default: found in /proc/self/mountinfo, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
@@ -84,11 +84,11 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	if err := f.LogLevel.UnmarshalText([]byte(*level)); err != nil {
 		return f, fmt.Errorf("-log-level %q: %w", *level, err)
 	}
-	if len(o.PluginIdx) != 2 || o.PluginIdx[0] < '0' || o.PluginIdx[0] > '9' || o.PluginIdx[1] < '0' || o.PluginIdx[1] > '9' {
-		return f, fmt.Errorf("-plugin-idx %q: want two digits, e.g. 50", o.PluginIdx)
+	if len(o.NRI.Index) != 2 || o.NRI.Index[0] < '0' || o.NRI.Index[0] > '9' || o.NRI.Index[1] < '0' || o.NRI.Index[1] > '9' {
+		return f, fmt.Errorf("-plugin-idx %q: want two digits, e.g. 50", o.NRI.Index)
 	}
-	if o.PluginName == "" || strings.ContainsAny(o.PluginName, "/ ") {
-		return f, fmt.Errorf("-plugin-name %q: want a non-empty name without '/' or spaces", o.PluginName)
+	if o.NRI.Name == "" || strings.ContainsAny(o.NRI.Name, "/ ") {
+		return f, fmt.Errorf("-plugin-name %q: want a non-empty name without '/' or spaces", o.NRI.Name)
 	}
 	if o.AuditLog == "" {
 		return f, fmt.Errorf("-audit-log: must name a file")
