@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/policy"
 )
 
@@ -172,7 +173,7 @@ func assertInvalid(t *testing.T, err error, want ...string) {
 
 func TestParseArgs(t *testing.T) {
 	a := parseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;junk")
-	if a != (podArgs{Namespace: "ns1", Name: "web-0", UID: "u-1"}) {
+	if a != (pods.Identity{Namespace: "ns1", Pod: "web-0", PodUID: "u-1"}) {
 		t.Fatalf("got %+v", a)
 	}
 }

@@ -86,16 +86,18 @@ func findPod(root pins.Root, ref string) (pods.Pod, error) {
 	return p, nil
 }
 
-// openPod resolves ref and opens the datapath that holds its state, for the
-// per-pod views (flows, policy). The caller closes the datapath.
-func openPod(root pins.Root, ref string) (pods.Pod, *datapath.Datapath, error) {
+// podView is a per-pod view (flows, policy): it resolves ref, opens the
+// datapath that holds the pod's state and reads the view with read.
+func podView[V any](root pins.Root, ref string, read func(pods.Pod, *datapath.Datapath) (V, error)) (V, error) {
+	var none V
 	p, err := findPod(root, ref)
 	if err != nil {
-		return pods.Pod{}, nil, err
+		return none, err
 	}
 	dp, err := datapath.OpenPinned(root)
 	if err != nil {
-		return pods.Pod{}, nil, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
+		return none, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
 	}
-	return p, dp, nil
+	defer dp.Close()
+	return read(p, dp)
 }
