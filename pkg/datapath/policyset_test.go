@@ -364,3 +364,60 @@ func TestSourceSetParsesOnce(t *testing.T) {
 		t.Fatalf("a failed parse wrote entries: %v", keys)
 	}
 }
+
+// A crash between raising a set's user count and switching the pod leaves
+// the count too high: the set then outlives its last user until
+// GCPolicySets, which counts the pods and removes it. Never too low: a set
+// in use is never removed.
+func TestUserCountErrsHigh(t *testing.T) {
+	d := openForRun(t)
+	p := mustPolicy(t, `{"default":"deny"}`, `{"default":"allow"}`)
+	if err := d.SetPolicy(testPod, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetPolicy(50, p); err != nil {
+		t.Fatal(err)
+	}
+	id := ifaceSet(t, d, testRunIfindex)
+	if err := d.addUsers(id, 3); err != nil { // three crashed switches
+		t.Fatal(err)
+	}
+	for _, pod := range []PodID{testPod, 50} {
+		if err := d.RemovePod(pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if keys := trieKeys(t, d); keys[id] == 0 {
+		t.Fatal("with a count left high, the set went anyway")
+	}
+	n, err := d.GCPolicySets()
+	if err != nil || n != 1 {
+		t.Fatalf("GCPolicySets removed %d: %v", n, err)
+	}
+	if keys := trieKeys(t, d); len(keys) != 0 {
+		t.Fatalf("entries after GC: %v", keys)
+	}
+	// A count left at 0 while a pod uses the set: the release confirms by
+	// counting, repairs the count and keeps the set.
+	if err := d.SetPolicy(testPod, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetPolicy(51, p); err != nil {
+		t.Fatal(err)
+	}
+	if id, err = d.podSet(testPod); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.addUsers(id, -10); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RemovePod(51); err != nil {
+		t.Fatal(err)
+	}
+	if keys := trieKeys(t, d); keys[id] == 0 {
+		t.Fatal("a set in use was removed")
+	}
+	if err := d.CheckPolicy(testPod, p); err != nil {
+		t.Fatalf("policy of the remaining pod: %v", err)
+	}
+}
