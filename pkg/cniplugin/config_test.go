@@ -3,6 +3,7 @@ package cniplugin
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -208,5 +209,66 @@ func TestDelToleratesBrokenConfig(t *testing.T) {
 		if err := Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: stdin}); err != nil {
 			t.Errorf("%s: DEL failed: %v", name, err)
 		}
+	}
+}
+
+// A policy given by reference (policyFile) parses like the inline one,
+// refuses being given twice and a file that cannot be read (code 7), and
+// its identity (what pods share a policy set by) changes when the file is
+// rewritten, without ADD reading the file when the node holds its set.
+func TestPolicyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/policy.json"
+	body := `{"egress":{"default":"deny","rules":[{"cidr":"10.0.0.0/8","action":"allow"}]}}`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy.Egress.Default != policy.Deny || len(c.Policy.Egress.Rules) != 1 || c.Policy.Ingress.Default != policy.Allow {
+		t.Fatalf("policy from the file: %+v", c.Policy)
+	}
+	sum := c.policySum()
+	// Same file, another ADD: same identity.
+	c2, _ := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if c2.policySum() != sum {
+		t.Fatal("the same policy file gave another identity")
+	}
+	// Rewritten (atomically, as a config manager does): a new identity.
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(strings.Replace(body, `"deny"`, `"allow"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	c3, err := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c3.policySum() == sum || c3.Policy.Egress.Default != policy.Allow {
+		t.Fatal("a rewritten policy file kept its identity or its old content")
+	}
+
+	for name, extra := range map[string]map[string]any{
+		"both":    {"policyFile": path, "policy": raw(body)},
+		"missing": {"policyFile": dir + "/nope.json"},
+	} {
+		_, err := ParseConfig(conf(t, extra))
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "policyFile") {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	bad := dir + "/bad.json"
+	if err := os.WriteFile(bad, []byte(`{"egress":{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":[],"action":"allow"}]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ParseConfig(conf(t, map[string]any{"policyFile": bad}))
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "policyFile "+bad+".egress.rules[0].ports") {
+		t.Fatalf("bad policy file: %v", err)
 	}
 }
