@@ -65,7 +65,7 @@ func BenchmarkWriteOverhead(b *testing.B) {
 		}
 	}
 	attach := func() {
-		if err := attachGlobal(a.dir, a.mode, a.progs, names, false, b.Logf); err != nil {
+		if _, err := attachGlobal(a.dir, a.mode, a.progs, names, false, b.Logf); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -168,7 +168,7 @@ func BenchmarkReaderDrain(b *testing.B) {
 		b.ReportMetric(float64(got.Load())/took.Seconds(), "events/s-"+sinkName)
 		b.Logf("drain with %s sink: %d events in %v = %.0f events/s (lost while filling: %d)",
 			sinkName, got.Load(), took, float64(got.Load())/took.Seconds(), lostBefore[cgid])
-		a.maps.Maps["audit_lost"].Delete(cgid) // next round starts from zero
+		a.maps.AuditLost.Delete(cgid) // next round starts from zero
 	}
 }
 
