@@ -1,6 +1,7 @@
 // Package cniplugin is the logic of the podscope chained CNI plugin: config
-// parsing, ADD/DEL/CHECK/GC/STATUS, the state-dir lock, the accounting log
-// and the reaper of pods whose veth or netns is gone.
+// parsing, ADD/DEL/CHECK/GC/STATUS and adoption of running pods. The pod
+// state it reads and writes (lock, registry, accounting log, reaper) is
+// pkg/podstate's.
 package cniplugin
 
 import (
@@ -8,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 
@@ -18,15 +18,9 @@ import (
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/policy"
 )
-
-// DefaultStateDir holds the lock and accounting.jsonl when stateDir is unset.
-const DefaultStateDir = "/var/lib/podscope"
-
-// AttachModeEnv forces the attach mode ("tcx" or "tc") over the config's, so
-// tests and operators can exercise the clsact fallback on a TCX kernel.
-const AttachModeEnv = "PODSCOPE_ATTACH_MODE"
 
 // Pod annotations that replace the network's policy for one direction.
 const (
@@ -101,21 +95,26 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	}
 	c.Root = pins.New(c.BPFFSRoot)
 	if c.StateDir == "" {
-		c.StateDir = DefaultStateDir
+		c.StateDir = podstate.DefaultDir
 	}
-	mode := c.AttachMode
-	field := "attachMode"
-	if env := os.Getenv(AttachModeEnv); env != "" {
-		mode, field = env, "environment "+AttachModeEnv
-	}
-	switch mode {
-	case "", "auto":
-		c.Mode = ""
-	case "tcx", "tc":
-		c.Mode = datapath.Mode(mode)
-	default:
+	env, set, err := datapath.ModeFromEnv()
+	switch {
+	case err != nil:
 		if !lenient {
-			return nil, invalid(fmt.Sprintf("podscope: %s: %q is not an attach mode (tcx, tc, or empty for auto)", field, mode), "")
+			return nil, invalid("podscope: environment "+err.Error(), "")
+		}
+	case set:
+		c.Mode = env
+	default:
+		switch c.AttachMode {
+		case "", "auto":
+			c.Mode = datapath.ModeAuto
+		case "tcx", "tc":
+			c.Mode = datapath.Mode(c.AttachMode)
+		default:
+			if !lenient {
+				return nil, invalid(fmt.Sprintf("podscope: attachMode: %q is not an attach mode (tcx, tc, or empty for auto)", c.AttachMode), "")
+			}
 		}
 	}
 	return c, nil

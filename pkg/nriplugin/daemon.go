@@ -16,9 +16,9 @@ import (
 
 	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/cgroups"
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/metrics"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // Options are podscope-nri's flags.
@@ -115,7 +115,7 @@ func NewDaemon(opt Options, log *slog.Logger) (*Daemon, error) {
 		opt.AuditRetry = 30 * time.Second
 	}
 	if opt.StateDir == "" {
-		opt.StateDir = cniplugin.DefaultStateDir
+		opt.StateDir = podstate.DefaultDir
 	}
 	res, err := cgroups.NewResolver(opt.CgroupRoot)
 	if err != nil {
@@ -350,7 +350,7 @@ func (d *Daemon) reapLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			reaped, err := cniplugin.Reap(d.root, d.opt.StateDir, 5*time.Second)
+			reaped, err := podstate.Reap(d.root, d.opt.StateDir, 5*time.Second)
 			if err != nil {
 				d.log.Error("reaping stale pods", "err", err)
 			}

@@ -1,4 +1,4 @@
-package cniplugin
+package podstate
 
 import (
 	"encoding/json"
@@ -43,7 +43,9 @@ type Record struct {
 	CountersError string `json:"countersError,omitempty"`
 }
 
-func newRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Record {
+// NewRecord is the accounting line of pod p, going for reason, with its
+// final counters c (or cerr when they could not be read).
+func NewRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Record {
 	now := time.Now().UTC()
 	r := Record{
 		Time: now, Reason: reason, Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID,
@@ -58,15 +60,16 @@ func newRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Recor
 	return r
 }
 
-// appendRecord writes one line with a single write(2) on an O_APPEND file and
-// syncs it: the line is complete before the pod's map entries are removed.
-func appendRecord(stateDir string, r Record) error {
+// Append writes r as one line of the accounting log in the state directory
+// with a single write(2) on an O_APPEND file and syncs it: the line is
+// complete before the pod's map entries are removed.
+func Append(stateDir string, r Record) error {
 	line, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
 	line = append(line, '\n')
-	p := filepath.Join(stateDir, AccountingFile)
+	p := filepath.Join(dirOr(stateDir), AccountingFile)
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("opening accounting log: %w", err)
