@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e demo bench bench-quick install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e demo bench bench-quick test-kernels bench-kernels install uninstall clean deps
 
 all: build
 
@@ -47,6 +47,15 @@ unit:
 
 e2e: build
 	hack/e2e.sh
+
+# The audit's and the datapath's tests on real distribution kernels under
+# qemu (hack/kernels/kernels.list): every audit mode forced, the probe
+# unforced. bench-kernels also measures the audit's overhead per mode.
+test-kernels:
+	hack/kernels/run.sh
+
+bench-kernels:
+	BENCH=1 hack/kernels/run.sh
 
 demo: build
 	hack/demo.sh

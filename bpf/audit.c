@@ -319,14 +319,29 @@ static __always_inline void on_file_open(struct file *f)
 		  BPF_CORE_READ(f, f_path.mnt), NULL, NULL, NULL);
 }
 
+/* Inside an open's path walk (current->nameidata set): an O_TRUNC open
+ * truncating its file (handle_truncate). The open reports it, with O_TRUNC
+ * in its flags, as the tracepoint mode does; truncate(2) and ftruncate(2)
+ * call the hooks outside any walk. */
+static __always_inline bool in_open_walk(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, nameidata) != NULL;
+}
+
 static __always_inline void on_path_truncate(const struct path *p)
 {
+	if (in_open_walk())
+		return;
 	kernel_op(AOP_TRUNCATE, 0, BPF_CORE_READ(p, dentry), BPF_CORE_READ(p, mnt), NULL, NULL, NULL);
 }
 
 /* ftruncate reaches security_file_truncate, not path_truncate. */
 static __always_inline void on_file_truncate(struct file *f)
 {
+	if (in_open_walk())
+		return;
 	kernel_op(AOP_TRUNCATE, 0, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), NULL, NULL, NULL);
 }
 
@@ -351,9 +366,7 @@ static __always_inline void on_path_mkdir(const struct path *dir, struct dentry 
  * Opens are reported by file_open, which knows (FMODE_CREATED). */
 static __always_inline void on_path_mknod(const struct path *dir, struct dentry *d, umode_t mode)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-
-	if (BPF_CORE_READ(task, nameidata))
+	if (in_open_walk())
 		return;
 	kernel_op(AOP_CREATE, mode, d, BPF_CORE_READ(dir, mnt), NULL, NULL, NULL);
 }

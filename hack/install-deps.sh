@@ -6,7 +6,7 @@
 set -euo pipefail
 
 PKGS=(clang llvm libbpf-dev bpftool iproute2 iperf3 nftables iptables busybox-static runc jq util-linux kmod
-      qemu-system-x86 cpio)
+      qemu-system-x86 cpio strace)
 
 missing=()
 for p in "${PKGS[@]}"; do

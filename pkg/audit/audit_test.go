@@ -269,6 +269,8 @@ func TestAudit(t *testing.T) {
 		}
 	})
 
+	t.Run("agrees with strace, refused writes included", func(t *testing.T) { straceOracle(t, h) })
+
 	t.Run("unarmed sibling produces none", func(t *testing.T) {
 		armed := h.cgroup(t)
 		sibling := h.cgroup(t)

@@ -44,7 +44,7 @@ func progNames(spec *ebpf.CollectionSpec, m Mode) []string {
 
 // hookOps names what a hook carries, for the "not seen" list.
 var hookOps = map[string]string{
-	"file_open": "open, create", "path_truncate": "truncate", "file_truncate": "ftruncate",
+	"file_open": "open, create", "path_truncate": "truncate", "file_truncate": "ftruncate on Linux 6.2+; before, ftruncate passes path_truncate and is seen",
 	"path_unlink": "unlink", "path_rmdir": "rmdir", "path_mkdir": "mkdir", "path_mknod": "mknod",
 	"path_chmod": "chmod", "path_chown": "chown", "path_rename": "rename", "path_link": "link",
 	"path_symlink": "symlink",

@@ -61,6 +61,21 @@ func runWorkload(name string) error {
 			return err
 		}
 		same := os.Getenv("PODSCOPE_AUDIT_TEST_SAME") == "1"
+		if os.Getenv("PODSCOPE_AUDIT_TEST_GETPPID") == "1" {
+			// n x 20 getppid calls (a getppid is far cheaper than the
+			// write loop's iteration); ns per call.
+			var ru0, ru1 unix.Rusage
+			unix.Getrusage(unix.RUSAGE_SELF, &ru0)
+			start := time.Now()
+			for i := 0; i < 20*n; i++ {
+				unix.Getppid()
+			}
+			wall := time.Since(start)
+			unix.Getrusage(unix.RUSAGE_SELF, &ru1)
+			cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
+			fmt.Println(wall.Nanoseconds()/int64(20*n), cpu/int64(20*n))
+			return nil
+		}
 		names := make([]string, n)
 		for i := range names {
 			if same {
@@ -206,7 +221,7 @@ func opFixture(dir string) (*os.File, error) {
 	}
 	for _, f := range []string{"abs-write", "trunc-me", "chmod-rel", "chown-abs", "dirfd/fchmodat-me",
 		"dirfd/fchownat-me", "link-src", "rename-a", "renameat-a", "renameat2-a", "unlink-me",
-		"dirfd/unlinkat-me", "bind-src/existing", "root/inroot", "fdfile"} {
+		"dirfd/unlinkat-me", "bind-src/existing", "root/inroot", "fdfile", "otrunc-me", "ocreat-trunc-me"} {
 		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
 			return nil, err
 		}
@@ -239,6 +254,10 @@ func opsWant(d string, fchmodat2 bool) []wantEvent {
 		{"create", j("creat-abs"), "", unix.O_CREAT | unix.O_WRONLY | unix.O_TRUNC},
 		{"create", j("openat2-rel"), "", unix.O_CREAT | unix.O_WRONLY},
 		{"create", j("open-legacy-rel"), "", unix.O_CREAT | unix.O_WRONLY | unix.O_TRUNC},
+		// An O_TRUNC open is one open_write (no separate truncate), and
+		// O_CREAT|O_TRUNC of an existing file creates nothing.
+		{"open_write", j("otrunc-me"), "", unix.O_WRONLY | unix.O_TRUNC},
+		{"open_write", j("ocreat-trunc-me"), "", unix.O_WRONLY | unix.O_CREAT | unix.O_TRUNC},
 		{"truncate", j("trunc-me"), "", 0},
 		{"truncate", j("fdfile"), "", 0},
 		{"chmod", j("fdfile"), "", 0o600},
@@ -312,6 +331,10 @@ func opsWorkload(d string) error {
 		}},
 		{"open rel", func() error {
 			return raw(unix.SYS_OPEN, bytePtr("./open-legacy-rel"), unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC, 0o644)
+		}},
+		{"open O_TRUNC", func() error { return raw(unix.SYS_OPEN, bytePtr("otrunc-me"), unix.O_WRONLY|unix.O_TRUNC) }},
+		{"open O_CREAT|O_TRUNC existing", func() error {
+			return raw(unix.SYS_OPEN, bytePtr("ocreat-trunc-me"), unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC, 0o644)
 		}},
 		{"truncate", func() error { return raw(unix.SYS_TRUNCATE, bytePtr(filepath.Join(d, "trunc-me")), 0) }},
 		{"ftruncate", func() error { return unix.Ftruncate(inherited, 0) }},
