@@ -83,6 +83,7 @@ func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
 		if now := time.Now(); now.After(nextSweep) {
 			d.clockSync() // follow wall-clock steps (NTP) in event times
 			a.sweepFolds(d, sink)
+			d.prune(now)
 			nextSweep = now.Add(sweepInterval)
 		}
 	}
@@ -118,10 +119,12 @@ type foldInfo struct {
 	seen                time.Time // wall clock of the record (pruning)
 }
 
-// foldMemory: how long the strings of a key are kept after its last
-// record. A fold is flushed at most a window (plus a sweep interval) after
-// the record that opened it, so this is ample even for a slow reader.
-const foldMemory = 2 * time.Minute
+// foldMemory: how long (by the record's own time) the strings of a key are
+// kept. A window's repeats are flushed by the first sweep after it ended,
+// and the sweep runs after the records read before it, so a record older
+// than a few windows has had its repeats flushed; pruning runs after the
+// sweep. Memory stays bounded by the record rate over these seconds.
+const foldMemory = 5 * foldWindow
 
 func (d *decoder) remember(k foldKey, ev *Event) {
 	d.recent[k] = foldInfo{ev.Path, ev.Target, ev.Value, ev.Time}
@@ -132,9 +135,10 @@ func (d *decoder) recall(k foldKey) (foldInfo, bool) {
 	return fi, ok
 }
 
-// prune forgets keys not seen for foldMemory (run from the sweep).
+// prune forgets keys whose last record is older than foldMemory (run
+// after the sweep, at most once a second).
 func (d *decoder) prune(now time.Time) {
-	if now.Sub(d.lastPrune) < foldMemory/4 {
+	if now.Sub(d.lastPrune) < time.Second {
 		return
 	}
 	d.lastPrune = now
@@ -224,7 +228,6 @@ func (d *decoder) decode(raw []byte) (Event, bool) {
 // fold line each, with the strings of the record that opened the window.
 func (a *Auditor) sweepFolds(d *decoder, sink func(Event)) {
 	m := a.maps.AuditFoldmap
-	d.prune(time.Now())
 	// Nothing folded since the last pass (and nothing left over from it):
 	// skip the scan of the fold map.
 	if folds, err := a.foldsSoFar(); err == nil && folds == d.sweptFolds && !d.sweepLeft {
