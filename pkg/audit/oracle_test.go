@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -30,7 +31,7 @@ func straceOracle(t *testing.T, h *harness) {
 	strace := testenv.RequireTool(t, "strace")
 	busybox := testenv.RequireTool(t, "busybox")
 	cg := h.cgroup(t)
-	cgid, err := h.a.Arm(cg, Identity{Pod: "oracle"})
+	cgid, err := h.a.Arm(cg, Identity{Identity: pods.Identity{Pod: "oracle"}})
 	if err != nil {
 		t.Fatal(err)
 	}

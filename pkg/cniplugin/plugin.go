@@ -35,8 +35,11 @@ func Add(args *skel.CmdArgs) error {
 }
 
 func add(args *skel.CmdArgs) (*Config, error) {
-	conf, err := ParseConfig(args.StdinData)
+	conf, err := parseConfigLazy(args.StdinData)
 	if err != nil {
+		return nil, err
+	}
+	if conf.policySet, err = conf.policySetFor(); err != nil {
 		return nil, err
 	}
 	if conf.PrevResult == nil {
@@ -142,7 +145,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 		undo = append(undo, func() error { return reg.Delete(pod.ID) })
 		undo = append(undo, func() error { return dp.RemovePod(pod.ID) })
 	}
-	if err := dp.SetPolicy(pod.ID, conf.Policy); err != nil {
+	if err := dp.SetPolicySet(pod.ID, conf.policySet); err != nil {
 		return fmt.Errorf("podscope: writing policy of pod %s: %w", pod.Ref(), err)
 	}
 	if prev == nil {

@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/policy"
 )
 
@@ -40,7 +42,8 @@ import (
 type PolicySet struct {
 	sum    [32]byte
 	policy policy.Policy
-	empty  bool // allows everything: no entries, set id 0
+	empty  bool                          // allows everything: no entries, set id 0
+	parse  func() (policy.Policy, error) // source sets: parses on first need
 }
 
 // Sum is the set's content identity.
@@ -53,6 +56,58 @@ func NewPolicySet(p policy.Policy) (*PolicySet, error) {
 		return nil, err
 	}
 	return &PolicySet{sum: policySum(p), policy: p, empty: isAllowAll(p)}, nil
+}
+
+// PolicySetFromSource is the set of the policy parsed from a source text
+// whose sum the caller computed (e.g. the CNI config's policy bytes and the
+// pod's annotations): parse runs only if the node does not hold that set
+// yet, so a pod whose policy text the node already holds skips parsing and
+// compiling (100,000 CIDRs: seconds) altogether. The sum must cover every
+// byte the policy is parsed from and the parser's version; sets from a
+// source never match sets built with NewPolicySet.
+func PolicySetFromSource(sum [32]byte, parse func() (policy.Policy, error)) *PolicySet {
+	return &PolicySet{sum: sum, parse: parse}
+}
+
+// HasPolicySet reports whether the node holds the complete set with sum.
+func (d *Datapath) HasPolicySet(sum [32]byte) (bool, error) {
+	var rec tcPolicySet
+	err := d.objs.PolicySets.Lookup(tcPolicySetKey{Sum: sum}, &rec)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading policy sets: %w", err)
+	}
+	return rec.State == setComplete, nil
+}
+
+// HasPinnedPolicySet is HasPolicySet for a caller that has not opened the
+// datapath: it reads the one pinned map (false when there is none).
+func HasPinnedPolicySet(root pins.Root, sum [32]byte) bool {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir(Owner), tcMapPolicySets), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return false
+	}
+	defer m.Close()
+	var rec tcPolicySet
+	return m.Lookup(tcPolicySetKey{Sum: sum}, &rec) == nil && rec.State == setComplete
+}
+
+// resolve parses a source set if it was not parsed yet.
+func (s *PolicySet) resolve() error {
+	if s.parse == nil {
+		return nil
+	}
+	p, err := s.parse()
+	if err != nil {
+		return err
+	}
+	if err := p.Validate("policy"); err != nil {
+		return err
+	}
+	s.policy, s.empty, s.parse = p, isAllowAll(p), nil
+	return nil
 }
 
 // isAllowAll reports whether p lets everything through in both directions
@@ -224,6 +279,12 @@ func (d *Datapath) ensureSet(s *PolicySet) (uint32, error) {
 		}
 	case !errors.Is(err, ebpf.ErrKeyNotExist):
 		return 0, fmt.Errorf("reading policy sets: %w", err)
+	}
+	if err := s.resolve(); err != nil {
+		return 0, err
+	}
+	if s.empty {
+		return 0, nil
 	}
 	want, err := compile(s.policy)
 	if err != nil {

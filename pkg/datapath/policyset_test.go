@@ -327,3 +327,40 @@ func TestV4MappedPeerIsIPv6(t *testing.T) {
 		t.Fatal("a v4-mapped CIDR was accepted")
 	}
 }
+
+// A set built from a source text is parsed only when the node does not
+// hold it: pods 2..n of a network with a large policy skip parsing.
+func TestSourceSetParsesOnce(t *testing.T) {
+	d := openForRun(t)
+	p := mustPolicy(t, `{"default":"deny","rules":[{"cidr":"10.0.0.0/8","action":"allow"}]}`, `{"default":"allow"}`)
+	sum := [32]byte{1, 2, 3}
+	parses := 0
+	parse := func() (policy.Policy, error) { parses++; return p, nil }
+	if ok, err := d.HasPolicySet(sum); err != nil || ok {
+		t.Fatalf("HasPolicySet before: %v %v", ok, err)
+	}
+	for _, pod := range []PodID{testPod, 30, 31} {
+		if err := d.SetPolicySet(pod, PolicySetFromSource(sum, parse)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if parses != 1 {
+		t.Fatalf("parsed %d times for 3 pods, want 1", parses)
+	}
+	if !HasPinnedPolicySet(d.root, sum) {
+		t.Fatal("HasPinnedPolicySet does not see the set")
+	}
+	for _, pod := range []PodID{testPod, 30, 31} {
+		if err := d.CheckPolicy(pod, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A parse error is returned and nothing is written.
+	bad := PolicySetFromSource([32]byte{9}, func() (policy.Policy, error) { return policy.Policy{}, errors.New("bad text") })
+	if err := d.SetPolicySet(40, bad); err == nil || !strings.Contains(err.Error(), "bad text") {
+		t.Fatalf("SetPolicySet with a bad source: %v", err)
+	}
+	if keys := trieKeys(t, d); len(keys) != 1 {
+		t.Fatalf("a failed parse wrote entries: %v", keys)
+	}
+}

@@ -38,12 +38,12 @@ func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
 			return nil, fmt.Errorf("pod %s: %w", p.Ref(), err)
 		}
 		c := p.Counters
-		name := p.Name
-		if p.Namespace == "" && name == "" {
-			name = p.ContainerID // outside Kubernetes the container id stands in
+		id := p.Identity()
+		if id.Namespace == "" && id.Pod == "" {
+			id.Pod = p.ContainerID // outside Kubernetes the container id stands in
 		}
 		out = append(out, PodNetwork{
-			Namespace: p.Namespace, Pod: name, PodUID: p.UID, Interface: p.Interface,
+			Identity: id, Interface: p.Interface,
 			RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
 			DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
 		})

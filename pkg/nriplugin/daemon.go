@@ -318,8 +318,7 @@ func (d *Daemon) sink(lw *audit.LogWriter) func(audit.Event) {
 			}
 		}
 		n := uint64(max(ev.Count, 1))
-		d.writes.Add(metrics.WriteKey{Container: metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod,
-			PodUID: ev.PodUID, Container: ev.Container}, Op: ev.Op}, n)
+		d.writes.Add(metrics.WriteKey{Container: metrics.ContainerOf(ev.Identity), Op: ev.Op}, n)
 	}
 }
 

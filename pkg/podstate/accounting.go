@@ -18,11 +18,9 @@ const AccountingFile = "accounting.jsonl"
 // Record is one line of accounting.jsonl: a pod's identity and its final
 // counters, written once when the pod goes (DEL, GC or the reaper).
 type Record struct {
-	Time          time.Time      `json:"time"`
-	Reason        string         `json:"reason"` // "del", "gc", "reaped: <why>", "cleanup"
-	Namespace     string         `json:"namespace"`
-	Pod           string         `json:"pod"`
-	PodUID        string         `json:"podUID"`
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason"` // "del", "gc", "reaped: <why>", "cleanup"
+	pods.Identity
 	ContainerID   string         `json:"containerID"`
 	Interface     string         `json:"interface"`
 	HostInterface string         `json:"hostInterface"`
@@ -48,7 +46,7 @@ type Record struct {
 func NewRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Record {
 	now := time.Now().UTC()
 	r := Record{
-		Time: now, Reason: reason, Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID,
+		Time: now, Reason: reason, Identity: p.Identity(),
 		ContainerID: p.ContainerID, Interface: p.Interface, HostInterface: p.HostInterface,
 		IPs: p.IPs, Mode: string(p.Mode), Network: p.Network, PodID: uint32(p.ID), AttachedAt: p.AttachedAt, DetachedAt: now,
 		RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,

@@ -19,7 +19,7 @@ import (
 // logged and the registry entry dropped. When the line cannot be written the
 // pod is kept: removing it would lose its counters for good.
 func (s *State) Teardown(pod pods.Pod, reason string) error {
-	c, cerr := s.Counters(pod.ID)
+	c, cerr := s.Counters(pod)
 	if err := Append(s.Dir, NewRecord(pod, reason, c, cerr)); err != nil {
 		return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
 	}

@@ -54,16 +54,18 @@ type State struct {
 	DatapathErr error
 }
 
-// Counters are pod id's datapath counters, or why there are none.
-func (s *State) Counters(id datapath.PodID) (datapath.Counters, error) {
-	return counters(s.Datapath, s.DatapathErr, id)
+// Counters are p's datapath counters, or why there are none.
+func (s *State) Counters(p pods.Pod) (datapath.Counters, error) {
+	return counters(s.Datapath, s.DatapathErr, p)
 }
 
-func counters(dp *datapath.Datapath, dperr error, id datapath.PodID) (datapath.Counters, error) {
+// counters is the one join of a registered pod with the datapath's
+// counters, for teardown, List and so `podscopectl pods` and the metrics.
+func counters(dp *datapath.Datapath, dperr error, p pods.Pod) (datapath.Counters, error) {
 	if dp == nil {
 		return datapath.Counters{}, dperr
 	}
-	return dp.Counters(id)
+	return dp.Counters(p.ID)
 }
 
 // WithPinned runs fn under the state-dir lock with the pinned pod registry
@@ -136,7 +138,7 @@ func List(root pins.Root) ([]Pod, error) {
 	}
 	for _, p := range list {
 		r := Pod{Pod: p}
-		r.Counters, r.CountersErr = counters(dp, dperr, p.ID)
+		r.Counters, r.CountersErr = counters(dp, dperr, p)
 		out = append(out, r)
 	}
 	return out, nil
