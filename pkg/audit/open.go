@@ -44,6 +44,11 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	probeMap := maps.AuditProbe
 	switch {
 	case opts.Mode != "":
+		if opts.Mode == ModeLSM || opts.Mode == ModeLSMCgroup {
+			if err := bpfLSMActive(); err != nil {
+				return fail(fmt.Errorf("audit: mode %s: %w", opts.Mode, err))
+			}
+		}
 		a.mode, a.probe = opts.Mode, ProbeResult{Mode: opts.Mode, Forced: true}
 	case pinnedMode != "":
 		a.probe, err = readProbe(probeMap, pinnedMode)

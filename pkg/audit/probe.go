@@ -108,7 +108,29 @@ func firstLine(s string) string {
 	return strings.TrimSuffix(strings.TrimSpace(s), ":")
 }
 
+// bpfLSMActive says whether the kernel runs BPF LSM programs: only when
+// "bpf" is among the active LSMs (/sys/kernel/security/lsm). Otherwise lsm
+// programs load and attach but never run. Unknown (no securityfs) is not
+// an error: the probe's event decides then.
+func bpfLSMActive() error {
+	b, err := os.ReadFile("/sys/kernel/security/lsm")
+	if err != nil {
+		return nil
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		if l == "bpf" {
+			return nil
+		}
+	}
+	return fmt.Errorf("the bpf LSM is not active (active: %s): its programs would never run; boot with bpf in lsm=", strings.TrimSpace(string(b)))
+}
+
 func probeMode(m Mode, cgroupRoot string) (err error) {
+	if m == ModeLSM || m == ModeLSMCgroup {
+		if err := bpfLSMActive(); err != nil {
+			return fmt.Errorf("attach: %w", err)
+		}
+	}
 	spec, err := loadAudit()
 	if err != nil {
 		return fmt.Errorf("object: %w", err)
