@@ -9,6 +9,7 @@
 #
 #   KERNELS="deb12-6.1"   only these names of the list
 #   BENCH=1               also measure the audit's overhead per mode
+#   BENCH=only            only that
 #   OUT=dir               where serial logs go (default /tmp/podscope-test-kernels)
 #
 # Kernels are cached under $PODSCOPE_CACHE/kernels (hack/kernels/fetch.sh).
@@ -78,6 +79,15 @@ restart_run='^(TestRestartKeepsState|TestUpgradeReplacesPrograms)$'
 scale="PODSCOPE_AUDIT_TEST_BURST=5000 PODSCOPE_AUDIT_TEST_LOSS=20000"
 plan() {
   local probe=$1 modes=$2 suites=$3 m
+  [ "${BENCH:-}" = only ] || plan_tests "$@"
+  if [ -n "${BENCH:-}" ]; then
+    for m in $modes; do
+      echo "bench-$m 600 PODSCOPE_AUDIT_TEST_MODE=$m PODSCOPE_BENCH_ROUNDS=5 PODSCOPE_BENCH_ITERS=3000 /bin/audit.test -test.run '^\$' -test.bench '^BenchmarkWriteOverhead\$' -test.benchtime=1x -test.v"
+    done
+  fi
+}
+plan_tests() {
+  local probe=$1 modes=$2 suites=$3 m
   echo "probe 300 PODSCOPE_AUDIT_TEST_EXPECT_PROBE=$probe /bin/audit.test -test.v -test.run '$probe_run'"
   for m in $modes; do
     echo "audit-$m 400 PODSCOPE_AUDIT_TEST_MODE=$m $scale /bin/audit.test -test.v -test.run '$audit_run'"
@@ -91,11 +101,6 @@ plan() {
       status) echo "status 200 PODSCOPE_AUDIT_TEST_LEAVE=/sys/fs/bpf/podscope /bin/audit.test -test.run '^TestLeaveLoaded\$' && /bin/podscopectl status && /bin/podscopectl status -o json" ;;
     esac
   done
-  if [ "${BENCH:-}" = 1 ]; then
-    for m in $modes; do
-      echo "bench-$m 400 PODSCOPE_AUDIT_TEST_MODE=$m PODSCOPE_BENCH_ROUNDS=5 PODSCOPE_BENCH_ITERS=3000 /bin/audit.test -test.run '^\$' -test.bench '^BenchmarkWriteOverhead\$' -test.benchtime=1x -test.v"
-    done
-  fi
 }
 
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$work/base.cpio"

@@ -386,12 +386,17 @@ func TestAudit(t *testing.T) {
 			}
 			return
 		}
-		if len(got) != 1 {
-			t.Fatalf("want exactly one event (the refused open), got %+v", got)
+		if len(got) != 2 {
+			t.Fatalf("want exactly two events (the refused opens), got %+v", got)
 		}
-		ev := got[0]
-		if !ev.Denied || ev.Op != "open_write" || ev.Path != filepath.Join(d, "secret") || ev.UID != 65534 || ev.PID != uint32(pid) {
-			t.Fatalf("event %+v: want a denied open_write of %s by uid 65534 pid %d", ev, filepath.Join(d, "secret"), pid)
+		// A refused open is labelled by what it attempted: writing a file
+		// (with O_CREAT in its flags when it would have created it), never a
+		// create of a file that exists.
+		for i, flags := range []uint32{unix.O_WRONLY, unix.O_WRONLY | unix.O_CREAT | unix.O_APPEND} {
+			ev := got[i]
+			if !ev.Denied || ev.Op != "open_write" || ev.Flags != flags || ev.Path != filepath.Join(d, "secret") || ev.UID != 65534 || ev.PID != uint32(pid) {
+				t.Fatalf("event %+v: want a denied open_write (flags %#o) of %s by uid 65534 pid %d", ev, flags, filepath.Join(d, "secret"), pid)
+			}
 		}
 	})
 

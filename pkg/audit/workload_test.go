@@ -119,6 +119,10 @@ func runWorkload(name string) error {
 		if _, err := unix.Open(filepath.Join(d, "secret"), unix.O_WRONLY, 0); err != unix.EACCES {
 			return fmt.Errorf("open secret as nobody: %v, want EACCES", err)
 		}
+		// `echo x >> secret`: O_CREAT of a file that exists, refused.
+		if _, err := unix.Open(filepath.Join(d, "secret"), unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND, 0o644); err != unix.EACCES {
+			return fmt.Errorf("append to secret as nobody: %v, want EACCES", err)
+		}
 		if _, err := unix.Open(filepath.Join(d, "missing", "x"), unix.O_WRONLY|unix.O_CREAT, 0o600); err != unix.ENOENT {
 			return fmt.Errorf("open missing/x: %v, want ENOENT", err)
 		}
