@@ -41,7 +41,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
-	idm, _ := a.mapOf("audit_identity")
+	idm := a.maps.AuditIdentity
 	if err := idm.Put(cgid, ki); err != nil {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: storing identity: %w", cgroupDir, err)
@@ -55,7 +55,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
-	ac, _ := a.mapOf("audited_cgroups")
+	ac := a.maps.AuditedCgroups
 	if err := ac.Put(cgid, auditAuditCgroup{ArmedAt: uint32(ts.Sec), Level: level}); err != nil {
 		idm.Delete(cgid)
 		a.removeCgroupLinks(cgid, "")
@@ -76,8 +76,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 func (a *Auditor) Disarm(cgid uint64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ac, _ := a.mapOf("audited_cgroups")
-	idm, _ := a.mapOf("audit_identity")
+	ac, idm := a.maps.AuditedCgroups, a.maps.AuditIdentity
 	var errs []error
 	if err := ac.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: %w", cgid, err))
@@ -94,8 +93,7 @@ func (a *Auditor) Disarm(cgid uint64) error {
 
 // Armed lists the armed cgroups with their identities.
 func (a *Auditor) Armed() (map[uint64]Identity, error) {
-	ac, _ := a.mapOf("audited_cgroups")
-	idm, _ := a.mapOf("audit_identity")
+	ac, idm := a.maps.AuditedCgroups, a.maps.AuditIdentity
 	out := map[uint64]Identity{}
 	var (
 		k uint64
@@ -120,11 +118,7 @@ func (a *Auditor) Armed() (map[uint64]Identity, error) {
 // armed cgroups, from audited_cgroups. More distinct levels than the
 // programs check (8) is an error: the deeper ones would go unaudited.
 func (a *Auditor) syncLevels() error {
-	ac, _ := a.mapOf("audited_cgroups")
-	lv, err := a.mapOf("audit_levels")
-	if err != nil {
-		return err
-	}
+	ac, lv := a.maps.AuditedCgroups, a.maps.AuditLevels
 	seen := map[uint32]bool{}
 	var (
 		k uint64
@@ -292,4 +286,40 @@ func cstr(b []int8) string {
 		buf[i] = byte(b[i])
 	}
 	return string(buf)
+}
+
+// tryCgroupAttach attaches every lsm_cgroup program to a scratch cgroup and
+// detaches them again: a mode that could not arm a cgroup is refused at
+// Open, not at the first Arm (the kernel has room for few BPF_LSM_CGROUP
+// hooks system-wide: CGROUP_LSM_NUM, 10 on Linux 6.x).
+func (a *Auditor) tryCgroupAttach(cgroupRoot string, names []string) error {
+	if cgroupRoot == "" {
+		m, err := cgroups.FindUnifiedSelf()
+		if err != nil {
+			return fmt.Errorf("scratch cgroup: %w", err)
+		}
+		cgroupRoot = m.Point
+	}
+	cg, err := os.MkdirTemp(cgroupRoot, "podscope-armcheck-")
+	if err != nil {
+		return fmt.Errorf("scratch cgroup: %w", err)
+	}
+	defer os.Remove(cg)
+	var links []link.Link
+	defer func() {
+		for _, l := range links {
+			l.Close()
+		}
+	}()
+	for _, n := range names {
+		if !strings.HasPrefix(n, "lsmc_") {
+			continue
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ebpf.AttachLSMCgroup, Program: a.progs[n]})
+		if err != nil {
+			return fmt.Errorf("attach %s (program %d of the mode) to a cgroup: %w", n, len(links)+1, unwrapErrno(err))
+		}
+		links = append(links, l)
+	}
+	return nil
 }
