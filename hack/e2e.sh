@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # podscope's end-to-end suite against a real containerd (`make e2e`; `make
-# test` runs it under CI=true or E2E=1). Brings up the environment of
+# test` runs it after the Go packages' tests unless E2E=0, and always under
+# CI=true). Brings up the environment of
 # hack/e2e-env.sh (building and caching containerd, crictl, CNI plugins and
 # the local images on first use), runs tests/e2e, and tears everything down
 # on exit — also on failure or ^C.

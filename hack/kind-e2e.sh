@@ -21,8 +21,8 @@
 # Needs docker (or a docker-compatible CLI that kind supports), kind >= 0.20,
 # kubectl and jq, and network access for the base images (golang,
 # distroless, busybox, kind's node image). It cannot run in podscope's CI,
-# which has no Docker engine and no registry: it is checked there only by
-# reading and by the shellcheck linter.
+# which has no Docker engine and no registry, and nothing lints it there:
+# run `shellcheck hack/kind-e2e.sh` by hand after changing it.
 # jq filters and the pods' shell commands use $ on purpose:
 # shellcheck disable=SC2016
 set -euo pipefail
@@ -33,7 +33,7 @@ IMAGE=podscope:dev # the image deploy/kustomization.yaml names
 BUSYBOX=${BUSYBOX_IMAGE:-docker.io/library/busybox:1.36}
 NS=podscope-e2e
 TIMEOUT=${E2E_TIMEOUT:-180}
-DENIED=169.254.169.254 # deploy/configmap.yaml: egress deny 169.254.169.254/32
+DENIED=169.254.169.254 # deploy/podscope.json (the ConfigMap's entry): egress deny 169.254.169.254/32
 KCTX=kind-$CLUSTER
 WORK=$(mktemp -d)
 
