@@ -363,20 +363,16 @@ YAML
   # Wrappers for a person poking at a kept environment (KEEP=1).
   printf '#!/bin/sh\nexec %s --config %s "$@"\n' "$CRICTL_DIR/crictl" "$WORK/crictl.yaml" >"$WORK/bin/crictl"
   printf '#!/bin/sh\nexec %s --address %s --namespace k8s.io "$@"\n' "$CTRD_DIR/ctr" "$CTRD_SOCK" >"$WORK/bin/ctr"
-  # podscopectl takes its flags after the command (after "show" for policy).
+  # Global flags (--bpffs-root) go anywhere; command flags after the command.
   cat >"$WORK/bin/podscopectl" <<SH
 #!/bin/sh
 # podscopectl of the e2e environment: its bpffs root, audit log, state dir.
 ctl=$REPO/bin/podscopectl
-[ \$# -gt 0 ] || exec \$ctl help
-cmd=\$1; shift
-case "\$cmd" in
-  policy) sub=\${1:-show}; [ \$# -gt 0 ] && shift; exec \$ctl policy "\$sub" --bpffs-root $BPFFS_ROOT "\$@" ;;
-  audit) exec \$ctl audit --bpffs-root $BPFFS_ROOT --log $AUDIT_LOG "\$@" ;;
-  cleanup) exec \$ctl cleanup --bpffs-root $BPFFS_ROOT --state-dir $PS_STATE "\$@" ;;
-  status) exec \$ctl status --bpffs-root $BPFFS_ROOT --nri-socket $NRI_SOCK "\$@" ;;
-  help|-h|--help) exec \$ctl help ;;
-  *) exec \$ctl "\$cmd" --bpffs-root $BPFFS_ROOT "\$@" ;;
+case "\${1:-}" in
+  audit) shift; exec \$ctl --bpffs-root $BPFFS_ROOT audit --log $AUDIT_LOG "\$@" ;;
+  cleanup) shift; exec \$ctl --bpffs-root $BPFFS_ROOT cleanup --state-dir $PS_STATE "\$@" ;;
+  status) shift; exec \$ctl --bpffs-root $BPFFS_ROOT status --nri-socket $NRI_SOCK "\$@" ;;
+  *) exec \$ctl --bpffs-root $BPFFS_ROOT "\$@" ;;
 esac
 SH
   chmod +x "$WORK/bin/"*
