@@ -7,6 +7,9 @@
 # on exit — also on failure or ^C.
 #
 #   RUN=TestX hack/e2e.sh      run only matching tests
+#   RUN='^$' BENCH=PodStartLatency hack/e2e.sh
+#                              run a benchmark of the suite (BENCHTIME, default
+#                              20x: pod start latency over 20 pods of each kind)
 #   KEEP=1 hack/e2e.sh         leave the environment up afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +46,8 @@ echo "e2e: environment up in $((t1 - t0))s"
 # Compile first so that build time does not count against the tests.
 go test -c -o "$PODSCOPE_E2E_WORK/e2e.test" ./tests/e2e
 rc=0
-(cd tests/e2e && "$PODSCOPE_E2E_WORK/e2e.test" -test.v -test.count=1 -test.timeout 15m ${RUN:+-test.run "$RUN"}) \
+(cd tests/e2e && "$PODSCOPE_E2E_WORK/e2e.test" -test.v -test.count=1 -test.timeout 15m ${RUN:+-test.run "$RUN"} \
+  ${BENCH:+-test.bench "$BENCH" -test.benchtime "${BENCHTIME:-20x}"}) \
   2>&1 | tee "$PODSCOPE_E2E_WORK/log/e2e.log" || rc=$?
 [ -f "$PODSCOPE_E2E_WORK/latency.txt" ] && cat "$PODSCOPE_E2E_WORK/latency.txt"
 echo "e2e: tests took $(( $(date +%s) - t1 ))s, total $(( $(date +%s) - t0 ))s (rc=$rc)"
