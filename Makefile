@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e demo bench bench-quick install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick install uninstall clean deps
 
 all: build
 
@@ -47,6 +47,11 @@ unit:
 
 e2e: build
 	hack/e2e.sh
+
+# The cluster suite (tests/e2e-k8s) on a single-node Kubernetes built from
+# source (hack/k8s/node.sh): deploy/ applied with kubectl apply -k.
+e2e-k8s: build
+	PODSCOPE_E2E_NO_BUILD=1 hack/k8s/e2e.sh
 
 demo: build
 	hack/demo.sh

@@ -100,12 +100,12 @@ check_runc() {
   runc --version >/dev/null || die "runc --version failed"
 }
 
-# oci_layout OUT.tar NAME ENTRYPOINT-JSON ROOTFS-DIR: writes an OCI image
+# oci_layout OUT.tar NAME ENTRYPOINT-JSON ROOTFS-DIR [PATH] [USER]: writes an OCI image
 # layout (oci-layout, index.json, blobs/sha256/{layer,config,manifest}) as a
 # tarball that `ctr images import` takes. Reproducible: sorted names, zero
 # mtimes and owners, gzip without a timestamp.
 oci_layout() {
-  local out=$1 name=$2 entry=$3 rootfs=$4 d layer diffid lsize cfg csize man msize
+  local out=$1 name=$2 entry=$3 rootfs=$4 path=${5:-/bin} user=${6:-} d layer diffid lsize cfg csize man msize
   d=$(mktemp -d)
   mkdir -p "$d/blobs/sha256"
   tar -C "$rootfs" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$d/layer.tar" .
@@ -114,8 +114,8 @@ oci_layout() {
   layer=$(sha256sum "$d/layer.tar.gz" | cut -d' ' -f1)
   lsize=$(stat -c %s "$d/layer.tar.gz")
   mv "$d/layer.tar.gz" "$d/blobs/sha256/$layer"
-  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$entry" "$diffid" >"$d/config.json"
+  printf '{"architecture":"amd64","os":"linux","config":{%s"Entrypoint":%s,"Env":["PATH=%s"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "${user:+\"User\":\"$user\",}" "$entry" "$path" "$diffid" >"$d/config.json"
   cfg=$(sha256sum "$d/config.json" | cut -d' ' -f1)
   csize=$(stat -c %s "$d/config.json")
   mv "$d/config.json" "$d/blobs/sha256/$cfg"
@@ -602,6 +602,10 @@ cmd_down() {
 }
 
 cmd_env() { [ -f "$WORK/env" ] || die "no environment up in $WORK"; cat "$WORK/env"; }
+
+# Sourced (hack/k8s/node.sh reuses the builders, images and process helpers
+# above), it only defines them.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 case "${1:-}" in
   deps) cmd_deps ;;

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,6 +12,9 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // Arm starts the audit of the cgroup v2 directory cgroupDir (a container's
@@ -26,7 +28,7 @@ import (
 func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	cgid, err := CgroupID(cgroupDir)
+	cgid, err := cgroups.V2ID(cgroupDir)
 	if err != nil {
 		return 0, fmt.Errorf("audit: arm: %w", err)
 	}
@@ -47,7 +49,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	a.cache.put(cgid, id)
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) // diagnostics only
-	level, err := cgroupLevel(cgroupDir)
+	level, err := cgroups.Level(cgroupDir)
 	if err != nil {
 		idm.Delete(cgid)
 		a.removeCgroupLinks(cgid, "")
@@ -204,7 +206,7 @@ func (a *Auditor) updateCgroupLinks() error {
 		if !ok || p == nil {
 			continue
 		}
-		l, err := link.LoadPinnedLink(filepath.Join(a.dir, e.Name()), nil)
+		l, err := link.LoadPinnedLink(a.root.Pin(Owner, e.Name()), nil)
 		if err == nil {
 			err = l.Update(p)
 			l.Close()
@@ -217,7 +219,7 @@ func (a *Auditor) updateCgroupLinks() error {
 }
 
 func (a *Auditor) cgLinkPin(cgid uint64, prog string) string {
-	return filepath.Join(a.dir, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
+	return a.root.Pin(Owner, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
 }
 
 // removeCgroupLinks unpins (detaching) the per-cgroup links of cgid (0 =
@@ -242,7 +244,7 @@ func (a *Auditor) removeCgroupLinks(cgid uint64, progPrefix string) error {
 		if !ok || !strings.HasPrefix(prog, progPrefix) {
 			continue
 		}
-		if err := os.Remove(filepath.Join(a.dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(a.root.Pin(Owner, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
@@ -274,9 +276,7 @@ func identityToKernel(id Identity) (auditIdentity, error) {
 
 func identityFromKernel(k *auditIdentity) Identity {
 	return Identity{
-		Namespace:   cstr(k.Namespace[:]),
-		Pod:         cstr(k.Pod[:]),
-		PodUID:      cstr(k.PodUid[:]),
+		Identity:    pods.Identity{Namespace: cstr(k.Namespace[:]), Pod: cstr(k.Pod[:]), PodUID: cstr(k.PodUid[:])},
 		Container:   cstr(k.Container[:]),
 		ContainerID: cstr(k.ContainerId[:]),
 	}

@@ -66,7 +66,7 @@ func TestForcedModeRefusedLeavesNothing(t *testing.T) {
 	if !strings.Contains(err.Error(), "operation not permitted") || !strings.Contains(err.Error(), "lsm") {
 		t.Fatalf("forced lsm: %v; want the mode and the kernel's reason", err)
 	}
-	entries, _ := os.ReadDir(root.Dir("audit"))
+	entries, _ := os.ReadDir(root.Dir(Owner))
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), progPrefix) || strings.HasPrefix(e.Name(), linkPrefix) {
 			t.Errorf("refused mode left pin %s", e.Name())

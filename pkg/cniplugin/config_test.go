@@ -11,7 +11,9 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/policy"
 	"github.com/podscope/podscope/pkg/testenv"
 )
@@ -126,7 +128,7 @@ func TestParseConfigRejects(t *testing.T) {
 }
 
 func TestAttachModeEnv(t *testing.T) {
-	t.Setenv(AttachModeEnv, "tc")
+	t.Setenv(datapath.ModeEnv, "tc")
 	c, err := ParseConfig(conf(t, map[string]any{"attachMode": "tcx"}))
 	if err != nil {
 		t.Fatal(err)
@@ -134,9 +136,9 @@ func TestAttachModeEnv(t *testing.T) {
 	if c.Mode != "tc" {
 		t.Fatalf("env did not force the mode: %q", c.Mode)
 	}
-	t.Setenv(AttachModeEnv, "bogus")
+	t.Setenv(datapath.ModeEnv, "bogus")
 	_, err = ParseConfig(conf(t, nil))
-	assertInvalid(t, err, AttachModeEnv)
+	assertInvalid(t, err, datapath.ModeEnv)
 }
 
 // Bad inputs are refused before anything is touched: the bpffs root named in
@@ -238,12 +240,12 @@ func TestDelToleratesBrokenConfig(t *testing.T) {
 			if _, found, err := reg.ByAttachment("c1", "eth0"); err != nil || found {
 				t.Errorf("pod still registered after DEL (found %v, err %v)", found, err)
 			}
-			b, err := os.ReadFile(filepath.Join(stateDir, AccountingFile))
+			b, err := os.ReadFile(filepath.Join(stateDir, podstate.AccountingFile))
 			if err != nil {
 				t.Fatalf("no accounting line: %v", err)
 			}
 			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-			var rec Record
+			var rec podstate.Record
 			if len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &rec) != nil || rec.ContainerID != "c1" || rec.Reason != "del" {
 				t.Errorf("accounting log %q: want one line for c1 with reason del", b)
 			}

@@ -15,13 +15,12 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/buildinfo"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 )
-
-// DefaultAuditLog is where podscope-nri writes audit events by default.
-const DefaultAuditLog = "/var/log/podscope/audit.jsonl"
 
 // DefaultNRISocket is containerd's NRI socket.
 const DefaultNRISocket = "/var/run/nri/nri.sock"
@@ -238,7 +237,7 @@ the bpffs root (or no audit log), 4 the named pod is not attached.`,
 	}
 	follow := auditCmd.Flags().BoolP("follow", "f", false, "keep reading new events as they are written")
 	auditPod := auditCmd.Flags().String("pod", "", "only events of this pod (NS/NAME, container ID or pod UID)")
-	logPath := auditCmd.Flags().String("log", DefaultAuditLog, "audit log written by podscope-nri (its --audit-log)")
+	logPath := auditCmd.Flags().String("log", audit.DefaultLogPath, "audit log written by podscope-nri (its --audit-log)")
 	_ = auditCmd.RegisterFlagCompletionFunc("pod", completePods)
 	auditCmd.RunE = func(*cobra.Command, []string) error {
 		return runAudit(stdout, auditOpts{path: *logPath, pod: *auditPod, follow: *follow, json: c.output == "json"})
@@ -253,7 +252,7 @@ audit, pod registry) and removes the bpffs root. Run it in the node's network
 namespace. A root that does not exist is already clean (exit 0).`,
 		Args: cobra.NoArgs,
 	}
-	stateDir := cleanupCmd.Flags().String("state-dir", "/var/lib/podscope", "podscope state dir (its accounting.jsonl gets the final counters)")
+	stateDir := cleanupCmd.Flags().String("state-dir", podstate.DefaultDir, "podscope state dir (its accounting.jsonl gets the final counters)")
 	cleanupCmd.RunE = func(*cobra.Command, []string) error {
 		rep, err := cleanup(c.pinsRoot(), *stateDir)
 		if err != nil {

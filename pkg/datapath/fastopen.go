@@ -4,11 +4,28 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
+	"reflect"
 	"slices"
 
 	"github.com/cilium/ebpf"
 )
+
+// mapFields is every map of the object by its pin name, with the field of
+// m it loads into: the one list both pin loaders (loadOwnPins, loadPinned)
+// use, taken from the generated struct so a new map cannot be missed.
+func mapFields(m *tcMaps) map[string]**ebpf.Map {
+	out := map[string]**ebpf.Map{}
+	v := reflect.ValueOf(m).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		name := v.Type().Field(i).Tag.Get("ebpf")
+		out[name] = v.Field(i).Addr().Interface().(**ebpf.Map)
+	}
+	return out
+}
+
+// userSpaceMaps are pinned with the programs' maps but only the loader
+// reads and writes them; the programs hold no reference to them.
+var userSpaceMaps = []string{tcMapAttachments, tcMapPodPolicy, tcMapPolicySets}
 
 // loadOwnPins is the hot path of Open and OpenPinned: every CNI ADD and DEL
 // is a fresh process, and parsing the embedded ELF and BTF (loadTc) was the
@@ -32,7 +49,7 @@ func (d *Datapath) loadOwnPins() (bool, error) {
 	progs := map[hook]**ebpf.Program{hookHostIngress: &objs.HostIngress, hookHostEgress: &objs.HostEgress}
 	var used []ebpf.MapID
 	for h, dst := range progs {
-		p, err := ebpf.LoadPinnedProgram(filepath.Join(d.dir, progPin(h)), nil)
+		p, err := ebpf.LoadPinnedProgram(d.root.Pin(Owner, progPin(h)), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			return false, nil
 		}
@@ -50,15 +67,8 @@ func (d *Datapath) loadOwnPins() (bool, error) {
 		}
 		used = append(used, ids...)
 	}
-	maps := map[string]**ebpf.Map{
-		tcMapAttachments: &objs.Attachments,
-		tcMapFlows:       &objs.Flows,
-		tcMapPodCounters: &objs.PodCounters,
-		tcMapPodIfaces:   &objs.PodIfaces,
-		tcMapPolicy:      &objs.Policy,
-	}
-	for name, dst := range maps {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
+	for name, dst := range mapFields(&objs.tcMaps) {
+		m, err := ebpf.LoadPinnedMap(d.root.Pin(Owner, name), nil)
 		if err != nil {
 			return false, nil
 		}
@@ -68,8 +78,7 @@ func (d *Datapath) loadOwnPins() (bool, error) {
 			return false, nil
 		}
 		id, available := info.ID()
-		// attachments is user-space bookkeeping the programs never read.
-		if !available || (name != tcMapAttachments && !slices.Contains(used, id)) {
+		if !available || (!slices.Contains(userSpaceMaps, name) && !slices.Contains(used, id)) {
 			return false, nil
 		}
 	}

@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/flock"
 	"github.com/podscope/podscope/pkg/pins"
 )
 
@@ -40,10 +40,10 @@ func progPin(h hook) string {
 }
 
 // otherProgPins lists program pins of other objects (older podscopes).
-func otherProgPins(dir string) []string {
+func otherProgPins(root pins.Root) []string {
 	var out []string
 	for _, base := range []string{progPinIngress, progPinEgress} {
-		matches, _ := filepath.Glob(filepath.Join(dir, base+"_*"))
+		matches, _ := filepath.Glob(root.Pin(Owner, base+"_*"))
 		for _, m := range matches {
 			if filepath.Base(m) != progPin(hookHostIngress) && filepath.Base(m) != progPin(hookHostEgress) {
 				out = append(out, m)
@@ -62,7 +62,7 @@ func Open(root pins.Root) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, linksDir), 0o700); err != nil {
+	if err := os.MkdirAll(root.Pin(Owner, linksDir), 0o700); err != nil {
 		return nil, err
 	}
 	unlock, err := lockDir(dir)
@@ -82,10 +82,13 @@ func Open(root pins.Root) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPinnedMaps(spec, root, dir); err != nil {
+	if testSpecHook != nil {
+		testSpecHook(spec)
+	}
+	if err := checkPinnedMaps(spec, root); err != nil {
 		return nil, err
 	}
-	if allPinned(spec, dir) {
+	if allPinned(spec, root) {
 		if err := d.loadPinned(spec, false); err == nil {
 			return d, nil
 		} else if !errors.Is(err, os.ErrNotExist) {
@@ -99,7 +102,7 @@ func Open(root pins.Root) (*Datapath, error) {
 		return nil, explainLoad(err, root)
 	}
 	for _, h := range hooks {
-		if err := replacePin(d.program(h), filepath.Join(dir, progPin(h))); err != nil {
+		if err := replacePin(d.program(h), root.Pin(Owner, progPin(h))); err != nil {
 			d.Close()
 			return nil, err
 		}
@@ -112,7 +115,7 @@ func Open(root pins.Root) (*Datapath, error) {
 		d.Close()
 		return nil, fmt.Errorf("moving attachments to the new programs: %w", err)
 	}
-	for _, p := range otherProgPins(dir) {
+	for _, p := range otherProgPins(root) {
 		_ = os.Remove(p)
 	}
 	return d, nil
@@ -137,7 +140,7 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPinnedMaps(spec, root, dir); err != nil {
+	if err := checkPinnedMaps(spec, root); err != nil {
 		return nil, err
 	}
 	if err := d.loadPinned(spec, true); err != nil {
@@ -149,10 +152,14 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	return d, nil
 }
 
+// testSpecHook lets a test shrink a map (e.g. the policy trie, to fill it)
+// before the first Open of its own root. Nil outside tests.
+var testSpecHook func(*ebpf.CollectionSpec)
+
 // findProgPin is this object's program pin, or another version's if only
 // that exists (a reader of another version still reads the maps).
-func findProgPin(dir string, h hook) string {
-	own := filepath.Join(dir, progPin(h))
+func findProgPin(root pins.Root, h hook) string {
+	own := root.Pin(Owner, progPin(h))
 	if _, err := os.Stat(own); err == nil {
 		return own
 	}
@@ -160,7 +167,7 @@ func findProgPin(dir string, h hook) string {
 	if h == hookHostEgress {
 		base = progPinEgress
 	}
-	if m, _ := filepath.Glob(filepath.Join(dir, base+"_*")); len(m) > 0 {
+	if m, _ := filepath.Glob(root.Pin(Owner, base+"_*")); len(m) > 0 {
 		return m[0]
 	}
 	return own
@@ -175,27 +182,20 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 			objs.Close()
 		}
 	}()
-	maps := map[string]**ebpf.Map{
-		tcMapAttachments: &objs.Attachments,
-		tcMapFlows:       &objs.Flows,
-		tcMapPodCounters: &objs.PodCounters,
-		tcMapPodIfaces:   &objs.PodIfaces,
-		tcMapPolicy:      &objs.Policy,
-	}
-	for name, dst := range maps {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
+	for name, dst := range mapFields(&objs.tcMaps) {
+		m, err := ebpf.LoadPinnedMap(d.root.Pin(Owner, name), nil)
 		if err != nil {
 			return fmt.Errorf("pinned map %s: %w", name, err)
 		}
 		*dst = m
 		if err := spec.Maps[name].Compatible(m); err != nil {
-			return pins.Explain(fmt.Errorf("pinned map %s: %w", filepath.Join(d.dir, name), err), d.root, name)
+			return pins.Explain(fmt.Errorf("pinned map %s: %w", d.root.Pin(Owner, name), err), d.root, name)
 		}
 	}
 	for _, h := range hooks {
-		path := filepath.Join(d.dir, progPin(h))
+		path := d.root.Pin(Owner, progPin(h))
 		if readOnly {
-			path = findProgPin(d.dir, h)
+			path = findProgPin(d.root, h)
 		}
 		p, err := ebpf.LoadPinnedProgram(path, nil)
 		if err != nil {
@@ -214,9 +214,12 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 
 // checkPinnedMaps compares every existing map pin with the object's spec, so
 // an old layout is refused with the map's name before anything is loaded.
-func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root, dir string) error {
+func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root) error {
+	if err := checkLegacyPolicy(root); err != nil {
+		return err
+	}
 	for name, ms := range spec.Maps {
-		path := filepath.Join(dir, name)
+		path := root.Pin(Owner, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -233,13 +236,13 @@ func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root, dir string) erro
 	return nil
 }
 
-func allPinned(spec *ebpf.CollectionSpec, dir string) bool {
+func allPinned(spec *ebpf.CollectionSpec, root pins.Root) bool {
 	names := []string{progPin(hookHostIngress), progPin(hookHostEgress)}
 	for name := range spec.Maps {
 		names = append(names, name)
 	}
 	for _, n := range names {
-		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+		if _, err := os.Stat(root.Pin(Owner, n)); err != nil {
 			return false
 		}
 	}
@@ -275,14 +278,4 @@ func replacePin(p *ebpf.Program, path string) error {
 // lockDir takes an exclusive flock on the datapath directory: loading,
 // attaching and detaching from parallel CNI invocations are serialised per
 // node, so two ADDs never both load programs or race on one pod's pins.
-func lockDir(dir string) (func(), error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s for locking: %w", dir, err)
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
-	}
-	return func() { unix.Close(fd) }, nil
-}
+func lockDir(dir string) (func(), error) { return flock.Dir(dir) }

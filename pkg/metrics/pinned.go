@@ -6,7 +6,7 @@ import (
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
-	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // PinnedNetwork reads the pod registry and the datapath's counters from the
@@ -23,45 +23,27 @@ var _ NetworkSource = PinnedNetwork{}
 // PodNetwork implements NetworkSource. Nothing attached yet (no registry or
 // no datapath pinned) is an empty list.
 func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
-	reg, err := pods.OpenPinnedRegistry(s.Root)
-	if errors.Is(err, pods.ErrNoRegistry) {
-		return nil, nil
-	}
+	list, err := podstate.List(s.Root)
 	if err != nil {
 		return nil, err
 	}
-	defer reg.Close()
-	list, err := reg.List()
-	if err != nil {
-		return nil, err
-	}
-	if len(list) == 0 {
-		return nil, nil
-	}
-	dp, err := datapath.OpenPinned(s.Root)
-	if errors.Is(err, datapath.ErrNotLoaded) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer dp.Close()
-
 	out := make([]PodNetwork, 0, len(list))
 	for _, p := range list {
-		c, err := dp.Counters(p.ID)
-		if errors.Is(err, datapath.ErrUnknownPod) {
+		switch err := p.CountersErr; {
+		case errors.Is(err, datapath.ErrNotLoaded):
+			return nil, nil // registered, but the datapath is not pinned (any more)
+		case errors.Is(err, datapath.ErrUnknownPod):
 			continue // registered but counters already removed: a DEL in progress
-		}
-		if err != nil {
+		case err != nil:
 			return nil, fmt.Errorf("pod %s: %w", p.Ref(), err)
 		}
-		name := p.Name
-		if p.Namespace == "" && name == "" {
-			name = p.ContainerID // outside Kubernetes the container id stands in
+		c := p.Counters
+		id := p.Identity()
+		if id.Namespace == "" && id.Pod == "" {
+			id.Pod = p.ContainerID // outside Kubernetes the container id stands in
 		}
 		out = append(out, PodNetwork{
-			Namespace: p.Namespace, Pod: name, PodUID: p.UID, Interface: p.Interface,
+			Identity: id, Interface: p.Interface,
 			RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
 			DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
 		})

@@ -1,4 +1,4 @@
-package cniplugin
+package podstate
 
 import (
 	"errors"
@@ -10,52 +10,70 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
 )
 
+// Teardown writes pod's accounting line first, then detaches it and removes
+// its entries. Without a datapath (its pins are gone) the identity is still
+// logged and the registry entry dropped. When the line cannot be written the
+// pod is kept: removing it would lose its counters for good.
+func (s *State) Teardown(pod pods.Pod, reason string) error {
+	c, cerr := s.Counters(pod)
+	if err := Append(s.Dir, NewRecord(pod, reason, c, cerr)); err != nil {
+		return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+	}
+	var errs []error
+	if dp := s.Datapath; dp != nil {
+		if err := dp.Detach(pod.ID); err != nil {
+			errs = append(errs, fmt.Errorf("detaching pod %s: %w", pod.Ref(), err))
+		}
+		if err := dp.RemovePod(pod.ID); err != nil {
+			errs = append(errs, fmt.Errorf("removing map entries of pod %s: %w", pod.Ref(), err))
+		}
+	}
+	if err := s.Registry.Delete(pod.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("podscope: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
 // Reap removes pods whose host veth or netns is gone without a DEL having
 // come (containerd never calls CNI GC), writing their accounting line first.
 // It stops after budget. It must run in the netns the pods' host veths live
-// in (the node's). Exported for podscope-nri to call periodically.
-func Reap(root pins.Root, stateDir string, budget time.Duration) ([]pods.Pod, error) {
-	return withPinnedPods(root, stateDir, func(stateDir string, reg *pods.Registry, dp *datapath.Datapath, _ error) ([]pods.Pod, error) {
-		return reapLocked(root, stateDir, reg, dp, budget)
+// in (the node's). podscope-nri calls it periodically.
+func Reap(root pins.Root, dir string, budget time.Duration) ([]pods.Pod, error) {
+	var reaped []pods.Pod
+	err := WithPinned(root, dir, func(s *State) (err error) {
+		reaped, err = s.Reap(budget)
+		return err
 	})
+	return reaped, err
 }
 
-// withPinnedPods runs fn under the state-dir lock with the pinned pod
-// registry and datapath (dp nil and dperr set when the datapath pins are
-// gone). Without a registry nothing was ever attached: fn is not called.
-func withPinnedPods(root pins.Root, stateDir string,
-	fn func(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error) ([]pods.Pod, error)) ([]pods.Pod, error) {
-	if stateDir == "" {
-		stateDir = DefaultStateDir
-	}
-	if _, err := os.Stat(pods.Path(root)); errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	lock, err := lockStateDir(stateDir)
-	if err != nil {
-		return nil, err
-	}
-	defer lock.Unlock()
-	reg, err := pods.OpenPinnedRegistry(root)
-	if errors.Is(err, pods.ErrNoRegistry) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer reg.Close()
-	dp, dperr := datapath.OpenPinned(root)
-	if dperr != nil {
-		dp = nil
-	} else {
-		defer dp.Close()
-	}
-	return fn(stateDir, reg, dp, dperr)
+// TeardownAll logs and removes every registered pod under the state-dir
+// lock (podscopectl cleanup), returning the pods it logged.
+func TeardownAll(root pins.Root, dir, reason string) ([]pods.Pod, error) {
+	var done []pods.Pod
+	err := WithPinned(root, dir, func(s *State) error {
+		all, err := s.Registry.List()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, p := range all {
+			if err := s.Teardown(p, reason); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			done = append(done, p)
+		}
+		return errors.Join(errs...)
+	})
+	return done, err
 }
 
 // AddReapInterval is how often, at most, an ADD runs the reaper on a node.
@@ -65,11 +83,11 @@ func withPinnedPods(root pins.Root, stateDir string,
 // ADD only needs to catch what happens while no daemon runs.
 const AddReapInterval = 10 * time.Second
 
-// reapDue reports whether the ADD-time reaper should run now, and if so
+// ReapDue reports whether the ADD-time reaper should run now, and if so
 // records that it ran. The stamp is a file in the state dir; callers hold
 // the state-dir lock.
-func reapDue(stateDir string, now time.Time) bool {
-	stamp := filepath.Join(stateDir, "reap.stamp")
+func ReapDue(dir string, now time.Time) bool {
+	stamp := filepath.Join(dirOr(dir), "reap.stamp")
 	if st, err := os.Stat(stamp); err == nil {
 		if age := now.Sub(st.ModTime()); age >= 0 && age < AddReapInterval {
 			return false
@@ -108,6 +126,18 @@ func (ls links) alive(ifindex int, name string) bool {
 	return ok && (name == "" || got == name)
 }
 
+// HostVethAlive reports whether p's host veth still exists in the current
+// netns under its name (an ifindex is reused once the veth is gone).
+func HostVethAlive(p pods.Pod) bool { return linkAlive(p.HostIfindex, p.HostInterface) }
+
+func linkAlive(ifindex int, name string) bool {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return false
+	}
+	return name == "" || l.Attrs().Name == name
+}
+
 // staleReason says why a registered pod is stale, or "" if it is alive.
 // ls may be nil: then each link is asked for by itself.
 func staleReason(p pods.Pod, ls links) string {
@@ -125,27 +155,29 @@ func staleReason(p pods.Pod, ls links) string {
 	return ""
 }
 
-func reapLocked(root pins.Root, stateDir string, reg *pods.Registry, dp *datapath.Datapath, budget time.Duration) ([]pods.Pod, error) {
+// Reap is the reaper on an already opened state (ADD holds the lock and
+// has the registry and datapath open): it tears down every pod whose host
+// veth or netns is gone, stopping after budget.
+func (s *State) Reap(budget time.Duration) ([]pods.Pod, error) {
 	deadline := time.Now().Add(budget)
-	all, err := reg.List()
+	all, err := s.Registry.List()
 	if err != nil {
 		return nil, err
 	}
-	var (
-		reaped []pods.Pod
-		errs   []error
-	)
-	var dperr error
-	if dp == nil {
-		dperr = fmt.Errorf("datapath pins under %s unavailable", root.Path)
-	}
 	if len(all) == 0 {
 		return nil, nil
+	}
+	if s.Datapath == nil && s.DatapathErr == nil {
+		s.DatapathErr = fmt.Errorf("datapath pins under %s unavailable", s.Root.Path)
 	}
 	ls, err := linkSnapshot()
 	if err != nil {
 		ls = nil // fall back to one lookup per pod
 	}
+	var (
+		reaped []pods.Pod
+		errs   []error
+	)
 	for _, p := range all {
 		if time.Now().After(deadline) {
 			break
@@ -154,34 +186,11 @@ func reapLocked(root pins.Root, stateDir string, reg *pods.Registry, dp *datapat
 		if why == "" {
 			continue
 		}
-		if err := teardown(stateDir, reg, dp, dperr, p, "reaped: "+why); err != nil {
+		if err := s.Teardown(p, "reaped: "+why); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		reaped = append(reaped, p)
 	}
 	return reaped, errors.Join(errs...)
-}
-
-// TeardownAll logs and removes every registered pod under the state-dir
-// lock (podscopectl cleanup), returning the pods it logged.
-func TeardownAll(root pins.Root, stateDir, reason string) ([]pods.Pod, error) {
-	return withPinnedPods(root, stateDir, func(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error) ([]pods.Pod, error) {
-		all, err := reg.List()
-		if err != nil {
-			return nil, err
-		}
-		var (
-			done []pods.Pod
-			errs []error
-		)
-		for _, p := range all {
-			if err := teardown(stateDir, reg, dp, dperr, p, reason); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			done = append(done, p)
-		}
-		return done, errors.Join(errs...)
-	})
 }
