@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,7 +13,9 @@ import (
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/policy"
+	"github.com/podscope/podscope/pkg/testenv"
 )
 
 const prevResult = `{"cniVersion":"1.0.0","interfaces":[{"name":"pstestbr0"},{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"}],
@@ -194,21 +197,59 @@ func TestContainerIPs(t *testing.T) {
 }
 
 // DEL must not fail on a conflist edited after ADD: the runtime would retry
-// it forever and the pod would never finish terminating.
+// it forever and the pod would never finish terminating. The pod must also
+// really be torn down (its final counters logged, its registry entry gone):
+// on a real bpffs root with the pod registered, a DEL that gave up on the
+// config would leave both behind.
 func TestDelToleratesBrokenConfig(t *testing.T) {
 	for name, extra := range map[string]map[string]any{
 		"unknown field":  {"polcy": raw(`{}`)},
 		"bad policy":     {"policy": raw(`{"egress":{"default":"maybe"}}`)},
 		"bad attachMode": {"attachMode": "xdp"},
 	} {
-		stdin := conf(t, extra)
-		var m map[string]any
-		json.Unmarshal(stdin, &m)
-		m["bpffsRoot"] = t.TempDir() // not bpffs: nothing can be attached there
-		stdin, _ = json.Marshal(m)
-		if err := Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: stdin}); err != nil {
-			t.Errorf("%s: DEL failed: %v", name, err)
-		}
+		t.Run(name, func(t *testing.T) {
+			root := testenv.BPFFSRoot(t)
+			stateDir := t.TempDir()
+			reg, err := pods.OpenRegistry(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := reg.Allocate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := reg.Put(pods.Pod{ID: id, Namespace: "ns", Name: "p", ContainerID: "c1", Interface: "eth0"}); err != nil {
+				t.Fatal(err)
+			}
+			reg.Close()
+
+			stdin := conf(t, extra)
+			var m map[string]any
+			json.Unmarshal(stdin, &m)
+			m["bpffsRoot"], m["stateDir"] = root.Path, stateDir
+			stdin, _ = json.Marshal(m)
+			if err := Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: stdin}); err != nil {
+				t.Fatalf("DEL failed: %v", err)
+			}
+
+			reg, err = pods.OpenPinnedRegistry(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer reg.Close()
+			if _, found, err := reg.ByAttachment("c1", "eth0"); err != nil || found {
+				t.Errorf("pod still registered after DEL (found %v, err %v)", found, err)
+			}
+			b, err := os.ReadFile(filepath.Join(stateDir, podstate.AccountingFile))
+			if err != nil {
+				t.Fatalf("no accounting line: %v", err)
+			}
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			var rec podstate.Record
+			if len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &rec) != nil || rec.ContainerID != "c1" || rec.Reason != "del" {
+				t.Errorf("accounting log %q: want one line for c1 with reason del", b)
+			}
+		})
 	}
 }
 
