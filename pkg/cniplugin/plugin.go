@@ -48,11 +48,6 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	if err != nil {
 		return nil, invalid("podscope: "+err.Error(), "")
 	}
-	if len(ips) > pods.MaxIPs {
-		// The registry keeps the first MaxIPs; accounting and policy do not
-		// depend on them (the datapath keys on the veth, not on addresses).
-		ips = ips[:pods.MaxIPs]
-	}
 	hostIndex, hostName, err := hostVeth(args.Netns, args.IfName)
 	if err != nil {
 		return nil, fmt.Errorf("podscope: finding the pod's host veth: %w", err)
