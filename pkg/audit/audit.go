@@ -160,6 +160,7 @@ type Auditor struct {
 
 	mu    sync.Mutex // serialises Arm/Disarm
 	cache identityCache
+	long  longIdentities
 }
 
 // Mode is the mode the programs run in.
@@ -180,6 +181,7 @@ func (a *Auditor) Close() error {
 	if a.maps != nil {
 		a.maps.Close()
 	}
+	a.long.close()
 	return errors.Join(errs...)
 }
 

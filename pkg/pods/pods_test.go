@@ -52,7 +52,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 func longPod(id datapath.PodID) Pod {
 	p := samplePod(id)
 	p.Namespace = strings.Repeat("s", 70)
-	p.UID = "pstest-prefix-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0" // 49 bytes
+	p.UID = "pstest-prefix-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0" // 50 bytes
 	p.ContainerID = strings.Repeat("c", 200)
 	p.Netns = "/var/run/netns/" + strings.Repeat("n", 300)
 	p.Network = strings.Repeat("w", 100)
