@@ -13,7 +13,7 @@
 #      the worker: the pods are attached, their counters move, the denied
 #      destination shows as a denied flow and egress drops, the writer's file
 #      writes are in the audit log; and the metrics endpoint serves them;
-#   7. uninstall as the README says (delete deploy/, apply deploy/cleanup/)
+#   7. uninstall as docs/install-cluster.md says (delete deploy/, apply deploy/cleanup/)
 #      and check each node's conflist is byte for byte what kindnet wrote and
 #      the plugin binary is gone;
 #   8. delete the cluster (KEEP_CLUSTER=1 keeps it for a look).

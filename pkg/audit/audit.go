@@ -76,7 +76,7 @@ type Identity struct {
 }
 
 // Event is one audited operation (or, with Count > 1, several identical ones
-// folded together). JSON field names are the contract of DESIGN.md "Audit
+// folded together). JSON field names are the contract of docs/design.md "Audit
 // event", plus count, and target/value where the op has them.
 type Event struct {
 	Time        time.Time `json:"time"`

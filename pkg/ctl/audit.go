@@ -15,7 +15,7 @@ import (
 	"github.com/podscope/podscope/pkg/audit"
 )
 
-// AuditEvent is one line of the audit log podscope-nri writes (DESIGN.md
+// AuditEvent is one line of the audit log podscope-nri writes (docs/design.md
 // "Audit event"): the writer's own type, so reader and writer cannot drift.
 type AuditEvent = audit.Event
 

@@ -14,7 +14,7 @@ const DefaultCNICacheDir = cniplugin.DefaultCNICacheDir
 var adoptFunc = cniplugin.Adopt
 
 // adoptRunning attaches podscope to the pods of the network in the config at
-// path that the runtime started before podscope was chained in (DESIGN:
+// path that the runtime started before podscope was chained in (docs/design.md:
 // "adoption without restarts"). It runs in the node's network namespace, as
 // the installer does. A pod that cannot be adopted (its netns is gone, it is
 // being deleted) is logged and left alone: its own DEL cleans up.

@@ -15,7 +15,7 @@ import (
 	"github.com/podscope/podscope/pkg/pins"
 )
 
-// Defaults of podscope-nri's flags (DESIGN.md "podscope-nri flags").
+// Defaults of podscope-nri's flags (docs/design.md "podscope-nri flags").
 const (
 	DefaultAuditLog     = "/var/log/podscope/audit.jsonl"
 	DefaultMetricsAddr  = "127.0.0.1:9810"

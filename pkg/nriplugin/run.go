@@ -38,7 +38,7 @@ type Conn struct {
 // same process keeps reading the audit ring buffer and serving metrics while
 // the runtime is away, and the Synchronize that NRI sends on every new
 // registration reconciles whatever happened in between. Containers started
-// while no podscope-nri was registered run unaudited until then; the README
+// while no podscope-nri was registered run unaudited until then; docs/podscope-nri.md
 // says how to make containerd refuse them instead (required_plugins).
 //
 // Each attempt uses a new stub: after a failed Start the stub keeps its

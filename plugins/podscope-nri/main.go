@@ -1,6 +1,6 @@
 // Command podscope-nri is podscope's node daemon: an NRI plugin that arms
 // the file-write audit of every container, writes the audit log and serves
-// the Prometheus metrics. See pkg/nriplugin and the README.
+// the Prometheus metrics. See pkg/nriplugin and docs/podscope-nri.md.
 package main
 
 import (

@@ -398,7 +398,7 @@ func TestConfigMapIsAValidPodscopeEntry(t *testing.T) {
 	}
 	if p.Egress.Default != policy.Allow || len(p.Egress.Rules) != 1 || p.Egress.Rules[0].Action != policy.Deny ||
 		p.Egress.Rules[0].CIDR.String() != "169.254.169.254/32" {
-		t.Errorf("default policy changed: %+v (update README and hack/kind-e2e.sh with it)", p.Egress)
+		t.Errorf("default policy changed: %+v (update docs/install-cluster.md and hack/kind-e2e.sh with it)", p.Egress)
 	}
 }
 

@@ -48,7 +48,7 @@ func (e *env) mustPodRow(t testing.TB, p *pod) ctl.PodRow {
 	return r
 }
 
-// accountingLine is one line of stateDir/accounting.jsonl (DESIGN "Finished
+// accountingLine is one line of stateDir/accounting.jsonl (docs/design.md "Finished
 // pods lose nothing").
 type accountingLine struct {
 	Reason    string `json:"reason"`
@@ -76,7 +76,7 @@ func (e *env) accounting(t testing.TB, uid string) []accountingLine {
 	return out
 }
 
-// auditEvent has the field names of DESIGN.md "Audit event".
+// auditEvent has the field names of docs/design.md "Audit event".
 type auditEvent struct {
 	Time        time.Time `json:"time"`
 	Namespace   string    `json:"namespace"`
