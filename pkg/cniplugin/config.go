@@ -59,7 +59,7 @@ var knownFields = map[string]bool{
 	"ipam": true, "dns": true, "prevResult": true, "runtimeConfig": true,
 	"args": true, "cni.dev/valid-attachments": true, "cni.dev/attachments": true,
 	// podscope
-	"bpffsRoot": true, "stateDir": true, "policy": true, "attachMode": true,
+	"bpffsRoot": true, "stateDir": true, "policy": true, "attachMode": true, "failClosed": true,
 }
 
 // Config is a parsed, validated podscope conflist entry.
@@ -70,6 +70,9 @@ type Config struct {
 	StateDir   string          `json:"stateDir,omitempty"`
 	RawPolicy  json.RawMessage `json:"policy,omitempty"`
 	AttachMode string          `json:"attachMode,omitempty"`
+	// FailClosed refuses a pod podscope cannot observe (its interface is
+	// not a veth) instead of letting it start unobserved.
+	FailClosed bool `json:"failClosed,omitempty"`
 
 	RuntimeConfig struct {
 		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
@@ -104,7 +107,7 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	}
 	if len(unknown) > 0 && !lenient {
 		sort.Strings(unknown)
-		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, attachMode)", unknown[0]),
+		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, attachMode, failClosed)", unknown[0]),
 			"unknown fields: "+strings.Join(unknown, ", "))
 	}
 	if !lenient {

@@ -3,6 +3,7 @@ package cniplugin
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -48,11 +49,17 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	if err != nil {
 		return nil, invalid("podscope: "+err.Error(), "")
 	}
+	id := parseArgs(args.Args)
 	hostIndex, hostName, err := hostVeth(args.Netns, args.IfName)
+	var notVeth *NotVethError
+	if errors.As(err, &notVeth) && !conf.FailClosed {
+		// An observer is never the reason a pod cannot start: register it
+		// as unobserved, with the reason podscopectl and the metrics show.
+		return conf, addUnobserved(conf, args, id, ips, fmt.Sprintf("interface %s is a %s link, not a veth", notVeth.Interface, notVeth.Type))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("podscope: finding the pod's host veth: %w", err)
 	}
-	id := parseArgs(args.Args)
 
 	lock, err := lockStateDir(conf.StateDir)
 	if err != nil {
@@ -106,6 +113,39 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		return nil, err
 	}
 	return conf, nil
+}
+
+// addUnobserved registers a pod podscope cannot attach to, with the reason,
+// and touches no datapath state: DEL, GC and the reaper remove the entry
+// like any other (its accounting line says it was not observed).
+func addUnobserved(conf *Config, args *skel.CmdArgs, id podArgs, ips []netip.Prefix, reason string) error {
+	fmt.Fprintf(os.Stderr, "podscope: pod %s/%s (container %s): %s: it runs unobserved (no accounting, no policy); \"failClosed\": true in podscope's config refuses such pods\n",
+		id.Namespace, id.Name, args.ContainerID, reason)
+	lock, err := lockStateDir(conf.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	reg, err := pods.OpenRegistry(conf.Root)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
+	}
+	defer reg.Close()
+	registered, err := reg.List()
+	if err != nil {
+		return err
+	}
+	pod := pods.Pod{
+		Namespace: id.Namespace, Name: id.Name, UID: id.UID,
+		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
+		IPs: ips, AttachedAt: time.Now().UTC(), Network: conf.Name, Unobserved: reason,
+	}
+	if existing, found := pods.FindAttachment(registered, args.ContainerID, args.IfName); found {
+		pod.ID, pod.AttachedAt = existing.ID, existing.AttachedAt
+	} else if pod.ID, err = pods.FreeID(registered); err != nil {
+		return types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
+	}
+	return reg.Put(pod)
 }
 
 // attach registers the pod, writes its policy and attaches, all or nothing:
@@ -197,7 +237,9 @@ func Del(args *skel.CmdArgs) error {
 func teardown(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error, pod pods.Pod, reason string) error {
 	var c datapath.Counters
 	cerr := dperr
-	if dp != nil {
+	if pod.Unobserved != "" {
+		cerr = errors.New("not observed: " + pod.Unobserved)
+	} else if dp != nil {
 		c, cerr = dp.Counters(pod.ID)
 	}
 	if err := appendRecord(stateDir, newRecord(pod, reason, c, cerr)); err != nil {
@@ -240,6 +282,9 @@ func Check(args *skel.CmdArgs) error {
 	}
 	if !found {
 		return fmt.Errorf("podscope: container %s interface %s is not registered under %s", args.ContainerID, args.IfName, conf.Root.Path)
+	}
+	if pod.Unobserved != "" {
+		return nil // registered as unobserved: nothing attached to check
 	}
 	if !linkAlive(pod.HostIfindex, pod.HostInterface) {
 		return fmt.Errorf("podscope: host veth %s (ifindex %d) of pod %s is gone", pod.HostInterface, pod.HostIfindex, pod.Ref())

@@ -111,7 +111,7 @@ func (ls links) alive(ifindex int, name string) bool {
 // staleReason says why a registered pod is stale, or "" if it is alive.
 // ls may be nil: then each link is asked for by itself.
 func staleReason(p pods.Pod, ls links) string {
-	if !ls.alive(p.HostIfindex, p.HostInterface) {
+	if p.Unobserved == "" && !ls.alive(p.HostIfindex, p.HostInterface) {
 		return fmt.Sprintf("host veth %s (ifindex %d) gone", p.HostInterface, p.HostIfindex)
 	}
 	// A bind-mounted netns file (/var/run/netns/…) is removed only when the

@@ -38,17 +38,28 @@ func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
 	if len(list) == 0 {
 		return nil, nil
 	}
+	out := make([]PodNetwork, 0, len(list))
+	observed := list[:0:0]
+	for _, p := range list {
+		if p.Unobserved == "" {
+			observed = append(observed, p)
+			continue
+		}
+		out = append(out, PodNetwork{Namespace: p.Namespace, Pod: displayName(p), PodUID: p.UID, Interface: p.Interface, Unobserved: p.Unobserved})
+	}
+	if len(observed) == 0 {
+		return out, nil
+	}
 	dp, err := datapath.OpenPinned(s.Root)
 	if errors.Is(err, datapath.ErrNotLoaded) {
-		return nil, nil
+		return out, nil
 	}
 	if err != nil {
 		return nil, err
 	}
 	defer dp.Close()
 
-	out := make([]PodNetwork, 0, len(list))
-	for _, p := range list {
+	for _, p := range observed {
 		c, err := dp.Counters(p.ID)
 		if errors.Is(err, datapath.ErrUnknownPod) {
 			continue // registered but counters already removed: a DEL in progress
@@ -56,15 +67,19 @@ func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pod %s: %w", p.Ref(), err)
 		}
-		name := p.Name
-		if p.Namespace == "" && name == "" {
-			name = p.ContainerID // outside Kubernetes the container id stands in
-		}
 		out = append(out, PodNetwork{
-			Namespace: p.Namespace, Pod: name, PodUID: p.UID, Interface: p.Interface,
+			Namespace: p.Namespace, Pod: displayName(p), PodUID: p.UID, Interface: p.Interface,
 			RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
 			DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
 		})
 	}
 	return out, nil
+}
+
+// displayName is the pod label: outside Kubernetes the container ID stands in.
+func displayName(p pods.Pod) string {
+	if p.Namespace == "" && p.Name == "" {
+		return p.ContainerID
+	}
+	return p.Name
 }

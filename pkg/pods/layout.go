@@ -28,7 +28,9 @@ import (
 //	784    16   host interface name
 //	800    80   4 × IP: 16 bytes address (v4 in the first 4), family (4|6|0 = unused), prefix bits, 2 pad
 //	880    64   CNI network name (the conflist's "name"; "" in entries written before it existed)
-//	944    80   reserved, zero
+//	944    64   why the pod is unobserved ("" = attached; e.g. its interface is
+//	            not a veth), NUL padded; longer reasons make the record version 2
+//	1008   16   reserved, zero
 //
 // Version 2 is the same layout for a pod whose identity does not fit: a
 // field longer than its slot (the CRI and CNI set no length on UIDs,
@@ -71,7 +73,8 @@ type record struct {
 	HostInterface [16]byte
 	IPs           [maxIPs]ipRecord
 	Network       [64]byte
-	Reserved      [80]byte
+	Unobserved    [64]byte
+	Reserved      [16]byte
 }
 
 func init() {
@@ -119,6 +122,7 @@ func encode(p Pod) (rec []byte, blob []byte, err error) {
 		{r.Interface[:], p.Interface},
 		{r.HostInterface[:], p.HostInterface},
 		{r.Network[:], p.Network},
+		{r.Unobserved[:], p.Unobserved},
 	} {
 		if !putString(f.dst, f.value) {
 			long = true
@@ -190,6 +194,7 @@ func decode(id datapath.PodID, b []byte, blob func() ([]byte, error)) (Pod, erro
 		Interface:     getString(r.Interface[:]),
 		HostInterface: getString(r.HostInterface[:]),
 		Network:       getString(r.Network[:]),
+		Unobserved:    getString(r.Unobserved[:]),
 		HostIfindex:   int(r.HostIfindex),
 		Mode:          datapath.Mode(getString(r.Mode[:])),
 	}

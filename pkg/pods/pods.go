@@ -53,6 +53,10 @@ type Pod struct {
 	// Network is the CNI network (conflist name) the pod was attached
 	// through: GC of one network must not touch another's pods.
 	Network string `json:"network,omitempty"`
+	// Unobserved, when set, says why podscope let the pod start without
+	// attaching (no accounting, no policy): e.g. its interface is a macvlan,
+	// with no host veth to attach to. Such a pod has no datapath state.
+	Unobserved string `json:"unobserved,omitempty"`
 }
 
 // Ref is NS/NAME, or the container ID when the pod has no Kubernetes name.
