@@ -54,6 +54,33 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy SEC(".maps");
 
+/* User space only (the programs never read them): pod -> policy set, and
+ * the policy sets by content. Defined here so they are pinned with the
+ * rest and carry a layout the loader checks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PODSCOPE_MAX_PODS);
+	__type(key, __u32); /* pod */
+	__type(value, struct pod_policy_ref);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pod_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PODSCOPE_MAX_PODS + 1);
+	__type(key, struct policy_set_key);
+	__type(value, struct policy_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASONS);
+	__type(key, __u32); /* enum drop_reason */
+	__type(value, struct drop_counts);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} drop_reasons SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 2 * PODSCOPE_MAX_PODS);
@@ -167,8 +194,17 @@ static __always_inline int parse_related(struct __sk_buff *skb, struct packet *p
 	return 0;
 }
 
-/* Parses L4 at off. Returns 0, or -1 when the header is truncated or the
- * packet is link-local control that passes untouched. */
+/* What parse() made of a packet. */
+enum parsed {
+	PARSED = 0,  /* addresses, protocol and (where it has them) ports known */
+	SKIP   = -1, /* not IP, or link-local control: passes untouched */
+	OPAQUE = -2, /* IP with addresses known but no readable L4 header
+		      * within the datapath's limits: judged as the strictest
+		      * packet it could be */
+};
+
+/* Parses L4 at off. Returns PARSED, OPAQUE when the header is truncated, or
+ * SKIP for link-local control that passes untouched. */
 static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p, __u8 dir, __u32 off)
 {
 	__u8 proto = p->key.proto;
@@ -176,21 +212,21 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p, __u
 	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
 		__be16 ports[2];
 		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
-			return -1;
+			return OPAQUE;
 		__u16 sport = bpf_ntohs(ports[0]), dport = bpf_ntohs(ports[1]);
 		p->dport = dport;
 		p->has_ports = 1;
 		p->key.local_port = dir == DIR_EGRESS ? sport : dport;
 		p->key.remote_port = dir == DIR_EGRESS ? dport : sport;
-		return 0;
+		return PARSED;
 	}
 	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
 		__u8 hdr[8]; /* type, code, csum, echo id, echo seq */
 		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
-			return -1;
+			return OPAQUE;
 		__u8 type = hdr[0];
 		if (proto == IPPROTO_ICMPV6 && is_icmpv6_link_control(type))
-			return -1;
+			return SKIP;
 		if (is_icmp_error(proto, type) && parse_related(skb, p, dir, off + sizeof(hdr)) == 0)
 			p->is_related = 1;
 		if (type == ICMP_ECHO_REQUEST || type == ICMP_ECHO_REPLY ||
@@ -199,22 +235,22 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct packet *p, __u
 				p->key.local_port = ((__u16)hdr[4] << 8) | hdr[5];
 		}
 	}
-	return 0;
+	return PARSED;
 }
 
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p, __u8 dir)
 {
 	struct iphdr ip;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
-		return -1;
+		return SKIP;
 	if (ip.version != 4 || ip.ihl < 5)
-		return -1;
+		return SKIP;
 	p->key.family = 4;
 	p->key.proto = ip.protocol;
 	set_addrs(p, dir, &ip.saddr, &ip.daddr, 4);
 	if (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK) {
 		p->nonfirst_frag = 1;
-		return 0;
+		return PARSED;
 	}
 	return parse_l4(skb, p, dir, ETH_HLEN + ip.ihl * 4);
 }
@@ -223,24 +259,28 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p, _
 {
 	struct ipv6hdr ip6;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
-		return -1;
+		return SKIP;
 	if (ip6.version != 6)
-		return -1;
+		return SKIP;
 	p->key.family = 6;
 	set_addrs(p, dir, &ip6.saddr, &ip6.daddr, 16);
 
 	__u8 nexthdr = ip6.nexthdr;
 	__u32 off = ETH_HLEN + sizeof(ip6);
-	/* Extension headers, bounded: after IPV6_MAX_EXT_HEADERS the next header
-	 * is taken as the L4 protocol as is (an unknown one has no ports). */
+	/* Extension headers, bounded: a packet with more than
+	 * IPV6_MAX_EXT_HEADERS of them, or one cut inside them, is OPAQUE (its
+	 * protocol and ports are unknown), never taken at face value: padding
+	 * headers must not walk a packet past a port rule. */
 #pragma unroll
-	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+	for (int i = 0; i <= IPV6_MAX_EXT_HEADERS; i++) {
 		__u8 ext[8];
 		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING && nexthdr != IPPROTO_DSTOPTS &&
 		    nexthdr != IPPROTO_FRAGMENT && nexthdr != IPPROTO_AH)
 			break;
+		if (i == IPV6_MAX_EXT_HEADERS)
+			return OPAQUE;
 		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
-			return -1;
+			return OPAQUE;
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			__u16 frag = ((__u16)ext[2] << 8) | ext[3];
 			nexthdr = ext[0];
@@ -248,7 +288,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p, _
 			if (frag & IP6_OFFSET_MASK) {
 				p->key.proto = nexthdr;
 				p->nonfirst_frag = 1;
-				return 0;
+				return PARSED;
 			}
 		} else if (nexthdr == IPPROTO_AH) {
 			nexthdr = ext[0];
@@ -262,18 +302,15 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p, _
 	return parse_l4(skb, p, dir, off);
 }
 
-/* Parses what the policy and flow table need. Returns 0, or -1 for anything
- * not understood, which then passes untouched. */
+/* Parses what the policy and flow table need (enum parsed). */
 static __always_inline int parse(struct __sk_buff *skb, struct packet *p, __u8 dir)
 {
-	__be16 proto;
-	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto)) < 0)
-		return -1;
+	__be16 proto = skb->protocol;
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(skb, p, dir);
 	if (proto == bpf_htons(ETH_P_IPV6))
 		return parse_ipv6(skb, p, dir);
-	return -1;
+	return SKIP;
 }
 
 /* The first-match scan of one CIDR's rules. A global (non-inlined)
@@ -297,21 +334,47 @@ __attribute__((noinline)) int policy_scan(const struct policy_value *v, __u32 pr
 	return v->dflt;
 }
 
-/* One LPM lookup on the peer address, then the first matching rule, for a
- * packet of p's flow travelling in dir with destination port dport. */
-static __always_inline __u8 policy_verdict(__u32 pod, __u8 dir, struct packet *p, __u16 dport)
+/* Whether any packet could be denied by this entry: its default or any
+ * rule says deny. The verdict of a packet whose protocol and ports are
+ * unknown (OPAQUE) must not be more permissive than that of any packet it
+ * could be. */
+__attribute__((noinline)) int policy_strictest(const struct policy_value *v)
+{
+	if (!v)
+		return ACTION_ALLOW;
+	if (v->dflt == ACTION_DENY)
+		return ACTION_DENY;
+	__u32 n = v->nrules;
+	for (__u32 i = 0; i < PODSCOPE_MAX_RULES; i++) {
+		if (i >= n)
+			break;
+		if (v->rules[i].action == ACTION_DENY)
+			return ACTION_DENY;
+	}
+	return ACTION_ALLOW;
+}
+
+static __always_inline struct policy_value *policy_entry(__u32 set, __u8 dir, struct packet *p)
 {
 	struct policy_key k = {
 		.prefixlen = 64 + (p->key.family == 4 ? 32 : 128),
-		.pod = pod,
+		.set = set,
 		.dir = dir,
 		.family = p->key.family,
 	};
 	__builtin_memcpy(k.addr, p->key.remote, sizeof(k.addr));
+	return bpf_map_lookup_elem(&policy, &k);
+}
 
-	struct policy_value *v = bpf_map_lookup_elem(&policy, &k);
+/* One LPM lookup on the peer address, then the first matching rule, for a
+ * packet of p's flow travelling in dir with destination port dport. */
+static __always_inline __u8 policy_verdict(__u32 set, __u8 dir, struct packet *p, __u16 dport)
+{
+	if (!set)
+		return ACTION_ALLOW; /* the pod has no policy */
+	struct policy_value *v = policy_entry(set, dir, p);
 	if (!v)
-		return ACTION_ALLOW; /* no policy for this pod */
+		return ACTION_ALLOW; /* a set always has /0 entries: not reached */
 	return policy_scan(v, p->key.proto, p->has_ports, dport) == ACTION_DENY ? ACTION_DENY : ACTION_ALLOW;
 }
 
@@ -335,69 +398,93 @@ static __always_inline void count(__u32 pod, __u8 dir, __u64 len, __u8 verdict)
 	}
 }
 
-/* Conntrack + policy + flow accounting for a parsed packet. gen is the
- * pod's policy generation: a flow's allowed bits count only under the
- * generation they were earned in, so a policy change re-judges established
- * flows (once per flow, on its next packet). */
-static __always_inline __u8 decide(__u32 pod, __u32 gen, __u8 dir, struct packet *p, __u64 len)
+static __always_inline void count_drop(__u32 reason, __u8 dir)
+{
+	struct drop_counts *c = bpf_map_lookup_elem(&drop_reasons, &reason);
+	if (c)
+		c->packets[dir & 1]++; /* per-CPU */
+}
+
+/* The opening directions of a flow (bits of struct flow_stats.allowed)
+ * that the pod's current policy set still allows, each judged with that
+ * direction's destination port. */
+static __always_inline __u8 rejudge(__u32 set, struct packet *p, __u8 allowed)
+{
+	__u8 keep = 0;
+	if ((allowed & (1 << DIR_EGRESS)) && policy_verdict(set, DIR_EGRESS, p, p->key.remote_port) == ACTION_ALLOW)
+		keep |= 1 << DIR_EGRESS;
+	if ((allowed & (1 << DIR_INGRESS)) && policy_verdict(set, DIR_INGRESS, p, p->key.local_port) == ACTION_ALLOW)
+		keep |= 1 << DIR_INGRESS;
+	return keep;
+}
+
+/* Conntrack + policy + flow accounting for a parsed packet. set is the
+ * pod's policy set, which is also the generation a flow's allowed bits were
+ * judged under: after a policy change each flow is judged again, once, on
+ * its next packet. */
+static __always_inline __u8 decide(__u32 pod, __u32 set, __u8 dir, struct packet *p, __u64 len)
 {
 	if (p->nonfirst_frag)
-		return policy_verdict(pod, dir, p, 0);
+		return policy_verdict(set, dir, p, 0);
 
-	if (p->is_related) {
+	if (p->is_related && set) {
 		/* An error about an allowed connection (path MTU, unreachable)
 		 * passes like its replies. */
 		p->related.pod = pod;
 		struct flow_stats *rf = bpf_map_lookup_elem(&flows, &p->related);
-		if (rf && rf->allowed && rf->policy_gen == gen)
+		if (rf && rf->allowed && rf->policy_set == set)
 			return ACTION_ALLOW;
 	}
 
 	p->key.pod = pod;
 	struct flow_stats *f = bpf_map_lookup_elem(&flows, &p->key);
 	__u8 verdict, allowed = 0;
-	if (f && f->policy_gen == gen)
+	if (f) {
 		allowed = f->allowed;
+		if (f->policy_set != set)
+			allowed = rejudge(set, p, allowed);
+	}
 	if (allowed) {
 		verdict = ACTION_ALLOW; /* an allowed connection: its replies pass too */
 	} else {
-		verdict = policy_verdict(pod, dir, p, p->dport);
-		if (verdict == ACTION_DENY && f && f->policy_gen != gen) {
-			/* Under an older policy: still a reply of a connection the
-			 * other direction allows now? Its destination port is the
-			 * other end of this packet's. */
-			__u8 other = dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS;
-			if (f->allowed & (1 << other)) {
-				__u16 port = other == DIR_EGRESS ? p->key.remote_port : p->key.local_port;
-				if (policy_verdict(pod, other, p, port) == ACTION_ALLOW) {
-					allowed = 1 << other;
-					verdict = ACTION_ALLOW;
-				}
-			}
-		}
+		/* Not (or no longer) an allowed connection: the packet is judged
+		 * on its own, and if the policy allows it, it opens the flow. */
+		verdict = policy_verdict(set, dir, p, p->dport);
+		if (verdict == ACTION_ALLOW)
+			allowed = 1 << dir;
 	}
 
-	__u64 now = bpf_ktime_get_ns();
+	/* The coarse clock (the kernel tick) is plenty for first/last seen and
+	 * much cheaper than a clocksource read per packet in a VM. */
+	__u64 now = bpf_ktime_get_coarse_ns();
 	if (!f) {
 		struct flow_stats n = {
 			.first_seen_ns = now,
+			.last_seen_ns = now,
 			.initiator = dir,
-			.policy_gen = gen,
+			.verdict = verdict,
+			.allowed = allowed,
+			.policy_set = set,
 		};
-		bpf_map_update_elem(&flows, &p->key, &n, BPF_NOEXIST);
+		n.bytes[dir & 1] = len;
+		n.packets[dir & 1] = 1;
+		if (bpf_map_update_elem(&flows, &p->key, &n, BPF_NOEXIST) == 0)
+			return verdict;
+		/* Another CPU created it first: count into that one. */
 		f = bpf_map_lookup_elem(&flows, &p->key);
 		if (!f)
 			return verdict;
 	}
-	/* Shared entry: counters with atomics; the rest is last-writer-wins. */
+	/* Shared entry: counters with atomics; the rest is last-writer-wins,
+	 * written only when it changes (no store per packet). */
 	__sync_fetch_and_add(&f->bytes[dir & 1], len);
 	__sync_fetch_and_add(&f->packets[dir & 1], 1);
-	f->last_seen_ns = now;
-	f->verdict = verdict;
-	if (verdict == ACTION_ALLOW)
-		allowed |= 1 << dir;
-	if (f->policy_gen != gen || f->allowed != allowed) {
-		f->policy_gen = gen;
+	if (f->last_seen_ns != now)
+		f->last_seen_ns = now;
+	if (f->verdict != verdict)
+		f->verdict = verdict;
+	if (f->policy_set != set || f->allowed != allowed) {
+		f->policy_set = set;
 		f->allowed = allowed;
 	}
 	return verdict;
@@ -411,14 +498,24 @@ static __always_inline int handle(struct __sk_buff *skb, enum hook hook)
 	if (!pi)
 		return TC_ACT_UNSPEC; /* not a pod's veth (or being detached) */
 
-	__u32 pod = pi->pod, gen = pi->policy_gen;
+	__u32 pod = pi->pod, set = pi->policy_set;
 	__u8 dir = pod_direction(hook);
 	__u64 len = skb->len;
 	__u8 verdict = ACTION_ALLOW;
 	struct packet p = {};
 
-	if (parse(skb, &p, dir) == 0)
-		verdict = decide(pod, gen, dir, &p, len);
+	int r = parse(skb, &p, dir);
+	if (r == PARSED) {
+		verdict = decide(pod, set, dir, &p, len);
+		if (verdict == ACTION_DENY)
+			count_drop(DROP_POLICY, dir);
+	} else if (r == OPAQUE && set) {
+		struct policy_value *v = policy_entry(set, dir, &p);
+		if (v && policy_strictest(v) == ACTION_DENY) {
+			verdict = ACTION_DENY;
+			count_drop(DROP_OPAQUE, dir);
+		}
+	}
 	count(pod, dir, len, verdict);
 	return verdict == ACTION_DENY ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }

@@ -45,10 +45,61 @@ enum attach_mode {
 
 /* pod_ifaces: HASH, key __u32 ifindex of the host-side veth -> value.
  * Written by Attach, deleted by Detach (ifindexes are reused by the kernel:
- * nothing else may be keyed by them). */
+ * nothing else may be keyed by them). policy_set is the policy set the pod
+ * uses (struct pod_policy_ref), copied here so a packet needs one lookup for
+ * both; 0 = no policy (everything passes, no policy lookup at all). Set ids
+ * are never reused, so the set id doubles as the policy generation that
+ * flows remember (struct flow_stats). */
 struct pod_iface {
 	__u32 pod;        /* stable pod id, never 0 */
-	__u32 policy_gen; /* changed by every SetPolicy of the pod */
+	__u32 policy_set; /* the pod's policy set, 0 = none */
+};
+
+/* pod_policy: HASH, key __u32 pod -> value; user space only. The pod's
+ * reference to its policy set, kept apart from pod_ifaces because a pod's
+ * policy is written before its veth is registered (and survives Detach
+ * until RemovePod). */
+struct pod_policy_ref {
+	__u32 set;
+	__u32 pad;
+};
+
+/* policy_sets: HASH, key -> value; user space only. One record per distinct
+ * policy content: key is the SHA-256 of the policy's canonical encoding.
+ * Pods whose effective policy is the same share one set of policy entries.
+ * A set's users are the pod_policy entries naming it (counted under the
+ * datapath lock; nothing kept in a process). The all-zero key holds the
+ * last id issued (ids are never reused). state: 1 while its entries are
+ * being written (a set found in that state was left by a crash and is
+ * removed), 2 once complete. */
+struct policy_set_key {
+	__u8 sum[32];
+};
+
+struct policy_set {
+	__u32 id;
+	__u32 entries; /* LPM entries of the set */
+	__u32 state;
+	__u32 pad;
+};
+
+#define POLICY_SET_WRITING  1
+#define POLICY_SET_COMPLETE 2
+
+/* drop_reasons: PERCPU_ARRAY, index enum drop_reason -> value: node-wide
+ * count of dropped packets by why, by enum pod_dir. The pod's own
+ * counters count every drop too (drop_packets). */
+enum drop_reason {
+	DROP_POLICY = 0, /* a rule or default said deny */
+	DROP_OPAQUE = 1, /* L4 not parsable within the datapath's limits (IPv6
+			  * extension headers beyond IPV6_MAX_EXT_HEADERS,
+			  * truncated L4 header) and the pod's policy denies some
+			  * packet this one could be */
+	DROP_REASONS,
+};
+
+struct drop_counts {
+	__u64 packets[2];
 };
 
 /* pod_counters: PERCPU_HASH, key __u32 pod -> value; arrays indexed by
@@ -80,12 +131,15 @@ struct flow_key {
 };
 
 /* Arrays indexed by enum pod_dir. Times are bpf_ktime_get_ns() (CLOCK_MONOTONIC).
- * allowed: bit (1 << dir) is set once the policy allowed a packet of this flow
- * in dir; any set bit lets every later packet of the flow pass in both
- * directions (replies of an allowed connection) while policy_gen equals the
- * pod's (struct pod_iface): after a policy change the flow is judged again.
- * Flows count every packet seen, passed or dropped; verdict is the last
- * packet's. */
+ * allowed: bit (1 << dir) is set when the policy itself (not connection
+ * tracking) allowed a packet of this flow in dir: the flow's opening
+ * direction(s). Any set bit lets every later packet of the flow pass in both
+ * directions (replies of an allowed connection) while policy_set equals the
+ * pod's (struct pod_iface). After a policy change the flow is judged again
+ * on its next packet: each opening direction is kept only if the new policy
+ * still allows it (with that direction's destination port); with none left,
+ * the flow starts over like a new one. Flows count every packet seen, passed
+ * or dropped; verdict is the last packet's. */
 struct flow_stats {
 	__u64 bytes[2];
 	__u64 packets[2];
@@ -95,17 +149,18 @@ struct flow_stats {
 	__u8  initiator; /* enum pod_dir of the first packet */
 	__u8  allowed;
 	__u8  pad;
-	__u32 policy_gen;
+	__u32 policy_set; /* the pod's policy set when allowed was judged */
 };
 
 /* policy: LPM_TRIE (BPF_F_NO_PREALLOC), key -> struct policy_value.
- * prefixlen counts the bits after itself: 64 (pod, dir, family, pad) plus
+ * prefixlen counts the bits after itself: 64 (set, dir, family, pad) plus
  * the CIDR's length, so a lookup with prefixlen 64+32 (v4) or 64+128 (v6)
- * finds the most specific CIDR of that pod and direction. Every pod with a
- * policy has a /0 entry per family and direction; a pod with none passes. */
+ * finds the most specific CIDR of that policy set and direction. Every set
+ * has a /0 entry per family and direction. Entries belong to a policy set
+ * (struct policy_set), not to a pod: pods with the same policy share them. */
 struct policy_key {
 	__u32 prefixlen;
-	__u32 pod;    /* prefixlen >= 64 always matches it exactly: host order is fine */
+	__u32 set;    /* prefixlen >= 64 always matches it exactly: host order is fine */
 	__u8  dir;    /* enum pod_dir */
 	__u8  family; /* 4 or 6 */
 	__u16 pad;

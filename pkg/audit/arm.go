@@ -13,6 +13,9 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // Arm starts the audit of the cgroup v2 directory cgroupDir (a container's
@@ -26,7 +29,7 @@ import (
 func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	cgid, err := CgroupID(cgroupDir)
+	cgid, err := cgroups.V2ID(cgroupDir)
 	if err != nil {
 		return 0, fmt.Errorf("audit: arm: %w", err)
 	}
@@ -48,7 +51,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	a.cache.put(cgid, id)
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) // diagnostics only
-	level, err := cgroupLevel(cgroupDir)
+	level, err := cgroups.Level(cgroupDir)
 	if err != nil {
 		idm.Delete(cgid)
 		a.dropLongIdentity(cgid)
@@ -281,9 +284,7 @@ func identityToKernel(id Identity) (k auditIdentity, long bool) {
 
 func identityFromKernel(k *auditIdentity) Identity {
 	return Identity{
-		Namespace:   cstr(k.Namespace[:]),
-		Pod:         cstr(k.Pod[:]),
-		PodUID:      cstr(k.PodUid[:]),
+		Identity:    pods.Identity{Namespace: cstr(k.Namespace[:]), Pod: cstr(k.Pod[:]), PodUID: cstr(k.PodUid[:])},
 		Container:   cstr(k.Container[:]),
 		ContainerID: cstr(k.ContainerId[:]),
 	}

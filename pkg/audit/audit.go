@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // Mode is how the audit programs are attached.
@@ -68,9 +69,7 @@ func (m Mode) Valid() bool { return m.kernel() != auditAttachModeAMODE_NONE }
 // Identity is who a cgroup belongs to. It lives in user space (a pinned
 // user-space-only map), never in the programs.
 type Identity struct {
-	Namespace   string `json:"namespace"`
-	Pod         string `json:"pod"`
-	PodUID      string `json:"podUID"`
+	pods.Identity
 	Container   string `json:"container"`
 	ContainerID string `json:"containerID"`
 }
@@ -79,20 +78,16 @@ type Identity struct {
 // folded together). JSON field names are the contract of docs/design.md "Audit
 // event", plus count, and target/value where the op has them.
 type Event struct {
-	Time        time.Time `json:"time"`
-	Namespace   string    `json:"namespace"`
-	Pod         string    `json:"pod"`
-	PodUID      string    `json:"podUID"`
-	Container   string    `json:"container"`
-	ContainerID string    `json:"containerID"`
-	CgroupID    uint64    `json:"cgroupID"`
-	PID         uint32    `json:"pid"`
-	Comm        string    `json:"comm"`
-	UID         uint32    `json:"uid"`
-	Op          string    `json:"op"`
-	Path        string    `json:"path"`
-	Flags       uint32    `json:"flags"`
-	Denied      bool      `json:"denied"`
+	Time time.Time `json:"time"`
+	Identity
+	CgroupID uint64 `json:"cgroupID"`
+	PID      uint32 `json:"pid"`
+	Comm     string `json:"comm"`
+	UID      uint32 `json:"uid"`
+	Op       string `json:"op"`
+	Path     string `json:"path"`
+	Flags    uint32 `json:"flags"`
+	Denied   bool   `json:"denied"`
 	// Count is how many operations this line stands for: 1, or more when
 	// repeats within the fold window were folded into it (0 is never sent).
 	Count uint32 `json:"count,omitempty"`

@@ -20,6 +20,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -62,7 +64,7 @@ func newHarness(t *testing.T) *harness {
 	t.Helper()
 	testenv.RequireRoot(t)
 	root := testenv.BPFFSRoot(t)
-	cgRoot, err := Cgroup2Root()
+	cgRoot, err := cgroup2Root()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +207,7 @@ func TestTracepointAudit(t *testing.T) {
 	if h.a.Mode() != ModeTracepoint {
 		t.Fatalf("mode %s, want tracepoint", h.a.Mode())
 	}
-	id := Identity{Namespace: "ns1", Pod: "pod1", PodUID: "uid-1", Container: "c1", ContainerID: "abc123"}
+	id := Identity{Identity: pods.Identity{Namespace: "ns1", Pod: "pod1", PodUID: "uid-1"}, Container: "c1", ContainerID: "abc123"}
 
 	t.Run("every op, exact events", func(t *testing.T) {
 		cg := h.cgroup(t)
@@ -258,7 +260,7 @@ func TestTracepointAudit(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer h.a.Disarm(cgid)
-		sib, err := CgroupID(sibling)
+		sib, err := cgroups.V2ID(sibling)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -489,11 +491,11 @@ func TestLossIsCountedExactly(t *testing.T) {
 	}
 	t.Cleanup(func() { a.Close(); Cleanup(root) })
 	h := &harness{a: a}
-	if h.cgRoot, err = Cgroup2Root(); err != nil {
+	if h.cgRoot, err = cgroup2Root(); err != nil {
 		t.Fatal(err)
 	}
 	cg := h.cgroup(t)
-	cgid, err := a.Arm(cg, Identity{Pod: "lossy"})
+	cgid, err := a.Arm(cg, Identity{Identity: pods.Identity{Pod: "lossy"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,7 +542,7 @@ func TestLossIsCountedExactly(t *testing.T) {
 func TestRestartKeepsState(t *testing.T) {
 	h := newHarness(t)
 	cg := h.cgroup(t)
-	id := Identity{Namespace: "ns", Pod: "p", PodUID: "u", Container: "c", ContainerID: "cid"}
+	id := Identity{Identity: pods.Identity{Namespace: "ns", Pod: "p", PodUID: "u"}, Container: "c", ContainerID: "cid"}
 	cgid, err := h.a.Arm(cg, id)
 	if err != nil {
 		t.Fatal(err)
@@ -623,7 +625,7 @@ func diffEvents(want, got []wantEvent) string {
 func TestUpgradeReplacesPrograms(t *testing.T) {
 	h := newHarness(t)
 	cg := h.cgroup(t)
-	id := Identity{Namespace: "ns", Pod: "upgraded"}
+	id := Identity{Identity: pods.Identity{Namespace: "ns", Pod: "upgraded"}}
 	cgid, err := h.a.Arm(cg, id)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -36,12 +37,12 @@ func BenchmarkWriteOverhead(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { a.Close(); Cleanup(root) })
-	cgRoot, err := Cgroup2Root()
+	cgRoot, err := cgroup2Root()
 	if err != nil {
 		b.Fatal(err)
 	}
 	armedCg, unarmedCg := benchCgroup(b, cgRoot), benchCgroup(b, cgRoot)
-	if _, err := a.Arm(armedCg, Identity{Namespace: "bench", Pod: "bench"}); err != nil {
+	if _, err := a.Arm(armedCg, Identity{Identity: pods.Identity{Namespace: "bench", Pod: "bench"}}); err != nil {
 		b.Fatal(err)
 	}
 	var seen atomic.Uint64
@@ -128,12 +129,12 @@ func BenchmarkReaderDrain(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { a.Close(); Cleanup(root) })
-	cgRoot, err := Cgroup2Root()
+	cgRoot, err := cgroup2Root()
 	if err != nil {
 		b.Fatal(err)
 	}
 	cg := benchCgroup(b, cgRoot)
-	cgid, err := a.Arm(cg, Identity{Namespace: "bench", Pod: "bench"})
+	cgid, err := a.Arm(cg, Identity{Identity: pods.Identity{Namespace: "bench", Pod: "bench"}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -28,6 +28,10 @@ type LogWriter struct {
 	buf  []byte
 }
 
+// DefaultLogPath is where podscope-nri writes the audit log and
+// podscopectl reads it unless told otherwise.
+const DefaultLogPath = "/var/log/podscope/audit.jsonl"
+
 // Default rotation when NewLogWriter gets zeros.
 const (
 	DefaultLogMaxBytes = 100 << 20

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/podscope/podscope/pkg/blobs"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // Identities the CRI allows but struct identity cannot hold (a 48-byte pod
@@ -12,7 +13,7 @@ import (
 // carry them exactly; Disarm leaves no blob behind.
 func TestLongIdentityArmedExactly(t *testing.T) {
 	h := newHarness(t)
-	id := Identity{Namespace: "ns1", Pod: strings.Repeat("p", 300), PodUID: "pstest-pref-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+	id := Identity{Identity: pods.Identity{Namespace: "ns1", Pod: strings.Repeat("p", 300), PodUID: "pstest-pref-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"},
 		Container: "c1", ContainerID: strings.Repeat("c", 200)}
 	if len(id.PodUID) != 48 {
 		t.Fatalf("UID is %d bytes", len(id.PodUID))
@@ -39,7 +40,7 @@ func TestLongIdentityArmedExactly(t *testing.T) {
 		}
 	}
 	// Re-arming with an identity that fits removes the blob.
-	short := Identity{Namespace: "ns1", Pod: "p", PodUID: "u", Container: "c1", ContainerID: "cid"}
+	short := Identity{Identity: pods.Identity{Namespace: "ns1", Pod: "p", PodUID: "u"}, Container: "c1", ContainerID: "cid"}
 	if _, err := h.a.Arm(cg, short); err != nil {
 		t.Fatal(err)
 	}

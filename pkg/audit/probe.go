@@ -15,6 +15,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/podscope/podscope/pkg/cgroups"
 )
 
 // Refusal is why the probe did not take a mode.
@@ -138,16 +140,18 @@ func probeMode(m Mode, cgroupRoot string) (err error) {
 	prog := coll.Programs[name]
 
 	if cgroupRoot == "" {
-		if cgroupRoot, err = Cgroup2Root(); err != nil {
+		m, err := cgroups.FindUnifiedSelf()
+		if err != nil {
 			return fmt.Errorf("scratch cgroup: %w", err)
 		}
+		cgroupRoot = m.Point
 	}
 	cg, err := os.MkdirTemp(cgroupRoot, "podscope-probe-")
 	if err != nil {
 		return fmt.Errorf("scratch cgroup: %w", err)
 	}
 	defer os.Remove(cg)
-	id, err := CgroupID(cg)
+	id, err := cgroups.V2ID(cg)
 	if err != nil {
 		return fmt.Errorf("scratch cgroup: %w", err)
 	}

@@ -308,7 +308,7 @@ func (a *Auditor) identify(ev *Event) {
 	if !ok {
 		id = a.lookupIdentity(ev.CgroupID)
 	}
-	ev.Namespace, ev.Pod, ev.PodUID, ev.Container, ev.ContainerID = id.Namespace, id.Pod, id.PodUID, id.Container, id.ContainerID
+	ev.Identity = id
 }
 
 func (a *Auditor) lookupIdentity(cgid uint64) Identity {

@@ -1,10 +1,13 @@
 // Package cniplugin is the logic of the podscope chained CNI plugin: config
-// parsing, ADD/DEL/CHECK/GC/STATUS, the state-dir lock, the accounting log
-// and the reaper of pods whose veth or netns is gone.
+// parsing, ADD/DEL/CHECK/GC/STATUS and adoption of running pods. The pod
+// state it reads and writes (lock, registry, accounting log, reaper) is
+// pkg/podstate's.
 package cniplugin
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,15 +21,9 @@ import (
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/policy"
 )
-
-// DefaultStateDir holds the lock and accounting.jsonl when stateDir is unset.
-const DefaultStateDir = "/var/lib/podscope"
-
-// AttachModeEnv forces the attach mode ("tcx" or "tc") over the config's, so
-// tests and operators can exercise the clsact fallback on a TCX kernel.
-const AttachModeEnv = "PODSCOPE_ATTACH_MODE"
 
 // Pod annotations that replace the network's policy for one direction.
 const (
@@ -83,6 +80,8 @@ type Config struct {
 	Mode       datapath.Mode   `json:"-"`
 	Policy     policy.Policy   `json:"-"` // network default with annotations applied
 	PrevResult *current.Result `json:"-"`
+
+	policySet *datapath.PolicySet // ADD: the datapath's set for Policy
 }
 
 func invalid(msg string, details string) *types.Error {
@@ -126,21 +125,26 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	}
 	c.Root = pins.New(c.BPFFSRoot)
 	if c.StateDir == "" {
-		c.StateDir = DefaultStateDir
+		c.StateDir = podstate.DefaultDir
 	}
-	mode := c.AttachMode
-	field := "attachMode"
-	if env := os.Getenv(AttachModeEnv); env != "" {
-		mode, field = env, "environment "+AttachModeEnv
-	}
-	switch mode {
-	case "", "auto":
-		c.Mode = ""
-	case "tcx", "tc":
-		c.Mode = datapath.Mode(mode)
-	default:
+	env, set, err := datapath.ModeFromEnv()
+	switch {
+	case err != nil:
 		if !lenient {
-			return nil, invalid(fmt.Sprintf("podscope: %s: %q is not an attach mode (tcx, tc, or empty for auto)", field, mode), "")
+			return nil, invalid("podscope: environment "+err.Error(), "")
+		}
+	case set:
+		c.Mode = env
+	default:
+		switch c.AttachMode {
+		case "", "auto":
+			c.Mode = datapath.ModeAuto
+		case "tcx", "tc":
+			c.Mode = datapath.Mode(c.AttachMode)
+		default:
+			if !lenient {
+				return nil, invalid(fmt.Sprintf("podscope: attachMode: %q is not an attach mode (tcx, tc, or empty for auto)", c.AttachMode), "")
+			}
 		}
 	}
 	return c, nil
@@ -230,19 +234,14 @@ func fieldOf(err error) string {
 	return err.Error()
 }
 
-// ParseConfig decodes and validates a podscope entry: unknown fields, the
-// network policy, the pod's policy annotations and the prevResult. Every
-// failure is a *types.Error with code 7 whose message names the field.
-func ParseConfig(stdin []byte) (*Config, error) {
-	c, err := parseBase(stdin, false)
-	if err != nil {
-		return nil, err
-	}
+// parsePolicy parses the network policy and applies the pod's annotations
+// into c.Policy.
+func (c *Config) parsePolicy() error {
 	c.Policy = policy.Policy{Egress: policy.AllowAll(), Ingress: policy.AllowAll()}
 	if len(c.RawPolicy) > 0 && !bytes.Equal(bytes.TrimSpace(c.RawPolicy), []byte("null")) {
 		var dirs map[string]json.RawMessage
 		if err := json.Unmarshal(c.RawPolicy, &dirs); err != nil {
-			return nil, invalid("podscope: policy: not a JSON object with \"egress\" and/or \"ingress\"", err.Error())
+			return invalid("podscope: policy: not a JSON object with \"egress\" and/or \"ingress\"", err.Error())
 		}
 		for k, raw := range dirs {
 			var dst *policy.Spec
@@ -252,11 +251,11 @@ func ParseConfig(stdin []byte) (*Config, error) {
 			case "ingress":
 				dst = &c.Policy.Ingress
 			default:
-				return nil, invalid(fmt.Sprintf("podscope: policy: unknown field %q (known: egress, ingress)", k), "")
+				return invalid(fmt.Sprintf("podscope: policy: unknown field %q (known: egress, ingress)", k), "")
 			}
 			s, err := policy.ParseSpec(raw, "policy."+k)
 			if err != nil {
-				return nil, invalid("podscope: "+err.Error(), "")
+				return invalid("podscope: "+err.Error(), "")
 			}
 			*dst = s
 		}
@@ -271,26 +270,130 @@ func ParseConfig(stdin []byte) (*Config, error) {
 			continue
 		}
 		if len(v) > MaxAnnotationBytes {
-			return nil, invalid(fmt.Sprintf("podscope: annotation %s: %d bytes, at most %d are accepted (put large policies in the network's config)", a.key, len(v), MaxAnnotationBytes), "")
+			return invalid(fmt.Sprintf("podscope: annotation %s: %d bytes, at most %d are accepted (put large policies in the network's config)", a.key, len(v), MaxAnnotationBytes), "")
 		}
 		s, err := policy.ParseSpec([]byte(v), "annotation "+a.key)
 		if err != nil {
-			return nil, invalid("podscope: "+err.Error(), "")
+			return invalid("podscope: "+err.Error(), "")
 		}
 		if len(s.Rules) > MaxAnnotationRules {
-			return nil, invalid(fmt.Sprintf("podscope: annotation %s: %d rules, at most %d are accepted per direction (put large policies in the network's config)", a.key, len(s.Rules), MaxAnnotationRules), "")
+			return invalid(fmt.Sprintf("podscope: annotation %s: %d rules, at most %d are accepted per direction (put large policies in the network's config)", a.key, len(s.Rules), MaxAnnotationRules), "")
 		}
 		*a.dst = s
 	}
+	return nil
+}
+
+// policySyntax changes whenever the policy parser accepts or refuses
+// differently: policy sets written from a source text are found again by
+// the text's sum, so a stricter parser must not find sets the older one
+// accepted.
+const policySyntax = "podscope policy text v3" // v3: annotation bounds (MaxAnnotationBytes, MaxAnnotationRules)
+
+// hasPolicy reports whether the entry or the pod's annotations ask for any
+// policy at all.
+func (c *Config) hasPolicy() bool {
+	_, eg := c.RuntimeConfig.PodAnnotations[AnnotationEgress]
+	_, in := c.RuntimeConfig.PodAnnotations[AnnotationIngress]
+	raw := bytes.TrimSpace(c.RawPolicy)
+	return eg || in || (len(raw) > 0 && !bytes.Equal(raw, []byte("null")))
+}
+
+// policySum is the SHA-256 of every byte the pod's effective policy is
+// parsed from (the entry's policy and the pod's policy annotations): pods
+// with the same sum share one policy set in the datapath, and an ADD whose
+// sum the node already holds skips parsing the policy.
+func (c *Config) policySum() [32]byte {
+	h := sha256.New()
+	field := func(b []byte) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	field([]byte(policySyntax))
+	field(c.RawPolicy)
+	for _, k := range []string{AnnotationEgress, AnnotationIngress} {
+		if v, ok := c.RuntimeConfig.PodAnnotations[k]; ok {
+			field([]byte{1})
+			field([]byte(v))
+		} else {
+			field([]byte{0})
+		}
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
+// policySetFor returns the pod's policy set: without any policy, the
+// allow-all one; when the node already holds the set of this policy text,
+// that one without parsing the text; else the text is parsed now (a bad
+// policy is a code 7 error before anything is written).
+func (c *Config) policySetFor() (*datapath.PolicySet, error) {
+	if !c.hasPolicy() {
+		c.Policy = policy.Policy{Egress: policy.AllowAll(), Ingress: policy.AllowAll()}
+		return datapath.NewPolicySet(c.Policy)
+	}
+	sum := c.policySum()
+	parse := func() (policy.Policy, error) {
+		if err := c.parsePolicy(); err != nil {
+			return policy.Policy{}, err
+		}
+		return c.Policy, nil
+	}
+	if !datapath.HasPinnedPolicySet(c.Root, sum) {
+		if _, err := parse(); err != nil {
+			return nil, err
+		}
+	}
+	// Parsed already or held by the node: parse runs again only if the set
+	// went away in between (another pod's DEL released it).
+	return datapath.PolicySetFromSource(sum, parse), nil
+}
+
+// parseConfigLazy is ParseConfig for ADD: the policy is left unparsed
+// (c.Policy is not set); the caller parses it with c.parsePolicy when the
+// datapath does not hold the policy set of c.policySum() yet.
+func parseConfigLazy(stdin []byte) (*Config, error) {
+	c, err := parseBase(stdin, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.parsePrevResult(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ParseConfig decodes and validates a podscope entry: unknown fields, the
+// network policy, the pod's policy annotations and the prevResult. Every
+// failure is a *types.Error with code 7 whose message names the field.
+func ParseConfig(stdin []byte) (*Config, error) {
+	c, err := parseBase(stdin, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.parsePolicy(); err != nil {
+		return nil, err
+	}
+	if err := c.parsePrevResult(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// parsePrevResult decodes the previous plugin's result into c.PrevResult.
+func (c *Config) parsePrevResult() error {
 	if c.RawPrevResult != nil {
 		if err := version.ParsePrevResult(&c.NetConf); err != nil {
-			return nil, invalid("podscope: prevResult: "+err.Error(), "")
+			return invalid("podscope: prevResult: "+err.Error(), "")
 		}
 		res, err := current.NewResultFromResult(c.NetConf.PrevResult)
 		if err != nil {
-			return nil, invalid("podscope: prevResult: converting to the current result version: "+err.Error(), "")
+			return invalid("podscope: prevResult: converting to the current result version: "+err.Error(), "")
 		}
 		c.PrevResult = res
 	}
-	return c, nil
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/policy"
 )
 
@@ -167,7 +168,7 @@ func TestSameKeyInDifferentObjects(t *testing.T) {
 }
 
 func TestAttachModeEnv(t *testing.T) {
-	t.Setenv(AttachModeEnv, "tc")
+	t.Setenv(datapath.ModeEnv, "tc")
 	c, err := ParseConfig(conf(t, map[string]any{"attachMode": "tcx"}))
 	if err != nil {
 		t.Fatal(err)
@@ -175,9 +176,9 @@ func TestAttachModeEnv(t *testing.T) {
 	if c.Mode != "tc" {
 		t.Fatalf("env did not force the mode: %q", c.Mode)
 	}
-	t.Setenv(AttachModeEnv, "bogus")
+	t.Setenv(datapath.ModeEnv, "bogus")
 	_, err = ParseConfig(conf(t, nil))
-	assertInvalid(t, err, AttachModeEnv)
+	assertInvalid(t, err, datapath.ModeEnv)
 }
 
 // Bad inputs are refused before anything is touched: the bpffs root named in

@@ -14,6 +14,7 @@ import (
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // AddReapBudget bounds the reaper run that every ADD does: ADD latency is
@@ -35,8 +36,11 @@ func Add(args *skel.CmdArgs) error {
 }
 
 func add(args *skel.CmdArgs) (*Config, error) {
-	conf, err := ParseConfig(args.StdinData)
+	conf, err := parseConfigLazy(args.StdinData)
 	if err != nil {
+		return nil, err
+	}
+	if conf.policySet, err = conf.policySetFor(); err != nil {
 		return nil, err
 	}
 	if conf.PrevResult == nil {
@@ -61,11 +65,11 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		return nil, fmt.Errorf("podscope: finding the pod's host veth: %w", err)
 	}
 
-	lock, err := lockStateDir(conf.StateDir)
+	unlock, err := podstate.Lock(conf.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	defer lock.Unlock()
+	defer unlock()
 
 	reg, err := pods.OpenRegistry(conf.Root)
 	if err != nil {
@@ -81,8 +85,9 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	// Pods whose veth vanished without a DEL (containerd never calls GC).
 	// Best effort: a failure here must not fail this pod's ADD, so it goes to
 	// stderr, which runtimes log.
-	if reapDue(conf.StateDir, time.Now()) {
-		if _, err := reapLocked(conf.Root, conf.StateDir, reg, dp, AddReapBudget); err != nil {
+	if podstate.ReapDue(conf.StateDir, time.Now()) {
+		st := &podstate.State{Root: conf.Root, Dir: conf.StateDir, Registry: reg, Datapath: dp}
+		if _, err := st.Reap(AddReapBudget); err != nil {
 			fmt.Fprintf(os.Stderr, "podscope: reaper during ADD of %s: %v\n", args.ContainerID, err)
 		}
 	}
@@ -121,11 +126,11 @@ func add(args *skel.CmdArgs) (*Config, error) {
 func addUnobserved(conf *Config, args *skel.CmdArgs, id podArgs, ips []netip.Prefix, reason string) error {
 	fmt.Fprintf(os.Stderr, "podscope: pod %s/%s (container %s): %s: it runs unobserved (no accounting, no policy); \"failClosed\": true in podscope's config refuses such pods\n",
 		id.Namespace, id.Name, args.ContainerID, reason)
-	lock, err := lockStateDir(conf.StateDir)
+	unlock, err := podstate.Lock(conf.StateDir)
 	if err != nil {
 		return err
 	}
-	defer lock.Unlock()
+	defer unlock()
 	reg, err := pods.OpenRegistry(conf.Root)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
@@ -175,7 +180,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 		undo = append(undo, func() error { return reg.Delete(pod.ID) })
 		undo = append(undo, func() error { return dp.RemovePod(pod.ID) })
 	}
-	if err := dp.SetPolicy(pod.ID, conf.Policy); err != nil {
+	if err := dp.SetPolicySet(pod.ID, conf.policySet); err != nil {
 		return fmt.Errorf("podscope: writing policy of pod %s: %w", pod.Ref(), err)
 	}
 	if prev == nil {
@@ -207,11 +212,11 @@ func Del(args *skel.CmdArgs) error {
 	if _, err := os.Stat(pods.Path(conf.Root)); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	lock, err := lockStateDir(conf.StateDir)
+	unlock, err := podstate.Lock(conf.StateDir)
 	if err != nil {
 		return err
 	}
-	defer lock.Unlock()
+	defer unlock()
 	reg, err := pods.OpenPinnedRegistry(conf.Root)
 	if errors.Is(err, pods.ErrNoRegistry) {
 		return nil
@@ -224,44 +229,14 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil || !found {
 		return err
 	}
-	dp, dperr := datapath.OpenPinned(conf.Root)
-	if dp != nil {
-		defer dp.Close()
+	st := &podstate.State{Root: conf.Root, Dir: conf.StateDir, Registry: reg}
+	st.Datapath, st.DatapathErr = datapath.OpenPinned(conf.Root)
+	if st.DatapathErr != nil {
+		st.Datapath = nil
+	} else {
+		defer st.Datapath.Close()
 	}
-	return teardown(conf.StateDir, reg, dp, dperr, pod, "del")
-}
-
-// teardown writes the accounting line first, then detaches and removes the
-// pod's entries. dp may be nil (its pins are gone): the identity is still
-// logged and the registry entry dropped.
-func teardown(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error, pod pods.Pod, reason string) error {
-	var c datapath.Counters
-	cerr := dperr
-	if pod.Unobserved != "" {
-		cerr = errors.New("not observed: " + pod.Unobserved)
-	} else if dp != nil {
-		c, cerr = dp.Counters(pod.ID)
-	}
-	if err := appendRecord(stateDir, newRecord(pod, reason, c, cerr)); err != nil {
-		// Keep the pod: removing it now would lose its counters for good.
-		return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
-	}
-	var errs []error
-	if dp != nil {
-		if err := dp.Detach(pod.ID); err != nil {
-			errs = append(errs, fmt.Errorf("detaching pod %s: %w", pod.Ref(), err))
-		}
-		if err := dp.RemovePod(pod.ID); err != nil {
-			errs = append(errs, fmt.Errorf("removing map entries of pod %s: %w", pod.Ref(), err))
-		}
-	}
-	if err := reg.Delete(pod.ID); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("podscope: %w", errors.Join(errs...))
-	}
-	return nil
+	return st.Teardown(pod, "del")
 }
 
 // Check verifies the pod is registered, attached on both hooks and enforcing
@@ -286,7 +261,7 @@ func Check(args *skel.CmdArgs) error {
 	if pod.Unobserved != "" {
 		return nil // registered as unobserved: nothing attached to check
 	}
-	if !linkAlive(pod.HostIfindex, pod.HostInterface) {
+	if !podstate.HostVethAlive(pod) {
 		return fmt.Errorf("podscope: host veth %s (ifindex %d) of pod %s is gone", pod.HostInterface, pod.HostIfindex, pod.Ref())
 	}
 	dp, err := datapath.OpenPinned(conf.Root)
@@ -317,10 +292,10 @@ func GC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[a] = true
 	}
-	_, err = withPinnedPods(conf.Root, conf.StateDir, func(stateDir string, reg *pods.Registry, dp *datapath.Datapath, dperr error) ([]pods.Pod, error) {
-		all, err := reg.List()
+	return podstate.WithPinned(conf.Root, conf.StateDir, func(st *podstate.State) error {
+		all, err := st.Registry.List()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		var errs []error
 		known := map[datapath.PodID]bool{}
@@ -331,11 +306,11 @@ func GC(args *skel.CmdArgs) error {
 				known[p.ID] = true
 				continue
 			}
-			if err := teardown(stateDir, reg, dp, dperr, p, "gc"); err != nil {
+			if err := st.Teardown(p, "gc"); err != nil {
 				errs = append(errs, err)
 			}
 		}
-		if dp != nil {
+		if dp := st.Datapath; dp != nil {
 			atts, err := dp.Attachments()
 			if err != nil {
 				errs = append(errs, err)
@@ -353,9 +328,8 @@ func GC(args *skel.CmdArgs) error {
 				}
 			}
 		}
-		return nil, errors.Join(errs...)
+		return errors.Join(errs...)
 	})
-	return err
 }
 
 // Status is called by containerd on every CRI status poll; failing it marks
@@ -373,11 +347,11 @@ func Status(args *skel.CmdArgs) error {
 		// Nothing pinned yet (first pod on the node): load once now, which
 		// also proves the kernel accepts the programs and saves the first
 		// ADD the verifier time.
-		lock, lerr := lockStateDir(conf.StateDir)
+		unlock, lerr := podstate.Lock(conf.StateDir)
 		if lerr != nil {
 			return types.NewError(types.ErrPluginNotAvailable, "podscope: "+lerr.Error(), "")
 		}
-		defer lock.Unlock()
+		defer unlock()
 		dp, err = datapath.Open(conf.Root)
 		if err != nil {
 			return types.NewError(types.ErrPluginNotAvailable,

@@ -54,13 +54,3 @@ func hostVeth(netnsPath, ifname string) (int, string, error) {
 	}
 	return peer, host.Attrs().Name, nil
 }
-
-// linkAlive reports whether ifindex still names the link name in the current
-// netns (an ifindex is reused once the veth is gone).
-func linkAlive(ifindex int, name string) bool {
-	l, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		return false
-	}
-	return name == "" || l.Attrs().Name == name
-}

@@ -6,10 +6,10 @@ import (
 	"io"
 	"os"
 
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // CleanupReport says what `podscopectl cleanup` removed.
@@ -27,7 +27,7 @@ func cleanup(root pins.Root, stateDir string) (*CleanupReport, error) {
 	if _, err := os.Stat(root.Path); errors.Is(err, os.ErrNotExist) {
 		return rep, nil
 	}
-	logged, err := cniplugin.TeardownAll(root, stateDir, "cleanup")
+	logged, err := podstate.TeardownAll(root, stateDir, "cleanup")
 	for _, p := range logged {
 		rep.PodsLogged = append(rep.PodsLogged, p.Ref())
 	}

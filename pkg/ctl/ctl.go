@@ -13,11 +13,10 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 )
-
-// DefaultAuditLog is where podscope-nri writes audit events by default.
-const DefaultAuditLog = "/var/log/podscope/audit.jsonl"
 
 // DefaultNRISocket is containerd's NRI socket.
 const DefaultNRISocket = "/var/run/nri/nri.sock"
@@ -131,13 +130,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "audit":
 		follow := fs.Bool("follow", false, "keep reading new events as they are written")
 		podRef := fs.String("pod", "", "only events of this pod (NS/NAME)")
-		logPath := fs.String("log", DefaultAuditLog, "audit log written by podscope-nri")
+		logPath := fs.String("log", audit.DefaultLogPath, "audit log written by podscope-nri")
 		if err := parse(fs, &c, rest, 0); err != nil {
 			return err
 		}
 		return runAudit(stdout, auditOpts{path: *logPath, pod: *podRef, follow: *follow, json: c.output == "json"})
 	case "cleanup":
-		stateDir := fs.String("state-dir", "/var/lib/podscope", "podscope state dir (its accounting.jsonl gets the final counters)")
+		stateDir := fs.String("state-dir", podstate.DefaultDir, "podscope state dir (its accounting.jsonl gets the final counters)")
 		if err := parse(fs, &c, rest, 0); err != nil {
 			return err
 		}

@@ -232,9 +232,9 @@ func TestAuditReadsLogWriterOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := []audit.Event{
-		{Time: time.Unix(1700000000, 0).UTC(), Namespace: "default", Pod: "web-0", PodUID: "u1", Container: "nginx", ContainerID: "c1",
+		{Time: time.Unix(1700000000, 0).UTC(), Identity: audit.Identity{Identity: pods.Identity{Namespace: "default", Pod: "web-0", PodUID: "u1"}, Container: "nginx", ContainerID: "c1"},
 			CgroupID: 42, PID: 7, Comm: "mv", UID: 1000, Op: "rename", Path: "/a", Target: "/b", Flags: 0, Denied: true, Count: 2},
-		{Time: time.Unix(1700000001, 0).UTC(), Namespace: "default", Pod: "web-0", Op: "sysctl_write", Path: "/proc/sys/net/ipv4/ip_forward", Value: "1", Count: 1},
+		{Time: time.Unix(1700000001, 0).UTC(), Identity: audit.Identity{Identity: pods.Identity{Namespace: "default", Pod: "web-0"}}, Op: "sysctl_write", Path: "/proc/sys/net/ipv4/ip_forward", Value: "1", Count: 1},
 	}
 	for _, e := range in {
 		if err := w.Write(e); err != nil {

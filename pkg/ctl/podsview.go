@@ -10,6 +10,7 @@ import (
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // PodRow is one line of `podscopectl pods`.
@@ -28,31 +29,15 @@ func openRegistry(root pins.Root) (*pods.Registry, error) {
 }
 
 func gatherPods(root pins.Root) ([]PodRow, error) {
-	reg, err := pods.OpenPinnedRegistry(root)
-	if errors.Is(err, pods.ErrNoRegistry) {
-		return []PodRow{}, nil
-	}
+	list, err := podstate.List(root)
 	if err != nil {
 		return nil, err
-	}
-	defer reg.Close()
-	list, err := reg.List()
-	if err != nil {
-		return nil, err
-	}
-	dp, dperr := datapath.OpenPinned(root)
-	if dp != nil {
-		defer dp.Close()
 	}
 	rows := make([]PodRow, 0, len(list))
 	for _, p := range list {
-		r := PodRow{Pod: p}
-		if p.Unobserved != "" {
-			// Nothing attached, so no counters to read: the reason says why.
-		} else if dp == nil {
-			r.CountersError = dperr.Error()
-		} else if r.Counters, err = dp.Counters(p.ID); err != nil {
-			r.CountersError = err.Error()
+		r := PodRow{Pod: p.Pod, Counters: p.Counters}
+		if p.CountersErr != nil {
+			r.CountersError = p.CountersErr.Error()
 		}
 		rows = append(rows, r)
 	}

@@ -73,7 +73,7 @@ func (d *Datapath) Attach(pod PodID, ifindex int, mode Mode) (Mode, error) {
 		}
 	}()
 
-	gen, err := d.policyGen(pod)
+	set, err := d.podSet(pod)
 	if err != nil {
 		return "", err
 	}
@@ -118,7 +118,7 @@ func (d *Datapath) Attach(pod PodID, ifindex int, mode Mode) (Mode, error) {
 	ifkey := uint32(ifindex)
 	var prev tcPodIface
 	hadPrev := d.objs.PodIfaces.Lookup(ifkey, &prev) == nil
-	if err := d.objs.PodIfaces.Put(ifkey, tcPodIface{Pod: uint32(pod), PolicyGen: gen}); err != nil {
+	if err := d.objs.PodIfaces.Put(ifkey, tcPodIface{Pod: uint32(pod), PolicySet: set}); err != nil {
 		return "", fmt.Errorf("attach pod %d: registering ifindex %d: %w", pod, ifindex, err)
 	}
 	undo = append(undo, func() {
@@ -370,7 +370,12 @@ func (d *Datapath) Attachments() ([]Attachment, error) {
 // pinned programs and registered in the ifindex map; the error names the
 // first thing missing.
 func (d *Datapath) Check(pod PodID, ifindex int) error {
-	for _, name := range []string{progPin(hookHostIngress), progPin(hookHostEgress), tcMapPodIfaces, tcMapPodCounters, tcMapFlows, tcMapPolicy, tcMapAttachments} {
+	names := []string{progPin(hookHostIngress), progPin(hookHostEgress)}
+	for name := range mapFields(&d.objs.tcMaps) {
+		names = append(names, name)
+	}
+	sort.Strings(names[2:])
+	for _, name := range names {
 		if _, err := os.Stat(filepath.Join(d.dir, name)); err != nil {
 			return fmt.Errorf("pod %d: pin %s missing: %w", pod, filepath.Join(d.dir, name), err)
 		}

@@ -5,10 +5,28 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 
 	"github.com/cilium/ebpf"
 )
+
+// mapFields is every map of the object by its pin name, with the field of
+// m it loads into: the one list both pin loaders (loadOwnPins, loadPinned)
+// use, taken from the generated struct so a new map cannot be missed.
+func mapFields(m *tcMaps) map[string]**ebpf.Map {
+	out := map[string]**ebpf.Map{}
+	v := reflect.ValueOf(m).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		name := v.Type().Field(i).Tag.Get("ebpf")
+		out[name] = v.Field(i).Addr().Interface().(**ebpf.Map)
+	}
+	return out
+}
+
+// userSpaceMaps are pinned with the programs' maps but only the loader
+// reads and writes them; the programs hold no reference to them.
+var userSpaceMaps = []string{tcMapAttachments, tcMapPodPolicy, tcMapPolicySets}
 
 // loadOwnPins is the hot path of Open and OpenPinned: every CNI ADD and DEL
 // is a fresh process, and parsing the embedded ELF and BTF (loadTc) was the
@@ -50,14 +68,7 @@ func (d *Datapath) loadOwnPins() (bool, error) {
 		}
 		used = append(used, ids...)
 	}
-	maps := map[string]**ebpf.Map{
-		tcMapAttachments: &objs.Attachments,
-		tcMapFlows:       &objs.Flows,
-		tcMapPodCounters: &objs.PodCounters,
-		tcMapPodIfaces:   &objs.PodIfaces,
-		tcMapPolicy:      &objs.Policy,
-	}
-	for name, dst := range maps {
+	for name, dst := range mapFields(&objs.tcMaps) {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
 		if err != nil {
 			return false, nil
@@ -68,8 +79,7 @@ func (d *Datapath) loadOwnPins() (bool, error) {
 			return false, nil
 		}
 		id, available := info.ID()
-		// attachments is user-space bookkeeping the programs never read.
-		if !available || (name != tcMapAttachments && !slices.Contains(used, id)) {
+		if !available || (!slices.Contains(userSpaceMaps, name) && !slices.Contains(used, id)) {
 			return false, nil
 		}
 	}

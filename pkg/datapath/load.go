@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/flock"
 	"github.com/podscope/podscope/pkg/pins"
 )
 
@@ -82,6 +82,9 @@ func Open(root pins.Root) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
+	if testSpecHook != nil {
+		testSpecHook(spec)
+	}
 	if err := checkPinnedMaps(spec, root, dir); err != nil {
 		return nil, err
 	}
@@ -149,6 +152,10 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	return d, nil
 }
 
+// testSpecHook lets a test shrink a map (e.g. the policy trie, to fill it)
+// before the first Open of its own root. Nil outside tests.
+var testSpecHook func(*ebpf.CollectionSpec)
+
 // findProgPin is this object's program pin, or another version's if only
 // that exists (a reader of another version still reads the maps).
 func findProgPin(dir string, h hook) string {
@@ -175,14 +182,7 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 			objs.Close()
 		}
 	}()
-	maps := map[string]**ebpf.Map{
-		tcMapAttachments: &objs.Attachments,
-		tcMapFlows:       &objs.Flows,
-		tcMapPodCounters: &objs.PodCounters,
-		tcMapPodIfaces:   &objs.PodIfaces,
-		tcMapPolicy:      &objs.Policy,
-	}
-	for name, dst := range maps {
+	for name, dst := range mapFields(&objs.tcMaps) {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
 		if err != nil {
 			return fmt.Errorf("pinned map %s: %w", name, err)
@@ -215,6 +215,9 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 // checkPinnedMaps compares every existing map pin with the object's spec, so
 // an old layout is refused with the map's name before anything is loaded.
 func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root, dir string) error {
+	if err := checkLegacyPolicy(root, dir); err != nil {
+		return err
+	}
 	for name, ms := range spec.Maps {
 		path := filepath.Join(dir, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
@@ -275,14 +278,4 @@ func replacePin(p *ebpf.Program, path string) error {
 // lockDir takes an exclusive flock on the datapath directory: loading,
 // attaching and detaching from parallel CNI invocations are serialised per
 // node, so two ADDs never both load programs or race on one pod's pins.
-func lockDir(dir string) (func(), error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s for locking: %w", dir, err)
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
-	}
-	return func() { unix.Close(fd) }, nil
-}
+func lockDir(dir string) (func(), error) { return flock.Dir(dir) }

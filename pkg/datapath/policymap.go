@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/policy"
 )
@@ -24,17 +24,6 @@ func family(a netip.Addr) uint8 {
 		return 4
 	}
 	return 6
-}
-
-func policyKey(pod PodID, e policy.Entry) tcPolicyKey {
-	k := tcPolicyKey{
-		Prefixlen: uint32(policyKeyBits + e.Prefix.Bits()),
-		Pod:       uint32(pod),
-		Dir:       uint8(e.Direction),
-		Family:    family(e.Prefix.Addr()),
-	}
-	copy(k.Addr[:], e.Prefix.Addr().AsSlice())
-	return k
 }
 
 func policyValue(e policy.Entry) tcPolicyValue {
@@ -69,65 +58,16 @@ func decodeEntry(k tcPolicyKey, v tcPolicyValue) policy.Entry {
 	return e
 }
 
-func compile(p policy.Policy) (map[tcPolicyKey]policy.Entry, error) {
-	want := map[tcPolicyKey]policy.Entry{}
-	for _, dir := range []policy.Direction{policy.Egress, policy.Ingress} {
-		entries, err := policy.Compile(p.Spec(dir), dir, "policy."+dir.String(), maxRules)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range entries {
-			want[policyKey(0, e)] = e
-		}
-	}
-	return want, nil
-}
-
-// SetPolicy makes the kernel enforce p for pod: every compiled entry is
-// written, then entries of the pod that p no longer has are deleted, then
-// the pod's policy generation changes so that established flows are judged
-// again on their next packet (a reply passes if the new policy still allows
-// the direction that opened the connection). A packet racing the update sees
-// either the old or the new entry of its CIDR.
+// SetPolicy makes the kernel enforce p for pod: the policy set with p's
+// content is found (or written, once per node), then the pod's reference
+// is switched to it, then the set the pod used before is released if no
+// pod uses it any more. See SetPolicySet.
 func (d *Datapath) SetPolicy(pod PodID, p policy.Policy) error {
-	if pod == 0 {
-		return errors.New("set policy: pod id 0 is invalid")
-	}
-	want, err := compile(p)
+	s, err := NewPolicySet(p)
 	if err != nil {
 		return err
 	}
-	keep := make(map[tcPolicyKey]bool, len(want))
-	keys := make([]tcPolicyKey, 0, len(want))
-	for k := range want {
-		k.Pod = uint32(pod)
-		keep[k] = true
-		keys = append(keys, k)
-	}
-	// /0 entries first (see hasPolicy).
-	sort.SliceStable(keys, func(i, j int) bool { return keys[i].Prefixlen == policyKeyBits && keys[j].Prefixlen > policyKeyBits })
-	values := make([]tcPolicyValue, len(keys))
-	for i, k := range keys {
-		k.Pod = 0
-		values[i] = policyValue(want[k])
-	}
-	if err := putAll(d.objs.Policy, keys, values); err != nil {
-		return fmt.Errorf("set policy of pod %d: %w", pod, err)
-	}
-	have, err := d.policyKeys(pod)
-	if err != nil {
-		return err
-	}
-	var stale []tcPolicyKey
-	for _, k := range have {
-		if !keep[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := deleteAll(d.objs.Policy, stale); err != nil {
-		return fmt.Errorf("set policy of pod %d: deleting old entries: %w", pod, err)
-	}
-	return d.bumpPolicyGen(pod)
+	return d.SetPolicySet(pod, s)
 }
 
 // podIfaces returns the ifindex entries of pod.
@@ -145,46 +85,6 @@ func (d *Datapath) podIfaces(pod PodID) (map[uint32]tcPodIface, error) {
 		return nil, fmt.Errorf("reading ifindex map: %w", err)
 	}
 	return out, nil
-}
-
-// policyGen is the policy generation of pod's registered veth, or a new
-// one when it has none.
-func (d *Datapath) policyGen(pod PodID) (uint32, error) {
-	ifs, err := d.podIfaces(pod)
-	if err != nil {
-		return 0, err
-	}
-	for _, v := range ifs {
-		return v.PolicyGen, nil
-	}
-	return newPolicyGen(0), nil
-}
-
-// newPolicyGen returns a generation different from old. Generations only
-// need to differ from the previous one (the kernel compares for equality),
-// also between processes: the clock in microseconds does that.
-func newPolicyGen(old uint32) uint32 {
-	g := uint32(time.Now().UnixNano() / 1000)
-	if g == old {
-		g++
-	}
-	return g
-}
-
-// bumpPolicyGen gives pod's registered veths a new policy generation, so
-// the programs judge the pod's established flows again under the new policy.
-func (d *Datapath) bumpPolicyGen(pod PodID) error {
-	ifs, err := d.podIfaces(pod)
-	if err != nil {
-		return err
-	}
-	for k, v := range ifs {
-		v.PolicyGen = newPolicyGen(v.PolicyGen)
-		if err := d.objs.PodIfaces.Update(k, v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set policy of pod %d: new policy generation: %w", pod, err)
-		}
-	}
-	return nil
 }
 
 // putAll writes keys/values with one BPF_MAP_UPDATE_BATCH where the kernel
@@ -226,35 +126,9 @@ func deleteAll[K any](m *ebpf.Map, keys []K) error {
 	return nil
 }
 
-// hasPolicy reports whether pod has any entry in the trie, without walking
-// it: SetPolicy writes a pod's /0 entries before any other and RemovePod
-// deletes them last, so a pod without /0 entries has no entries at all.
-func (d *Datapath) hasPolicy(pod PodID) bool {
-	for _, dir := range []policy.Direction{policy.Egress, policy.Ingress} {
-		for _, fam := range []uint8{4, 6} {
-			k := tcPolicyKey{Prefixlen: policyKeyBits, Pod: uint32(pod), Dir: uint8(dir), Family: fam}
-			var v tcPolicyValue
-			if d.objs.Policy.Lookup(k, &v) == nil {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// policyKeys lists the trie's keys of pod, /0 entries last. The trie cannot
-// seek to one pod's keys, so this walks every key: skipped for a pod without
-// policy (the common case of a CNI ADD).
-func (d *Datapath) policyKeys(pod PodID) ([]tcPolicyKey, error) {
-	if !d.hasPolicy(pod) {
-		return nil, nil
-	}
-	out, err := d.walkPolicyKeys(pod)
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Prefixlen > policyKeyBits && out[j].Prefixlen == policyKeyBits })
-	return out, err
-}
-
-func (d *Datapath) walkPolicyKeys(pod PodID) ([]tcPolicyKey, error) {
+// setKeys lists the trie's keys of policy set id. The trie cannot seek to
+// one set's keys, so this walks every key.
+func (d *Datapath) setKeys(id uint32) ([]tcPolicyKey, error) {
 	var out []tcPolicyKey
 	var k, next tcPolicyKey
 	var cur any // nil: first key
@@ -266,7 +140,7 @@ func (d *Datapath) walkPolicyKeys(pod PodID) ([]tcPolicyKey, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading policy keys: %w", err)
 		}
-		if next.Pod == uint32(pod) {
+		if next.Set == id {
 			out = append(out, next)
 		}
 		k = next
@@ -277,7 +151,11 @@ func (d *Datapath) walkPolicyKeys(pod PodID) ([]tcPolicyKey, error) {
 // PolicyEntries returns what the kernel enforces for pod, sorted by
 // direction, family, address and prefix length.
 func (d *Datapath) PolicyEntries(pod PodID) ([]PolicyEntry, error) {
-	keys, err := d.policyKeys(pod)
+	id, err := d.podSet(pod)
+	if err != nil || id == 0 {
+		return nil, err
+	}
+	keys, err := d.setKeys(id)
 	if err != nil {
 		return nil, err
 	}
@@ -315,6 +193,9 @@ func (d *Datapath) CheckPolicy(pod PodID, p policy.Policy) error {
 	if err != nil {
 		return err
 	}
+	if isAllowAll(p) {
+		want = nil // no set: nothing in the kernel, everything passes
+	}
 	have, err := d.PolicyEntries(pod)
 	if err != nil {
 		return err
@@ -337,4 +218,8 @@ func (d *Datapath) CheckPolicy(pod PodID, p policy.Policy) error {
 		}
 	}
 	return nil
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM)
 }

@@ -11,9 +11,22 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ModeEnv forces the attach mode of ResolveMode(ModeAuto) ("tcx" or "tc"):
-// a way to test or work around the tc fallback without a config change.
+// ModeEnv forces the attach mode ("tcx" or "tc") over the configured one:
+// a way for tests and operators to exercise or work around the tc fallback
+// without a config change. ModeFromEnv is the one place it is read.
 const ModeEnv = "PODSCOPE_ATTACH_MODE"
+
+// ModeFromEnv returns the mode ModeEnv forces; set is false when it is unset.
+func ModeFromEnv() (m Mode, set bool, err error) {
+	env := os.Getenv(ModeEnv)
+	if env == "" {
+		return ModeAuto, false, nil
+	}
+	if m = Mode(env); m != ModeTCX && m != ModeTC {
+		return ModeAuto, true, fmt.Errorf("%s=%q: want \"tcx\" or \"tc\"", ModeEnv, env)
+	}
+	return m, true, nil
+}
 
 var tcxProbe struct {
 	once sync.Once
@@ -52,11 +65,12 @@ func (d *Datapath) probeTCX() error {
 // probe says the kernel has it, else tc.
 func (d *Datapath) ResolveMode(m Mode) (Mode, error) {
 	if m == ModeAuto {
-		if env := os.Getenv(ModeEnv); env != "" {
-			m = Mode(env)
-			if m != ModeTCX && m != ModeTC {
-				return "", fmt.Errorf("%s=%q: want \"tcx\" or \"tc\"", ModeEnv, env)
-			}
+		env, set, err := ModeFromEnv()
+		if err != nil {
+			return "", err
+		}
+		if set {
+			m = env
 		}
 	}
 	switch m {

@@ -100,12 +100,8 @@ func (d *Datapath) RemovePod(pod PodID) error {
 	if err := deleteAll(d.objs.Flows, flows); err != nil {
 		errs = append(errs, fmt.Errorf("deleting flows of pod %d: %w", pod, err))
 	}
-	keys, err := d.policyKeys(pod)
-	if err != nil {
+	if err := d.removePodPolicy(pod); err != nil {
 		errs = append(errs, err)
-	}
-	if err := deleteAll(d.objs.Policy, keys); err != nil {
-		errs = append(errs, fmt.Errorf("deleting policy entries of pod %d: %w", pod, err))
 	}
 	if err := d.forgetIfindexes(pod); err != nil {
 		errs = append(errs, err)
@@ -125,5 +121,43 @@ func (d *Datapath) PodIfindexes(pod PodID) ([]int, error) {
 		out = append(out, int(k))
 	}
 	sort.Ints(out)
+	return out, nil
+}
+
+// DropReason says why the programs dropped a packet (enum drop_reason).
+type DropReason uint32
+
+const (
+	DropPolicy DropReason = 0 // a rule or a default said deny
+	DropOpaque DropReason = 1 // L4 header not parsable within the datapath's limits, and the policy denies some packet it could be
+)
+
+func (r DropReason) String() string {
+	switch r {
+	case DropPolicy:
+		return "policy"
+	case DropOpaque:
+		return "opaque"
+	}
+	return fmt.Sprintf("reason(%d)", uint32(r))
+}
+
+// DropReasons returns the node-wide drop counts by reason, indexed by the
+// pod's direction (policy.Egress, policy.Ingress). Every drop also counts in
+// its pod's Drops*.
+func (d *Datapath) DropReasons() (map[DropReason][2]uint64, error) {
+	out := map[DropReason][2]uint64{}
+	for _, r := range []DropReason{DropPolicy, DropOpaque} {
+		var per []tcDropCounts
+		if err := d.objs.DropReasons.Lookup(uint32(r), &per); err != nil {
+			return nil, fmt.Errorf("reading drop reasons: %w", err)
+		}
+		var sum [2]uint64
+		for _, v := range per {
+			sum[0] += v.Packets[0]
+			sum[1] += v.Packets[1]
+		}
+		out[r] = sum
+	}
 	return out, nil
 }

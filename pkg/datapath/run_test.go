@@ -34,7 +34,7 @@ func openForRun(t testing.TB) *Datapath {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if err := d.objs.PodIfaces.Put(uint32(testRunIfindex), tcPodIface{Pod: uint32(testPod), PolicyGen: 1}); err != nil {
+	if err := d.objs.PodIfaces.Put(uint32(testRunIfindex), tcPodIface{Pod: uint32(testPod)}); err != nil {
 		t.Fatal(err)
 	}
 	return d
@@ -150,30 +150,62 @@ func TestUnderstoodNothingPassesUntouched(t *testing.T) {
 	// IPv4 header length beyond the frame, an IPv6 extension header cut.
 	longIHL := append([]byte{}, full...)
 	longIHL[14] = 0x4f
+	// Not IP as far as the datapath understands: passes untouched.
 	cases := map[string][]byte{
-		"arp":                arp(),
-		"other ethertype":    ether(0x88cc, make([]byte, 40)),
+		"arp":               arp(),
+		"other ethertype":   ether(0x88cc, make([]byte, 40)),
+		"ipv4 bad version":  append(append([]byte{}, full[:14]...), append([]byte{0x65}, full[15:]...)...),
+		"ipv4 short header": append(append([]byte{}, full[:14]...), append([]byte{0x44}, full[15:]...)...),
+	}
+	// IP with addresses but no readable L4 header: it could be any packet
+	// between these addresses, so it gets the strictest verdict the peer's
+	// policy entry can give (here: deny), counted as an opaque drop.
+	opaque := map[string][]byte{
 		"truncated tcp":      full[:14+20+2],
 		"ihl past the end":   longIHL,
 		"truncated ipv6 tcp": full6[:14+40+3],
 		"truncated ipv6 ext": ipv6("fd00::9", podIP6, 6, tcpHdr(80, 40000, tcpSYN), ext6{0, make([]byte, 6)})[:14+40+4],
-		"ipv4 bad version":   append(append([]byte{}, full[:14]...), append([]byte{0x65}, full[15:]...)...),
-		"ipv4 short header":  append(append([]byte{}, full[:14]...), append([]byte{0x44}, full[15:]...)...),
 	}
-	var bytes uint64
+	var bytes, dropBytes uint64
 	for name, f := range cases {
 		if r := run(t, d, policy.Ingress, f); r != actNext {
 			t.Errorf("%s under default deny: got %s, want pass(-1)", name, verdictName(r))
 		}
 		bytes += uint64(len(f))
 	}
+	for name, f := range opaque {
+		if r := run(t, d, policy.Ingress, f); r != actShot {
+			t.Errorf("%s under default deny: got %s, want drop", name, verdictName(r))
+		}
+		dropBytes += uint64(len(f))
+	}
 	// The same full frame is dropped: the policy is really in force.
 	if r := run(t, d, policy.Ingress, full); r != actShot {
 		t.Fatalf("full frame under default deny: %s", verdictName(r))
 	}
+	dropBytes += uint64(len(full))
 	c := counters(t, d)
-	if c.RxBytes != bytes || c.RxPackets != uint64(len(cases)) || c.DropsIngress != 1 || c.DropBytesIngress != uint64(len(full)) {
-		t.Fatalf("counters %+v: want rx %d bytes / %d packets and 1 drop of %d bytes", c, bytes, len(cases), len(full))
+	if c.RxBytes != bytes || c.RxPackets != uint64(len(cases)) || c.DropsIngress != uint64(len(opaque)+1) || c.DropBytesIngress != dropBytes {
+		t.Fatalf("counters %+v: want rx %d bytes / %d packets and %d drops of %d bytes", c, bytes, len(cases), len(opaque)+1, dropBytes)
+	}
+	reasons, err := d.DropReasons()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := reasons[DropOpaque][policy.Ingress]; got != uint64(len(opaque)) {
+		t.Fatalf("opaque drops %d, want %d (%+v)", got, len(opaque), reasons)
+	}
+	if got := reasons[DropPolicy][policy.Ingress]; got != 1 {
+		t.Fatalf("policy drops %d, want 1 (%+v)", got, reasons)
+	}
+
+	// Under a policy that denies nothing for the peer, an opaque packet
+	// passes: the strictest verdict it could get is allow.
+	setPolicy(t, d, `{"default":"allow"}`, `{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"udp","action":"allow"}]}`)
+	for name, f := range opaque {
+		if r := run(t, d, policy.Ingress, f); r != actNext {
+			t.Errorf("%s under allow-only policy: got %s, want pass(-1)", name, verdictName(r))
+		}
 	}
 }
 

@@ -28,6 +28,11 @@ type tcAttachmentKey struct {
 	Hook uint32
 }
 
+type tcDropCounts struct {
+	_       structs.HostLayout
+	Packets [2]uint64
+}
+
 type tcFlowKey struct {
 	_          structs.HostLayout
 	Pod        uint32
@@ -50,19 +55,25 @@ type tcFlowStats struct {
 	Initiator   uint8
 	Allowed     uint8
 	Pad         uint8
-	PolicyGen   uint32
+	PolicySet   uint32
 }
 
 type tcPodIface struct {
 	_         structs.HostLayout
 	Pod       uint32
-	PolicyGen uint32
+	PolicySet uint32
+}
+
+type tcPodPolicyRef struct {
+	_   structs.HostLayout
+	Set uint32
+	Pad uint32
 }
 
 type tcPolicyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
-	Pod       uint32
+	Set       uint32
 	Dir       uint8
 	Family    uint8
 	Pad       uint16
@@ -77,6 +88,19 @@ type tcPolicyRule struct {
 	HasPorts uint8
 	Action   uint8
 	SrcBits  uint8
+}
+
+type tcPolicySet struct {
+	_       structs.HostLayout
+	Id      uint32
+	Entries uint32
+	State   uint32
+	Pad     uint32
+}
+
+type tcPolicySetKey struct {
+	_   structs.HostLayout
+	Sum [32]uint8
 }
 
 type tcPolicyValue struct {
@@ -100,10 +124,13 @@ type tcTrafficCounters struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	tcMapAttachments  = "attachments"
+	tcMapDropReasons  = "drop_reasons"
 	tcMapFlows        = "flows"
 	tcMapPodCounters  = "pod_counters"
 	tcMapPodIfaces    = "pod_ifaces"
+	tcMapPodPolicy    = "pod_policy"
 	tcMapPolicy       = "policy"
+	tcMapPolicySets   = "policy_sets"
 	tcProgHostEgress  = "host_egress"
 	tcProgHostIngress = "host_ingress"
 )
@@ -159,10 +186,13 @@ type tcProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcMapSpecs struct {
 	Attachments *ebpf.MapSpec `ebpf:"attachments"`
+	DropReasons *ebpf.MapSpec `ebpf:"drop_reasons"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	PodCounters *ebpf.MapSpec `ebpf:"pod_counters"`
 	PodIfaces   *ebpf.MapSpec `ebpf:"pod_ifaces"`
+	PodPolicy   *ebpf.MapSpec `ebpf:"pod_policy"`
 	Policy      *ebpf.MapSpec `ebpf:"policy"`
+	PolicySets  *ebpf.MapSpec `ebpf:"policy_sets"`
 }
 
 // tcVariableSpecs contains global variables before they are loaded into the kernel.
@@ -192,19 +222,25 @@ func (o *tcObjects) Close() error {
 // It can be passed to loadTcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcMaps struct {
 	Attachments *ebpf.Map `ebpf:"attachments"`
+	DropReasons *ebpf.Map `ebpf:"drop_reasons"`
 	Flows       *ebpf.Map `ebpf:"flows"`
 	PodCounters *ebpf.Map `ebpf:"pod_counters"`
 	PodIfaces   *ebpf.Map `ebpf:"pod_ifaces"`
+	PodPolicy   *ebpf.Map `ebpf:"pod_policy"`
 	Policy      *ebpf.Map `ebpf:"policy"`
+	PolicySets  *ebpf.Map `ebpf:"policy_sets"`
 }
 
 func (m *tcMaps) Close() error {
 	return _TcClose(
 		m.Attachments,
+		m.DropReasons,
 		m.Flows,
 		m.PodCounters,
 		m.PodIfaces,
+		m.PodPolicy,
 		m.Policy,
+		m.PolicySets,
 	)
 }
 

@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
+	"github.com/podscope/podscope/pkg/flock"
 )
 
 // The installer's record of what it changed, so --uninstall removes exactly
@@ -109,17 +109,5 @@ func (in *Installer) saveState(s *state) error {
 // or a person running podscope-install by hand) with a flock on the state
 // directory.
 func (in *Installer) lock() (func(), error) {
-	if err := os.MkdirAll(in.cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating state dir: %w", err)
-	}
-	p := filepath.Join(in.cfg.StateDir, lockFileName)
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("opening lock %s: %w", p, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		_ = f.Close() // the flock error is the one to report
-		return nil, fmt.Errorf("locking %s: %w", p, err)
-	}
-	return func() { _ = f.Close() }, nil // closing drops the flock
+	return flock.File(filepath.Join(in.cfg.StateDir, lockFileName))
 }

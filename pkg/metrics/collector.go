@@ -9,12 +9,15 @@ import (
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // PodNetwork is one attached pod interface's counters, pod's view:
 // receive = into the pod.
 type PodNetwork struct {
-	Namespace, Pod, PodUID, Interface string
+	pods.Identity
+	Interface string
 
 	RxBytes, RxPackets, TxBytes, TxPackets uint64
 	DropsEgress, DropsIngress              uint64 // packets dropped by policy
@@ -32,7 +35,8 @@ type NetworkSource interface {
 
 // Container names an audited container in metric labels.
 type Container struct {
-	Namespace, Pod, PodUID, Container string
+	pods.Identity
+	Container string
 }
 
 // WriteKey is a file-write event class: a container and an op.

@@ -6,7 +6,7 @@ import (
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
-	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // PinnedNetwork reads the pod registry and the datapath's counters from the
@@ -23,63 +23,37 @@ var _ NetworkSource = PinnedNetwork{}
 // PodNetwork implements NetworkSource. Nothing attached yet (no registry or
 // no datapath pinned) is an empty list.
 func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
-	reg, err := pods.OpenPinnedRegistry(s.Root)
-	if errors.Is(err, pods.ErrNoRegistry) {
-		return nil, nil
-	}
+	list, err := podstate.List(s.Root)
 	if err != nil {
 		return nil, err
-	}
-	defer reg.Close()
-	list, err := reg.List()
-	if err != nil {
-		return nil, err
-	}
-	if len(list) == 0 {
-		return nil, nil
 	}
 	out := make([]PodNetwork, 0, len(list))
-	observed := list[:0:0]
 	for _, p := range list {
-		if p.Unobserved == "" {
-			observed = append(observed, p)
+		switch err := p.CountersErr; {
+		case errors.Is(err, podstate.ErrUnobserved):
+			id := p.Identity()
+			if id.Namespace == "" && id.Pod == "" {
+				id.Pod = p.ContainerID
+			}
+			out = append(out, PodNetwork{Identity: id, Interface: p.Interface, Unobserved: p.Unobserved})
 			continue
-		}
-		out = append(out, PodNetwork{Namespace: p.Namespace, Pod: displayName(p), PodUID: p.UID, Interface: p.Interface, Unobserved: p.Unobserved})
-	}
-	if len(observed) == 0 {
-		return out, nil
-	}
-	dp, err := datapath.OpenPinned(s.Root)
-	if errors.Is(err, datapath.ErrNotLoaded) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer dp.Close()
-
-	for _, p := range observed {
-		c, err := dp.Counters(p.ID)
-		if errors.Is(err, datapath.ErrUnknownPod) {
+		case errors.Is(err, datapath.ErrNotLoaded):
+			continue // registered, but the datapath is not pinned (any more)
+		case errors.Is(err, datapath.ErrUnknownPod):
 			continue // registered but counters already removed: a DEL in progress
-		}
-		if err != nil {
+		case err != nil:
 			return nil, fmt.Errorf("pod %s: %w", p.Ref(), err)
 		}
+		c := p.Counters
+		id := p.Identity()
+		if id.Namespace == "" && id.Pod == "" {
+			id.Pod = p.ContainerID // outside Kubernetes the container id stands in
+		}
 		out = append(out, PodNetwork{
-			Namespace: p.Namespace, Pod: displayName(p), PodUID: p.UID, Interface: p.Interface,
+			Identity: id, Interface: p.Interface,
 			RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
 			DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
 		})
 	}
 	return out, nil
-}
-
-// displayName is the pod label: outside Kubernetes the container ID stands in.
-func displayName(p pods.Pod) string {
-	if p.Namespace == "" && p.Name == "" {
-		return p.ContainerID
-	}
-	return p.Name
 }

@@ -16,9 +16,9 @@ import (
 
 	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/cgroups"
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/metrics"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // Options are podscope-nri's flags.
@@ -115,7 +115,7 @@ func NewDaemon(opt Options, log *slog.Logger) (*Daemon, error) {
 		opt.AuditRetry = 30 * time.Second
 	}
 	if opt.StateDir == "" {
-		opt.StateDir = cniplugin.DefaultStateDir
+		opt.StateDir = podstate.DefaultDir
 	}
 	res, err := cgroups.NewResolver(opt.CgroupRoot)
 	if err != nil {
@@ -318,8 +318,7 @@ func (d *Daemon) sink(lw *audit.LogWriter) func(audit.Event) {
 			}
 		}
 		n := uint64(max(ev.Count, 1))
-		d.writes.Add(metrics.WriteKey{Container: metrics.Container{Namespace: ev.Namespace, Pod: ev.Pod,
-			PodUID: ev.PodUID, Container: ev.Container}, Op: ev.Op}, n)
+		d.writes.Add(metrics.WriteKey{Container: metrics.ContainerOf(ev.Identity), Op: ev.Op}, n)
 	}
 }
 
@@ -350,7 +349,7 @@ func (d *Daemon) reapLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			reaped, err := cniplugin.Reap(d.root, d.opt.StateDir, 5*time.Second)
+			reaped, err := podstate.Reap(d.root, d.opt.StateDir, 5*time.Second)
 			if err != nil {
 				d.log.Error("reaping stale pods", "err", err)
 			}

@@ -19,9 +19,9 @@ import (
 
 	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/cgroups"
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -438,7 +438,7 @@ func TestDaemonReaps(t *testing.T) {
 		AuditDefault: true, AuditMode: string(audit.ModeTracepoint), ReapInterval: 100 * time.Millisecond}
 	d := startDaemon(t, opt, logs)
 	defer d.stop(t)
-	acct := filepath.Join(opt.StateDir, cniplugin.AccountingFile)
+	acct := filepath.Join(opt.StateDir, podstate.AccountingFile)
 	// The reaper writes the accounting line, removes the pod, then the
 	// daemon logs it: wait for the log line.
 	waitFor(t, "the stale pod reaped", func() bool { return strings.Contains(logs.String(), "reaped stale pod") })

@@ -11,13 +11,12 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/podscope/podscope/pkg/audit"
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // Defaults of podscope-nri's flags (docs/design.md "podscope-nri flags").
 const (
-	DefaultAuditLog     = "/var/log/podscope/audit.jsonl"
 	DefaultMetricsAddr  = "127.0.0.1:9810"
 	DefaultPluginName   = "podscope"
 	DefaultPluginIdx    = "50"
@@ -63,9 +62,9 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	fs.StringVar(&o.PluginName, "plugin-name", DefaultPluginName, "NRI plugin name (what containerd's required_plugins lists)")
 	fs.StringVar(&o.PluginIdx, "plugin-idx", DefaultPluginIdx, "NRI plugin index, two digits: order among NRI plugins")
 	fs.StringVar(&o.BPFFSRoot, "bpffs-root", pins.DefaultRoot, "bpffs directory of podscope's pinned maps, programs and links")
-	fs.StringVar(&o.StateDir, "state-dir", cniplugin.DefaultStateDir, "podscope's state directory (the CNI plugin's: accounting log of reaped pods)")
+	fs.StringVar(&o.StateDir, "state-dir", podstate.DefaultDir, "podscope's state directory (the CNI plugin's: accounting log of reaped pods)")
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 mount (default: found in /proc/self/mountinfo, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
-	fs.StringVar(&o.AuditLog, "audit-log", DefaultAuditLog, "audit log file (JSON lines, mode 0600, rotated by size)")
+	fs.StringVar(&o.AuditLog, "audit-log", audit.DefaultLogPath, "audit log file (JSON lines, mode 0600, rotated by size)")
 	fs.Int64Var(&o.AuditLogMax, "audit-log-max-bytes", audit.DefaultLogMaxBytes, "rotate the audit log when it would grow past this size (at least 1)")
 	fs.IntVar(&o.AuditLogKeep, "audit-log-keep", audit.DefaultLogKeep, "rotated audit logs to keep (audit.jsonl.1 … .N, at least 1)")
 	fs.BoolVar(&o.AuditStdout, "audit-stdout", false, "also write every audit event as a JSON line to stdout")

@@ -2,14 +2,10 @@ package nriplugin
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/podscope/podscope/pkg/flock"
 )
 
 // instanceLockName is the file in the state dir whose flock makes
@@ -24,36 +20,14 @@ const instanceLockName = "podscope-nri.lock"
 // lockInstance takes the instance lock, waiting (and saying so once) while
 // another podscope-nri holds it. The returned func releases it.
 func lockInstance(ctx context.Context, stateDir string, log *slog.Logger) (func(), error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating state dir %s: %w", stateDir, err)
-	}
 	p := filepath.Join(stateDir, instanceLockName)
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("opening instance lock %s: %w", p, err)
+	waited := false
+	release, err := flock.Wait(ctx, p, func() {
+		waited = true
+		log.Warn("another podscope-nri runs on this node (it holds the instance lock); waiting for it to exit", "lock", p)
+	})
+	if err == nil && waited {
+		log.Info("instance lock acquired: the other podscope-nri has exited", "lock", p)
 	}
-	release := func() { f.Close() } // closing the descriptor drops the flock
-	for said := false; ; {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			if said {
-				log.Info("instance lock acquired: the other podscope-nri has exited", "lock", p)
-			}
-			return release, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			release()
-			return nil, fmt.Errorf("locking %s: %w", p, err)
-		}
-		if !said {
-			said = true
-			log.Warn("another podscope-nri runs on this node (it holds the instance lock); waiting for it to exit", "lock", p)
-		}
-		select {
-		case <-ctx.Done():
-			release()
-			return nil, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+	return release, err
 }

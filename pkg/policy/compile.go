@@ -28,63 +28,132 @@ type Entry struct {
 	Default   Action
 }
 
+// MaxMatches is how many matches the datapath holds per CIDR: a CIDR's own
+// rules (one per port range) plus those of every less specific CIDR of the
+// same direction containing it. A spec that needs more anywhere is refused
+// when it is parsed or validated, naming the rule that overflows.
+const MaxMatches = 32
+
 // Compile turns a validated Spec into the entries of direction d. There is
 // always an entry for 0.0.0.0/0 and ::/0, so every address finds at least
 // the default. maxRules bounds each entry's rule list (the kernel's array);
 // an entry that needs more is a *FieldError on the rule that overflows.
 func Compile(s Spec, d Direction, field string, maxRules int) ([]Entry, error) {
-	if err := s.validate(field); err != nil {
+	if err := s.validateRules(field); err != nil {
 		return nil, err
 	}
-	own := map[netip.Prefix][]Rule{}
-	index := map[netip.Prefix]int{} // first rule index of a prefix, for errors
-	for i, r := range s.Rules {
-		if _, ok := own[r.CIDR]; !ok {
-			index[r.CIDR] = i
+	c := newChains(s)
+	sort.Slice(c.all, func(i, j int) bool { return less(c.all[i], c.all[j]) })
+	out := make([]Entry, 0, len(c.all))
+	for _, p := range c.all {
+		rules, src := c.chain(p)
+		if len(rules) > maxRules {
+			return nil, c.overflow(field, p, len(rules), src[maxRules], maxRules)
 		}
-		own[r.CIDR] = append(own[r.CIDR], r)
+		out = append(out, Entry{Direction: d, Prefix: p, Default: s.Default, Rules: rules})
 	}
-	all := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
-	for p := range own {
+	return out, nil
+}
+
+// chains holds a spec's rules by CIDR, compiled in priority order, with the
+// index in Spec.Rules each compiled rule came from.
+type chains struct {
+	spec     Spec
+	all      []netip.Prefix // /0 of both families and every CIDR with rules
+	compiled map[netip.Prefix][]CompiledRule
+	src      map[netip.Prefix][]int
+	lengths  map[bool][]int // distinct prefix lengths per family (Is4), longest first
+}
+
+func newChains(s Spec) *chains {
+	c := &chains{spec: s, compiled: map[netip.Prefix][]CompiledRule{}, src: map[netip.Prefix][]int{}, lengths: map[bool][]int{}}
+	own := map[netip.Prefix][]int{}
+	for i, r := range s.Rules {
+		own[r.CIDR] = append(own[r.CIDR], i)
+	}
+	c.all = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	for p, idx := range own {
 		if p.Bits() != 0 {
-			all = append(all, p)
+			c.all = append(c.all, p)
+		}
+		c.lengths[p.Addr().Is4()] = append(c.lengths[p.Addr().Is4()], p.Bits())
+		// Priority order within one CIDR: protocol+ports, protocol, neither.
+		sort.SliceStable(idx, func(a, b int) bool { return rank(s.Rules[idx[a]]) < rank(s.Rules[idx[b]]) })
+		for _, i := range idx {
+			for _, cr := range compileOwn([]Rule{s.Rules[i]}) {
+				c.compiled[p] = append(c.compiled[p], cr)
+				c.src[p] = append(c.src[p], i)
+			}
 		}
 	}
 	// Ancestors are found by masking to each prefix length that occurs in
 	// the same family: O(n × distinct lengths), not O(n²), for 100k CIDRs.
-	lengths := map[bool][]int{}
-	for p := range own {
-		lengths[p.Addr().Is4()] = append(lengths[p.Addr().Is4()], p.Bits())
-	}
-	for fam, ls := range lengths {
+	for fam, ls := range c.lengths {
 		sort.Sort(sort.Reverse(sort.IntSlice(ls)))
-		lengths[fam] = dedupe(ls)
+		c.lengths[fam] = dedupe(ls)
 	}
-	compiled := map[netip.Prefix][]CompiledRule{}
-	for p, rs := range own {
-		compiled[p] = compileOwn(sortedRules(rs))
+	return c
+}
+
+// chain is p's own rules followed by those of every less specific CIDR
+// containing it, most specific first, with their source indexes.
+func (c *chains) chain(p netip.Prefix) ([]CompiledRule, []int) {
+	rules := append([]CompiledRule(nil), c.compiled[p]...)
+	src := append([]int(nil), c.src[p]...)
+	for _, l := range c.lengths[p.Addr().Is4()] {
+		if l >= p.Bits() {
+			continue
+		}
+		anc, _ := p.Addr().Prefix(l)
+		rules = append(rules, c.compiled[anc]...)
+		src = append(src, c.src[anc]...)
 	}
-	sort.Slice(all, func(i, j int) bool { return less(all[i], all[j]) })
-	out := make([]Entry, 0, len(all))
-	for _, p := range all {
-		e := Entry{Direction: d, Prefix: p, Default: s.Default}
-		e.Rules = append(e.Rules, compiled[p]...)
-		for _, l := range lengths[p.Addr().Is4()] {
-			if l >= p.Bits() {
-				continue
-			}
+	return rules, src
+}
+
+// length is len(chain(p)) without building it.
+func (c *chains) length(p netip.Prefix) int {
+	n := len(c.compiled[p])
+	for _, l := range c.lengths[p.Addr().Is4()] {
+		if l < p.Bits() {
 			anc, _ := p.Addr().Prefix(l)
-			e.Rules = append(e.Rules, compiled[anc]...)
+			n += len(c.compiled[anc])
 		}
-		if len(e.Rules) > maxRules {
-			i := index[p]
-			return nil, fieldErr(fmt.Sprintf("%s[%d]", join(field, "rules"), i),
-				"CIDR %s with the rules of the CIDRs containing it needs %d matches, more than the %d the datapath holds per CIDR",
-				p, len(e.Rules), maxRules)
-		}
-		out = append(out, e)
 	}
-	return out, nil
+	return n
+}
+
+func (c *chains) overflow(field string, p netip.Prefix, n, rule, max int) error {
+	r := c.spec.Rules[rule]
+	what := "its match"
+	if len(r.Ports) > 1 {
+		what = "its port ranges"
+	}
+	return fieldErr(fmt.Sprintf("%s[%d]", join(field, "rules"), rule),
+		"CIDR %s with the rules of the CIDRs containing it needs %d matches, more than the %d the datapath holds per CIDR: "+
+			"this rule (CIDR %s) brings %s past the limit; merge port ranges or rules of the CIDRs on that chain",
+		p, n, max, r.CIDR, what)
+}
+
+// checkChains refuses a spec whose chain of some CIDR needs more than max
+// matches, naming the rule that brings the first such chain past max.
+func (s Spec) checkChains(field string, max int) error {
+	if len(s.Rules) == 0 {
+		return nil
+	}
+	c := newChains(s)
+	var worst []netip.Prefix
+	for _, p := range c.all {
+		if c.length(p) > max {
+			worst = append(worst, p)
+		}
+	}
+	if len(worst) == 0 {
+		return nil
+	}
+	sort.Slice(worst, func(i, j int) bool { return less(worst[i], worst[j]) })
+	rules, src := c.chain(worst[0])
+	return c.overflow(field, worst[0], len(rules), src[max], max)
 }
 
 func compileOwn(rs []Rule) []CompiledRule {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"sort"
 	"strconv"
 	"strings"
 )
@@ -189,6 +188,10 @@ func parseRule(data []byte, field string) (Rule, error) {
 		if err := json.Unmarshal(raw, &ports); err != nil {
 			return Rule{}, fieldErr(join(field, "ports"), `must be a list of strings like "80" or "8000-8080"`)
 		}
+		if len(ports) == 0 {
+			// [] reads like "no port" but would mean every port.
+			return Rule{}, fieldErr(join(field, "ports"), `is an empty list: leave "ports" out to match every port, or list them`)
+		}
 		for i, p := range ports {
 			pf := fmt.Sprintf("%s[%d]", join(field, "ports"), i)
 			var s string
@@ -283,6 +286,15 @@ func (p Policy) Validate(field string) error {
 }
 
 func (s Spec) validate(field string) error {
+	if err := s.validateRules(field); err != nil {
+		return err
+	}
+	return s.checkChains(field, MaxMatches)
+}
+
+// validateRules is validate without the datapath's chain limit (Compile
+// checks that against the limit it is given).
+func (s Spec) validateRules(field string) error {
 	if s.Default != Allow && s.Default != Deny {
 		return fieldErr(join(field, "default"), `must be "allow" or "deny"`)
 	}
@@ -419,14 +431,6 @@ func (p *Policy) UnmarshalJSON(b []byte) error {
 	}
 	*p = v
 	return nil
-}
-
-// sortedRules returns a copy of rules in the priority order of one CIDR:
-// protocol+ports, then protocol only, then neither.
-func sortedRules(rules []Rule) []Rule {
-	out := append([]Rule(nil), rules...)
-	sort.SliceStable(out, func(i, j int) bool { return rank(out[i]) < rank(out[j]) })
-	return out
 }
 
 func rank(r Rule) int {

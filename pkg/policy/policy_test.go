@@ -3,6 +3,7 @@ package policy
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -211,5 +212,68 @@ func TestValidateGoBuiltSpec(t *testing.T) {
 	p := Policy{Egress: AllowAll(), Ingress: Spec{}}
 	if err := p.Validate("policy"); !errors.As(err, &fe) || fe.Field != "policy.ingress.default" {
 		t.Fatalf("Validate = %v", err)
+	}
+}
+
+// Issue 15: `"ports": []` reads like "no port" but would match every port.
+func TestEmptyPortListRefused(t *testing.T) {
+	_, err := ParseSpec([]byte(`{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":[],"action":"deny"}]}`), "policy.egress")
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "policy.egress.rules[0].ports" || !strings.Contains(fe.Msg, "empty list") {
+		t.Fatalf("ParseSpec with ports [] = %v", err)
+	}
+	// null and a missing key still mean every port.
+	for _, in := range []string{`{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":null,"action":"deny"}]}`,
+		`{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","action":"deny"}]}`} {
+		if _, err := ParseSpec([]byte(in), "x"); err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+	}
+}
+
+// Issue 15: a chain that needs more than MaxMatches is refused when the
+// policy is parsed (code 7 at config parse, not at every pod's ADD), and
+// the error names the rule that brings it past the limit, not the chain's
+// first rule.
+func TestChainLimitAtParse(t *testing.T) {
+	// rules[0]: 10.1.2.0/24 one match; rules[1]: 10.1.0.0/16 with 30 port
+	// ranges; rules[2]: 10.0.0.0/8 with 2 port ranges. The /24's chain is
+	// 1 + 30 + 2 = 33: its 33rd match is the /8's second range.
+	ports := func(n, base int) string {
+		var s []string
+		for i := 0; i < n; i++ {
+			s = append(s, fmt.Sprintf(`"%d"`, base+i))
+		}
+		return strings.Join(s, ",")
+	}
+	in := fmt.Sprintf(`{"default":"deny","rules":[
+		{"cidr":"10.1.2.0/24","action":"allow"},
+		{"cidr":"10.1.0.0/16","protocol":"tcp","ports":[%s],"action":"allow"},
+		{"cidr":"10.0.0.0/8","protocol":"udp","ports":[%s],"action":"allow"}]}`, ports(30, 1000), ports(2, 53))
+	_, err := ParseSpec([]byte(in), "policy.egress")
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "policy.egress.rules[2]" || !strings.Contains(fe.Msg, "33 matches") || !strings.Contains(fe.Msg, "10.1.2.0/24") {
+		t.Fatalf("ParseSpec of a 33-match chain = %v; want the error on rules[2] (the /8 whose second range is the 33rd match)", err)
+	}
+	// The same through Validate (a Go-built policy) and Compile.
+	s, _ := ParseSpec([]byte(strings.Replace(in, ports(2, 53), ports(1, 53), 1)), "x") // 32: fits
+	if s.Rules == nil {
+		t.Fatal("a 32-match chain was refused")
+	}
+	s.Rules[2].Ports = append(s.Rules[2].Ports, PortRange{54, 54})
+	if err := s.Validate("policy.egress"); !errors.As(err, &fe) || fe.Field != "policy.egress.rules[2]" {
+		t.Fatalf("Validate = %v", err)
+	}
+	if _, err := Compile(s, Egress, "policy.egress", MaxMatches); !errors.As(err, &fe) || fe.Field != "policy.egress.rules[2]" {
+		t.Fatalf("Compile = %v", err)
+	}
+	// Overflow inside the CIDR's own rules names its own rule.
+	own := Spec{Default: Allow, Rules: []Rule{{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Action: Deny},
+		{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Protocol: "tcp", Action: Deny}}}
+	for i := 0; i < 33; i++ {
+		own.Rules[1].Ports = append(own.Rules[1].Ports, PortRange{uint16(100 + 2*i), uint16(100 + 2*i)})
+	}
+	if err := own.Validate("e"); !errors.As(err, &fe) || fe.Field != "e.rules[1]" {
+		t.Fatalf("Validate of a CIDR with 34 own matches = %v, want e.rules[1] (its ports sort first)", err)
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/podscope/podscope/pkg/flock"
 )
 
 // Main dispatches the podscope-bench subcommands.
@@ -225,17 +227,13 @@ func cmdRun(args []string) error {
 	// leftover removal (everything named RunPrefix*) would delete the
 	// first run's namespaces and cgroups. The lock is the kernel's: it goes
 	// with the process, however it ends.
-	lock, err := os.OpenFile("/run/podscope-bench.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err := flock.Wait(context.Background(), "/run/podscope-bench.lock", func() {
+		cfg.logf("another podscope-bench run holds /run/podscope-bench.lock: waiting for it")
+	})
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		cfg.logf("another podscope-bench run holds /run/podscope-bench.lock: waiting for it")
-		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-			return fmt.Errorf("locking /run/podscope-bench.lock: %w", err)
-		}
-	}
+	defer unlock()
 	if left := RemoveLeftovers(cleanupPins); len(left) > 0 {
 		cfg.logf("removed what an earlier interrupted run left: %s", strings.Join(left, " "))
 	}

@@ -14,9 +14,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // podscopeOnly is the conflist reduced to its podscope entry, to run
@@ -442,7 +442,7 @@ func TestReaperRemovesPodsWhoseVethIsGone(t *testing.T) {
 	}
 	var reaped []pods.Pod
 	err := n.inNode(func() (err error) {
-		reaped, err = cniplugin.Reap(n.root, n.stateDir, time.Second)
+		reaped, err = podstate.Reap(n.root, n.stateDir, time.Second)
 		return
 	})
 	if err != nil {
@@ -514,7 +514,7 @@ func TestFailedAttachLeavesNothing(t *testing.T) {
 // PODSCOPE_ATTACH_MODE in the plugin's environment overrides the config's
 // attachMode (how an operator forces the clsact fallback on a TCX kernel).
 func TestAttachModeFromEnvironment(t *testing.T) {
-	t.Setenv(cniplugin.AttachModeEnv, "tc")
+	t.Setenv(datapath.ModeEnv, "tc")
 	n := newNode(t, nodeOpts{mode: "tcx"})
 	p := n.newPod("envmode", nil)
 	n.mustAdd(p)

@@ -10,11 +10,11 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/ctl"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/metrics"
 	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -78,7 +78,7 @@ func TestMacvlanPodStartsUnobserved(t *testing.T) {
 	}
 	// The reaper keeps it: the netns is there, it has no veth to lose.
 	if err := n.inNode(func() error {
-		reaped, err := cniplugin.Reap(n.root, n.stateDir, time.Second)
+		reaped, err := podstate.Reap(n.root, n.stateDir, time.Second)
 		if len(reaped) != 0 {
 			t.Errorf("reaper removed a live unobserved pod: %+v", reaped)
 		}

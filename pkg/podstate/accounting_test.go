@@ -1,4 +1,4 @@
-package cniplugin
+package podstate
 
 import (
 	"bufio"
@@ -19,11 +19,11 @@ func TestAccountingLines(t *testing.T) {
 	p := pods.Pod{ID: 3, Namespace: "ns1", Name: "web", UID: "u", ContainerID: "c1", Interface: "eth0",
 		IPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/24")}, AttachedAt: time.Unix(100, 0).UTC(), Mode: "tcx"}
 	c := datapath.Counters{RxBytes: 10, RxPackets: 1, TxBytes: 20, TxPackets: 2, DropsEgress: 3, DropsIngress: 4}
-	if err := appendRecord(dir, newRecord(p, "del", c, nil)); err != nil {
+	if err := Append(dir, NewRecord(p, "del", c, nil)); err != nil {
 		t.Fatal(err)
 	}
 	p.ContainerID = "c2"
-	if err := appendRecord(dir, newRecord(p, "gc", datapath.Counters{}, errors.New("pins gone"))); err != nil {
+	if err := Append(dir, NewRecord(p, "gc", datapath.Counters{}, errors.New("pins gone"))); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, AccountingFile)
@@ -95,16 +95,16 @@ func TestStaleReason(t *testing.T) {
 func TestReapDue(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Now()
-	if !reapDue(dir, now) {
+	if !ReapDue(dir, now) {
 		t.Fatal("first ADD on a node does not reap")
 	}
-	if reapDue(dir, now.Add(time.Second)) {
+	if ReapDue(dir, now.Add(time.Second)) {
 		t.Fatal("second ADD a second later reaps again")
 	}
-	if !reapDue(dir, now.Add(AddReapInterval+time.Second)) {
+	if !ReapDue(dir, now.Add(AddReapInterval+time.Second)) {
 		t.Fatal("ADD after the interval does not reap")
 	}
-	if reapDue(dir, now.Add(AddReapInterval+2*time.Second)) {
+	if ReapDue(dir, now.Add(AddReapInterval+2*time.Second)) {
 		t.Fatal("the interval did not restart at the last reap")
 	}
 }

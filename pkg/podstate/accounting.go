@@ -1,4 +1,4 @@
-package cniplugin
+package podstate
 
 import (
 	"encoding/json"
@@ -18,11 +18,9 @@ const AccountingFile = "accounting.jsonl"
 // Record is one line of accounting.jsonl: a pod's identity and its final
 // counters, written once when the pod goes (DEL, GC or the reaper).
 type Record struct {
-	Time          time.Time      `json:"time"`
-	Reason        string         `json:"reason"` // "del", "gc", "reaped: <why>", "cleanup"
-	Namespace     string         `json:"namespace"`
-	Pod           string         `json:"pod"`
-	PodUID        string         `json:"podUID"`
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason"` // "del", "gc", "reaped: <why>", "cleanup"
+	pods.Identity
 	ContainerID   string         `json:"containerID"`
 	Interface     string         `json:"interface"`
 	HostInterface string         `json:"hostInterface"`
@@ -43,10 +41,12 @@ type Record struct {
 	CountersError string `json:"countersError,omitempty"`
 }
 
-func newRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Record {
+// NewRecord is the accounting line of pod p, going for reason, with its
+// final counters c (or cerr when they could not be read).
+func NewRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Record {
 	now := time.Now().UTC()
 	r := Record{
-		Time: now, Reason: reason, Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID,
+		Time: now, Reason: reason, Identity: p.Identity(),
 		ContainerID: p.ContainerID, Interface: p.Interface, HostInterface: p.HostInterface,
 		IPs: p.IPs, Mode: string(p.Mode), Network: p.Network, PodID: uint32(p.ID), AttachedAt: p.AttachedAt, DetachedAt: now,
 		RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
@@ -58,15 +58,16 @@ func newRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Recor
 	return r
 }
 
-// appendRecord writes one line with a single write(2) on an O_APPEND file and
-// syncs it: the line is complete before the pod's map entries are removed.
-func appendRecord(stateDir string, r Record) error {
+// Append writes r as one line of the accounting log in the state directory
+// with a single write(2) on an O_APPEND file and syncs it: the line is
+// complete before the pod's map entries are removed.
+func Append(stateDir string, r Record) error {
 	line, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
 	line = append(line, '\n')
-	p := filepath.Join(stateDir, AccountingFile)
+	p := filepath.Join(dirOr(stateDir), AccountingFile)
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("opening accounting log: %w", err)
