@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/fault"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/podstate"
@@ -70,6 +71,7 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		return nil, err
 	}
 	defer unlock()
+	fault.Point("add:locked")
 
 	reg, err := pods.OpenRegistry(conf.Root)
 	if err != nil {
@@ -174,6 +176,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 	if err := reg.Put(pod); err != nil {
 		return invalid("podscope: "+err.Error(), "")
 	}
+	fault.Point("add:registered")
 	if prev != nil {
 		undo = append(undo, func() error { return reg.Put(*prev) })
 	} else {
@@ -183,6 +186,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 	if err := dp.SetPolicySet(pod.ID, conf.policySet); err != nil {
 		return fmt.Errorf("podscope: writing policy of pod %s: %w", pod.Ref(), err)
 	}
+	fault.Point("add:policy")
 	if prev == nil {
 		undo = append(undo, func() error { return dp.Detach(pod.ID) })
 	}
@@ -190,10 +194,12 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 	if err != nil {
 		return fmt.Errorf("podscope: attaching to %s (ifindex %d) of pod %s: %w", pod.HostInterface, pod.HostIfindex, pod.Ref(), err)
 	}
+	fault.Point("add:attached")
 	pod.Mode = mode
 	if err := reg.Put(pod); err != nil {
 		return fmt.Errorf("podscope: recording pod %s: %w", pod.Ref(), err)
 	}
+	fault.Point("add:recorded")
 	return nil
 }
 

@@ -30,7 +30,10 @@ import (
 //	880    64   CNI network name (the conflist's "name"; "" in entries written before it existed)
 //	944    64   why the pod is unobserved ("" = attached; e.g. its interface is
 //	            not a veth), NUL padded; longer reasons make the record version 2
-//	1008   16   reserved, zero
+//	1008   8    accounting log offset + 1 at which teardown writes this pod's
+//	            line (0 = teardown not started): a DEL killed after writing
+//	            the line finds it there and does not write it twice
+//	1016   8    reserved, zero
 //
 // Version 2 is the same layout for a pod whose identity does not fit: a
 // field longer than its slot (the CRI and CNI set no length on UIDs,
@@ -74,7 +77,8 @@ type record struct {
 	IPs           [maxIPs]ipRecord
 	Network       [64]byte
 	Unobserved    [64]byte
-	Reserved      [16]byte
+	LogOffset     int64
+	Reserved      [8]byte
 }
 
 func init() {
@@ -105,6 +109,7 @@ func encode(p Pod) (rec []byte, blob []byte, err error) {
 	var r record
 	r.Version = valueVersion
 	r.HostIfindex = int32(p.HostIfindex)
+	r.LogOffset = p.AccountingOffset
 	if !p.AttachedAt.IsZero() {
 		r.AttachedAtNs = p.AttachedAt.UnixNano()
 	}
@@ -185,18 +190,19 @@ func decode(id datapath.PodID, b []byte, blob func() ([]byte, error)) (Pod, erro
 		return Pod{}, fmt.Errorf("pod %d: registry value layout v%d, this podscope reads v%d and v%d", id, r.Version, valueVersion, longVersion)
 	}
 	p := Pod{
-		ID:            id,
-		Namespace:     getString(r.Namespace[:]),
-		Name:          getString(r.Name[:]),
-		UID:           getString(r.UID[:]),
-		ContainerID:   getString(r.ContainerID[:]),
-		Netns:         getString(r.Netns[:]),
-		Interface:     getString(r.Interface[:]),
-		HostInterface: getString(r.HostInterface[:]),
-		Network:       getString(r.Network[:]),
-		Unobserved:    getString(r.Unobserved[:]),
-		HostIfindex:   int(r.HostIfindex),
-		Mode:          datapath.Mode(getString(r.Mode[:])),
+		ID:               id,
+		Namespace:        getString(r.Namespace[:]),
+		Name:             getString(r.Name[:]),
+		UID:              getString(r.UID[:]),
+		ContainerID:      getString(r.ContainerID[:]),
+		Netns:            getString(r.Netns[:]),
+		Interface:        getString(r.Interface[:]),
+		HostInterface:    getString(r.HostInterface[:]),
+		Network:          getString(r.Network[:]),
+		Unobserved:       getString(r.Unobserved[:]),
+		HostIfindex:      int(r.HostIfindex),
+		AccountingOffset: r.LogOffset,
+		Mode:             datapath.Mode(getString(r.Mode[:])),
 	}
 	if r.AttachedAtNs != 0 {
 		p.AttachedAt = time.Unix(0, r.AttachedAtNs).UTC()

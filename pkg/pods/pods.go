@@ -57,6 +57,9 @@ type Pod struct {
 	// attaching (no accounting, no policy): e.g. its interface is a macvlan,
 	// with no host veth to attach to. Such a pod has no datapath state.
 	Unobserved string `json:"unobserved,omitempty"`
+	// AccountingOffset is 1 + the size of the accounting log when teardown
+	// of this pod began (0: it has not): the pod's line is at or after it.
+	AccountingOffset int64 `json:"accountingOffset,omitempty"`
 }
 
 // Ref is NS/NAME, or the container ID when the pod has no Kubernetes name.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/podscope/podscope/pkg/fault"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
 )
@@ -18,23 +19,51 @@ import (
 // its entries. Without a datapath (its pins are gone) the identity is still
 // logged and the registry entry dropped. When the line cannot be written the
 // pod is kept: removing it would lose its counters for good.
+//
+// Exactly once, even when killed at any step and run again (the runtime
+// retries DEL; the reaper finds what is left): before the line is written
+// the registry entry records where in the log it goes, and a teardown that
+// finds that mark looks for the line there instead of writing it again.
 func (s *State) Teardown(pod pods.Pod, reason string) error {
 	c, cerr := s.Counters(pod)
-	if err := Append(s.Dir, NewRecord(pod, reason, c, cerr)); err != nil {
-		return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+	logged := false
+	if pod.AccountingOffset > 0 {
+		var err error
+		if logged, err = Logged(s.Dir, pod.AccountingOffset-1, pod); err != nil {
+			return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+		}
+	} else {
+		size, err := logSize(s.Dir)
+		if err != nil {
+			return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+		}
+		pod.AccountingOffset = size + 1
+		if err := s.Registry.Put(pod); err != nil {
+			return fmt.Errorf("podscope: marking the teardown of pod %s: %w", pod.Ref(), err)
+		}
+		fault.Point("del:marked")
 	}
+	if !logged {
+		if err := Append(s.Dir, NewRecord(pod, reason, c, cerr)); err != nil {
+			return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+		}
+	}
+	fault.Point("del:logged")
 	var errs []error
 	if dp := s.Datapath; dp != nil {
 		if err := dp.Detach(pod.ID); err != nil {
 			errs = append(errs, fmt.Errorf("detaching pod %s: %w", pod.Ref(), err))
 		}
+		fault.Point("del:detached")
 		if err := dp.RemovePod(pod.ID); err != nil {
 			errs = append(errs, fmt.Errorf("removing map entries of pod %s: %w", pod.Ref(), err))
 		}
+		fault.Point("del:removed")
 	}
 	if err := s.Registry.Delete(pod.ID); err != nil {
 		errs = append(errs, err)
 	}
+	fault.Point("del:unregistered")
 	if len(errs) > 0 {
 		return fmt.Errorf("podscope: %w", errors.Join(errs...))
 	}
