@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick test-kernels bench-kernels install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick test-kernels bench-kernels fuzz fuzz-quick install uninstall clean deps
 
 all: build
 
@@ -44,6 +44,14 @@ test:
 
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests/e2e)
+
+# Every fuzz target of the parsers of outside input (docs/reliability.md):
+# a few seconds each in CI, long by hand (FUZZTIME=1h make fuzz).
+fuzz:
+	hack/fuzz.sh
+
+fuzz-quick:
+	FUZZTIME=$${FUZZTIME:-3s} hack/fuzz.sh
 
 e2e: build
 	hack/e2e.sh
