@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,6 +12,9 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // Arm starts the audit of the cgroup v2 directory cgroupDir (a container's
@@ -26,7 +28,7 @@ import (
 func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	cgid, err := CgroupID(cgroupDir)
+	cgid, err := cgroups.V2ID(cgroupDir)
 	if err != nil {
 		return 0, fmt.Errorf("audit: arm: %w", err)
 	}
@@ -34,34 +36,38 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
-	ki, err := identityToKernel(id)
-	if err != nil {
+	ki, long := identityToKernel(id)
+	if err := a.putLongIdentity(cgid, id, long); err != nil {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
-	idm, _ := a.mapOf("audit_identity")
+	idm := a.maps.AuditIdentity
 	if err := idm.Put(cgid, ki); err != nil {
+		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: storing identity: %w", cgroupDir, err)
 	}
 	a.cache.put(cgid, id)
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) // diagnostics only
-	level, err := cgroupLevel(cgroupDir)
+	level, err := cgroups.Level(cgroupDir)
 	if err != nil {
 		idm.Delete(cgid)
+		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
-	ac, _ := a.mapOf("audited_cgroups")
+	ac := a.maps.AuditedCgroups
 	if err := ac.Put(cgid, auditAuditCgroup{ArmedAt: uint32(ts.Sec), Level: level}); err != nil {
 		idm.Delete(cgid)
+		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
 	if err := a.syncLevels(); err != nil {
 		ac.Delete(cgid)
 		idm.Delete(cgid)
+		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
@@ -74,8 +80,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 func (a *Auditor) Disarm(cgid uint64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ac, _ := a.mapOf("audited_cgroups")
-	idm, _ := a.mapOf("audit_identity")
+	ac, idm := a.maps.AuditedCgroups, a.maps.AuditIdentity
 	var errs []error
 	if err := ac.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: %w", cgid, err))
@@ -84,6 +89,7 @@ func (a *Auditor) Disarm(cgid uint64) error {
 	if err := idm.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: identity: %w", cgid, err))
 	}
+	errs = append(errs, a.dropLongIdentity(cgid))
 	// The reader may still decode records of this cgroup: keep the cached
 	// identity for a grace period.
 	a.cache.expire(cgid, time.Now().Add(10*time.Second))
@@ -92,8 +98,7 @@ func (a *Auditor) Disarm(cgid uint64) error {
 
 // Armed lists the armed cgroups with their identities.
 func (a *Auditor) Armed() (map[uint64]Identity, error) {
-	ac, _ := a.mapOf("audited_cgroups")
-	idm, _ := a.mapOf("audit_identity")
+	ac, idm := a.maps.AuditedCgroups, a.maps.AuditIdentity
 	out := map[uint64]Identity{}
 	var (
 		k uint64
@@ -103,7 +108,7 @@ func (a *Auditor) Armed() (map[uint64]Identity, error) {
 	for it.Next(&k, &v) {
 		var ki auditIdentity
 		if err := idm.Lookup(k, &ki); err == nil {
-			out[k] = identityFromKernel(&ki)
+			out[k] = a.identityOf(k, &ki)
 		} else {
 			out[k] = Identity{}
 		}
@@ -118,11 +123,7 @@ func (a *Auditor) Armed() (map[uint64]Identity, error) {
 // armed cgroups, from audited_cgroups. More distinct levels than the
 // programs check (8) is an error: the deeper ones would go unaudited.
 func (a *Auditor) syncLevels() error {
-	ac, _ := a.mapOf("audited_cgroups")
-	lv, err := a.mapOf("audit_levels")
-	if err != nil {
-		return err
-	}
+	ac, lv := a.maps.AuditedCgroups, a.maps.AuditLevels
 	seen := map[uint32]bool{}
 	var (
 		k uint64
@@ -204,7 +205,7 @@ func (a *Auditor) updateCgroupLinks() error {
 		if !ok || p == nil {
 			continue
 		}
-		l, err := link.LoadPinnedLink(filepath.Join(a.dir, e.Name()), nil)
+		l, err := link.LoadPinnedLink(a.root.Pin(Owner, e.Name()), nil)
 		if err == nil {
 			err = l.Update(p)
 			l.Close()
@@ -217,7 +218,7 @@ func (a *Auditor) updateCgroupLinks() error {
 }
 
 func (a *Auditor) cgLinkPin(cgid uint64, prog string) string {
-	return filepath.Join(a.dir, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
+	return a.root.Pin(Owner, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
 }
 
 // removeCgroupLinks unpins (detaching) the per-cgroup links of cgid (0 =
@@ -242,41 +243,41 @@ func (a *Auditor) removeCgroupLinks(cgid uint64, progPrefix string) error {
 		if !ok || !strings.HasPrefix(prog, progPrefix) {
 			continue
 		}
-		if err := os.Remove(filepath.Join(a.dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(a.root.Pin(Owner, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func identityToKernel(id Identity) (auditIdentity, error) {
-	var k auditIdentity
+// identityToKernel fills the fixed fields of the kernel's identity with what
+// fits; long reports that a field did not (it is then left empty, never cut,
+// and the whole identity goes to the blob store: see longid.go).
+func identityToKernel(id Identity) (k auditIdentity, long bool) {
 	for _, f := range []struct {
-		name string
-		dst  []int8
-		v    string
+		dst []int8
+		v   string
 	}{
-		{"namespace", k.Namespace[:], id.Namespace},
-		{"pod", k.Pod[:], id.Pod},
-		{"pod UID", k.PodUid[:], id.PodUID},
-		{"container", k.Container[:], id.Container},
-		{"container ID", k.ContainerId[:], id.ContainerID},
+		{k.Namespace[:], id.Namespace},
+		{k.Pod[:], id.Pod},
+		{k.PodUid[:], id.PodUID},
+		{k.Container[:], id.Container},
+		{k.ContainerId[:], id.ContainerID},
 	} {
-		if len(f.v) >= len(f.dst) {
-			return k, fmt.Errorf("%s %q longer than %d bytes", f.name, f.v, len(f.dst)-1)
+		if len(f.v) >= len(f.dst) || strings.IndexByte(f.v, 0) >= 0 {
+			long = true
+			continue
 		}
 		for i := 0; i < len(f.v); i++ {
 			f.dst[i] = int8(f.v[i])
 		}
 	}
-	return k, nil
+	return k, long
 }
 
 func identityFromKernel(k *auditIdentity) Identity {
 	return Identity{
-		Namespace:   cstr(k.Namespace[:]),
-		Pod:         cstr(k.Pod[:]),
-		PodUID:      cstr(k.PodUid[:]),
+		Identity:    pods.Identity{Namespace: cstr(k.Namespace[:]), Pod: cstr(k.Pod[:]), PodUID: cstr(k.PodUid[:])},
 		Container:   cstr(k.Container[:]),
 		ContainerID: cstr(k.ContainerId[:]),
 	}
@@ -292,4 +293,40 @@ func cstr(b []int8) string {
 		buf[i] = byte(b[i])
 	}
 	return string(buf)
+}
+
+// tryCgroupAttach attaches every lsm_cgroup program to a scratch cgroup and
+// detaches them again: a mode that could not arm a cgroup is refused at
+// Open, not at the first Arm (the kernel has room for few BPF_LSM_CGROUP
+// hooks system-wide: CGROUP_LSM_NUM, 10 on Linux 6.x).
+func (a *Auditor) tryCgroupAttach(cgroupRoot string, names []string) error {
+	if cgroupRoot == "" {
+		m, err := cgroups.FindUnifiedSelf()
+		if err != nil {
+			return fmt.Errorf("scratch cgroup: %w", err)
+		}
+		cgroupRoot = m.Point
+	}
+	cg, err := os.MkdirTemp(cgroupRoot, "podscope-armcheck-")
+	if err != nil {
+		return fmt.Errorf("scratch cgroup: %w", err)
+	}
+	defer os.Remove(cg)
+	var links []link.Link
+	defer func() {
+		for _, l := range links {
+			l.Close()
+		}
+	}()
+	for _, n := range names {
+		if !strings.HasPrefix(n, "lsmc_") {
+			continue
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ebpf.AttachLSMCgroup, Program: a.progs[n]})
+		if err != nil {
+			return fmt.Errorf("attach %s (program %d of the mode) to a cgroup: %w", n, len(links)+1, unwrapErrno(err))
+		}
+		links = append(links, l)
+	}
+	return nil
 }

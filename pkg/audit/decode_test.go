@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"testing"
 	"time"
+
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // record builds a ring record the way audit_emit lays it out: the
@@ -33,7 +35,7 @@ func comm16(s string) (c [16]int8) {
 
 func TestDecodeRecord(t *testing.T) {
 	a := &Auditor{}
-	id := Identity{Namespace: "ns", Pod: "p", PodUID: "u", Container: "c", ContainerID: "cid"}
+	id := Identity{Identity: pods.Identity{Namespace: "ns", Pod: "p", PodUID: "u"}, Container: "c", ContainerID: "cid"}
 	a.cache.put(42, id)
 	d := a.newDecoder()
 
@@ -43,8 +45,7 @@ func TestDecodeRecord(t *testing.T) {
 	if !ok {
 		t.Fatal("valid record rejected")
 	}
-	want := Event{Time: d.bootBase.Add(time.Second), Namespace: "ns", Pod: "p", PodUID: "u", Container: "c",
-		ContainerID: "cid", CgroupID: 42, PID: 100, Comm: "mv", UID: 1000, Op: "rename", Path: "/data/a",
+	want := Event{Time: d.bootBase.Add(time.Second), Identity: Identity{Identity: pods.Identity{Namespace: "ns", Pod: "p", PodUID: "u"}, Container: "c", ContainerID: "cid"}, CgroupID: 42, PID: 100, Comm: "mv", UID: 1000, Op: "rename", Path: "/data/a",
 		Flags: 0o101, Count: 3, Target: "/data/b"}
 	if ev != want {
 		t.Fatalf("decoded\n %+v\nwant\n %+v", ev, want)
@@ -67,18 +68,25 @@ func TestDecodeRecord(t *testing.T) {
 	}
 
 	// The sweep names a folded path from the decoder's memory.
-	fk := foldKey{42, 7, uint32(auditWriteOpAOP_RENAME)}
+	fk := foldKey{42, 7, uint32(auditWriteOpAOP_RENAME), 1000, 0o101, false}
 	if fi, ok := d.recall(fk); !ok || fi.path != "/data/a" || fi.target != "/data/b" {
 		t.Fatalf("recall(%v) = %+v, %v", fk, fi, ok)
 	}
-	if _, ok := d.recall(foldKey{42, 8, fk.op}); ok {
-		t.Fatal("recall of a key never seen succeeded")
+	// Keys are compared in full: any field differing is another operation.
+	for _, k := range []foldKey{
+		{42, 8, fk.op, 1000, 0o101, false}, {43, 7, fk.op, 1000, 0o101, false},
+		{42, 7, uint32(auditWriteOpAOP_LINK), 1000, 0o101, false}, {42, 7, fk.op, 0, 0o101, false},
+		{42, 7, fk.op, 1000, 0o1, false}, {42, 7, fk.op, 1000, 0o101, true},
+	} {
+		if _, ok := d.recall(k); ok {
+			t.Errorf("recall of %+v, never seen, succeeded", k)
+		}
 	}
 }
 
 func BenchmarkDecode(b *testing.B) {
 	a := &Auditor{}
-	a.cache.put(42, Identity{Pod: "p"})
+	a.cache.put(42, Identity{Identity: pods.Identity{Pod: "p"}})
 	d := a.newDecoder()
 	var buf bytes.Buffer
 	h := auditEvent{CgroupId: 42, Op: uint16(auditWriteOpAOP_CREATE), Count: 1, Comm: comm16("writer"),

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 func TestLogWriterRotatesAndKeepsMode(t *testing.T) {
@@ -17,7 +19,7 @@ func TestLogWriterRotatesAndKeepsMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := Event{Time: time.Unix(1700000000, 0).UTC(), Namespace: "ns", Pod: "p", CgroupID: 7, PID: 42, Comm: "sh",
+	ev := Event{Time: time.Unix(1700000000, 0).UTC(), Identity: Identity{Identity: pods.Identity{Namespace: "ns", Pod: "p"}}, CgroupID: 7, PID: 42, Comm: "sh",
 		Op: "create", Path: "/tmp/x", Flags: 0o101, Count: 1}
 	const n = 40
 	for i := 0; i < n; i++ {

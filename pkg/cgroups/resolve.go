@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // ErrGone is wrapped when the container's cgroup directory does not exist
@@ -143,19 +142,4 @@ func (r *Resolver) open(rel string, src Source, from string) (Cgroup, error) {
 		return Cgroup{}, fmt.Errorf("%s: %w", from, err)
 	}
 	return Cgroup{Dir: dir, ID: id, Source: src}, nil
-}
-
-// ID returns the cgroup id of a cgroup v2 directory: its inode number.
-func ID(dir string) (uint64, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
-		if errors.Is(err, syscall.ENOENT) {
-			return 0, fmt.Errorf("%s: %w", dir, ErrGone)
-		}
-		return 0, fmt.Errorf("stat %s: %w", dir, err)
-	}
-	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
-		return 0, fmt.Errorf("%s is not a directory", dir)
-	}
-	return st.Ino, nil
 }

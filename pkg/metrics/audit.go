@@ -74,7 +74,7 @@ func (a *Audit) prune(lost map[uint64]uint64) {
 
 // ContainerOf turns an audit identity into metric labels.
 func ContainerOf(id audit.Identity) Container {
-	return Container{Namespace: id.Namespace, Pod: id.Pod, PodUID: id.PodUID, Container: id.Container}
+	return Container{Identity: id.Identity, Container: id.Container}
 }
 
 // Mode implements AuditSource.

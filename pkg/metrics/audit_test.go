@@ -6,6 +6,7 @@ import (
 
 	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 type fakeMaps struct {
@@ -18,8 +19,8 @@ func (f *fakeMaps) Lost() (map[uint64]uint64, error)          { return f.lost, n
 func (f *fakeMaps) Armed() (map[uint64]audit.Identity, error) { return f.armed, nil }
 
 func TestAuditSource(t *testing.T) {
-	nginx := audit.Identity{Namespace: "default", Pod: "web", PodUID: "u", Container: "nginx", ContainerID: "c1"}
-	side := audit.Identity{Namespace: "default", Pod: "web", PodUID: "u", Container: "side", ContainerID: "c2"}
+	nginx := audit.Identity{Identity: pods.Identity{Namespace: "default", Pod: "web", PodUID: "u"}, Container: "nginx", ContainerID: "c1"}
+	side := audit.Identity{Identity: pods.Identity{Namespace: "default", Pod: "web", PodUID: "u"}, Container: "side", ContainerID: "c2"}
 	f := &fakeMaps{armed: map[uint64]audit.Identity{10: nginx, 11: side}, lost: map[uint64]uint64{10: 4}}
 	var available AuditMaps // nil until the auditor "loads"
 	src := &Audit{Maps: func() AuditMaps { return available }, Root: pins.New(t.TempDir()), Writes: &WriteCounter{}}
@@ -57,7 +58,7 @@ func TestAuditSource(t *testing.T) {
 
 	// A container armed (Remember at arm time) and gone again without
 	// losses is forgotten at the next scrape; names with losses stay.
-	src.Remember(12, Container{Namespace: "default", Pod: "short", Container: "job"})
+	src.Remember(12, Container{Identity: pods.Identity{Namespace: "default", Pod: "short"}, Container: "job"})
 	if _, err := src.Armed(); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 type fakeNet struct {
@@ -34,11 +36,11 @@ func (f *fakeAudit) Lost() (map[Container]uint64, error) { return f.lost, f.err 
 func (f *fakeAudit) Armed() (int, error)                 { return f.armed, f.err }
 func (f *fakeAudit) WriteEvents() map[WriteKey]uint64    { return f.writes.Snapshot() }
 
-var web = PodNetwork{Namespace: "default", Pod: "web", PodUID: "u-web", Interface: "eth0",
+var web = PodNetwork{Identity: pods.Identity{Namespace: "default", Pod: "web", PodUID: "u-web"}, Interface: "eth0",
 	RxBytes: 1500, RxPackets: 10, TxBytes: 700, TxPackets: 7, DropsEgress: 3, DropsIngress: 1}
 
 func TestNetworkMetrics(t *testing.T) {
-	db := PodNetwork{Namespace: "prod", Pod: "db", PodUID: "u-db", Interface: "eth0", RxBytes: 5, RxPackets: 1}
+	db := PodNetwork{Identity: pods.Identity{Namespace: "prod", Pod: "db", PodUID: "u-db"}, Interface: "eth0", RxBytes: 5, RxPackets: 1}
 	src := &fakeNet{pods: []PodNetwork{web, db}}
 	c := &Collector{Network: src}
 	want := `
@@ -132,8 +134,8 @@ podscope_network_receive_bytes_total{interface="eth0",namespace="default",pod="w
 
 func TestAuditMetrics(t *testing.T) {
 	a := &fakeAudit{mode: "tracepoint", armed: 2,
-		lost: map[Container]uint64{{Namespace: "default", Pod: "web", PodUID: "u-web", Container: "nginx"}: 4}}
-	nginx := Container{Namespace: "default", Pod: "web", PodUID: "u-web", Container: "nginx"}
+		lost: map[Container]uint64{{Identity: pods.Identity{Namespace: "default", Pod: "web", PodUID: "u-web"}, Container: "nginx"}: 4}}
+	nginx := Container{Identity: pods.Identity{Namespace: "default", Pod: "web", PodUID: "u-web"}, Container: "nginx"}
 	a.writes.Add(WriteKey{nginx, "open_write"}, 3)
 	a.writes.Add(WriteKey{nginx, "open_write"}, 2)
 	a.writes.Add(WriteKey{nginx, "unlink"}, 1)
@@ -223,4 +225,22 @@ func get(t *testing.T, url string) (string, int) {
 		t.Fatal(err)
 	}
 	return string(b), resp.StatusCode
+}
+
+// A pod podscope let start unobserved is a gauge with the reason, and has
+// no counters (zeros would claim it was counted).
+func TestUnobservedPodMetric(t *testing.T) {
+	mv := PodNetwork{Identity: pods.Identity{Namespace: "prod", Pod: "mv", PodUID: "u-mv"}, Interface: "eth0", Unobserved: "interface eth0 is a macvlan link, not a veth"}
+	c := &Collector{Network: &fakeNet{pods: []PodNetwork{web, mv}}}
+	want := `
+# HELP podscope_pod_unobserved 1 for a pod podscope let start without observing it (no accounting, no policy), with the reason (e.g. its interface is not a veth).
+# TYPE podscope_pod_unobserved gauge
+podscope_pod_unobserved{interface="eth0",namespace="prod",pod="mv",pod_uid="u-mv",reason="interface eth0 is a macvlan link, not a veth"} 1
+# HELP podscope_network_receive_bytes_total Bytes received by the pod on the interface (pod's view), counted by podscope's TC programs.
+# TYPE podscope_network_receive_bytes_total counter
+podscope_network_receive_bytes_total{interface="eth0",namespace="default",pod="web",pod_uid="u-web"} 1500
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "podscope_pod_unobserved", "podscope_network_receive_bytes_total"); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -30,20 +30,27 @@ func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
 	out := make([]PodNetwork, 0, len(list))
 	for _, p := range list {
 		switch err := p.CountersErr; {
+		case errors.Is(err, podstate.ErrUnobserved):
+			id := p.Identity()
+			if id.Namespace == "" && id.Pod == "" {
+				id.Pod = p.ContainerID
+			}
+			out = append(out, PodNetwork{Identity: id, Interface: p.Interface, Unobserved: p.Unobserved})
+			continue
 		case errors.Is(err, datapath.ErrNotLoaded):
-			return nil, nil // registered, but the datapath is not pinned (any more)
+			continue // registered, but the datapath is not pinned (any more)
 		case errors.Is(err, datapath.ErrUnknownPod):
 			continue // registered but counters already removed: a DEL in progress
 		case err != nil:
 			return nil, fmt.Errorf("pod %s: %w", p.Ref(), err)
 		}
 		c := p.Counters
-		name := p.Name
-		if p.Namespace == "" && name == "" {
-			name = p.ContainerID // outside Kubernetes the container id stands in
+		id := p.Identity()
+		if id.Namespace == "" && id.Pod == "" {
+			id.Pod = p.ContainerID // outside Kubernetes the container id stands in
 		}
 		out = append(out, PodNetwork{
-			Namespace: p.Namespace, Pod: name, PodUID: p.UID, Interface: p.Interface,
+			Identity: id, Interface: p.Interface,
 			RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
 			DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
 		})

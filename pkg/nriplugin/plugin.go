@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // AuditAnnotation is the pod annotation that opts a pod out of the audit
@@ -130,9 +131,7 @@ func defaultWord(on bool) string {
 // IdentityOf is the identity an audit event of ctr carries.
 func IdentityOf(pod *api.PodSandbox, ctr *api.Container) Identity {
 	return Identity{
-		Namespace:   pod.GetNamespace(),
-		Pod:         pod.GetName(),
-		PodUID:      pod.GetUid(),
+		Identity:    pods.Identity{Namespace: pod.GetNamespace(), Pod: pod.GetName(), PodUID: pod.GetUid()},
 		Container:   ctr.GetName(),
 		ContainerID: ctr.GetId(),
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
+
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 var drivers = []struct {
@@ -41,7 +43,7 @@ func TestLifecycle(t *testing.T) {
 			if err := p.StartContainer(ctx, pod, ctr); err != nil {
 				t.Fatal(err)
 			}
-			want := map[uint64]Identity{n.inode(ctr): {Namespace: "ns1", Pod: "web", PodUID: "0f1e_22aa",
+			want := map[uint64]Identity{n.inode(ctr): {Identity: pods.Identity{Namespace: "ns1", Pod: "web", PodUID: "0f1e_22aa"},
 				Container: "nginx", ContainerID: ctr.Id}}
 			if got, _ := f.Armed(); !reflect.DeepEqual(got, want) {
 				t.Fatalf("after Start armed = %v, want %v", got, want)
@@ -302,7 +304,7 @@ func TestSynchronize(t *testing.T) {
 				ctr *api.Container
 				pod string
 			}{{adopted, "web"}, {stopped, "web"}, {optout, "quiet"}, {gone, "gone"}} {
-				f.m[n.inode(c.ctr)] = Identity{Namespace: "ns1", Pod: c.pod, Container: c.ctr.Name, ContainerID: c.ctr.Id}
+				f.m[n.inode(c.ctr)] = Identity{Identity: pods.Identity{Namespace: "ns1", Pod: c.pod}, Container: c.ctr.Name, ContainerID: c.ctr.Id}
 			}
 
 			upd, err := p.Synchronize(ctx, []*api.PodSandbox{web, quiet},

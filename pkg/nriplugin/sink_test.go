@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/podscope/podscope/pkg/audit"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 func testEvent(i int) audit.Event {
-	return audit.Event{Time: time.Unix(1700000000, int64(i)), Namespace: "default", Pod: "web", PodUID: "u",
-		Container: "nginx", ContainerID: "c1", CgroupID: 7, PID: 42, Comm: "nginx", Op: "open_write",
+	return audit.Event{Time: time.Unix(1700000000, int64(i)), Identity: audit.Identity{Identity: pods.Identity{Namespace: "default", Pod: "web", PodUID: "u"}, Container: "nginx", ContainerID: "c1"}, CgroupID: 7, PID: 42, Comm: "nginx", Op: "open_write",
 		Path: "/var/cache/nginx/file", Flags: 0o101}
 }
 

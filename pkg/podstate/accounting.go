@@ -1,8 +1,11 @@
 package podstate
 
 import (
+	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,11 +21,9 @@ const AccountingFile = "accounting.jsonl"
 // Record is one line of accounting.jsonl: a pod's identity and its final
 // counters, written once when the pod goes (DEL, GC or the reaper).
 type Record struct {
-	Time          time.Time      `json:"time"`
-	Reason        string         `json:"reason"` // "del", "gc", "reaped: <why>", "cleanup"
-	Namespace     string         `json:"namespace"`
-	Pod           string         `json:"pod"`
-	PodUID        string         `json:"podUID"`
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason"` // "del", "gc", "reaped: <why>", "cleanup"
+	pods.Identity
 	ContainerID   string         `json:"containerID"`
 	Interface     string         `json:"interface"`
 	HostInterface string         `json:"hostInterface"`
@@ -32,12 +33,9 @@ type Record struct {
 	PodID         uint32         `json:"podID"`
 	AttachedAt    time.Time      `json:"attachedAt"`
 	DetachedAt    time.Time      `json:"detachedAt"`
-	RxBytes       uint64         `json:"rxBytes"`
-	RxPackets     uint64         `json:"rxPackets"`
-	TxBytes       uint64         `json:"txBytes"`
-	TxPackets     uint64         `json:"txPackets"`
-	DropsEgress   uint64         `json:"dropsEgress"`
-	DropsIngress  uint64         `json:"dropsIngress"`
+	// The final counters: rxBytes … dropsIngress, and the bytes of the
+	// dropped packets (dropBytesEgress, dropBytesIngress).
+	datapath.Counters
 	// CountersError is set when the counters could not be read (pins gone):
 	// the identity is still logged so the pod is not silently lost.
 	CountersError string `json:"countersError,omitempty"`
@@ -48,11 +46,10 @@ type Record struct {
 func NewRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Record {
 	now := time.Now().UTC()
 	r := Record{
-		Time: now, Reason: reason, Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID,
+		Time: now, Reason: reason, Identity: p.Identity(),
 		ContainerID: p.ContainerID, Interface: p.Interface, HostInterface: p.HostInterface,
 		IPs: p.IPs, Mode: string(p.Mode), Network: p.Network, PodID: uint32(p.ID), AttachedAt: p.AttachedAt, DetachedAt: now,
-		RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
-		DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
+		Counters: c,
 	}
 	if cerr != nil {
 		r.CountersError = cerr.Error()
@@ -83,4 +80,53 @@ func Append(stateDir string, r Record) error {
 		return fmt.Errorf("syncing accounting log %s: %w", p, err)
 	}
 	return f.Close()
+}
+
+// logSize is the accounting log's size (0 when it does not exist yet).
+func logSize(stateDir string) (int64, error) {
+	st, err := os.Stat(filepath.Join(dirOr(stateDir), AccountingFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("accounting log: %w", err)
+	}
+	return st.Size(), nil
+}
+
+// Logged reports whether the accounting log holds, at or after offset, the
+// line of this attachment of pod p (same pod ID, container, interface and
+// attach time).
+func Logged(stateDir string, offset int64, p pods.Pod) (bool, error) {
+	f, err := os.Open(filepath.Join(dirOr(stateDir), AccountingFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("accounting log: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return false, fmt.Errorf("accounting log: %w", err)
+	}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var r struct {
+			PodID       uint32    `json:"podID"`
+			ContainerID string    `json:"containerID"`
+			Interface   string    `json:"interface"`
+			AttachedAt  time.Time `json:"attachedAt"`
+		}
+		if json.Unmarshal(sc.Bytes(), &r) != nil {
+			continue // a torn line of a writer killed mid-write
+		}
+		if r.PodID == uint32(p.ID) && r.ContainerID == p.ContainerID && r.Interface == p.Interface && r.AttachedAt.Equal(p.AttachedAt) {
+			return true, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return false, fmt.Errorf("accounting log: %w", err)
+	}
+	return false, nil
 }

@@ -10,6 +10,7 @@ package podstate
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -54,16 +55,26 @@ type State struct {
 	DatapathErr error
 }
 
-// Counters are pod id's datapath counters, or why there are none.
-func (s *State) Counters(id datapath.PodID) (datapath.Counters, error) {
-	return counters(s.Datapath, s.DatapathErr, id)
+// ErrUnobserved: the pod was let start without podscope attaching (its
+// interface is not a veth…), so it has no counters; the accounting line and
+// podscopectl say why.
+var ErrUnobserved = errors.New("not observed")
+
+// Counters are p's datapath counters, or why there are none.
+func (s *State) Counters(p pods.Pod) (datapath.Counters, error) {
+	return counters(s.Datapath, s.DatapathErr, p)
 }
 
-func counters(dp *datapath.Datapath, dperr error, id datapath.PodID) (datapath.Counters, error) {
+// counters is the one join of a registered pod with the datapath's
+// counters, for teardown, List and so `podscopectl pods` and the metrics.
+func counters(dp *datapath.Datapath, dperr error, p pods.Pod) (datapath.Counters, error) {
+	if p.Unobserved != "" {
+		return datapath.Counters{}, fmt.Errorf("%w: %s", ErrUnobserved, p.Unobserved)
+	}
 	if dp == nil {
 		return datapath.Counters{}, dperr
 	}
-	return dp.Counters(id)
+	return dp.Counters(p.ID)
 }
 
 // WithPinned runs fn under the state-dir lock with the pinned pod registry
@@ -136,7 +147,7 @@ func List(root pins.Root) ([]Pod, error) {
 	}
 	for _, p := range list {
 		r := Pod{Pod: p}
-		r.Counters, r.CountersErr = counters(dp, dperr, p.ID)
+		r.Counters, r.CountersErr = counters(dp, dperr, p)
 		out = append(out, r)
 	}
 	return out, nil

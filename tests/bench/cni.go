@@ -38,6 +38,9 @@ type cniJob struct {
 	Variants  []*cniVariant `json:"variants"`
 	// BPFFSRoot of the podscope variant (scale: pinned map memory).
 	BPFFSRoot string `json:"bpffsRoot,omitempty"`
+	// PolicyBPFFSRoot of the "scale-policy" variant (the same pods with a
+	// large network policy), whose ADDs alternate with the plain ones.
+	PolicyBPFFSRoot string `json:"policyBpffsRoot,omitempty"`
 }
 
 type cniTimes struct {
@@ -49,10 +52,30 @@ type cniTimes struct {
 type cniOutput struct {
 	Times map[string]*cniTimes `json:"times"`
 	// Scale: memlock of the pinned maps after pod 1 and after pod N.
-	MapBytesFirst int64    `json:"mapBytesFirst"`
-	MapBytesAll   int64    `json:"mapBytesAll"`
-	MapCount      int      `json:"mapCount"`
-	Notes         []string `json:"notes,omitempty"`
+	MapBytesFirst int64 `json:"mapBytesFirst"`
+	MapBytesAll   int64 `json:"mapBytesAll"`
+	MapCount      int   `json:"mapCount"`
+	// The same for the scale-policy variant's root.
+	PolicyMapBytesFirst int64    `json:"policyMapBytesFirst"`
+	PolicyMapBytesAll   int64    `json:"policyMapBytesAll"`
+	Notes               []string `json:"notes,omitempty"`
+}
+
+// ScalePolicyCIDRs is the size of the network policy of the scale test's
+// policy variant: every pod of the network has it (the issue's "1,000 pods
+// on a node with a 100,000-CIDR network policy").
+const ScalePolicyCIDRs = 100000
+
+// scalePolicy is that network policy (the "policy" object, here written to
+// the file the entry's policyFile names: inline, the runtime re-encodes
+// the 4 MB entry on every ADD): egress default allow with ScalePolicyCIDRs
+// deny rules outside the pods' subnet.
+func scalePolicy() map[string]any {
+	rules := make([]any, 0, ScalePolicyCIDRs)
+	for _, pf := range DenyPrefixes(0, ScalePolicyCIDRs) {
+		rules = append(rules, map[string]any{"cidr": pf.String(), "action": "deny"})
+	}
+	return map[string]any{"egress": map[string]any{"default": "allow", "rules": rules}}
 }
 
 func pluginPresent(paths []string, name string) bool {
@@ -196,8 +219,26 @@ func RunCNI(cfg *Config) (*Section, error) {
 				map[string]any{"type": "podscope", "bpffsRoot": sroot, "stateDir": filepath.Join(scratch, "state-scale"), "attachMode": "tcx"})}
 			bv := &cniVariant{Name: "scale-bridge", ConfList: confList("pstestbn-scale",
 				bridgePlugin("pstestbnb9", "10.64.0.0/16", ipam("b9")))}
+			variants := []*cniVariant{sv, bv}
+			proot, pcleanup, perr := benchBPFFSRoot(cfg, "scalepol", datapath.Cleanup)
+			policyFile := filepath.Join(scratch, "network-policy.json")
+			if perr == nil {
+				var b []byte
+				if b, perr = json.Marshal(scalePolicy()); perr == nil {
+					perr = os.WriteFile(policyFile, b, 0o600)
+				}
+			}
+			if perr == nil {
+				defer pcleanup()
+				variants = append(variants, &cniVariant{Name: "scale-policy", ConfList: confList("pstestbn-scalepol",
+					bridgePlugin("pstestbnb8", "10.65.0.0/16", ipam("b8")),
+					map[string]any{"type": "podscope", "bpffsRoot": proot, "stateDir": filepath.Join(scratch, "state-scalepol"), "attachMode": "tcx",
+						"policyFile": policyFile})})
+			} else {
+				sec.Notes = append(sec.Notes, "scale with a network policy: "+perr.Error())
+			}
 			sjob := cniJob{Kind: "scale", Paths: paths, CacheDir: filepath.Join(scratch, "cache"),
-				NetnsBase: fmt.Sprintf("%s%s-scale", RunPrefix, cfg.RunID), Runs: cfg.ScalePods, Variants: []*cniVariant{sv, bv}, BPFFSRoot: sroot}
+				NetnsBase: fmt.Sprintf("%s%s-scale", RunPrefix, cfg.RunID), Runs: cfg.ScalePods, Variants: variants, BPFFSRoot: sroot, PolicyBPFFSRoot: proot}
 			cfg.logf("cni: attaching %d pods for the scale test", cfg.ScalePods)
 			sout, err := runCNIWorker(cfg, node, sjob)
 			if err != nil {
@@ -205,6 +246,7 @@ func RunCNI(cfg *Config) (*Section, error) {
 				mem.AddNA("all pinned maps", err.Error())
 			} else {
 				addScaleRows(scale, mem, sout, cfg.ScalePods)
+				addScalePolicyRows(scale, mem, sout, cfg.ScalePods)
 				sec.Notes = append(sec.Notes, sout.Notes...)
 			}
 		}
@@ -249,6 +291,42 @@ func addScaleRows(scale, mem *Table, out *cniOutput, pods int) {
 	r := mem.Add(fmt.Sprintf("all pinned maps (%d maps), %d pods", out.MapCount, n), []float64{mib(out.MapBytesAll)})
 	r.Note = fmt.Sprintf("%.1f KiB per pod over the 1-pod footprint", float64(out.MapBytesAll-out.MapBytesFirst)/1024/float64(max(n-1, 1)))
 	mem.Add("all pinned maps, 1 pod", []float64{mib(out.MapBytesFirst)})
+}
+
+// addScalePolicyRows adds the scale-policy variant: ADD with a
+// 100,000-CIDR network policy against the same chain without one (pods
+// alternating), and its map memory against one copy of the policy plus the
+// per-pod state.
+func addScalePolicyRows(scale, mem *Table, out *cniOutput, pods int) {
+	t, plain := out.Times["scale-policy"], out.Times["scale"]
+	if t == nil {
+		return
+	}
+	name := fmt.Sprintf("all pods, %d-CIDR network policy", ScalePolicyCIDRs)
+	if len(t.Add) < 20 || plain == nil {
+		reason := fmt.Sprintf("only %d pods attached", len(t.Add))
+		if len(t.Errors) > 0 {
+			reason += ": " + t.Errors[0]
+		}
+		scale.AddNA(name, reason)
+		mem.AddNA(fmt.Sprintf("all pinned maps, %d-CIDR network policy", ScalePolicyCIDRs), reason)
+		return
+	}
+	n := len(t.Add)
+	r := scale.Add(fmt.Sprintf("all %d pods, %d-CIDR network policy (pod 1 writes it)", n, ScalePolicyCIDRs), t.Add)
+	r.Extra = map[string]float64{"p95": Percentile(t.Add, 95)}
+	if n < pods {
+		r.Note = fmt.Sprintf("only %d of %d pods attached: %s", n, pods, strings.Join(t.Errors, "; "))
+	}
+	r = scale.Add(fmt.Sprintf("pods %d-%d, %d-CIDR network policy", n-9, n, ScalePolicyCIDRs), t.Add[n-10:])
+	r.Extra = map[string]float64{"p95": Percentile(t.Add[n-10:], 95)}
+	r = scale.Add("pod 1, writing the network policy", t.Add[:1])
+	r.Note = "parses and writes the policy set once; later pods find it by the policy file's identity (policyFile)"
+	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
+	mem.Add(fmt.Sprintf("all pinned maps, %d-CIDR network policy, 1 pod", ScalePolicyCIDRs), []float64{mib(out.PolicyMapBytesFirst)})
+	r = mem.Add(fmt.Sprintf("all pinned maps, %d-CIDR network policy, %d pods", ScalePolicyCIDRs, n), []float64{mib(out.PolicyMapBytesAll)})
+	perPod := out.MapBytesAll - out.MapBytesFirst
+	r.Note = fmt.Sprintf("one copy + per-pod state would be %.1f MiB (1-pod footprint + the no-policy variant's growth)", mib(out.PolicyMapBytesFirst+perPod))
 }
 
 func runCNIWorker(cfg *Config, node string, job cniJob) (*cniOutput, error) {
@@ -384,20 +462,40 @@ func cmdCNIWorker(args []string) error {
 			}
 		}
 		bridgeOnly(0)
+		// With a policy variant, its pods alternate with the plain ones
+		// (pod i of each, then pod i+1 …), so both see the same machine.
+		var pv *cniVariant
+		if len(job.Variants) > 2 {
+			pv = job.Variants[2]
+		}
+		policyOK := pv != nil
+		memory := func(root string, dst *int64) {
+			b, _, err := PinnedMapMemory(root)
+			if err != nil {
+				out.Notes = append(out.Notes, "map memory: "+err.Error())
+			}
+			*dst = b
+		}
 		for i := 0; i < job.Runs; i++ {
 			if addOne(v, i) != nil {
 				break
 			}
+			if policyOK && addOne(pv, i) != nil {
+				policyOK = false
+			}
 			if i == 0 {
-				out.MapBytesFirst, _, err = PinnedMapMemory(job.BPFFSRoot)
-				if err != nil {
-					out.Notes = append(out.Notes, "map memory: "+err.Error())
+				memory(job.BPFFSRoot, &out.MapBytesFirst)
+				if policyOK {
+					memory(job.PolicyBPFFSRoot, &out.PolicyMapBytesFirst)
 				}
 			}
 		}
 		out.MapBytesAll, out.MapCount, err = PinnedMapMemory(job.BPFFSRoot)
 		if err != nil {
 			out.Notes = append(out.Notes, "map memory: "+err.Error())
+		}
+		if pv != nil {
+			memory(job.PolicyBPFFSRoot, &out.PolicyMapBytesAll)
 		}
 		bridgeOnly(10)
 	default:

@@ -9,6 +9,7 @@ import (
 	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // podscopeAudit drives pkg/audit for the audit section: each Load is a
@@ -46,7 +47,7 @@ func (p *podscopeAudit) Load() error {
 }
 
 func (p *podscopeAudit) Arm(cg string) (uint64, error) {
-	return p.a.Arm(cg, audit.Identity{Namespace: "bench", Pod: "bench", PodUID: "bench", Container: "loop", ContainerID: "bench"})
+	return p.a.Arm(cg, audit.Identity{Identity: pods.Identity{Namespace: "bench", Pod: "bench", PodUID: "bench"}, Container: "loop", ContainerID: "bench"})
 }
 
 func (p *podscopeAudit) Unload() error {
