@@ -453,9 +453,10 @@ cmd_down() {
   for n in holder etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
     pid_alive "$WORK/$n.pid" && left+=("$n pid $(cat "$WORK/$n.pid")")
   done
-  for p in $(grep -lsa -e "$CTRD_SOCK" -e "$WORK/containerd.toml" /proc/[0-9]*/cmdline); do
+  # The patterns are spelled so that grep's own command line does not match.
+  for p in $(grep -lsa -e "${CTRD_SOCK%?}[${CTRD_SOCK: -1}]" -e "$WORK/containerd.tom[l]" /proc/[0-9]*/cmdline); do
     p=${p#/proc/}; p=${p%/cmdline}
-    [ "$p" = $$ ] || [ "$p" = $BASHPID ] || left+=("pid $p naming $WORK")
+    left+=("pid $p naming $WORK")
   done
   grep -q " $WORK[/ ]" /proc/self/mountinfo && left+=("mounts under $WORK")
   if [ -d "$WORK/host-before" ]; then
