@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -201,7 +200,7 @@ func (a *Auditor) updateCgroupLinks() error {
 		if !ok || p == nil {
 			continue
 		}
-		l, err := link.LoadPinnedLink(filepath.Join(a.dir, e.Name()), nil)
+		l, err := link.LoadPinnedLink(a.root.Pin(Owner, e.Name()), nil)
 		if err == nil {
 			err = l.Update(p)
 			l.Close()
@@ -214,7 +213,7 @@ func (a *Auditor) updateCgroupLinks() error {
 }
 
 func (a *Auditor) cgLinkPin(cgid uint64, prog string) string {
-	return filepath.Join(a.dir, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
+	return a.root.Pin(Owner, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
 }
 
 // removeCgroupLinks unpins (detaching) the per-cgroup links of cgid (0 =
@@ -239,7 +238,7 @@ func (a *Auditor) removeCgroupLinks(cgid uint64, progPrefix string) error {
 		if !ok || !strings.HasPrefix(prog, progPrefix) {
 			continue
 		}
-		if err := os.Remove(filepath.Join(a.dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(a.root.Pin(Owner, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}

@@ -3,7 +3,7 @@
 // and a reader that turns their ring-buffer records into Events.
 //
 // The programs are loaded once per node and pinned under
-// root.Dir("audit"), in the strongest mode a real probe finds working
+// root.Dir(Owner), in the strongest mode a real probe finds working
 // (lsm_cgroup, lsm, fentry, tracepoint). Arm puts a cgroup v2 id and the
 // container's identity into pinned maps; from then on every write of that
 // cgroup reaches the ring buffer, and every record that cannot be delivered
@@ -65,6 +65,9 @@ func modeFromKernel(v uint32) Mode {
 
 // Valid reports whether m names a mode.
 func (m Mode) Valid() bool { return m.kernel() != auditAttachModeAMODE_NONE }
+
+// Owner is the pins owner directory of the audit: root.Dir(Owner).
+const Owner = "audit"
 
 // Identity is who a cgroup belongs to. It lives in user space (a pinned
 // user-space-only map), never in the programs.

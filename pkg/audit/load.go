@@ -17,7 +17,7 @@ import (
 	"github.com/podscope/podscope/pkg/pins"
 )
 
-// Pin names under root.Dir("audit"). Maps are pinned by their C names
+// Pin names under root.Dir(Owner). Maps are pinned by their C names
 // (audited_cgroups, audit_identity, audit_lost, audit_dedup, audit_mode,
 // audit_events); programs as prog_<name>; global links as link_<name>;
 // per-cgroup links as cg_<id>_<name>.

@@ -80,7 +80,7 @@ func TestForcedModeRefusedLeavesNothing(t *testing.T) {
 		t.Fatalf("forced %s: %v; want the mode and the kernel's reason", m, err)
 	}
 	t.Logf("forced %s: %v", m, err)
-	entries, _ := os.ReadDir(root.Dir("audit"))
+	entries, _ := os.ReadDir(root.Dir(Owner))
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), progPrefix) || strings.HasPrefix(e.Name(), linkPrefix) {
 			t.Errorf("refused mode left pin %s", e.Name())

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 
@@ -13,7 +12,7 @@ import (
 )
 
 // Open loads the audit once per node: maps, programs and (global modes)
-// links are pinned under root.Dir("audit"), and a later Open — a restart of
+// links are pinned under root.Dir(Owner), and a later Open — a restart of
 // the daemon — reuses them, including the mode, without a new probe or a
 // verifier pass. Without opts.Mode and without pins, the mode is the one
 // ProbeModes finds.
@@ -21,7 +20,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	if opts.Mode != "" && !opts.Mode.Valid() {
 		return nil, fmt.Errorf("audit: unknown mode %q (one of lsm_cgroup, lsm, fentry, tracepoint)", opts.Mode)
 	}
-	dir, err := root.Ensure("audit")
+	dir, err := root.Ensure(Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +141,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 // PinnedMode is the mode of the programs pinned under root, for status and
 // metrics; it opens nothing but the mode map. ErrNotLoaded when none.
 func PinnedMode(root pins.Root) (Mode, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir("audit"), "audit_mode"), &ebpf.LoadPinOptions{ReadOnly: true})
+	m, err := ebpf.LoadPinnedMap(root.Pin(Owner, "audit_mode"), &ebpf.LoadPinOptions{ReadOnly: true})
 	if errors.Is(err, os.ErrNotExist) {
 		return "", ErrNotLoaded
 	}
@@ -169,7 +168,7 @@ func PinnedProbe(root pins.Root) (ProbeResult, error) {
 	if err != nil {
 		return ProbeResult{}, err
 	}
-	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir("audit"), "audit_probe"), &ebpf.LoadPinOptions{ReadOnly: true})
+	m, err := ebpf.LoadPinnedMap(root.Pin(Owner, "audit_probe"), &ebpf.LoadPinOptions{ReadOnly: true})
 	if err != nil {
 		return ProbeResult{}, fmt.Errorf("audit: opening pinned probe result: %w", err)
 	}
@@ -233,7 +232,7 @@ func readProbe(m *ebpf.Map, mode Mode) (ProbeResult, error) {
 // a link's last pin (nobody else holds it) detaches it, and the maps and
 // programs go with their last reference.
 func Cleanup(root pins.Root) error {
-	dir := root.Dir("audit")
+	dir := root.Dir(Owner)
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("audit: removing %s: %w", dir, err)
 	}
