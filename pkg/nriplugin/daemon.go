@@ -131,7 +131,7 @@ func NewDaemon(opt Options, log *slog.Logger) (*Daemon, error) {
 		return nil // an untyped nil: "not available"
 	}}
 	log.Info("podscope-nri starting", "bpffs_root", d.root.Path, "cgroup_root", res.Mount.Point,
-		"audit_default", defaultWord(opt.AuditDefault), "fail_closed", opt.FailClosed, "audit_log", opt.AuditLog)
+		"audit_default", onOff{&opt.AuditDefault}.String(), "fail_closed", opt.FailClosed, "audit_log", opt.AuditLog)
 	return d, nil
 }
 
