@@ -3,7 +3,9 @@ package cniplugin
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -11,7 +13,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/policy"
+	"github.com/podscope/podscope/pkg/testenv"
 )
 
 const prevResult = `{"cniVersion":"1.0.0","interfaces":[{"name":"pstestbr0"},{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"}],
@@ -122,11 +127,55 @@ func TestParseConfigRejects(t *testing.T) {
 			[]string{"policy.egress.rules[0].ports", "empty list"}},
 		{"bad attachMode", conf(t, map[string]any{"attachMode": "xdp"}), []string{"attachMode", `"xdp"`}},
 		{"wrong type", conf(t, map[string]any{"stateDir": 5}), []string{"stateDir"}},
+		// encoding/json keeps the last of two equal keys; the annotation
+		// parser refuses them, so the conflist must too.
+		{"policy twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","policy":{"egress":{"default":"deny"}},"policy":{"egress":{"default":"allow"}}}`),
+			[]string{`"policy"`, "twice"}},
+		{"egress twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","policy":{"egress":{"default":"deny"},"egress":{"default":"allow"}}}`),
+			[]string{`"policy.egress"`, "twice"}},
+		{"annotation twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"podscope.io/egress":"{\"default\":\"deny\"}","podscope.io/egress":"{\"default\":\"allow\"}"}}}`),
+			[]string{AnnotationEgress, "twice"}},
+		{"annotation too many rules", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, manyRules(MaxAnnotationRules+1))}),
+			[]string{AnnotationEgress, "257 rules", "at most 256"}},
+		{"annotation too large", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationIngress, `{"default":"allow"`+strings.Repeat(" ", MaxAnnotationBytes)+`}`)}),
+			[]string{AnnotationIngress, "bytes", "at most 65536"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig(tc.input)
 			assertInvalid(t, err, tc.want...)
 		})
+	}
+}
+
+// manyRules is an egress spec with n rules on distinct /32s.
+func manyRules(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"default":"allow","rules":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"cidr":"10.%d.%d.%d/32","action":"deny"}`, i>>16&255, i>>8&255, i&255)
+	}
+	b.WriteString("]}")
+	return b.String()
+}
+
+// The bound on annotation rules is inclusive: the limit itself is accepted.
+func TestAnnotationAtTheLimit(t *testing.T) {
+	c, err := ParseConfig(conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, manyRules(MaxAnnotationRules))}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Policy.Egress.Rules) != 256 {
+		t.Fatalf("%d rules", len(c.Policy.Egress.Rules))
+	}
+}
+
+// Equal keys in different objects are not duplicates.
+func TestSameKeyInDifferentObjects(t *testing.T) {
+	if _, err := ParseConfig(conf(t, map[string]any{"policy": raw(`{"egress":{"default":"allow"},"ingress":{"default":"allow"}}`)})); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -180,7 +229,7 @@ func assertInvalid(t *testing.T, err error, want ...string) {
 
 func TestParseArgs(t *testing.T) {
 	a := parseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;junk")
-	if a != (podArgs{Namespace: "ns1", Name: "web-0", UID: "u-1"}) {
+	if a != (pods.Identity{Namespace: "ns1", Pod: "web-0", PodUID: "u-1"}) {
 		t.Fatalf("got %+v", a)
 	}
 }
@@ -200,21 +249,65 @@ func TestContainerIPs(t *testing.T) {
 }
 
 // DEL must not fail on a conflist edited after ADD: the runtime would retry
-// it forever and the pod would never finish terminating.
+// it forever and the pod would never finish terminating. The pod must also
+// really be torn down (its final counters logged, its registry entry gone):
+// on a real bpffs root with the pod registered, a DEL that gave up on the
+// config would leave both behind.
 func TestDelToleratesBrokenConfig(t *testing.T) {
 	for name, extra := range map[string]map[string]any{
 		"unknown field":  {"polcy": raw(`{}`)},
 		"bad policy":     {"policy": raw(`{"egress":{"default":"maybe"}}`)},
 		"bad attachMode": {"attachMode": "xdp"},
+		// Wrongly typed known fields: CNI asks DEL to clean up as far as it
+		// can, so they are dropped, not fatal.
+		"wrongly typed stateDir":   {"stateDir": 5},
+		"wrongly typed attachMode": {"attachMode": []int{1}},
+		"wrongly typed prevResult": {"prevResult": "none"},
+		"policy given twice":       {"policy": raw(`{"egress":{"default":"allow"},"egress":{"default":"deny"}}`)},
 	} {
-		stdin := conf(t, extra)
-		var m map[string]any
-		json.Unmarshal(stdin, &m)
-		m["bpffsRoot"] = t.TempDir() // not bpffs: nothing can be attached there
-		stdin, _ = json.Marshal(m)
-		if err := Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: stdin}); err != nil {
-			t.Errorf("%s: DEL failed: %v", name, err)
-		}
+		t.Run(name, func(t *testing.T) {
+			root := testenv.BPFFSRoot(t)
+			stateDir := t.TempDir()
+			reg, err := pods.OpenRegistry(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := reg.Allocate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := reg.Put(pods.Pod{ID: id, Namespace: "ns", Name: "p", ContainerID: "c1", Interface: "eth0"}); err != nil {
+				t.Fatal(err)
+			}
+			reg.Close()
+
+			stdin := conf(t, extra)
+			var m map[string]any
+			json.Unmarshal(stdin, &m)
+			m["bpffsRoot"], m["stateDir"] = root.Path, stateDir
+			stdin, _ = json.Marshal(m)
+			if err := Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: stdin}); err != nil {
+				t.Fatalf("DEL failed: %v", err)
+			}
+
+			reg, err = pods.OpenPinnedRegistry(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer reg.Close()
+			if _, found, err := reg.ByAttachment("c1", "eth0"); err != nil || found {
+				t.Errorf("pod still registered after DEL (found %v, err %v)", found, err)
+			}
+			b, err := os.ReadFile(filepath.Join(stateDir, podstate.AccountingFile))
+			if err != nil {
+				t.Fatalf("no accounting line: %v", err)
+			}
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			var rec podstate.Record
+			if len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &rec) != nil || rec.ContainerID != "c1" || rec.Reason != "del" {
+				t.Errorf("accounting log %q: want one line for c1 with reason del", b)
+			}
+		})
 	}
 }
 

@@ -395,7 +395,7 @@ func metric(body, name string, labels ...string) (float64, bool) {
 }
 
 // within: got is at least the payload and at most payload + 10% + 128 KiB,
-// the header overhead README "Testing" states for these sizes.
+// the header overhead docs/testing.md states for these sizes.
 func within(got, want uint64) error {
 	max := want + want/10 + 128<<10
 	if got < want || got > max {

@@ -17,7 +17,7 @@ import (
 
 // cniWatchBound is how soon cni-watch chains podscope back after the primary
 // CNI rewrote its conflist: inotify at once, its --resync (10 s) at the
-// latest (README "podscope-install"); the rest is kubectl exec's latency.
+// latest (docs/install-node.md, the podscope-install flags); the rest is kubectl exec's latency.
 const cniWatchBound = 20 * time.Second
 
 // state the steps share, in order.
