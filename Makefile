@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick test-kernels bench-kernels fuzz fuzz-quick install uninstall clean deps
 
 all: build
 
@@ -45,6 +45,14 @@ test:
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests/e2e)
 
+# Every fuzz target of the parsers of outside input (docs/reliability.md):
+# a few seconds each in CI, long by hand (FUZZTIME=1h make fuzz).
+fuzz:
+	hack/fuzz.sh
+
+fuzz-quick:
+	FUZZTIME=$${FUZZTIME:-3s} hack/fuzz.sh
+
 e2e: build
 	hack/e2e.sh
 
@@ -52,6 +60,15 @@ e2e: build
 # source (hack/k8s/node.sh): deploy/ applied with kubectl apply -k.
 e2e-k8s: build
 	PODSCOPE_E2E_NO_BUILD=1 hack/k8s/e2e.sh
+
+# The audit's and the datapath's tests on real distribution kernels under
+# qemu (hack/kernels/kernels.list): every audit mode forced, the probe
+# unforced. bench-kernels also measures the audit's overhead per mode.
+test-kernels:
+	hack/kernels/run.sh
+
+bench-kernels:
+	BENCH=1 hack/kernels/run.sh
 
 demo: build
 	hack/demo.sh

@@ -25,19 +25,25 @@ podscope_image() {
 
 # build_podscope_images OUT-DIR: podscope.tar from bin/ (make build), and
 # podscope-next.tar: the same sources linked with VERSION-next (the suite's
-# upgrade). Rebuilt every time (cheap: the
-# compile is cached, only the link runs).
+# upgrade). Cached under $CACHE by the hash of bin/'s binaries (a re-link
+# under load takes minutes); OUT-DIR gets copies.
 build_podscope_images() { # OUT-DIR
-  local out=$1 v b tmp
+  local out=$1 v b tmp key dir
   for b in podscope podscope-nri podscopectl podscope-install; do
     [ -x "$REPO/bin/$b" ] || die "bin/$b missing: run make build"
   done
-  v=$(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo dev)
+  key=$(cd "$REPO/bin" && cat podscope podscope-nri podscopectl podscope-install | sha256sum | cut -c1-16)
+  dir=$CACHE/podscope-images/$key
+  if [ ! -f "$dir/podscope-next.tar" ]; then
+    v=$(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo dev)
+    rm -rf "$CACHE/podscope-images" && mkdir -p "$dir.tmp"
+    podscope_image "$dir.tmp/podscope.tar" "$PODSCOPE_IMAGE" "$REPO/bin"
+    tmp=$(mktemp -d)
+    (cd "$REPO" && make -s build BIN="$tmp" VERSION="$v-next" >/dev/null)
+    podscope_image "$dir.tmp/podscope-next.tar" "$PODSCOPE_IMAGE_NEXT" "$tmp"
+    rm -rf "$tmp"
+    mv "$dir.tmp" "$dir"
+  fi
   mkdir -p "$out"
-  podscope_image "$out/podscope.tar" "$PODSCOPE_IMAGE" "$REPO/bin"
-  tmp=$(mktemp -d)
-  (cd "$REPO" && make -s build BIN="$tmp" VERSION="$v-next" >/dev/null)
-  podscope_image "$out/podscope-next.tar" "$PODSCOPE_IMAGE_NEXT" "$tmp"
-  rm -rf "$tmp"
+  cp -f "$dir/podscope.tar" "$dir/podscope-next.tar" "$out/"
 }
-

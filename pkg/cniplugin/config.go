@@ -11,12 +11,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
@@ -28,6 +30,18 @@ import (
 const (
 	AnnotationEgress  = "podscope.io/egress"
 	AnnotationIngress = "podscope.io/ingress"
+)
+
+// Bounds of one policy annotation. A pod's annotation is written into the
+// node-wide policy map (one entry per distinct CIDR and direction), so
+// without a bound one tenant's pod could push that map toward full and make
+// every other pod's ADD fail. 256 rules per direction keep a pod at most 516
+// entries (256 CIDRs + the two catch-alls, both directions): the 1,048,576
+// entries of the map hold 2,000 such pods with all-different policies, more
+// than a node runs. 64 KiB is ample for 256 rules in any formatting.
+const (
+	MaxAnnotationBytes = 64 << 10
+	MaxAnnotationRules = 256
 )
 
 // annotationsCapability is the runtimeConfig key containerd fills with the
@@ -43,7 +57,7 @@ var knownFields = map[string]bool{
 	"ipam": true, "dns": true, "prevResult": true, "runtimeConfig": true,
 	"args": true, "cni.dev/valid-attachments": true, "cni.dev/attachments": true,
 	// podscope
-	"bpffsRoot": true, "stateDir": true, "policy": true, "attachMode": true,
+	"bpffsRoot": true, "stateDir": true, "policy": true, "policyFile": true, "attachMode": true, "failClosed": true,
 }
 
 // Config is a parsed, validated podscope conflist entry.
@@ -53,7 +67,11 @@ type Config struct {
 	BPFFSRoot  string          `json:"bpffsRoot,omitempty"`
 	StateDir   string          `json:"stateDir,omitempty"`
 	RawPolicy  json.RawMessage `json:"policy,omitempty"`
+	PolicyFile string          `json:"policyFile,omitempty"` // the same object as policy, in a file
 	AttachMode string          `json:"attachMode,omitempty"`
+	// FailClosed refuses a pod podscope cannot observe (its interface is
+	// not a veth) instead of letting it start unobserved.
+	FailClosed bool `json:"failClosed,omitempty"`
 
 	RuntimeConfig struct {
 		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
@@ -90,12 +108,22 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	}
 	if len(unknown) > 0 && !lenient {
 		sort.Strings(unknown)
-		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, attachMode)", unknown[0]),
+		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, policyFile, attachMode, failClosed)", unknown[0]),
 			"unknown fields: "+strings.Join(unknown, ", "))
+	}
+	if !lenient {
+		if key, ok := duplicateKey(stdin); ok {
+			return nil, invalid(fmt.Sprintf("podscope: config field %q given twice (JSON decoders disagree on which one counts)", key), "")
+		}
 	}
 	c := &Config{}
 	if err := json.Unmarshal(stdin, c); err != nil {
-		return nil, invalid("podscope: decoding config: "+fieldOf(err), err.Error())
+		if !lenient {
+			return nil, invalid("podscope: decoding config: "+fieldOf(err), err.Error())
+		}
+		// DEL and GC clean up as far as they can (CNI spec): a field of the
+		// wrong type is dropped and its default used, the rest still counts.
+		c = decodeTolerant(top)
 	}
 	c.Root = pins.New(c.BPFFSRoot)
 	if c.StateDir == "" {
@@ -124,6 +152,81 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	return c, nil
 }
 
+// decodeTolerant decodes each top-level field on its own and keeps those
+// that decode, so one wrongly typed field cannot hide the others (e.g. the
+// bpffsRoot a DEL needs behind a "stateDir": 5).
+func decodeTolerant(top map[string]json.RawMessage) *Config {
+	c := &Config{}
+	keys := make([]string, 0, len(top))
+	for k := range top {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		one, err := json.Marshal(map[string]json.RawMessage{k: top[k]})
+		if err != nil {
+			continue
+		}
+		if json.Unmarshal(one, &Config{}) != nil {
+			fmt.Fprintf(os.Stderr, "podscope: ignoring config field %q of the wrong type during cleanup\n", k)
+			continue
+		}
+		_ = json.Unmarshal(one, c) // proved to decode just above
+	}
+	return c
+}
+
+// duplicateKey reports the first object key given twice anywhere in the
+// document (as "path.key"). encoding/json silently keeps the last one, so a
+// conflist with "policy" twice would enforce whichever an editor put last;
+// the policy parser refuses the same input in an annotation.
+func duplicateKey(doc []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	key, dup, err := dupWalk(dec, "")
+	return key, dup && err == nil
+}
+
+func dupWalk(dec *json.Decoder, path string) (string, bool, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return "", false, err
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return "", false, err
+			}
+			k, _ := kt.(string)
+			child := k
+			if path != "" {
+				child = path + "." + k
+			}
+			if seen[k] {
+				return child, true, nil
+			}
+			seen[k] = true
+			if key, dup, err := dupWalk(dec, child); dup || err != nil {
+				return key, dup, err
+			}
+		}
+		_, err := dec.Token() // '}'
+		return "", false, err
+	case json.Delim('['):
+		for i := 0; dec.More(); i++ {
+			if key, dup, err := dupWalk(dec, fmt.Sprintf("%s[%d]", path, i)); dup || err != nil {
+				return key, dup, err
+			}
+		}
+		_, err := dec.Token() // ']'
+		return "", false, err
+	}
+	return "", false, nil
+}
+
 // fieldOf names the field of a json decoding error when the decoder knows it.
 func fieldOf(err error) string {
 	var te *json.UnmarshalTypeError
@@ -137,10 +240,21 @@ func fieldOf(err error) string {
 // into c.Policy.
 func (c *Config) parsePolicy() error {
 	c.Policy = policy.Policy{Egress: policy.AllowAll(), Ingress: policy.AllowAll()}
-	if len(c.RawPolicy) > 0 && !bytes.Equal(bytes.TrimSpace(c.RawPolicy), []byte("null")) {
+	rawPolicy, field := c.RawPolicy, "policy"
+	if c.PolicyFile != "" {
+		if c.hasInlinePolicy() {
+			return invalid("podscope: policy and policyFile are both set: give the network's policy in one place", "")
+		}
+		b, err := os.ReadFile(c.PolicyFile)
+		if err != nil {
+			return invalid(fmt.Sprintf("podscope: policyFile: %v", err), "")
+		}
+		rawPolicy, field = b, "policyFile "+c.PolicyFile
+	}
+	if len(rawPolicy) > 0 && !bytes.Equal(bytes.TrimSpace(rawPolicy), []byte("null")) {
 		var dirs map[string]json.RawMessage
-		if err := json.Unmarshal(c.RawPolicy, &dirs); err != nil {
-			return invalid("podscope: policy: not a JSON object with \"egress\" and/or \"ingress\"", err.Error())
+		if err := json.Unmarshal(rawPolicy, &dirs); err != nil {
+			return invalid(fmt.Sprintf("podscope: %s: not a JSON object with \"egress\" and/or \"ingress\"", field), err.Error())
 		}
 		for k, raw := range dirs {
 			var dst *policy.Spec
@@ -150,9 +264,9 @@ func (c *Config) parsePolicy() error {
 			case "ingress":
 				dst = &c.Policy.Ingress
 			default:
-				return invalid(fmt.Sprintf("podscope: policy: unknown field %q (known: egress, ingress)", k), "")
+				return invalid(fmt.Sprintf("podscope: %s: unknown field %q (known: egress, ingress)", field, k), "")
 			}
-			s, err := policy.ParseSpec(raw, "policy."+k)
+			s, err := policy.ParseSpec(raw, field+"."+k)
 			if err != nil {
 				return invalid("podscope: "+err.Error(), "")
 			}
@@ -168,9 +282,15 @@ func (c *Config) parsePolicy() error {
 		if !ok {
 			continue
 		}
+		if len(v) > MaxAnnotationBytes {
+			return invalid(fmt.Sprintf("podscope: annotation %s: %d bytes, at most %d are accepted (put large policies in the network's config)", a.key, len(v), MaxAnnotationBytes), "")
+		}
 		s, err := policy.ParseSpec([]byte(v), "annotation "+a.key)
 		if err != nil {
 			return invalid("podscope: "+err.Error(), "")
+		}
+		if len(s.Rules) > MaxAnnotationRules {
+			return invalid(fmt.Sprintf("podscope: annotation %s: %d rules, at most %d are accepted per direction (put large policies in the network's config)", a.key, len(s.Rules), MaxAnnotationRules), "")
 		}
 		*a.dst = s
 	}
@@ -181,15 +301,19 @@ func (c *Config) parsePolicy() error {
 // differently: policy sets written from a source text are found again by
 // the text's sum, so a stricter parser must not find sets the older one
 // accepted.
-const policySyntax = "podscope policy text v2"
+const policySyntax = "podscope policy text v3" // v3: annotation bounds (MaxAnnotationBytes, MaxAnnotationRules)
 
 // hasPolicy reports whether the entry or the pod's annotations ask for any
 // policy at all.
 func (c *Config) hasPolicy() bool {
 	_, eg := c.RuntimeConfig.PodAnnotations[AnnotationEgress]
 	_, in := c.RuntimeConfig.PodAnnotations[AnnotationIngress]
+	return eg || in || c.hasInlinePolicy() || c.PolicyFile != ""
+}
+
+func (c *Config) hasInlinePolicy() bool {
 	raw := bytes.TrimSpace(c.RawPolicy)
-	return eg || in || (len(raw) > 0 && !bytes.Equal(raw, []byte("null")))
+	return len(raw) > 0 && !bytes.Equal(raw, []byte("null"))
 }
 
 // policySum is the SHA-256 of every byte the pod's effective policy is
@@ -206,6 +330,19 @@ func (c *Config) policySum() [32]byte {
 	}
 	field([]byte(policySyntax))
 	field(c.RawPolicy)
+	// A policy file counts by its identity, not its bytes: an ADD then
+	// costs a stat, not reading and hashing megabytes. Rewriting the file
+	// (a new inode, or a new size or change time) is a new identity.
+	field([]byte(c.PolicyFile))
+	if c.PolicyFile != "" {
+		var st unix.Stat_t
+		if err := unix.Stat(c.PolicyFile, &st); err == nil {
+			field([]byte(fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", st.Dev, st.Ino, st.Size,
+				st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)))
+		} else {
+			field([]byte("unreadable: " + err.Error())) // parse reports it
+		}
+	}
 	for _, k := range []string{AnnotationEgress, AnnotationIngress} {
 		if v, ok := c.RuntimeConfig.PodAnnotations[k]; ok {
 			field([]byte{1})
@@ -249,26 +386,27 @@ func (c *Config) policySetFor() (*datapath.PolicySet, error) {
 // (c.Policy is not set); the caller parses it with c.parsePolicy when the
 // datapath does not hold the policy set of c.policySum() yet.
 func parseConfigLazy(stdin []byte) (*Config, error) {
-	c, err := parseBase(stdin, false)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.parsePrevResult(); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return parseConfig(stdin, false)
 }
 
 // ParseConfig decodes and validates a podscope entry: unknown fields, the
 // network policy, the pod's policy annotations and the prevResult. Every
 // failure is a *types.Error with code 7 whose message names the field.
 func ParseConfig(stdin []byte) (*Config, error) {
+	return parseConfig(stdin, true)
+}
+
+// parseConfig is parseBase, then the policy (when withPolicy), then the
+// prevResult: a config with a bad policy is refused for its policy first.
+func parseConfig(stdin []byte, withPolicy bool) (*Config, error) {
 	c, err := parseBase(stdin, false)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.parsePolicy(); err != nil {
-		return nil, err
+	if withPolicy {
+		if err := c.parsePolicy(); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.parsePrevResult(); err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package cniplugin
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,11 +120,55 @@ func TestParseConfigRejects(t *testing.T) {
 			[]string{AnnotationEgress, "cidr"}},
 		{"bad attachMode", conf(t, map[string]any{"attachMode": "xdp"}), []string{"attachMode", `"xdp"`}},
 		{"wrong type", conf(t, map[string]any{"stateDir": 5}), []string{"stateDir"}},
+		// encoding/json keeps the last of two equal keys; the annotation
+		// parser refuses them, so the conflist must too.
+		{"policy twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","policy":{"egress":{"default":"deny"}},"policy":{"egress":{"default":"allow"}}}`),
+			[]string{`"policy"`, "twice"}},
+		{"egress twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","policy":{"egress":{"default":"deny"},"egress":{"default":"allow"}}}`),
+			[]string{`"policy.egress"`, "twice"}},
+		{"annotation twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"podscope.io/egress":"{\"default\":\"deny\"}","podscope.io/egress":"{\"default\":\"allow\"}"}}}`),
+			[]string{AnnotationEgress, "twice"}},
+		{"annotation too many rules", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, manyRules(MaxAnnotationRules+1))}),
+			[]string{AnnotationEgress, "257 rules", "at most 256"}},
+		{"annotation too large", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationIngress, `{"default":"allow"`+strings.Repeat(" ", MaxAnnotationBytes)+`}`)}),
+			[]string{AnnotationIngress, "bytes", "at most 65536"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig(tc.input)
 			assertInvalid(t, err, tc.want...)
 		})
+	}
+}
+
+// manyRules is an egress spec with n rules on distinct /32s.
+func manyRules(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"default":"allow","rules":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"cidr":"10.%d.%d.%d/32","action":"deny"}`, i>>16&255, i>>8&255, i&255)
+	}
+	b.WriteString("]}")
+	return b.String()
+}
+
+// The bound on annotation rules is inclusive: the limit itself is accepted.
+func TestAnnotationAtTheLimit(t *testing.T) {
+	c, err := ParseConfig(conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, manyRules(MaxAnnotationRules))}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Policy.Egress.Rules) != 256 {
+		t.Fatalf("%d rules", len(c.Policy.Egress.Rules))
+	}
+}
+
+// Equal keys in different objects are not duplicates.
+func TestSameKeyInDifferentObjects(t *testing.T) {
+	if _, err := ParseConfig(conf(t, map[string]any{"policy": raw(`{"egress":{"default":"allow"},"ingress":{"default":"allow"}}`)})); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -177,7 +222,7 @@ func assertInvalid(t *testing.T, err error, want ...string) {
 
 func TestParseArgs(t *testing.T) {
 	a := parseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;junk")
-	if a != (podArgs{Namespace: "ns1", Name: "web-0", UID: "u-1"}) {
+	if a != (pods.Identity{Namespace: "ns1", Pod: "web-0", PodUID: "u-1"}) {
 		t.Fatalf("got %+v", a)
 	}
 }
@@ -206,6 +251,12 @@ func TestDelToleratesBrokenConfig(t *testing.T) {
 		"unknown field":  {"polcy": raw(`{}`)},
 		"bad policy":     {"policy": raw(`{"egress":{"default":"maybe"}}`)},
 		"bad attachMode": {"attachMode": "xdp"},
+		// Wrongly typed known fields: CNI asks DEL to clean up as far as it
+		// can, so they are dropped, not fatal.
+		"wrongly typed stateDir":   {"stateDir": 5},
+		"wrongly typed attachMode": {"attachMode": []int{1}},
+		"wrongly typed prevResult": {"prevResult": "none"},
+		"policy given twice":       {"policy": raw(`{"egress":{"default":"allow"},"egress":{"default":"deny"}}`)},
 	} {
 		t.Run(name, func(t *testing.T) {
 			root := testenv.BPFFSRoot(t)
@@ -250,5 +301,66 @@ func TestDelToleratesBrokenConfig(t *testing.T) {
 				t.Errorf("accounting log %q: want one line for c1 with reason del", b)
 			}
 		})
+	}
+}
+
+// A policy given by reference (policyFile) parses like the inline one,
+// refuses being given twice and a file that cannot be read (code 7), and
+// its identity (what pods share a policy set by) changes when the file is
+// rewritten, without ADD reading the file when the node holds its set.
+func TestPolicyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/policy.json"
+	body := `{"egress":{"default":"deny","rules":[{"cidr":"10.0.0.0/8","action":"allow"}]}}`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy.Egress.Default != policy.Deny || len(c.Policy.Egress.Rules) != 1 || c.Policy.Ingress.Default != policy.Allow {
+		t.Fatalf("policy from the file: %+v", c.Policy)
+	}
+	sum := c.policySum()
+	// Same file, another ADD: same identity.
+	c2, _ := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if c2.policySum() != sum {
+		t.Fatal("the same policy file gave another identity")
+	}
+	// Rewritten (atomically, as a config manager does): a new identity.
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(strings.Replace(body, `"deny"`, `"allow"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	c3, err := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c3.policySum() == sum || c3.Policy.Egress.Default != policy.Allow {
+		t.Fatal("a rewritten policy file kept its identity or its old content")
+	}
+
+	for name, extra := range map[string]map[string]any{
+		"both":    {"policyFile": path, "policy": raw(body)},
+		"missing": {"policyFile": dir + "/nope.json"},
+	} {
+		_, err := ParseConfig(conf(t, extra))
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "policyFile") {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	bad := dir + "/bad.json"
+	if err := os.WriteFile(bad, []byte(`{"egress":{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":[],"action":"allow"}]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ParseConfig(conf(t, map[string]any{"policyFile": bad}))
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "policyFile "+bad+".egress.rules[0].ports") {
+		t.Fatalf("bad policy file: %v", err)
 	}
 }

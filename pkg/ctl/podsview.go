@@ -61,9 +61,23 @@ func printPods(w io.Writer, rows []PodRow) error {
 		if r.CountersError != "" {
 			counters = "?\t?\t?\t?\t?"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Ref(), r.Interface, r.HostInterface, strings.Join(ips, ","), r.Mode, counters)
+		host, mode := r.HostInterface, string(r.Mode)
+		if r.Unobserved != "" {
+			host, mode, counters = "-", "unobserved", "-\t-\t-\t-\t-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Ref(), r.Interface, host, strings.Join(ips, ","), mode, counters)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if r.Unobserved != "" {
+			if _, err := fmt.Fprintf(w, "%s unobserved: %s\n", r.Ref(), r.Unobserved); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // findPod resolves NS/NAME (or a container ID) in the registry.
@@ -84,4 +98,20 @@ func findPod(root pins.Root, ref string) (pods.Pod, error) {
 		return pods.Pod{}, notAttachedError("pod %q is not attached under %s: see `podscopectl pods` for the attached ones", ref, root.Path)
 	}
 	return p, nil
+}
+
+// podView is a per-pod view (flows, policy): it resolves ref, opens the
+// datapath that holds the pod's state and reads the view with read.
+func podView[V any](root pins.Root, ref string, read func(pods.Pod, *datapath.Datapath) (V, error)) (V, error) {
+	var none V
+	p, err := findPod(root, ref)
+	if err != nil {
+		return none, err
+	}
+	dp, err := datapath.OpenPinned(root)
+	if err != nil {
+		return none, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
+	}
+	defer dp.Close()
+	return read(p, dp)
 }

@@ -16,7 +16,13 @@ import (
 // this version reads a policy set id. Both maps have the same sizes as
 // today's, so the kernel's layout check cannot tell; the missing
 // policy_sets pin does.
+// Open refuses such pins; OpenPinned (readers, DEL, cleanup) opens them
+// with the maps they lack empty, so pods can still be torn down and the
+// node cleaned up.
 var ErrLegacyPolicyLayout = errors.New("pinned datapath state predates shared policy sets")
+
+// addedWithPolicySets are the maps the layout before policy sets lacks.
+var addedWithPolicySets = []string{tcMapPolicySets, tcMapPodPolicy, tcMapDropReasons}
 
 // checkLegacyPolicy refuses a datapath directory with a policy pin and no
 // policy_sets pin, saying what to do. Loading over it would read pod ids as

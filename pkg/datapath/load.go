@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -84,6 +85,9 @@ func Open(root pins.Root) (*Datapath, error) {
 	}
 	if testSpecHook != nil {
 		testSpecHook(spec)
+	}
+	if err := checkLegacyPolicy(root); err != nil {
+		return nil, err
 	}
 	if err := checkPinnedMaps(spec, root); err != nil {
 		return nil, err
@@ -184,6 +188,13 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 	}()
 	for name, dst := range mapFields(&objs.tcMaps) {
 		m, err := ebpf.LoadPinnedMap(d.root.Pin(Owner, name), nil)
+		if readOnly && errors.Is(err, os.ErrNotExist) && slices.Contains(addedWithPolicySets, name) {
+			// Pins from before policy sets (checkLegacyPolicy): readers,
+			// DEL and cleanup still work on them, with these maps empty.
+			ms := spec.Maps[name].Copy()
+			ms.Pinning = ebpf.PinNone
+			m, err = ebpf.NewMap(ms)
+		}
 		if err != nil {
 			return fmt.Errorf("pinned map %s: %w", name, err)
 		}
@@ -215,9 +226,6 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 // checkPinnedMaps compares every existing map pin with the object's spec, so
 // an old layout is refused with the map's name before anything is loaded.
 func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root) error {
-	if err := checkLegacyPolicy(root); err != nil {
-		return err
-	}
 	for name, ms := range spec.Maps {
 		path := root.Pin(Owner, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)

@@ -92,7 +92,7 @@ func TestScaleSharedNetworkPolicy(t *testing.T) {
 			if err := d.SetPolicySet(pod, PolicySetFromSource(sum, parse)); err != nil {
 				return fmt.Errorf("pod %d: %w", i+1, err)
 			}
-			_, err := d.Attach(pod, idx, ModeTCX)
+			_, err := d.Attach(pod, idx, ModeAuto) // tcx here; PODSCOPE_ATTACH_MODE=tc for the other
 			return err
 		})
 		times = append(times, time.Since(start))
