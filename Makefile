@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e demo bench bench-quick fuzz fuzz-quick install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e demo bench bench-quick fuzz fuzz-quick churn install uninstall clean deps
 
 all: build
 
@@ -52,6 +52,13 @@ fuzz:
 
 fuzz-quick:
 	FUZZTIME=$${FUZZTIME:-3s} hack/fuzz.sh
+
+# Full-size churn and crash-at-every-step (docs/reliability.md); `make test`
+# runs both at a reduced size. CHURN_CYCLES/CHURN_PARALLEL override.
+churn:
+	PODSCOPE_CHURN_CYCLES=$${CHURN_CYCLES:-10000} PODSCOPE_CHURN_PARALLEL=$${CHURN_PARALLEL:-100} \
+		PODSCOPE_CHURN_REPORT=$${CHURN_REPORT:-bench/out/churn.txt} \
+		$(GO) test -count=1 -timeout 6h -v -run 'TestChurn|TestCrashAtEvery' ./tests/integration
 
 e2e: build
 	hack/e2e.sh
