@@ -57,7 +57,7 @@ fuzz-quick:
 # runs both at a reduced size. CHURN_CYCLES/CHURN_PARALLEL override.
 churn:
 	PODSCOPE_CHURN_CYCLES=$${CHURN_CYCLES:-10000} PODSCOPE_CHURN_PARALLEL=$${CHURN_PARALLEL:-100} \
-		PODSCOPE_CHURN_REPORT=$${CHURN_REPORT:-bench/out/churn.txt} \
+		PODSCOPE_CHURN_REPORT=$${CHURN_REPORT:-$(CURDIR)/bench/out/churn.txt} \
 		$(GO) test -count=1 -timeout 6h -v -run 'TestChurn|TestCrashAtEvery' ./tests/integration
 
 e2e: build

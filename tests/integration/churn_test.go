@@ -169,7 +169,10 @@ func TestChurn(t *testing.T) {
 		rss[0], rss[1], fdsBefore, fdsAfter, gorBefore, gorAfter, len(lines))
 	t.Log(report)
 	if f := os.Getenv("PODSCOPE_CHURN_REPORT"); f != "" {
-		os.WriteFile(f, []byte(report), 0o644)
+		os.MkdirAll(filepath.Dir(f), 0o755)
+		if err := os.WriteFile(f, []byte(report), 0o644); err != nil {
+			t.Errorf("writing the report: %v", err)
+		}
 	}
 	// Flat: growing by more than half over the run is a leak, not noise.
 	if rss[1] > rss[0]*3/2+4096 {
