@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e demo bench bench-quick fuzz fuzz-quick churn audit-load install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick test-kernels bench-kernels fuzz fuzz-quick churn audit-load install uninstall clean deps
 
 all: build
 
@@ -37,8 +37,8 @@ generate-check: generate
 deps:
 	hack/install-deps.sh
 
-# The README's test command: unit and privileged suites, then (under CI=true
-# or E2E=1) the real-containerd end-to-end suite.
+# The README's test command: unit and privileged suites, then the
+# real-containerd end-to-end suite (E2E=0 leaves it out, except under CI=true).
 test:
 	hack/test.sh
 
@@ -69,6 +69,20 @@ audit-load:
 
 e2e: build
 	hack/e2e.sh
+
+# The cluster suite (tests/e2e-k8s) on a single-node Kubernetes built from
+# source (hack/k8s/node.sh): deploy/ applied with kubectl apply -k.
+e2e-k8s: build
+	PODSCOPE_E2E_NO_BUILD=1 hack/k8s/e2e.sh
+
+# The audit's and the datapath's tests on real distribution kernels under
+# qemu (hack/kernels/kernels.list): every audit mode forced, the probe
+# unforced. bench-kernels also measures the audit's overhead per mode.
+test-kernels:
+	hack/kernels/run.sh
+
+bench-kernels:
+	BENCH=1 hack/kernels/run.sh
 
 demo: build
 	hack/demo.sh

@@ -21,6 +21,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define O_RDWR_ 02
 #define O_CREAT_ 0100
 #define O_TRUNC_ 01000
+#define O_LARGEFILE_ 0100000 /* implied on 64-bit; the kernel adds it to f_flags */
 #define AT_REMOVEDIR_ 0x200
 #define FMODE_WRITE_ 0x2
 #define FMODE_CREATED_ 0x100000
@@ -32,9 +33,31 @@ static __always_inline bool open_is_write(__u64 flags)
 	return flags & (O_WRONLY_ | O_RDWR_ | O_CREAT_ | O_TRUNC_);
 }
 
+/* The op an open asks for; tp_exit settles it (FMODE_CREATED, or refused). */
 static __always_inline __u32 open_op(__u64 flags)
 {
 	return (flags & O_CREAT_) ? AOP_CREATE : AOP_OPEN_WRITE;
+}
+
+/* Mode bits a mkdir/mknod really asks for: the task's umask applied, as the
+ * kernel does before its LSM hooks (so every mode reports the same value). */
+static __always_inline __u32 umasked(__u64 mode)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 um = BPF_CORE_READ(task, fs, umask);
+
+	return (__u32)mode & ~(um & 0777);
+}
+
+/* A pointer the verifier tracks as trusted (a hook argument) turned into a
+ * plain scalar, so it can cross a global function as a __u64: read through
+ * the stack, the verifier no longer knows it is a pointer. */
+static __always_inline __u64 scalar_of(const void *p)
+{
+	__u64 v = 0;
+
+	bpf_probe_read_kernel(&v, sizeof(v), &p);
+	return v;
 }
 
 /* Kernel-object hook (LSM, fentry): (d, vm) is the object, (d2, vm2) the aux
@@ -53,9 +76,9 @@ static __always_inline void kernel_op(__u32 op, __u32 flags, struct dentry *d, s
 		count_lost(cgid, 1);
 		return;
 	}
-	plen = put_dentry(s, 0, d, vm);
+	plen = audit_put_dentry(0, scalar_of(d), scalar_of(vm)) & OFF_MASK;
 	if (d2) {
-		alen = put_dentry(s, plen, d2, vm2);
+		alen = audit_put_dentry(plen, scalar_of(d2), scalar_of(vm2)) & OFF_MASK;
 		kind = AAUX_TARGET;
 	} else if (raw2) {
 		alen = put_kernel_raw(s, plen, raw2);
@@ -149,7 +172,7 @@ static __always_inline int enter(struct trace_event_raw_sys_enter *ctx, struct i
 
 static __always_inline int enter_open(struct trace_event_raw_sys_enter *ctx, __u64 flags, int dfd, __u64 up)
 {
-	struct inflight in = PATH1(open_op(flags), flags, dfd, up);
+	struct inflight in = PATH1(open_op(flags), flags & ~O_LARGEFILE_, dfd, up);
 
 	if (!open_is_write(flags))
 		return 0;
@@ -184,8 +207,8 @@ TP(creat)
 TP_PATH(truncate, AOP_TRUNCATE, 0, AT_FDCWD_, ARG(0))
 TP_FD(ftruncate, AOP_TRUNCATE, 0, (int)ARG(0))
 TP_PATH(unlink, AOP_UNLINK, 0, AT_FDCWD_, ARG(0))
-TP_PATH(unlinkat, (ARG(2) & AT_REMOVEDIR_) ? AOP_RMDIR : AOP_UNLINK, ARG(2), (int)ARG(0), ARG(1))
-TP_PATH(rmdir, AOP_RMDIR, 0, AT_FDCWD_, ARG(0))
+TP_PATH(unlinkat, (ARG(2) & AT_REMOVEDIR_) ? AOP_RMDIR : AOP_UNLINK, ARG(2) & AT_REMOVEDIR_, (int)ARG(0), ARG(1))
+TP_PATH(rmdir, AOP_RMDIR, AT_REMOVEDIR_, AT_FDCWD_, ARG(0))
 TP_TWO(rename, AOP_RENAME, 0, AT_FDCWD_, ARG(0), AT_FDCWD_, ARG(1))
 TP_TWO(renameat, AOP_RENAME, 0, (int)ARG(0), ARG(1), (int)ARG(2), ARG(3))
 TP_TWO(renameat2, AOP_RENAME, ARG(4), (int)ARG(0), ARG(1), (int)ARG(2), ARG(3))
@@ -196,15 +219,15 @@ TP_PATH(fchmodat2, AOP_CHMOD, ARG(2), (int)ARG(0), ARG(1))
 TP_PATH(chown, AOP_CHOWN, 0, AT_FDCWD_, ARG(0))
 TP_PATH(lchown, AOP_CHOWN, 0, AT_FDCWD_, ARG(0))
 TP_FD(fchown, AOP_CHOWN, 0, (int)ARG(0))
-TP_PATH(fchownat, AOP_CHOWN, ARG(4), (int)ARG(0), ARG(1))
+TP_PATH(fchownat, AOP_CHOWN, 0, (int)ARG(0), ARG(1))
 /* mknod(S_IFREG) creates a regular file without open: reported as create. */
-TP_PATH(mknod, AOP_CREATE, ARG(1), AT_FDCWD_, ARG(0))
-TP_PATH(mknodat, AOP_CREATE, ARG(2), (int)ARG(0), ARG(1))
-TP_PATH(mkdir, AOP_MKDIR, ARG(1), AT_FDCWD_, ARG(0))
-TP_PATH(mkdirat, AOP_MKDIR, ARG(2), (int)ARG(0), ARG(1))
+TP_PATH(mknod, AOP_CREATE, umasked(ARG(1)), AT_FDCWD_, ARG(0))
+TP_PATH(mknodat, AOP_CREATE, umasked(ARG(2)), (int)ARG(0), ARG(1))
+TP_PATH(mkdir, AOP_MKDIR, umasked(ARG(1)) & 07777, AT_FDCWD_, ARG(0))
+TP_PATH(mkdirat, AOP_MKDIR, umasked(ARG(2)) & 07777, (int)ARG(0), ARG(1))
 /* link/symlink: path is the new name, aux the existing file / link content. */
 TP_TWO(link, AOP_LINK, 0, AT_FDCWD_, ARG(1), AT_FDCWD_, ARG(0))
-TP_TWO(linkat, AOP_LINK, ARG(4), (int)ARG(2), ARG(3), (int)ARG(0), ARG(1))
+TP_TWO(linkat, AOP_LINK, 0, (int)ARG(2), ARG(3), (int)ARG(0), ARG(1))
 
 TP(symlink)
 {
@@ -256,6 +279,12 @@ int tp_exit(struct trace_event_raw_sys_exit *ctx)
 
 		if (f)
 			in.op = (BPF_CORE_READ(f, f_mode) & FMODE_CREATED_) ? AOP_CREATE : AOP_OPEN_WRITE;
+	} else if (in.is_open) {
+		/* Refused: whether the file existed is not known here, so the
+		 * attempt is an open for writing; O_CREAT in flags says it would
+		 * have been created if missing. Never a create that did not
+		 * happen, of a file that already existed. */
+		in.op = AOP_OPEN_WRITE;
 	}
 	if (in.kind == CALL_FD) {
 		plen = put_fd(s, 0, in.fd);
@@ -274,28 +303,45 @@ int tp_exit(struct trace_event_raw_sys_exit *ctx)
 
 /* ---- LSM hooks: one body, three attach types ---------------------------- */
 
-/* Creation is reported by path_mknod (an O_CREAT open that creates goes
- * through security_path_mknod in may_o_create, and so does mknod(2)):
- * file_open reports only opens for writing of files that existed. */
+/* Opens, creating ones included: file_open runs once the file is there,
+ * with FMODE_CREATED set when this open created it, and with the open's
+ * flags still in f_flags (O_CREAT/O_TRUNC are cleared only after the hook).
+ * The same test as the tracepoint mode's: an open is a write when it asks
+ * for writing, creating or truncating. */
 static __always_inline void on_file_open(struct file *f)
 {
 	__u32 mode = BPF_CORE_READ(f, f_mode);
-	__u32 flags = BPF_CORE_READ(f, f_flags);
+	__u32 flags = BPF_CORE_READ(f, f_flags) & ~O_LARGEFILE_;
 
-	if (!(mode & FMODE_WRITE_) || (mode & FMODE_CREATED_))
+	if (!open_is_write(flags) && !(mode & FMODE_CREATED_))
 		return;
-	kernel_op(AOP_OPEN_WRITE, flags, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), NULL, NULL,
-		  NULL);
+	kernel_op((mode & FMODE_CREATED_) ? AOP_CREATE : AOP_OPEN_WRITE, flags, BPF_CORE_READ(f, f_path.dentry),
+		  BPF_CORE_READ(f, f_path.mnt), NULL, NULL, NULL);
+}
+
+/* Inside an open's path walk (current->nameidata set): an O_TRUNC open
+ * truncating its file (handle_truncate). The open reports it, with O_TRUNC
+ * in its flags, as the tracepoint mode does; truncate(2) and ftruncate(2)
+ * call the hooks outside any walk. */
+static __always_inline bool in_open_walk(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, nameidata) != NULL;
 }
 
 static __always_inline void on_path_truncate(const struct path *p)
 {
+	if (in_open_walk())
+		return;
 	kernel_op(AOP_TRUNCATE, 0, BPF_CORE_READ(p, dentry), BPF_CORE_READ(p, mnt), NULL, NULL, NULL);
 }
 
 /* ftruncate reaches security_file_truncate, not path_truncate. */
 static __always_inline void on_file_truncate(struct file *f)
 {
+	if (in_open_walk())
+		return;
 	kernel_op(AOP_TRUNCATE, 0, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), NULL, NULL, NULL);
 }
 
@@ -306,7 +352,7 @@ static __always_inline void on_path_unlink(const struct path *dir, struct dentry
 
 static __always_inline void on_path_rmdir(const struct path *dir, struct dentry *d)
 {
-	kernel_op(AOP_RMDIR, 0, d, BPF_CORE_READ(dir, mnt), NULL, NULL, NULL);
+	kernel_op(AOP_RMDIR, AT_REMOVEDIR_, d, BPF_CORE_READ(dir, mnt), NULL, NULL, NULL);
 }
 
 static __always_inline void on_path_mkdir(const struct path *dir, struct dentry *d, umode_t mode)
@@ -314,8 +360,14 @@ static __always_inline void on_path_mkdir(const struct path *dir, struct dentry 
 	kernel_op(AOP_MKDIR, mode, d, BPF_CORE_READ(dir, mnt), NULL, NULL, NULL);
 }
 
+/* mknod(2) only. An O_CREAT open calls this hook too (may_o_create), before
+ * the kernel knows whether the file exists — inside the open's path walk,
+ * while current->nameidata is set; mknod(2) calls it after its walk ended.
+ * Opens are reported by file_open, which knows (FMODE_CREATED). */
 static __always_inline void on_path_mknod(const struct path *dir, struct dentry *d, umode_t mode)
 {
+	if (in_open_walk())
+		return;
 	kernel_op(AOP_CREATE, mode, d, BPF_CORE_READ(dir, mnt), NULL, NULL, NULL);
 }
 
@@ -335,11 +387,59 @@ static __always_inline void on_path_rename(const struct path *od, struct dentry 
 	kernel_op(AOP_RENAME, flags, o, BPF_CORE_READ(od, mnt), n, BPF_CORE_READ(nd, mnt), NULL);
 }
 
+/* x86-64's saved user registers (CO-RE: the fields exist only there). */
+struct pt_regs___x86 {
+	unsigned long di, si, orig_ax;
+} __attribute__((preserve_access_index));
+
+#define NR_LINK_X86_64 86
+#define NR_LINKAT_X86_64 265
+
+/* The existing name a link(2)/linkat(2) passed, from the syscall's saved
+ * registers, so the target is reported as given (like the tracepoint
+ * mode) rather than resolved. False elsewhere (other arches, io_uring). */
+static __always_inline bool link_target_arg(int *dfd, __u64 *up)
+{
+	struct pt_regs___x86 *r = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	long nr;
+
+	if (!bpf_core_field_exists(r->orig_ax))
+		return false;
+	nr = BPF_CORE_READ(r, orig_ax);
+	if (nr == NR_LINK_X86_64) {
+		*dfd = AT_FDCWD_;
+		*up = BPF_CORE_READ(r, di);
+		return true;
+	}
+	if (nr == NR_LINKAT_X86_64) {
+		*dfd = (int)BPF_CORE_READ(r, di);
+		*up = BPF_CORE_READ(r, si);
+		return true;
+	}
+	return false;
+}
+
 static __always_inline void on_path_link(struct dentry *old, const struct path *nd, struct dentry *n)
 {
 	struct vfsmount *vm = BPF_CORE_READ(nd, mnt);
+	struct scratch *s;
+	__u32 plen, alen;
+	__u64 cgid, up = 0;
+	int dfd = 0;
 
-	kernel_op(AOP_LINK, 0, n, vm, old, vm, NULL);
+	if (!cgroup_armed(&cgid))
+		return;
+	s = scratch_get();
+	if (!s) {
+		count_lost(cgid, 1);
+		return;
+	}
+	plen = audit_put_dentry(0, scalar_of(n), scalar_of(vm)) & OFF_MASK;
+	if (link_target_arg(&dfd, &up))
+		alen = audit_put_user_path(plen, dfd, up) & OFF_MASK;
+	else
+		alen = audit_put_dentry(plen, scalar_of(old), scalar_of(vm)) & OFF_MASK;
+	audit_emit(s, cgid, AOP_LINK, 0, plen, alen, AAUX_TARGET, false);
 }
 
 static __always_inline void on_path_symlink(const struct path *dir, struct dentry *d, const char *old)

@@ -9,7 +9,7 @@
  *   audited_cgroups  HASH        u64 cgroup v2 id -> struct audit_cgroup
  *   audit_identity   HASH        u64 cgroup v2 id -> struct identity (user space only)
  *   audit_lost       PERCPU_HASH u64 cgroup v2 id -> u64 operations not delivered
- *   audit_dedup      LRU_HASH    struct dedup_key -> struct dedup_val
+ *   audit_foldmap    LRU_HASH    struct dedup_key -> struct dedup_val
  *   audit_levels     ARRAY       0 -> struct armed_levels (ascending levels of armed cgroups)
  *   audit_folds      PERCPU_ARRAY 0 -> u64 repeats folded since load
  *   audit_mode       ARRAY       0 -> u32 mode (enum attach_mode)
@@ -28,7 +28,8 @@
 
 #define AUDIT_MAX_CGROUPS 16384
 #define AUDIT_RING_BYTES (32 << 20)
-/* Repeats of the same (cgroup, op, path) within this window are folded. */
+/* Repeats of the same operation (cgroup, op, path, target, uid, flags and
+ * outcome) within this window are folded. */
 #define AUDIT_DEDUP_WINDOW_NS 1000000000ULL
 
 /* Event payload: path bytes, then aux bytes (rename/link target, symlink
@@ -72,18 +73,21 @@ enum attach_mode {
 
 /* Fixed header of every ring-buffer record; path_len + aux_len bytes follow. */
 struct event {
-	__u64 time_ns; /* CLOCK_BOOTTIME */
+	__u64 time_ns; /* CLOCK_BOOTTIME; a fold record: time of the first repeat */
 	__u64 cgroup_id;
-	__u64 key; /* hash of path+aux: the dedup key together with cgroup and op */
-	__u32 pid; /* tgid, in the initial pid namespace */
+	__u64 key; /* hash of path+aux: the fold key with cgroup, op, uid, flags, denied */
+	__u64 last_ns; /* a fold record: time of the last repeat; 0 otherwise */
+	__u32 pid; /* tgid, in the initial pid namespace (a fold record: the first repeat's) */
 	__u32 uid;
 	__u32 flags; /* open flags, mode (chmod/mkdir), *at flags (rename/link/unlink) */
-	__u32 count; /* operations this record stands for (1 + repeats folded before it) */
+	__u32 count; /* operations this record stands for: 1, or the repeats a fold record sums */
 	__u16 op;
 	__u16 path_len;
 	__u16 aux_len;
 	__u8 aux_kind;
 	__u8 denied;
+	__u8 several_pids; /* a fold record whose repeats came from more than one process */
+	__u8 pad[7];
 	char comm[16];
 };
 
@@ -106,20 +110,27 @@ struct identity {
 	char container_id[128];
 };
 
+/* Two operations fold together only when every field of this key is equal
+ * (the map compares keys in full); hash covers the path and aux bytes. */
 struct dedup_key {
 	__u64 cgroup_id;
 	__u64 hash;
 	__u32 op;
-	__u32 pad;
-};
-
-struct dedup_val {
-	__u64 window_start_ns;
-	__u64 pending; /* repeats folded since the last emitted record */
-	__u32 pid;
 	__u32 uid;
 	__u32 flags;
-	__u32 pad;
+	__u32 denied;
+};
+
+/* The repeats folded since the window's record: first/last time, the first
+ * repeat's pid and comm, several_pids when another process repeated it. */
+struct dedup_val {
+	__u64 window_start_ns;
+	__u64 pending;
+	__u64 first_ns;
+	__u64 last_ns;
+	__u32 pid;
+	__u32 several_pids;
+	char comm[16];
 };
 
 struct scratch {
@@ -179,7 +190,7 @@ struct {
 	__type(key, struct dedup_key);
 	__type(value, struct dedup_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} audit_dedup SEC(".maps");
+} audit_foldmap SEC(".maps"); /* was audit_dedup, keyed by (cgroup, hash, op) only */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -344,7 +355,10 @@ struct hash_ctx {
 	__u32 len;
 };
 
-/* FNV-1a over 8-byte words of scratch->data; the tail word is masked. */
+/* FNV-1a-style over 8-byte words of scratch->data (tail word masked), with
+ * a xor-shift after each multiply so every bit of the hash depends on every
+ * byte (plain FNV over words leaves the low bits depending only on the low
+ * bytes of each word). */
 static long hash_word(__u64 i, struct hash_ctx *c)
 {
 	__u32 zero = 0;
@@ -361,12 +375,36 @@ static long hash_word(__u64 i, struct hash_ctx *c)
 		w &= (1ULL << (rem * 8)) - 1;
 	c->h ^= w;
 	c->h *= 0x100000001b3ULL;
+	c->h ^= c->h >> 29;
 	return 0;
+}
+
+/* Output s->ev + the path/aux bytes already in s->data. */
+static __always_inline void emit_record(struct scratch *s, __u64 cgid, __u32 total)
+{
+	__u64 wake;
+	__u32 size;
+
+	/* Batched wake-ups: the reader polls with a short timeout; it is woken
+	 * early only when an eighth of the ring is waiting. */
+	wake = bpf_ringbuf_query(&audit_events, BPF_RB_AVAIL_DATA) >= AUDIT_RING_BYTES / 8 ?
+		       BPF_RB_FORCE_WAKEUP :
+		       BPF_RB_NO_WAKEUP;
+	size = sizeof(struct event) + (total & DATA_MASK);
+	if (bpf_ringbuf_output(&audit_events, &s->ev, size, wake) != 0)
+		count_lost(cgid, s->ev.count);
 }
 
 /*
  * Fold, fill the header, emit, count losses. path_len/aux_len bytes are
  * already in s->data. The record is header + path + aux bytes, no padding.
+ *
+ * Folding never merges different operations: the key is (cgroup, op, hash
+ * of path+aux, uid, flags, denied). The first operation of a window is
+ * emitted; repeats inside the window are counted in the fold map (first and
+ * last time, first pid and comm, whether other pids did it). They go out as
+ * one fold record (count = repeats) either here, when the next window of the
+ * same key opens, or from user space's sweep once the window has passed.
  * Returns 0; frees the scratch.
  */
 static __always_inline int audit_emit(struct scratch *s, __u64 cgid, __u32 op, __u32 flags,
@@ -377,9 +415,9 @@ static __always_inline int audit_emit(struct scratch *s, __u64 cgid, __u32 op, _
 	struct dedup_val *dv, nv = {};
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 count = 1;
-	__u32 total, size;
-	__u64 wake;
+	__u32 pid = pid_tgid >> 32;
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	__u32 total;
 
 	path_len &= OFF_MASK;
 	aux_len &= OFF_MASK;
@@ -388,49 +426,64 @@ static __always_inline int audit_emit(struct scratch *s, __u64 cgid, __u32 op, _
 	bpf_loop((total + 7) / 8, hash_word, &hc, 0);
 
 	dk.cgroup_id = cgid;
-	dk.hash = hc.h ^ path_len; /* path/aux split is part of the key */
+	dk.hash = hc.h ^ ((__u64)path_len << 48); /* path/aux split is part of the key */
 	dk.op = op;
-	dv = bpf_map_lookup_elem(&audit_dedup, &dk);
-	if (dv) {
-		if (now - dv->window_start_ns < AUDIT_DEDUP_WINDOW_NS) {
-			__sync_fetch_and_add(&dv->pending, 1);
-			fold_note();
-			scratch_put(s);
-			return 0;
-		}
-		/* New window: this record carries the repeats of the last one. */
-		count += __sync_lock_test_and_set(&dv->pending, 0);
-		dv->window_start_ns = now;
-	} else {
-		nv.window_start_ns = now;
-		nv.pid = pid_tgid >> 32;
-		nv.uid = (__u32)bpf_get_current_uid_gid();
-		nv.flags = flags;
-		bpf_map_update_elem(&audit_dedup, &dk, &nv, BPF_ANY);
-	}
+	dk.uid = uid;
+	dk.flags = flags;
+	dk.denied = denied;
 
-	s->ev.time_ns = now;
 	s->ev.cgroup_id = cgid;
 	s->ev.key = dk.hash;
-	s->ev.pid = pid_tgid >> 32;
-	s->ev.uid = (__u32)bpf_get_current_uid_gid();
+	s->ev.uid = uid;
 	s->ev.flags = flags;
-	s->ev.count = count;
 	s->ev.op = op;
 	s->ev.path_len = path_len;
 	s->ev.aux_len = aux_len;
 	s->ev.aux_kind = aux_kind;
 	s->ev.denied = denied;
-	bpf_get_current_comm(s->ev.comm, sizeof(s->ev.comm));
 
-	/* Batched wake-ups: the reader polls with a short timeout; it is woken
-	 * early only when an eighth of the ring is waiting. */
-	wake = bpf_ringbuf_query(&audit_events, BPF_RB_AVAIL_DATA) >= AUDIT_RING_BYTES / 8 ?
-		       BPF_RB_FORCE_WAKEUP :
-		       BPF_RB_NO_WAKEUP;
-	size = sizeof(struct event) + (total & DATA_MASK);
-	if (bpf_ringbuf_output(&audit_events, &s->ev, size, wake) != 0)
-		count_lost(cgid, count);
+	dv = bpf_map_lookup_elem(&audit_foldmap, &dk);
+	if (dv) {
+		if (now - dv->window_start_ns < AUDIT_DEDUP_WINDOW_NS) {
+			if (__sync_fetch_and_add(&dv->pending, 1) == 0) {
+				dv->first_ns = now;
+				dv->pid = pid;
+				dv->several_pids = 0;
+				bpf_get_current_comm(dv->comm, sizeof(dv->comm));
+			} else if (dv->pid != pid) {
+				dv->several_pids = 1;
+			}
+			dv->last_ns = now;
+			fold_note();
+			scratch_put(s);
+			return 0;
+		}
+		/* A new window: the last window's repeats go out first, as
+		 * their own record. */
+		__u64 n = __sync_lock_test_and_set(&dv->pending, 0);
+
+		if (n > 0) {
+			s->ev.time_ns = dv->first_ns;
+			s->ev.last_ns = dv->last_ns;
+			s->ev.pid = dv->pid;
+			s->ev.several_pids = dv->several_pids;
+			s->ev.count = n;
+			__builtin_memcpy(s->ev.comm, dv->comm, sizeof(s->ev.comm));
+			emit_record(s, cgid, total);
+		}
+		dv->window_start_ns = now;
+	} else {
+		nv.window_start_ns = now;
+		bpf_map_update_elem(&audit_foldmap, &dk, &nv, BPF_ANY);
+	}
+
+	s->ev.time_ns = now;
+	s->ev.last_ns = 0;
+	s->ev.pid = pid;
+	s->ev.several_pids = 0;
+	s->ev.count = 1;
+	bpf_get_current_comm(s->ev.comm, sizeof(s->ev.comm));
+	emit_record(s, cgid, total);
 	scratch_put(s);
 	return 0;
 }

@@ -134,17 +134,6 @@ AUDIT_GLOBAL __u32 audit_put_dentry(__u32 dst, __u64 dentry, __u64 vfsmount)
 	return put_walked(s, dst, walk_dentry((struct dentry *)dentry, (struct vfsmount *)vfsmount));
 }
 
-static __always_inline __u32 put_dentry(struct scratch *s, __u32 dst, struct dentry *d,
-					struct vfsmount *vm)
-{
-	return audit_put_dentry(dst, (__u64)d, (__u64)vm) & OFF_MASK;
-}
-
-static __always_inline __u32 put_kpath(struct scratch *s, __u32 dst, const struct path *p)
-{
-	return put_dentry(s, dst, BPF_CORE_READ(p, dentry), BPF_CORE_READ(p, mnt));
-}
-
 static __always_inline struct file *fd_file(int fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();

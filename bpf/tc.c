@@ -302,10 +302,65 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p, _
 	return parse_l4(skb, p, dir, off);
 }
 
+/* Sets the ports of a TCP/UDP/SCTP packet read at ports. */
+static __always_inline void set_ports(struct packet *p, __u8 dir, const __be16 *ports)
+{
+	__u16 sport = bpf_ntohs(ports[0]), dport = bpf_ntohs(ports[1]);
+	p->dport = dport;
+	p->has_ports = 1;
+	p->key.local_port = dir == DIR_EGRESS ? sport : dport;
+	p->key.remote_port = dir == DIR_EGRESS ? dport : sport;
+}
+
+static __always_inline int has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+/* The common case read in place (direct packet access, no helper call):
+ * TCP/UDP/SCTP right after an option-less IPv4 header or a bare IPv6
+ * header, first fragment or none, all within the skb's linear data.
+ * Returns 1 when it parsed the packet, 0 to take the general path. */
+static __always_inline int parse_fast(struct __sk_buff *skb, struct packet *p, __u8 dir, __be16 proto)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + ETH_HLEN;
+		__be16 *ports = (void *)(ip + 1);
+		if ((void *)(ports + 2) > end)
+			return 0;
+		if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_OFFSET_MASK)) || !has_ports(ip->protocol))
+			return 0;
+		p->key.family = 4;
+		p->key.proto = ip->protocol;
+		set_addrs(p, dir, &ip->saddr, &ip->daddr, 4);
+		set_ports(p, dir, ports);
+		return 1;
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		__be16 *ports = (void *)(ip6 + 1);
+		if ((void *)(ports + 2) > end)
+			return 0;
+		if (ip6->version != 6 || !has_ports(ip6->nexthdr))
+			return 0;
+		p->key.family = 6;
+		p->key.proto = ip6->nexthdr;
+		set_addrs(p, dir, &ip6->saddr, &ip6->daddr, 16);
+		set_ports(p, dir, ports);
+		return 1;
+	}
+	return 0;
+}
+
 /* Parses what the policy and flow table need (enum parsed). */
 static __always_inline int parse(struct __sk_buff *skb, struct packet *p, __u8 dir)
 {
 	__be16 proto = skb->protocol;
+	if (parse_fast(skb, p, dir, proto))
+		return PARSED;
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(skb, p, dir);
 	if (proto == bpf_htons(ETH_P_IPV6))

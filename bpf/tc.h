@@ -58,17 +58,19 @@ struct pod_iface {
 /* pod_policy: HASH, key __u32 pod -> value; user space only. The pod's
  * reference to its policy set, kept apart from pod_ifaces because a pod's
  * policy is written before its veth is registered (and survives Detach
- * until RemovePod). */
+ * until RemovePod); and the ifindex the pod is registered under in
+ * pod_ifaces, written before that entry, so that finding a pod's veth
+ * never scans pod_ifaces (ADD and DEL stay flat with the number of pods). */
 struct pod_policy_ref {
 	__u32 set;
-	__u32 pad;
+	__u32 ifindex; /* 0 = none */
 };
 
 /* policy_sets: HASH, key -> value; user space only. One record per distinct
  * policy content: key is the SHA-256 of the policy's canonical encoding.
  * Pods whose effective policy is the same share one set of policy entries.
- * A set's users are the pod_policy entries naming it (counted under the
- * datapath lock; nothing kept in a process). The all-zero key holds the
+ * A set's users are the pod_policy entries naming it (users below; all
+ * under the datapath lock, nothing kept in a process). The all-zero key holds the
  * last id issued (ids are never reused). state: 1 while its entries are
  * being written (a set found in that state was left by a crash and is
  * removed), 2 once complete. */
@@ -80,7 +82,10 @@ struct policy_set {
 	__u32 id;
 	__u32 entries; /* LPM entries of the set */
 	__u32 state;
-	__u32 pad;
+	__u32 users;   /* pods referring to it: raised before a pod switches
+			* to the set, lowered after it let go, so a crash leaves
+			* it too high, never too low; at 0 the pod_policy
+			* entries are counted to confirm before the set goes */
 };
 
 #define POLICY_SET_WRITING  1

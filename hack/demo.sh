@@ -16,6 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PODSCOPE_E2E_WORK=${PODSCOPE_E2E_WORK:-/run/podscope-e2e}
+# The demo's own bpffs root (the end-to-end suite's is /sys/fs/bpf/pstest-e2e;
+# a node's real one, /sys/fs/bpf/podscope, is never touched).
+export PODSCOPE_E2E_BPFFS_ROOT=${PODSCOPE_E2E_BPFFS_ROOT:-/sys/fs/bpf/podscope-demo}
 WORK=$PODSCOPE_E2E_WORK
 
 if [ "${1:-}" = stop ]; then exec hack/e2e-env.sh down; fi
@@ -29,14 +32,25 @@ if [ -e "$WORK" ]; then
   hack/e2e-env.sh down
 fi
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only: no escape codes in a file or a pipe.
+if [ -t 1 ]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
+# note TEXT: how to read what was just printed.
+note() { fold -s -w 78 <<<"$*" | sed 's/^/   | /'; }
 
 step "dependencies (apt, bpffs) and build"
 hack/install-deps.sh
 make -s build || echo "demo: make build failed: going on with what was built; the parts missing are said below" >&2
 [ -x bin/podscopectl ] || { echo "demo: bin/podscopectl missing: nothing to show" >&2; exit 1; }
 if [ "${KEEP:-}" != 1 ]; then trap 'step "teardown"; hack/e2e-env.sh down' EXIT; fi
-step "containerd + podscope (first run builds containerd, crictl and the CNI plugins once: ~2 min)"
+if hack/e2e-env.sh cached; then
+  step "containerd + podscope"
+else
+  step "containerd + podscope (first run: building containerd, crictl and the CNI plugins once, about 2 min; cached in ${PODSCOPE_CACHE:-/var/cache/podscope})"
+fi
 hack/e2e-env.sh up
 # shellcheck disable=SC1091
 . "$WORK/env"
@@ -81,7 +95,7 @@ echo "demo/writer  $(ip_of "$writer")  (writes, renames, chmods, removes files u
 client=$(pod client)
 cc=$(ctr client "$client" app sleep 3600)
 echo "demo/client  $(ip_of "$client")"
-for i in 1 2 3; do
+for _ in 1 2 3; do
   if crictl exec "$cc" timeout 3 wget -q -O /dev/null "http://$WEB/"; then
     echo "  client -> web:80    allowed, page fetched"; break
   fi
@@ -99,14 +113,21 @@ sleep 2   # let the audit events reach the log
 
 step "podscopectl status   (summary; the full one lists every pinned program)"
 podscopectl status | sed '/^$/q' || true
+note "datapath mode: how podscope's TC programs are attached to each pod's host veth, tcx (kernel TCX links) or tc (clsact + cls_bpf on older kernels). Pin layout v1: the version of the layout of podscope's pinned maps under the bpffs root. Audit mode: the kind of BPF program the file-write audit runs as on this kernel."
 step "podscopectl pods"
 podscopectl pods || true
+note "RX/TX: bytes and packets from the pod's side (RX = into the pod), whole Ethernet frames, passed packets only. DROPS EG/IN: packets the policy dropped leaving (egress) / entering (ingress) the pod: the client's egress drops are its tries of web:7777 (the network's egress policy), web's ingress drops are the client's tries of web:8080 (web's ingress annotation)."
 step "podscopectl flows --pod demo/client"
 podscopectl flows --pod demo/client || true
+note "Each pod's policy is enforced at its own veth, and VERDICT is the client's. :7777 is deny: the network's egress policy stops it at the client. :8080 is allow at the client, which may send it; web's ingress annotation drops it at web (web's DROPS IN above; RX 0 here, no reply came back). INITIATOR egress: the client opened the flow."
 step "podscopectl policy show demo/web"
 podscopectl policy show demo/web || true
+note "Per direction the longest PREFIX containing the peer applies; its RULES are tried in order, else its DEFAULT. [from]: the CIDR a rule was written for (rules of wider CIDRs are copied into narrower ones). Egress here is the network's policy, ingress web's annotation."
 step "podscopectl audit --pod demo/writer"
 podscopectl audit --pod demo/writer || true
+note "One line per write operation of the container, PATH as the container sees it. DENIED: the kernel refused the operation (EACCES/EPERM). COUNT: identical operations within one second folded into one line."
+echo
+echo "Every column and verdict above is explained in docs/podscopectl.md."
 
 if [ "${KEEP:-}" = 1 ]; then
   cat <<TXT

@@ -10,6 +10,7 @@
 #   hack/e2e-env.sh start-containerd|stop-containerd|start-nri|stop-nri [SIGNAL]
 #   hack/e2e-env.sh env         print the environment (source-able) of a running env
 #   hack/e2e-env.sh running     exit 0 if the environment's containerd runs
+#   hack/e2e-env.sh cached      exit 0 if containerd, crictl and the CNI plugins are built
 #
 # Tools are cached under $PODSCOPE_CACHE (default /var/cache/podscope), keyed
 # by version; everything else lives in $PODSCOPE_E2E_WORK (default
@@ -17,7 +18,8 @@
 # is touched in these places, all undone by `down`: one bridge (pstest-e2e0,
 # 10.77.0.0/24), net.ipv4.ip_forward (restored to its saved value),
 # /var/lib/cni/results/pstest-e2e-*, cgroups under /pstest-e2e, the bpffs
-# root /sys/fs/bpf/pstest-e2e.
+# root /sys/fs/bpf/pstest-e2e (PODSCOPE_E2E_BPFFS_ROOT at `up` names another;
+# later commands use the one `up` recorded in the work dir).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,7 +42,11 @@ SUBNET4=10.77.0.0/24
 # Not fd00::/64: that one is on this machine's eth0.
 SUBNET6=fd00:77::/64
 GATEWAY4=10.77.0.1
-BPFFS_ROOT=/sys/fs/bpf/pstest-e2e
+if [ -f "$WORK/bpffs-root" ]; then
+  BPFFS_ROOT=$(cat "$WORK/bpffs-root")
+else
+  BPFFS_ROOT=${PODSCOPE_E2E_BPFFS_ROOT:-/sys/fs/bpf/pstest-e2e}
+fi
 CGROUP_PARENT=pstest-e2e
 PAUSE_IMAGE=localhost/podscope/pause:e2e
 BUSYBOX_IMAGE=localhost/podscope/busybox:e2e
@@ -94,12 +100,12 @@ check_runc() {
   runc --version >/dev/null || die "runc --version failed"
 }
 
-# oci_layout OUT.tar NAME ENTRYPOINT-JSON ROOTFS-DIR: writes an OCI image
+# oci_layout OUT.tar NAME ENTRYPOINT-JSON ROOTFS-DIR [PATH] [USER]: writes an OCI image
 # layout (oci-layout, index.json, blobs/sha256/{layer,config,manifest}) as a
 # tarball that `ctr images import` takes. Reproducible: sorted names, zero
 # mtimes and owners, gzip without a timestamp.
 oci_layout() {
-  local out=$1 name=$2 entry=$3 rootfs=$4 d layer diffid lsize cfg csize man msize
+  local out=$1 name=$2 entry=$3 rootfs=$4 path=${5:-/bin} user=${6:-} d layer diffid lsize cfg csize man msize
   d=$(mktemp -d)
   mkdir -p "$d/blobs/sha256"
   tar -C "$rootfs" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$d/layer.tar" .
@@ -108,8 +114,8 @@ oci_layout() {
   layer=$(sha256sum "$d/layer.tar.gz" | cut -d' ' -f1)
   lsize=$(stat -c %s "$d/layer.tar.gz")
   mv "$d/layer.tar.gz" "$d/blobs/sha256/$layer"
-  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$entry" "$diffid" >"$d/config.json"
+  printf '{"architecture":"amd64","os":"linux","config":{%s"Entrypoint":%s,"Env":["PATH=%s"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "${user:+\"User\":\"$user\",}" "$entry" "$path" "$diffid" >"$d/config.json"
   cfg=$(sha256sum "$d/config.json" | cut -d' ' -f1)
   csize=$(stat -c %s "$d/config.json")
   mv "$d/config.json" "$d/blobs/sha256/$cfg"
@@ -163,6 +169,13 @@ build_images() {
     rm -rf "$rootfs"
   fi
   ln -sf "busybox-$key.tar" "$IMG_DIR/busybox.tar"
+}
+
+cmd_cached() {
+  local p
+  [ -x "$CTRD_DIR/containerd" ] && [ -x "$CTRD_DIR/containerd-shim-runc-v2" ] && [ -x "$CTRD_DIR/ctr" ] \
+    && [ -x "$CRICTL_DIR/crictl" ] || return 1
+  for p in bridge host-local loopback portmap; do [ -x "$CNIP_DIR/$p" ] || return 1; done
 }
 
 cmd_deps() {
@@ -363,20 +376,16 @@ YAML
   # Wrappers for a person poking at a kept environment (KEEP=1).
   printf '#!/bin/sh\nexec %s --config %s "$@"\n' "$CRICTL_DIR/crictl" "$WORK/crictl.yaml" >"$WORK/bin/crictl"
   printf '#!/bin/sh\nexec %s --address %s --namespace k8s.io "$@"\n' "$CTRD_DIR/ctr" "$CTRD_SOCK" >"$WORK/bin/ctr"
-  # podscopectl takes its flags after the command (after "show" for policy).
+  # Global flags (--bpffs-root) go anywhere; command flags after the command.
   cat >"$WORK/bin/podscopectl" <<SH
 #!/bin/sh
 # podscopectl of the e2e environment: its bpffs root, audit log, state dir.
 ctl=$REPO/bin/podscopectl
-[ \$# -gt 0 ] || exec \$ctl help
-cmd=\$1; shift
-case "\$cmd" in
-  policy) sub=\${1:-show}; [ \$# -gt 0 ] && shift; exec \$ctl policy "\$sub" --bpffs-root $BPFFS_ROOT "\$@" ;;
-  audit) exec \$ctl audit --bpffs-root $BPFFS_ROOT --log $AUDIT_LOG "\$@" ;;
-  cleanup) exec \$ctl cleanup --bpffs-root $BPFFS_ROOT --state-dir $PS_STATE "\$@" ;;
-  status) exec \$ctl status --bpffs-root $BPFFS_ROOT --nri-socket $NRI_SOCK "\$@" ;;
-  help|-h|--help) exec \$ctl help ;;
-  *) exec \$ctl "\$cmd" --bpffs-root $BPFFS_ROOT "\$@" ;;
+case "\${1:-}" in
+  audit) shift; exec \$ctl --bpffs-root $BPFFS_ROOT audit --log $AUDIT_LOG "\$@" ;;
+  cleanup) shift; exec \$ctl --bpffs-root $BPFFS_ROOT cleanup --state-dir $PS_STATE "\$@" ;;
+  status) shift; exec \$ctl --bpffs-root $BPFFS_ROOT status --nri-socket $NRI_SOCK "\$@" ;;
+  *) exec \$ctl --bpffs-root $BPFFS_ROOT "\$@" ;;
 esac
 SH
   chmod +x "$WORK/bin/"*
@@ -466,6 +475,7 @@ cmd_up() {
   cmd_deps
   if pid_alive "$WORK/containerd.pid"; then die "an environment is already up in $WORK: hack/e2e-env.sh down first"; fi
   mkdir -p "$WORK"
+  echo "$BPFFS_ROOT" >"$WORK/bpffs-root"
   [ -f "$WORK/saved-ip_forward" ] || cat /proc/sys/net/ipv4/ip_forward >"$WORK/saved-ip_forward"
   mount -t bpf | grep -q ' /sys/fs/bpf ' || { mkdir -p /sys/fs/bpf; mount -t bpf bpf /sys/fs/bpf; }
   write_configs
@@ -593,6 +603,10 @@ cmd_down() {
 
 cmd_env() { [ -f "$WORK/env" ] || die "no environment up in $WORK"; cat "$WORK/env"; }
 
+# Sourced (hack/k8s/node.sh reuses the builders, images and process helpers
+# above), it only defines them.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
+
 case "${1:-}" in
   deps) cmd_deps ;;
   up) cmd_up ;;
@@ -603,5 +617,6 @@ case "${1:-}" in
   stop-nri) cmd_stop_nri "${2:-TERM}" ;;
   env) cmd_env ;;
   running) pid_alive "$WORK/containerd.pid" ;;
+  cached) cmd_cached ;;
   *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # podscope's end-to-end suite against a real containerd (`make e2e`; `make
-# test` runs it under CI=true or E2E=1). Brings up the environment of
+# test` runs it after the Go packages' tests unless E2E=0, and always under
+# CI=true). Brings up the environment of
 # hack/e2e-env.sh (building and caching containerd, crictl, CNI plugins and
 # the local images on first use), runs tests/e2e, and tears everything down
 # on exit — also on failure or ^C.
 #
 #   RUN=TestX hack/e2e.sh      run only matching tests
+#   RUN='^$' BENCH=PodStartLatency hack/e2e.sh
+#                              run a benchmark of the suite (BENCHTIME, default
+#                              20x: pod start latency over 20 pods of each kind)
 #   KEEP=1 hack/e2e.sh         leave the environment up afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +46,8 @@ echo "e2e: environment up in $((t1 - t0))s"
 # Compile first so that build time does not count against the tests.
 go test -c -o "$PODSCOPE_E2E_WORK/e2e.test" ./tests/e2e
 rc=0
-(cd tests/e2e && "$PODSCOPE_E2E_WORK/e2e.test" -test.v -test.count=1 -test.timeout 15m ${RUN:+-test.run "$RUN"}) \
+(cd tests/e2e && "$PODSCOPE_E2E_WORK/e2e.test" -test.v -test.count=1 -test.timeout 15m ${RUN:+-test.run "$RUN"} \
+  ${BENCH:+-test.bench "$BENCH" -test.benchtime "${BENCHTIME:-20x}"}) \
   2>&1 | tee "$PODSCOPE_E2E_WORK/log/e2e.log" || rc=$?
 [ -f "$PODSCOPE_E2E_WORK/latency.txt" ] && cat "$PODSCOPE_E2E_WORK/latency.txt"
 echo "e2e: tests took $(( $(date +%s) - t1 ))s, total $(( $(date +%s) - t0 ))s (rc=$rc)"

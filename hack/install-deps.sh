@@ -5,7 +5,8 @@
 # $PODSCOPE_CACHE. Safe to run repeatedly; it installs only what is missing.
 set -euo pipefail
 
-PKGS=(clang llvm libbpf-dev bpftool iproute2 iperf3 nftables iptables busybox-static runc jq util-linux kmod)
+PKGS=(clang llvm libbpf-dev bpftool iproute2 iperf3 nftables iptables busybox-static runc jq util-linux kmod
+      qemu-system-x86 cpio strace)
 
 missing=()
 for p in "${PKGS[@]}"; do

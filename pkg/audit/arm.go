@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,7 +41,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
-	idm, _ := a.mapOf("audit_identity")
+	idm := a.maps.AuditIdentity
 	if err := idm.Put(cgid, ki); err != nil {
 		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
@@ -58,7 +57,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
-	ac, _ := a.mapOf("audited_cgroups")
+	ac := a.maps.AuditedCgroups
 	if err := ac.Put(cgid, auditAuditCgroup{ArmedAt: uint32(ts.Sec), Level: level}); err != nil {
 		idm.Delete(cgid)
 		a.dropLongIdentity(cgid)
@@ -81,8 +80,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 func (a *Auditor) Disarm(cgid uint64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ac, _ := a.mapOf("audited_cgroups")
-	idm, _ := a.mapOf("audit_identity")
+	ac, idm := a.maps.AuditedCgroups, a.maps.AuditIdentity
 	var errs []error
 	if err := ac.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: %w", cgid, err))
@@ -100,8 +98,7 @@ func (a *Auditor) Disarm(cgid uint64) error {
 
 // Armed lists the armed cgroups with their identities.
 func (a *Auditor) Armed() (map[uint64]Identity, error) {
-	ac, _ := a.mapOf("audited_cgroups")
-	idm, _ := a.mapOf("audit_identity")
+	ac, idm := a.maps.AuditedCgroups, a.maps.AuditIdentity
 	out := map[uint64]Identity{}
 	var (
 		k uint64
@@ -126,11 +123,7 @@ func (a *Auditor) Armed() (map[uint64]Identity, error) {
 // armed cgroups, from audited_cgroups. More distinct levels than the
 // programs check (8) is an error: the deeper ones would go unaudited.
 func (a *Auditor) syncLevels() error {
-	ac, _ := a.mapOf("audited_cgroups")
-	lv, err := a.mapOf("audit_levels")
-	if err != nil {
-		return err
-	}
+	ac, lv := a.maps.AuditedCgroups, a.maps.AuditLevels
 	seen := map[uint32]bool{}
 	var (
 		k uint64
@@ -212,7 +205,7 @@ func (a *Auditor) updateCgroupLinks() error {
 		if !ok || p == nil {
 			continue
 		}
-		l, err := link.LoadPinnedLink(filepath.Join(a.dir, e.Name()), nil)
+		l, err := link.LoadPinnedLink(a.root.Pin(Owner, e.Name()), nil)
 		if err == nil {
 			err = l.Update(p)
 			l.Close()
@@ -225,7 +218,7 @@ func (a *Auditor) updateCgroupLinks() error {
 }
 
 func (a *Auditor) cgLinkPin(cgid uint64, prog string) string {
-	return filepath.Join(a.dir, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
+	return a.root.Pin(Owner, cgLinkPrefix+strconv.FormatUint(cgid, 10)+"_"+prog)
 }
 
 // removeCgroupLinks unpins (detaching) the per-cgroup links of cgid (0 =
@@ -250,7 +243,7 @@ func (a *Auditor) removeCgroupLinks(cgid uint64, progPrefix string) error {
 		if !ok || !strings.HasPrefix(prog, progPrefix) {
 			continue
 		}
-		if err := os.Remove(filepath.Join(a.dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(a.root.Pin(Owner, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
@@ -300,4 +293,40 @@ func cstr(b []int8) string {
 		buf[i] = byte(b[i])
 	}
 	return string(buf)
+}
+
+// tryCgroupAttach attaches every lsm_cgroup program to a scratch cgroup and
+// detaches them again: a mode that could not arm a cgroup is refused at
+// Open, not at the first Arm (the kernel has room for few BPF_LSM_CGROUP
+// hooks system-wide: CGROUP_LSM_NUM, 10 on Linux 6.x).
+func (a *Auditor) tryCgroupAttach(cgroupRoot string, names []string) error {
+	if cgroupRoot == "" {
+		m, err := cgroups.FindUnifiedSelf()
+		if err != nil {
+			return fmt.Errorf("scratch cgroup: %w", err)
+		}
+		cgroupRoot = m.Point
+	}
+	cg, err := os.MkdirTemp(cgroupRoot, "podscope-armcheck-")
+	if err != nil {
+		return fmt.Errorf("scratch cgroup: %w", err)
+	}
+	defer os.Remove(cg)
+	var links []link.Link
+	defer func() {
+		for _, l := range links {
+			l.Close()
+		}
+	}()
+	for _, n := range names {
+		if !strings.HasPrefix(n, "lsmc_") {
+			continue
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ebpf.AttachLSMCgroup, Program: a.progs[n]})
+		if err != nil {
+			return fmt.Errorf("attach %s (program %d of the mode) to a cgroup: %w", n, len(links)+1, unwrapErrno(err))
+		}
+		links = append(links, l)
+	}
+	return nil
 }

@@ -3,7 +3,7 @@
 // and a reader that turns their ring-buffer records into Events.
 //
 // The programs are loaded once per node and pinned under
-// root.Dir("audit"), in the strongest mode a real probe finds working
+// root.Dir(Owner), in the strongest mode a real probe finds working
 // (lsm_cgroup, lsm, fentry, tracepoint). Arm puts a cgroup v2 id and the
 // container's identity into pinned maps; from then on every write of that
 // cgroup reaches the ring buffer, and every record that cannot be delivered
@@ -12,7 +12,7 @@ package audit
 
 import (
 	"errors"
-	"fmt"
+	"reflect"
 	"sync"
 	"time"
 
@@ -66,6 +66,9 @@ func modeFromKernel(v uint32) Mode {
 // Valid reports whether m names a mode.
 func (m Mode) Valid() bool { return m.kernel() != auditAttachModeAMODE_NONE }
 
+// Owner is the pins owner directory of the audit: root.Dir(Owner).
+const Owner = "audit"
+
 // Identity is who a cgroup belongs to. It lives in user space (a pinned
 // user-space-only map), never in the programs.
 type Identity struct {
@@ -74,9 +77,12 @@ type Identity struct {
 	ContainerID string `json:"containerID"`
 }
 
-// Event is one audited operation (or, with Count > 1, several identical ones
-// folded together). JSON field names are the contract of docs/design.md "Audit
-// event", plus count, and target/value where the op has them.
+// Event is one audited operation, or (Count > 1) a fold: Count repeats of
+// exactly the same operation — same cgroup, op, path, target, uid, flags
+// and outcome — from Time (the first) to Last. PID and Comm are the first
+// repeat's; SeveralPIDs says other processes repeated it too. JSON field
+// names are the contract of docs/design.md "Audit event", plus count,
+// last, severalPIDs, and target/value where the op has them.
 type Event struct {
 	Time time.Time `json:"time"`
 	Identity
@@ -88,9 +94,14 @@ type Event struct {
 	Path     string `json:"path"`
 	Flags    uint32 `json:"flags"`
 	Denied   bool   `json:"denied"`
-	// Count is how many operations this line stands for: 1, or more when
-	// repeats within the fold window were folded into it (0 is never sent).
+	// Count is how many operations this line stands for: 1, or the number
+	// of repeats a fold line sums (0 is never sent).
 	Count uint32 `json:"count,omitempty"`
+	// Last: a fold line's last repeat (zero for a single operation).
+	Last time.Time `json:"last,omitzero"`
+	// SeveralPIDs: a fold line whose repeats came from more than one
+	// process (PID and Comm are the first one's).
+	SeveralPIDs bool `json:"severalPIDs,omitempty"`
 	// Target: rename's new path, link's existing file, symlink's content.
 	Target string `json:"target,omitempty"`
 	// Value: sysctl_write's value as written, truncated to 255 bytes.
@@ -150,8 +161,11 @@ type Auditor struct {
 	probe ProbeResult
 	logf  func(string, ...any)
 
-	maps  *ebpf.Collection // every map of the object, pinned ones from bpffs
+	maps  auditMaps // every map of the object, pinned ones from bpffs
 	progs map[string]*ebpf.Program
+	// missing: hooks or tracepoints of the mode this kernel does not have
+	// (their operations are not seen), e.g. "file_truncate (ftruncate)".
+	missing []string
 
 	mu    sync.Mutex // serialises Arm/Disarm
 	cache identityCache
@@ -173,9 +187,7 @@ func (a *Auditor) Close() error {
 	for _, p := range a.progs {
 		errs = append(errs, p.Close())
 	}
-	if a.maps != nil {
-		a.maps.Close()
-	}
+	errs = append(errs, a.maps.Close())
 	a.long.close()
 	return errors.Join(errs...)
 }
@@ -186,13 +198,28 @@ func (a *Auditor) logfOrNop(format string, args ...any) {
 	}
 }
 
-func (a *Auditor) mapOf(name string) (*ebpf.Map, error) {
-	if a.maps == nil {
-		return nil, fmt.Errorf("audit: not open")
+// Missing lists what the mode cannot see on this kernel: hooks or syscall
+// tracepoints the kernel lacks, with the operations they carry.
+func (a *Auditor) Missing() []string { return a.missing }
+
+// byName is the maps keyed by their C names (for MapReplacements).
+func (m *auditMaps) byName() map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	v := reflect.ValueOf(m).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		if name := v.Type().Field(i).Tag.Get("ebpf"); name != "" {
+			if mp, _ := v.Field(i).Interface().(*ebpf.Map); mp != nil {
+				out[name] = mp
+			}
+		}
 	}
-	m := a.maps.Maps[name]
-	if m == nil {
-		return nil, fmt.Errorf("audit: map %s missing from the object", name)
-	}
-	return m, nil
+	return out
 }
+
+// SeesRefusals reports whether the mode reports writes the kernel refused
+// (denied events). Only tracepoint does: it sees the syscall's result. The
+// LSM-based modes run at the LSM hook, after the kernel's permission check
+// for opens (a refused open is never seen) and before its ownership check
+// for chmod, chown and truncate (a refused one is reported as attempted,
+// denied false); they never report denied.
+func (m Mode) SeesRefusals() bool { return m == ModeTracepoint }

@@ -50,34 +50,40 @@ type auditDedupKey struct {
 	CgroupId uint64
 	Hash     uint64
 	Op       uint32
-	Pad      uint32
+	Uid      uint32
+	Flags    uint32
+	Denied   uint32
 }
 
 type auditDedupVal struct {
 	_             structs.HostLayout
 	WindowStartNs uint64
 	Pending       uint64
+	FirstNs       uint64
+	LastNs        uint64
 	Pid           uint32
-	Uid           uint32
-	Flags         uint32
-	Pad           uint32
+	SeveralPids   uint32
+	Comm          [16]int8
 }
 
 type auditEvent struct {
-	_        structs.HostLayout
-	TimeNs   uint64
-	CgroupId uint64
-	Key      uint64
-	Pid      uint32
-	Uid      uint32
-	Flags    uint32
-	Count    uint32
-	Op       uint16
-	PathLen  uint16
-	AuxLen   uint16
-	AuxKind  uint8
-	Denied   uint8
-	Comm     [16]int8
+	_           structs.HostLayout
+	TimeNs      uint64
+	CgroupId    uint64
+	Key         uint64
+	LastNs      uint64
+	Pid         uint32
+	Uid         uint32
+	Flags       uint32
+	Count       uint32
+	Op          uint16
+	PathLen     uint16
+	AuxLen      uint16
+	AuxKind     uint8
+	Denied      uint8
+	SeveralPids uint8
+	Pad         [7]uint8
+	Comm        [16]int8
 }
 
 type auditIdentity struct {
@@ -148,8 +154,8 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	auditMapAuditDedup          = "audit_dedup"
 	auditMapAuditEvents         = "audit_events"
+	auditMapAuditFoldmap        = "audit_foldmap"
 	auditMapAuditFolds          = "audit_folds"
 	auditMapAuditIdentity       = "audit_identity"
 	auditMapAuditInflight       = "audit_inflight"
@@ -353,8 +359,8 @@ type auditProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type auditMapSpecs struct {
-	AuditDedup     *ebpf.MapSpec `ebpf:"audit_dedup"`
 	AuditEvents    *ebpf.MapSpec `ebpf:"audit_events"`
+	AuditFoldmap   *ebpf.MapSpec `ebpf:"audit_foldmap"`
 	AuditFolds     *ebpf.MapSpec `ebpf:"audit_folds"`
 	AuditIdentity  *ebpf.MapSpec `ebpf:"audit_identity"`
 	AuditInflight  *ebpf.MapSpec `ebpf:"audit_inflight"`
@@ -404,8 +410,8 @@ func (o *auditObjects) Close() error {
 //
 // It can be passed to loadAuditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type auditMaps struct {
-	AuditDedup     *ebpf.Map `ebpf:"audit_dedup"`
 	AuditEvents    *ebpf.Map `ebpf:"audit_events"`
+	AuditFoldmap   *ebpf.Map `ebpf:"audit_foldmap"`
 	AuditFolds     *ebpf.Map `ebpf:"audit_folds"`
 	AuditIdentity  *ebpf.Map `ebpf:"audit_identity"`
 	AuditInflight  *ebpf.Map `ebpf:"audit_inflight"`
@@ -420,8 +426,8 @@ type auditMaps struct {
 
 func (m *auditMaps) Close() error {
 	return _AuditClose(
-		m.AuditDedup,
 		m.AuditEvents,
+		m.AuditFoldmap,
 		m.AuditFolds,
 		m.AuditIdentity,
 		m.AuditInflight,

@@ -21,30 +21,48 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
-// TestProbeReportsTracepoint: on the machines podscope is built on,
-// trampolines are refused; the probe must say so per mode and take the
-// tracepoint mode, and it must have really seen an event to take it.
-func TestProbeReportsTracepoint(t *testing.T) {
+// Environment of the kernel matrix (hack/kernels, make test-kernels):
+// PODSCOPE_AUDIT_TEST_MODE forces the mode every harness opens ("" = the
+// probe's); PODSCOPE_AUDIT_TEST_EXPECT_PROBE is the mode the probe must
+// choose on that kernel configuration; PODSCOPE_AUDIT_TEST_BURST and
+// PODSCOPE_AUDIT_TEST_LOSS shrink the two load tests under emulation.
+const (
+	modeEnv        = "PODSCOPE_AUDIT_TEST_MODE"
+	expectProbeEnv = "PODSCOPE_AUDIT_TEST_EXPECT_PROBE"
+)
+
+func testMode() Mode { return Mode(os.Getenv(modeEnv)) }
+
+// TestProbe: the probe takes a mode only after proving it whole, and says
+// for every stronger mode which step refused it. The chosen mode must be
+// the one the matrix expects on this kernel, when it says.
+func TestProbe(t *testing.T) {
 	testenv.RequireRoot(t)
 	res := ProbeModes("")
 	t.Logf("probe: %s", res)
-	if res.Mode != ModeTracepoint {
-		t.Fatalf("probe chose %q, want tracepoint on this machine: %s", res.Mode, res)
+	if !res.Mode.Valid() {
+		t.Fatalf("probe found no mode: %s", res)
 	}
-	if len(res.Refused) != 3 {
-		t.Fatalf("want a refusal for each of lsm_cgroup, lsm, fentry; got %+v", res.Refused)
+	if want := Mode(os.Getenv(expectProbeEnv)); want != "" && res.Mode != want {
+		t.Fatalf("probe chose %s, want %s on this kernel: %s", res.Mode, want, res)
 	}
-	for i, m := range []Mode{ModeLSMCgroup, ModeLSM, ModeFentry} {
-		r := res.Refused[i]
-		if r.Mode != m || r.Reason == "" {
-			t.Errorf("refusal %d = %+v, want mode %s with a reason", i, r, m)
+	i := 0
+	for ; Modes[i] != res.Mode; i++ {
+	}
+	if len(res.Refused) != i {
+		t.Fatalf("chose %s (mode %d of %v) with %d refusals, want one per stronger mode: %+v", res.Mode, i+1, Modes, len(res.Refused), res.Refused)
+	}
+	for j, r := range res.Refused {
+		if r.Mode != Modes[j] || r.Reason == "" {
+			t.Errorf("refusal %d = %+v, want mode %s with a reason", j, r, Modes[j])
 		}
-		if !strings.Contains(r.Reason, "load") && !strings.Contains(r.Reason, "attach") {
-			t.Errorf("refusal of %s does not say which step failed: %q", m, r.Reason)
+		if !strings.Contains(r.Reason, "load") && !strings.Contains(r.Reason, "attach") && !strings.Contains(r.Reason, "no event") {
+			t.Errorf("refusal of %s does not say which step failed: %q", r.Mode, r.Reason)
 		}
 	}
 }
@@ -69,11 +87,11 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	a, err := Open(root, Options{Logf: t.Logf})
+	a, err := Open(root, Options{Mode: testMode(), Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("Open (probe + load + attach) took %v", time.Since(start))
+	t.Logf("Open (probe + load + attach) took %v: %s; not seen: %v", time.Since(start), a.Probe(), a.Missing())
 	t.Cleanup(func() {
 		a.Close()
 		if err := Cleanup(root); err != nil {
@@ -202,11 +220,12 @@ func realDir(t *testing.T) string {
 	return d
 }
 
-func TestTracepointAudit(t *testing.T) {
+func TestAudit(t *testing.T) {
 	h := newHarness(t)
-	if h.a.Mode() != ModeTracepoint {
-		t.Fatalf("mode %s, want tracepoint", h.a.Mode())
+	if m := testMode(); m != "" && h.a.Mode() != m {
+		t.Fatalf("mode %s, want the forced %s", h.a.Mode(), m)
 	}
+	t.Logf("mode %s", h.a.Mode())
 	id := Identity{Identity: pods.Identity{Namespace: "ns1", Pod: "pod1", PodUID: "uid-1"}, Container: "c1", ContainerID: "abc123"}
 
 	t.Run("every op, exact events", func(t *testing.T) {
@@ -225,10 +244,10 @@ func TestTracepointAudit(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer fd.Close()
+		want := opsWant(d, haveFchmodat2(t))
 		pid := h.run(t, cg, "ops", childOpts{env: []string{dirEnv + "=" + d}, files: []*os.File{fd}, unshare: unix.CLONE_NEWNS})
-		h.waitFor(func(ev Event) bool { return ev.CgroupID == cgid }, len(opsWant(d)))
+		h.waitFor(func(ev Event) bool { return ev.CgroupID == cgid }, len(want))
 		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
-		want := opsWant(d)
 		comm := filepath.Base(os.Args[0])
 		if len(comm) > 15 {
 			comm = comm[:15]
@@ -251,6 +270,8 @@ func TestTracepointAudit(t *testing.T) {
 			t.Errorf("events differ (-want +got):\n%s", diff)
 		}
 	})
+
+	t.Run("agrees with strace, refused writes included", func(t *testing.T) { straceOracle(t, h) })
 
 	t.Run("unarmed sibling produces none", func(t *testing.T) {
 		armed := h.cgroup(t)
@@ -353,14 +374,116 @@ func TestTracepointAudit(t *testing.T) {
 			t.Fatal(err)
 		}
 		pid := h.run(t, cg, "denied", childOpts{env: []string{dirEnv + "=" + d}})
-		h.waitFor(func(ev Event) bool { return ev.CgroupID == cgid }, 1)
-		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
-		if len(got) != 1 {
-			t.Fatalf("want exactly one event (the refused open), got %+v", got)
+		// A mark written after the refused and the failed opens: once its
+		// event is in, anything about them would be too.
+		mark := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=1"}})
+		h.waitFor(func(ev Event) bool { return ev.PID == uint32(mark) }, 1)
+		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid && ev.PID == uint32(pid) })
+		if !h.a.Mode().SeesRefusals() {
+			// The kernel refuses the open before the LSM hook: not seen.
+			if len(got) != 0 {
+				t.Fatalf("mode %s says it cannot see refusals, yet reported %+v", h.a.Mode(), got)
+			}
+			return
 		}
-		ev := got[0]
-		if !ev.Denied || ev.Op != "open_write" || ev.Path != filepath.Join(d, "secret") || ev.UID != 65534 || ev.PID != uint32(pid) {
-			t.Fatalf("event %+v: want a denied open_write of %s by uid 65534 pid %d", ev, filepath.Join(d, "secret"), pid)
+		if len(got) != 2 {
+			t.Fatalf("want exactly two events (the refused opens), got %+v", got)
+		}
+		// A refused open is labelled by what it attempted: writing a file
+		// (with O_CREAT in its flags when it would have created it), never a
+		// create of a file that exists.
+		for i, flags := range []uint32{unix.O_WRONLY, unix.O_WRONLY | unix.O_CREAT | unix.O_APPEND} {
+			ev := got[i]
+			if !ev.Denied || ev.Op != "open_write" || ev.Flags != flags || ev.Path != filepath.Join(d, "secret") || ev.UID != 65534 || ev.PID != uint32(pid) {
+				t.Fatalf("event %+v: want a denied open_write (flags %#o) of %s by uid 65534 pid %d", ev, flags, filepath.Join(d, "secret"), pid)
+			}
+		}
+	})
+
+	t.Run("folding keeps who, what and the outcome apart", func(t *testing.T) {
+		if !h.a.Mode().SeesRefusals() {
+			t.Skipf("mode %s cannot see refusals", h.a.Mode())
+		}
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		d := shmDir(t)
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(d, "rootonly")
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Root opens and chmods f twice, then nobody tries the same,
+		// twice, within one fold window: nothing of nobody's may be
+		// folded into root's lines, nor a chmod into an open.
+		pid := h.run(t, cg, "mixed", childOpts{env: []string{dirEnv + "=" + d}})
+		want := map[string]uint32{ // op uid denied -> operations
+			"open_write 0 false": 2, "chmod 0 false": 2, "open_write 65534 true": 2, "chmod 65534 true": 2,
+		}
+		sum := func() map[string]uint32 {
+			out := map[string]uint32{}
+			for _, ev := range h.take(func(ev Event) bool { return ev.CgroupID == cgid }) {
+				out[fmt.Sprintf("%s %d %v", ev.Op, ev.UID, ev.Denied)] += ev.Count
+			}
+			return out
+		}
+		h.waitUntil(func() bool { return fmt.Sprint(sum()) == fmt.Sprint(want) })
+		if got := sum(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("operations by (op uid denied) = %v, want %v: %+v", got, want, h.take(func(ev Event) bool { return ev.CgroupID == cgid }))
+		}
+		for _, ev := range h.take(func(ev Event) bool { return ev.CgroupID == cgid }) {
+			if ev.Path != f || ev.PID != uint32(pid) || ev.SeveralPIDs {
+				t.Errorf("event %+v: want path %s, pid %d, one pid", ev, f, pid)
+			}
+			if ev.Count > 1 && (ev.Last.Before(ev.Time) || ev.Last.IsZero()) {
+				t.Errorf("fold line %+v: last %v before first %v", ev, ev.Last, ev.Time)
+			}
+		}
+	})
+
+	t.Run("fold lines name their own path", func(t *testing.T) {
+		cg := h.cgroup(t)
+		cgid, err := h.a.Arm(cg, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.a.Disarm(cgid)
+		d := realDir(t)
+		const files, reps = 300, 3
+		for i := 0; i < files; i++ {
+			if err := os.WriteFile(filepath.Join(d, "f"+strconv.Itoa(i)), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.run(t, cg, "repeat", childOpts{env: []string{dirEnv + "=" + d, countEnv + "=" + strconv.Itoa(files)}})
+		per := func() map[string]uint32 {
+			out := map[string]uint32{}
+			for _, ev := range h.take(func(ev Event) bool { return ev.CgroupID == cgid }) {
+				out[ev.Op+" "+ev.Path] += ev.Count
+			}
+			return out
+		}
+		h.waitUntil(func() bool {
+			n := uint32(0)
+			for _, c := range per() {
+				n += c
+			}
+			return n >= files*reps
+		})
+		got := per()
+		if len(got) != files {
+			t.Errorf("%d distinct (op, path), want %d", len(got), files)
+		}
+		for i := 0; i < files; i++ {
+			k := "open_write " + filepath.Join(d, "f"+strconv.Itoa(i))
+			if got[k] != reps {
+				t.Errorf("%s: %d operations, want %d", k, got[k], reps)
+			}
 		}
 	})
 
@@ -397,8 +520,11 @@ func TestTracepointAudit(t *testing.T) {
 				t.Errorf("unexpected event %+v", ev)
 			}
 		}
-		if total != 5 || len(got) != 2 {
-			t.Fatalf("5 identical opens gave %d events with counts summing to %d, want 2 events (1 + 4 folded) summing to 5: %+v", len(got), total, got)
+		if total != 5 || len(got) != 2 || got[0].Count != 1 || got[1].Count != 4 {
+			t.Fatalf("5 identical opens gave %d events with counts summing to %d, want the first (count 1) and a fold line of the 4 repeats: %+v", len(got), total, got)
+		}
+		if f := got[1]; f.Last.Before(f.Time) || f.Time.Before(got[0].Time) || f.SeveralPIDs {
+			t.Fatalf("fold line %+v: want first >= the first event's time, last >= first, one pid", f)
 		}
 	})
 
@@ -436,8 +562,8 @@ func TestTracepointAudit(t *testing.T) {
 		}
 	})
 
-	t.Run("burst of 200000 distinct writes: delivered + lost == done", func(t *testing.T) {
-		const n = 200000
+	t.Run("burst of distinct writes: delivered + lost == done", func(t *testing.T) {
+		n := envInt("PODSCOPE_AUDIT_TEST_BURST", 200000)
 		cg := h.cgroup(t)
 		cgid, err := h.a.Arm(cg, id)
 		if err != nil {
@@ -454,7 +580,7 @@ func TestTracepointAudit(t *testing.T) {
 				sum += uint64(ev.Count)
 			}
 			lost, _ := h.a.Lost()
-			return sum+lost[cgid] >= n
+			return sum+lost[cgid] >= uint64(n)
 		})
 		got := h.take(func(ev Event) bool { return ev.CgroupID == cgid })
 		var delivered uint64
@@ -472,7 +598,7 @@ func TestTracepointAudit(t *testing.T) {
 		}
 		t.Logf("burst: %d writes in %v (%.0f events/s offered), delivered %d, lost %d",
 			n, took, float64(n)/took.Seconds(), delivered, lost[cgid])
-		if delivered+lost[cgid] != n {
+		if delivered+lost[cgid] != uint64(n) {
 			t.Fatalf("delivered %d + lost %d != %d operations", delivered, lost[cgid], n)
 		}
 	})
@@ -485,7 +611,7 @@ func TestTracepointAudit(t *testing.T) {
 func TestLossIsCountedExactly(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := testenv.BPFFSRoot(t)
-	a, err := Open(root, Options{ringBytes: 1 << 20})
+	a, err := Open(root, Options{Mode: testMode(), ringBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,8 +626,8 @@ func TestLossIsCountedExactly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Disarm(cgid)
-	const n = 50000
-	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + shmDir(t), countEnv + "=" + strconv.Itoa(n)}})
+	n := uint64(envInt("PODSCOPE_AUDIT_TEST_LOSS", 50000))
+	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + shmDir(t), countEnv + "=" + strconv.FormatUint(n, 10)}})
 	lost, err := a.Lost()
 	if err != nil {
 		t.Fatal(err)
@@ -554,17 +680,18 @@ func TestRestartKeepsState(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Close() }) // after the reader on b stops (cleanups run in reverse)
 	t.Logf("reopen took %v", time.Since(start))
-	if !b.Probe().Reused || b.Mode() != ModeTracepoint {
-		t.Fatalf("reopen: %s, want the pinned tracepoint mode reused", b.Probe())
+	mode := h.a.Mode()
+	if !b.Probe().Reused || b.Mode() != mode {
+		t.Fatalf("reopen: %s, want the pinned %s mode reused", b.Probe(), mode)
 	}
 	// The refusals of the first start's probe survive the restart.
-	if got, want := b.Probe().Refused, h.a.Probe().Refused; len(want) != 3 || fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := b.Probe().Refused, h.a.Probe().Refused; fmt.Sprint(got) != fmt.Sprint(want) || b.Probe().Forced != h.a.Probe().Forced {
 		t.Fatalf("reopen refusals %v, want the first probe's %v", got, want)
 	}
-	if pr, err := PinnedProbe(h.a.root); err != nil || pr.Mode != ModeTracepoint || fmt.Sprint(pr.Refused) != fmt.Sprint(h.a.Probe().Refused) {
-		t.Fatalf("PinnedProbe = %+v, %v; want tracepoint with %v", pr, err, h.a.Probe().Refused)
+	if pr, err := PinnedProbe(h.a.root); err != nil || pr.Mode != mode || fmt.Sprint(pr.Refused) != fmt.Sprint(h.a.Probe().Refused) {
+		t.Fatalf("PinnedProbe = %+v, %v; want %s with %v", pr, err, mode, h.a.Probe().Refused)
 	}
-	if m, err := PinnedMode(h.a.root); err != nil || m != ModeTracepoint {
+	if m, err := PinnedMode(h.a.root); err != nil || m != mode {
 		t.Fatalf("PinnedMode = %q, %v", m, err)
 	}
 	armed, err := b.Armed()
@@ -650,13 +777,23 @@ func TestUpgradeReplacesPrograms(t *testing.T) {
 		}
 		return info.Program
 	}
-	oldExit := progID(h.a.progs[tpExitProg])
+	// The program and global link checked: tp_exit on sys_exit_openat, or
+	// the file_open hook's.
+	prog, linkPin := tpExitProg, linkPrefix+exitLinkName("tp_openat")
+	switch h.a.Mode() {
+	case ModeLSM, ModeFentry:
+		prog = map[Mode]string{ModeLSM: "lsm_file_open", ModeFentry: "fentry_file_open"}[h.a.Mode()]
+		linkPin = linkPrefix + prog
+	case ModeLSMCgroup:
+		t.Skip("lsm_cgroup has no global links")
+	}
+	oldExit := progID(h.a.progs[prog])
 	sysctlPin := cgLinkPrefix + strconv.FormatUint(cgid, 10) + "_" + sysctlProg
 	if linkProg(sysctlPin) != progID(h.a.progs[sysctlProg]) {
 		t.Fatal("sysctl link does not run the loaded sysctl program")
 	}
 	// Pretend the pins were made by another build.
-	if err := h.a.maps.Maps["audit_object"].Put(uint32(0), auditObjectId{}); err != nil {
+	if err := h.a.maps.AuditObject.Put(uint32(0), auditObjectId{}); err != nil {
 		t.Fatal(err)
 	}
 	var logs []string
@@ -668,12 +805,12 @@ func TestUpgradeReplacesPrograms(t *testing.T) {
 	if !strings.Contains(strings.Join(logs, "\n"), "another build") {
 		t.Errorf("upgrade not logged: %q", logs)
 	}
-	newExit := progID(b.progs[tpExitProg])
+	newExit := progID(b.progs[prog])
 	if newExit == oldExit {
-		t.Fatal("tp_exit was not reloaded")
+		t.Fatalf("%s was not reloaded", prog)
 	}
-	if got := linkProg(linkPrefix + exitLinkName("tp_openat")); got != newExit {
-		t.Fatalf("sys_exit_openat link runs program %d, want the new %d", got, newExit)
+	if got := linkProg(linkPin); got != newExit {
+		t.Fatalf("link %s runs program %d, want the new %d", linkPin, got, newExit)
 	}
 	if got, want := linkProg(sysctlPin), progID(b.progs[sysctlProg]); got != want {
 		t.Fatalf("sysctl link of the armed cgroup runs program %d, want the new %d", got, want)
@@ -683,7 +820,7 @@ func TestUpgradeReplacesPrograms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if progID(c.progs[tpExitProg]) != newExit {
+	if progID(c.progs[prog]) != newExit {
 		t.Fatal("an Open of the same build reloaded the programs")
 	}
 	c.Close()
@@ -699,5 +836,44 @@ func TestUpgradeReplacesPrograms(t *testing.T) {
 	}
 	if err := b.Disarm(cgid); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLeaveLoaded is a helper of the kernel matrix, not a check of its own:
+// with PODSCOPE_AUDIT_TEST_LEAVE=<bpffs root> it loads the audit there (the
+// probe's mode), arms a cgroup, sees one write and leaves everything pinned,
+// so that `podscopectl status` can show the live mode afterwards.
+func TestLeaveLoaded(t *testing.T) {
+	dir := os.Getenv("PODSCOPE_AUDIT_TEST_LEAVE")
+	if dir == "" {
+		t.Skip("PODSCOPE_AUDIT_TEST_LEAVE not set (a helper of make test-kernels)")
+	}
+	testenv.RequireRoot(t)
+	a, err := Open(pins.New(dir), Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	cgRoot, err := cgroup2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := filepath.Join(cgRoot, "podscope-status-demo")
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Arm(cg, Identity{Identity: pods.Identity{Namespace: "demo", Pod: "status"}, Container: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{a: a, cgRoot: cgRoot}
+	h.read(t, a)
+	defer h.stop()
+	pid := h.run(t, cg, "writes", childOpts{env: []string{dirEnv + "=" + realDir(t), countEnv + "=1"}})
+	h.waitFor(func(ev Event) bool { return ev.PID == uint32(pid) }, 1)
+	for _, ev := range h.take(func(ev Event) bool { return ev.PID == uint32(pid) }) {
+		t.Logf("event in mode %s: %s %s by pid %d", a.Mode(), ev.Op, ev.Path, ev.PID)
+	}
+	if len(h.take(func(ev Event) bool { return ev.PID == uint32(pid) })) != 1 {
+		t.Fatalf("mode %s: the write was not seen", a.Mode())
 	}
 }

@@ -32,10 +32,11 @@ import (
 func BenchmarkWriteOverhead(b *testing.B) {
 	testenv.RequireRoot(b)
 	root := testenv.BPFFSRoot(b)
-	a, err := Open(root, Options{})
+	a, err := Open(root, Options{Mode: testMode()})
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Logf("mode %s", a.Probe())
 	b.Cleanup(func() { a.Close(); Cleanup(root) })
 	cgRoot, err := cgroup2Root()
 	if err != nil {
@@ -66,12 +67,12 @@ func BenchmarkWriteOverhead(b *testing.B) {
 		}
 	}
 	attach := func() {
-		if err := attachGlobal(a.dir, a.mode, a.progs, names, false, b.Logf); err != nil {
+		if _, err := attachGlobal(a.dir, a.mode, a.progs, names, false, b.Logf); err != nil {
 			b.Fatal(err)
 		}
 	}
 	conds := []string{"none", "unarmed", "armed"}
-	for _, same := range []bool{false, true} {
+	for _, kind := range []string{"distinct", "same", "getppid"} {
 		res, cpu := map[string][]float64{}, map[string][]float64{}
 		for r := 0; r < rounds; r++ {
 			for k := range conds {
@@ -86,17 +87,16 @@ func BenchmarkWriteOverhead(b *testing.B) {
 				default:
 					attach()
 				}
-				w, c2 := benchChild(b, cg, dir, iters, same)
+				w, c2 := benchChild(b, cg, dir, iters, kind)
 				res[c] = append(res[c], w)
 				cpu[c] = append(cpu[c], c2)
 			}
 		}
 		attach()
-		label := "distinct files (every op emitted)"
-		suffix := ""
-		if same {
-			label, suffix = "one file (repeats folded)", "-same"
-		}
+		label, suffix := map[string]string{
+			"distinct": "distinct files (every op emitted)", "same": "one file (repeats folded)",
+			"getppid": "getppid (not a write: what every other syscall pays)",
+		}[kind], map[string]string{"distinct": "", "same": "-same", "getppid": "-getppid"}[kind]
 		for _, kind := range []struct {
 			name string
 			v    map[string][]float64
@@ -113,7 +113,7 @@ func BenchmarkWriteOverhead(b *testing.B) {
 	}
 	time.Sleep(foldWindow + 3*pollInterval) // let the sweep flush the last folded repeats
 	lost, _ := a.Lost()
-	b.Logf("operations in armed rounds %d; delivered (sum of counts) %d, lost %v", 2*rounds*iters, seen.Load(), lost)
+	b.Logf("write operations in armed rounds %d; delivered (sum of counts) %d, lost %v", 2*rounds*iters, seen.Load(), lost)
 }
 
 // BenchmarkReaderDrain measures the reader alone: a burst fills the ring
@@ -169,7 +169,7 @@ func BenchmarkReaderDrain(b *testing.B) {
 		b.ReportMetric(float64(got.Load())/took.Seconds(), "events/s-"+sinkName)
 		b.Logf("drain with %s sink: %d events in %v = %.0f events/s (lost while filling: %d)",
 			sinkName, got.Load(), took, float64(got.Load())/took.Seconds(), lostBefore[cgid])
-		a.maps.Maps["audit_lost"].Delete(cgid) // next round starts from zero
+		a.maps.AuditLost.Delete(cgid) // next round starts from zero
 	}
 }
 
@@ -210,10 +210,13 @@ func benchExec(cg, w string, env ...string) (string, error) {
 	return string(out), err
 }
 
-func benchChild(b *testing.B, cg, dir string, iters int, same bool) (wall, cpu float64) {
+func benchChild(b *testing.B, cg, dir string, iters int, kind string) (wall, cpu float64) {
 	env := []string{dirEnv + "=" + dir, countEnv + "=" + strconv.Itoa(iters)}
-	if same {
+	switch kind {
+	case "same":
 		env = append(env, "PODSCOPE_AUDIT_TEST_SAME=1")
+	case "getppid":
+		env = append(env, "PODSCOPE_AUDIT_TEST_GETPPID=1")
 	}
 	out, err := benchExec(cg, "loop", env...)
 	if err != nil {

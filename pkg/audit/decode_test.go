@@ -68,12 +68,19 @@ func TestDecodeRecord(t *testing.T) {
 	}
 
 	// The sweep names a folded path from the decoder's memory.
-	fk := foldKey{42, 7, uint32(auditWriteOpAOP_RENAME)}
+	fk := foldKey{42, 7, uint32(auditWriteOpAOP_RENAME), 1000, 0o101, false}
 	if fi, ok := d.recall(fk); !ok || fi.path != "/data/a" || fi.target != "/data/b" {
 		t.Fatalf("recall(%v) = %+v, %v", fk, fi, ok)
 	}
-	if _, ok := d.recall(foldKey{42, 8, fk.op}); ok {
-		t.Fatal("recall of a key never seen succeeded")
+	// Keys are compared in full: any field differing is another operation.
+	for _, k := range []foldKey{
+		{42, 8, fk.op, 1000, 0o101, false}, {43, 7, fk.op, 1000, 0o101, false},
+		{42, 7, uint32(auditWriteOpAOP_LINK), 1000, 0o101, false}, {42, 7, fk.op, 0, 0o101, false},
+		{42, 7, fk.op, 1000, 0o1, false}, {42, 7, fk.op, 1000, 0o101, true},
+	} {
+		if _, ok := d.recall(k); ok {
+			t.Errorf("recall of %+v, never seen, succeeded", k)
+		}
 	}
 }
 

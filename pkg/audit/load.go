@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/pins"
 )
 
-// Pin names under root.Dir("audit"). Maps are pinned by their C names
+// Pin names under root.Dir(Owner). Maps are pinned by their C names
 // (audited_cgroups, audit_identity, audit_lost, audit_dedup, audit_mode,
 // audit_events); programs as prog_<name>; global links as link_<name>;
 // per-cgroup links as cg_<id>_<name>.
@@ -41,27 +42,63 @@ func progNames(spec *ebpf.CollectionSpec, m Mode) []string {
 	return out
 }
 
+// hookOps names what a hook carries, for the "not seen" list.
+var hookOps = map[string]string{
+	"file_open": "open, create", "path_truncate": "truncate", "file_truncate": "ftruncate on Linux 6.2+; before, ftruncate passes path_truncate and is seen",
+	"path_unlink": "unlink", "path_rmdir": "rmdir", "path_mkdir": "mkdir", "path_mknod": "mknod",
+	"path_chmod": "chmod", "path_chown": "chown", "path_rename": "rename", "path_link": "link",
+	"path_symlink": "symlink",
+}
+
+// availablePrograms drops from names the programs of the LSM-based modes
+// whose hook this kernel does not have (file_truncate came with Linux 6.2)
+// and says what is then not seen — a missing hook is handled like a
+// missing syscall tracepoint: the mode works without it. Other modes and a
+// kernel without BTF are returned unchanged (loading then says why).
+func availablePrograms(spec *ebpf.CollectionSpec, m Mode, names []string) (keep, missing []string) {
+	if m != ModeLSM && m != ModeLSMCgroup && m != ModeFentry {
+		return names, nil
+	}
+	kspec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return names, nil
+	}
+	for _, n := range names {
+		ps := spec.Programs[n]
+		hook := strings.TrimPrefix(ps.AttachTo, "security_")
+		target := ps.AttachTo // fentry: the security_* function itself
+		if m != ModeFentry {
+			target = "bpf_lsm_" + ps.AttachTo
+		}
+		var fn *btf.Func
+		if err := kspec.TypeByName(target, &fn); errors.Is(err, btf.ErrNotFound) {
+			missing = append(missing, fmt.Sprintf("%s (%s): no %s in this kernel", hook, hookOps[hook], target))
+			continue
+		}
+		keep = append(keep, n)
+	}
+	return keep, missing
+}
+
 // loadMaps creates (or reopens, from their pins) every map of the object.
-func loadMaps(root pins.Root, dir string, ringBytes uint32) (*ebpf.CollectionSpec, *ebpf.Collection, error) {
+func loadMaps(root pins.Root, dir string, ringBytes uint32) (*ebpf.CollectionSpec, auditMaps, error) {
+	var maps auditMaps
 	spec, err := loadAudit()
 	if err != nil {
-		return nil, nil, fmt.Errorf("audit: parsing the embedded BPF object: %w", err)
+		return nil, maps, fmt.Errorf("audit: parsing the embedded BPF object: %w", err)
 	}
 	if ringBytes != 0 {
 		spec.Maps["audit_events"].MaxEntries = ringBytes
 	}
-	ms := spec.Copy()
-	ms.Programs = map[string]*ebpf.ProgramSpec{}
-	coll, err := ebpf.NewCollectionWithOptions(ms, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
-	if err != nil {
-		return nil, nil, pins.Explain(fmt.Errorf("audit: loading pinned maps under %s: %w", dir, err), root, "audit maps")
+	if err := spec.LoadAndAssign(&maps, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}); err != nil {
+		return nil, maps, pins.Explain(fmt.Errorf("audit: loading pinned maps under %s: %w", dir, err), root, "audit maps")
 	}
-	return spec, coll, nil
+	return spec, maps, nil
 }
 
 // loadPrograms returns the named programs, from their pins when present;
 // the missing ones are loaded (one verifier pass per node) and pinned.
-func loadPrograms(spec *ebpf.CollectionSpec, maps *ebpf.Collection, dir string, names []string) (map[string]*ebpf.Program, error) {
+func loadPrograms(spec *ebpf.CollectionSpec, maps *auditMaps, dir string, names []string) (map[string]*ebpf.Program, error) {
 	out := map[string]*ebpf.Program{}
 	sub := spec.Copy()
 	sub.Programs = map[string]*ebpf.ProgramSpec{}
@@ -85,7 +122,7 @@ func loadPrograms(spec *ebpf.CollectionSpec, maps *ebpf.Collection, dir string, 
 	if len(sub.Programs) == 0 {
 		return out, nil
 	}
-	coll, err := ebpf.NewCollectionWithOptions(sub, ebpf.CollectionOptions{MapReplacements: maps.Maps})
+	coll, err := ebpf.NewCollectionWithOptions(sub, ebpf.CollectionOptions{MapReplacements: maps.byName()})
 	if err != nil {
 		return fail(fmt.Errorf("load: %w", err))
 	}
@@ -108,7 +145,7 @@ func loadPrograms(spec *ebpf.CollectionSpec, maps *ebpf.Collection, dir string, 
 //
 // replace: the pinned links belong to older programs; each is unpinned
 // (detached) right before its successor is attached.
-func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []string, replace bool, logf func(string, ...any)) error {
+func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []string, replace bool, logf func(string, ...any)) (missing []string, err error) {
 	attached := 0
 	var created []string
 	undo := func() {
@@ -137,16 +174,17 @@ func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []st
 			l, err := attachOne(m, n, progs[n])
 			if errors.Is(err, os.ErrNotExist) && m == ModeTracepoint {
 				logf("audit: tracepoint syscalls:%s not in this kernel, skipped", tracepointOf(n))
+				missing = append(missing, fmt.Sprintf("%s: no syscall tracepoint in this kernel", strings.TrimPrefix(n, "tp_")))
 				continue
 			}
 			if err != nil {
 				undo()
-				return fmt.Errorf("attach %s: %w", n, err)
+				return nil, fmt.Errorf("attach %s: %w", n, err)
 			}
 			if err := l.Pin(pin); err != nil {
 				l.Close()
 				undo()
-				return fmt.Errorf("audit: pinning link of %s: %w", n, err)
+				return nil, fmt.Errorf("audit: pinning link of %s: %w", n, err)
 			}
 			l.Close() // the pin keeps it attached
 			created = append(created, pin)
@@ -167,15 +205,15 @@ func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []st
 		}
 		if err != nil {
 			undo()
-			return fmt.Errorf("attach %s to %s: %w", tpExitProg, exitTracepointOf(n), err)
+			return nil, fmt.Errorf("attach %s to %s: %w", tpExitProg, exitTracepointOf(n), err)
 		}
 		l.Close()
 		created = append(created, xpin)
 	}
 	if attached == 0 {
-		return fmt.Errorf("attach: no %s program attached", m)
+		return nil, fmt.Errorf("attach: no %s program attached", m)
 	}
-	return nil
+	return missing, nil
 }
 
 // tpExitProg is the one program attached to the sys_exit tracepoint of

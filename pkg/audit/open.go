@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 
@@ -13,7 +12,7 @@ import (
 )
 
 // Open loads the audit once per node: maps, programs and (global modes)
-// links are pinned under root.Dir("audit"), and a later Open — a restart of
+// links are pinned under root.Dir(Owner), and a later Open — a restart of
 // the daemon — reuses them, including the mode, without a new probe or a
 // verifier pass. Without opts.Mode and without pins, the mode is the one
 // ProbeModes finds.
@@ -21,7 +20,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	if opts.Mode != "" && !opts.Mode.Valid() {
 		return nil, fmt.Errorf("audit: unknown mode %q (one of lsm_cgroup, lsm, fentry, tracepoint)", opts.Mode)
 	}
-	dir, err := root.Ensure("audit")
+	dir, err := root.Ensure(Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -36,14 +35,19 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	}
 
 	var pinned uint32
-	if err := maps.Maps["audit_mode"].Lookup(uint32(0), &pinned); err != nil {
+	if err := maps.AuditMode.Lookup(uint32(0), &pinned); err != nil {
 		return fail(fmt.Errorf("audit: reading pinned mode: %w", err))
 	}
 	pinnedMode := modeFromKernel(pinned)
 
-	probeMap := maps.Maps["audit_probe"]
+	probeMap := maps.AuditProbe
 	switch {
 	case opts.Mode != "":
+		if opts.Mode == ModeLSM || opts.Mode == ModeLSMCgroup {
+			if err := bpfLSMActive(); err != nil {
+				return fail(fmt.Errorf("audit: mode %s: %w", opts.Mode, err))
+			}
+		}
 		a.mode, a.probe = opts.Mode, ProbeResult{Mode: opts.Mode, Forced: true}
 	case pinnedMode != "":
 		a.probe, err = readProbe(probeMap, pinnedMode)
@@ -79,7 +83,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	// links are updated in place (no gap).
 	objSum := sha256.Sum256(_AuditBytes)
 	var stored auditObjectId
-	if err := maps.Maps["audit_object"].Lookup(uint32(0), &stored); err != nil {
+	if err := maps.AuditObject.Lookup(uint32(0), &stored); err != nil {
 		return fail(fmt.Errorf("audit: reading pinned object id: %w", err))
 	}
 	upgrade := pinnedMode != "" && stored.Sha256 != objSum
@@ -90,22 +94,34 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 		}
 	}
 
-	names := progNames(spec, a.mode)
-	a.progs, err = loadPrograms(spec, maps, dir, append([]string{sysctlProg}, names...))
+	names, missing := availablePrograms(spec, a.mode, progNames(spec, a.mode))
+	for _, m := range missing {
+		a.logfOrNop("audit: mode %s does not see %s", a.mode, m)
+	}
+	a.progs, err = loadPrograms(spec, &a.maps, dir, append([]string{sysctlProg}, names...))
 	if err != nil {
 		return fail(fmt.Errorf("audit: mode %s: %w", a.mode, unwrapErrno(err)))
 	}
-	if a.mode != ModeLSMCgroup {
-		if err := attachGlobal(dir, a.mode, a.progs, names, upgrade, a.logfOrNop); err != nil {
+	if a.mode == ModeLSMCgroup {
+		// Only a mode whose every program can be attached is taken: try
+		// them all on a scratch cgroup now, not at the first Arm.
+		if err := a.tryCgroupAttach(opts.CgroupRoot, names); err != nil {
 			return fail(fmt.Errorf("audit: mode %s: %w", a.mode, err))
 		}
+	} else {
+		tpMissing, err := attachGlobal(dir, a.mode, a.progs, names, upgrade, a.logfOrNop)
+		if err != nil {
+			return fail(fmt.Errorf("audit: mode %s: %w", a.mode, err))
+		}
+		missing = append(missing, tpMissing...)
 	}
+	a.missing = missing
 	if upgrade {
 		if err := a.updateCgroupLinks(); err != nil {
 			a.logfOrNop("audit: %v (those cgroups keep the old programs until re-armed)", err)
 		}
 	}
-	if err := maps.Maps["audit_object"].Put(uint32(0), auditObjectId{Sha256: objSum}); err != nil {
+	if err := maps.AuditObject.Put(uint32(0), auditObjectId{Sha256: objSum}); err != nil {
 		return fail(fmt.Errorf("audit: pinning object id: %w", err))
 	}
 	if !a.probe.Reused {
@@ -113,7 +129,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 			return fail(err)
 		}
 	}
-	if err := maps.Maps["audit_mode"].Put(uint32(0), uint32(a.mode.kernel())); err != nil {
+	if err := maps.AuditMode.Put(uint32(0), uint32(a.mode.kernel())); err != nil {
 		return fail(fmt.Errorf("audit: pinning mode: %w", err))
 	}
 	// Cgroups armed under another mode get no cgroup programs here (the pin
@@ -125,7 +141,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 // PinnedMode is the mode of the programs pinned under root, for status and
 // metrics; it opens nothing but the mode map. ErrNotLoaded when none.
 func PinnedMode(root pins.Root) (Mode, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir("audit"), "audit_mode"), &ebpf.LoadPinOptions{ReadOnly: true})
+	m, err := ebpf.LoadPinnedMap(root.Pin(Owner, "audit_mode"), &ebpf.LoadPinOptions{ReadOnly: true})
 	if errors.Is(err, os.ErrNotExist) {
 		return "", ErrNotLoaded
 	}
@@ -152,7 +168,7 @@ func PinnedProbe(root pins.Root) (ProbeResult, error) {
 	if err != nil {
 		return ProbeResult{}, err
 	}
-	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir("audit"), "audit_probe"), &ebpf.LoadPinOptions{ReadOnly: true})
+	m, err := ebpf.LoadPinnedMap(root.Pin(Owner, "audit_probe"), &ebpf.LoadPinOptions{ReadOnly: true})
 	if err != nil {
 		return ProbeResult{}, fmt.Errorf("audit: opening pinned probe result: %w", err)
 	}
@@ -216,7 +232,7 @@ func readProbe(m *ebpf.Map, mode Mode) (ProbeResult, error) {
 // a link's last pin (nobody else holds it) detaches it, and the maps and
 // programs go with their last reference.
 func Cleanup(root pins.Root) error {
-	dir := root.Dir("audit")
+	dir := root.Dir(Owner)
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("audit: removing %s: %w", dir, err)
 	}

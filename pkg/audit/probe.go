@@ -75,10 +75,12 @@ var (
 )
 
 // ProbeModes runs the real probe once per process (later calls return the
-// first answer): for each mode, strongest first, load one program of it
-// with private maps, attach it (to a scratch cgroup for lsm_cgroup), move a
-// child process into a scratch cgroup armed in the private map, let it
-// create a file and wait for the event. The first mode that delivers wins.
+// first answer): for each mode, strongest first, it proves the whole mode
+// with private maps — every program of it that this kernel has a hook for
+// loads, every one attaches (to a scratch cgroup for lsm_cgroup), and a
+// child process in a scratch cgroup, armed in the private map, creates a
+// file whose event arrives. The first mode that passes wins: never a mode
+// that would then fail to load, attach or arm.
 func ProbeModes(cgroupRoot string) ProbeResult {
 	probeOnce.Do(func() {
 		probeResult = runProbe(cgroupRoot)
@@ -106,38 +108,54 @@ func firstLine(s string) string {
 	return strings.TrimSuffix(strings.TrimSpace(s), ":")
 }
 
-// probeProgram is the program each mode's probe loads: the one that fires
-// for the probe child's write, an O_CREAT open creating a file (creation
-// goes through path_mknod in the LSM modes; file_open skips created files).
-var probeProgram = map[Mode]string{
-	ModeLSMCgroup:  "lsmc_path_mknod",
-	ModeLSM:        "lsm_path_mknod",
-	ModeFentry:     "fentry_path_mknod",
-	ModeTracepoint: "tp_openat",
+// bpfLSMActive says whether the kernel runs BPF LSM programs: only when
+// "bpf" is among the active LSMs (/sys/kernel/security/lsm). Otherwise lsm
+// programs load and attach but never run. Unknown (no securityfs) is not
+// an error: the probe's event decides then.
+func bpfLSMActive() error {
+	b, err := os.ReadFile("/sys/kernel/security/lsm")
+	if err != nil {
+		return nil
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		if l == "bpf" {
+			return nil
+		}
+	}
+	return fmt.Errorf("the bpf LSM is not active (active: %s): its programs would never run; boot with bpf in lsm=", strings.TrimSpace(string(b)))
 }
 
 func probeMode(m Mode, cgroupRoot string) (err error) {
+	if m == ModeLSM || m == ModeLSMCgroup {
+		if err := bpfLSMActive(); err != nil {
+			return fmt.Errorf("attach: %w", err)
+		}
+	}
 	spec, err := loadAudit()
 	if err != nil {
 		return fmt.Errorf("object: %w", err)
 	}
-	name := probeProgram[m]
+	names, _ := availablePrograms(spec, m, progNames(spec, m))
 	sub := spec.Copy()
-	sub.Programs = map[string]*ebpf.ProgramSpec{name: spec.Programs[name]}
-	if m == ModeTracepoint {
-		sub.Programs[tpExitProg] = spec.Programs[tpExitProg]
+	sub.Programs = map[string]*ebpf.ProgramSpec{}
+	for _, n := range names {
+		sub.Programs[n] = spec.Programs[n]
 	}
 	for _, ms := range sub.Maps {
 		ms.Pinning = ebpf.PinNone // private maps: the probe never touches the node's
 	}
 	sub.Maps["audit_events"].MaxEntries = 1 << 16
-	sub.Maps["audit_dedup"].MaxEntries = 64
+	sub.Maps["audit_foldmap"].MaxEntries = 64
 	coll, err := ebpf.NewCollection(sub)
 	if err != nil {
 		return fmt.Errorf("load: %w", unwrapErrno(err))
 	}
 	defer coll.Close()
-	prog := coll.Programs[name]
+	var maps auditMaps
+	if err := coll.Assign(&maps); err != nil {
+		return fmt.Errorf("object: %w", err)
+	}
+	defer maps.Close()
 
 	if cgroupRoot == "" {
 		m, err := cgroups.FindUnifiedSelf()
@@ -156,29 +174,43 @@ func probeMode(m Mode, cgroupRoot string) (err error) {
 		return fmt.Errorf("scratch cgroup: %w", err)
 	}
 
-	var l link.Link
-	switch m {
-	case ModeLSMCgroup:
-		l, err = link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ebpf.AttachLSMCgroup, Program: prog})
-	default:
-		l, err = attachOne(m, name, prog)
-	}
-	if err != nil {
-		return fmt.Errorf("attach: %w", unwrapErrno(err))
-	}
-	defer l.Close()
-	if m == ModeTracepoint {
-		x, err := attachExit(name, coll.Programs[tpExitProg])
-		if err != nil {
-			return fmt.Errorf("attach: %w", unwrapErrno(err))
+	var links []link.Link
+	defer func() {
+		for _, l := range links {
+			l.Close()
 		}
-		defer x.Close()
+	}()
+	for _, n := range names {
+		if n == tpExitProg {
+			continue
+		}
+		var l link.Link
+		switch m {
+		case ModeLSMCgroup:
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ebpf.AttachLSMCgroup, Program: coll.Programs[n]})
+		default:
+			l, err = attachOne(m, n, coll.Programs[n])
+		}
+		if errors.Is(err, os.ErrNotExist) && m == ModeTracepoint {
+			continue // a syscall this kernel does not have
+		}
+		if err != nil {
+			return fmt.Errorf("attach %s: %w", n, unwrapErrno(err))
+		}
+		links = append(links, l)
+		if m == ModeTracepoint {
+			x, err := attachExit(n, coll.Programs[tpExitProg])
+			if err != nil {
+				return fmt.Errorf("attach %s: %w", exitTracepointOf(n), unwrapErrno(err))
+			}
+			links = append(links, x)
+		}
 	}
 
-	if err := coll.Maps["audited_cgroups"].Put(id, auditAuditCgroup{}); err != nil {
+	if err := maps.AuditedCgroups.Put(id, auditAuditCgroup{}); err != nil {
 		return fmt.Errorf("arming scratch cgroup: %w", err)
 	}
-	rd, err := ringbuf.NewReader(coll.Maps["audit_events"])
+	rd, err := ringbuf.NewReader(maps.AuditEvents)
 	if err != nil {
 		return fmt.Errorf("ring buffer: %w", err)
 	}
@@ -197,7 +229,7 @@ func probeMode(m Mode, cgroupRoot string) (err error) {
 	for {
 		rec, err := rd.Read()
 		if err != nil {
-			return fmt.Errorf("attached and loaded, but no event within 2s of a write in the scratch cgroup (%v)", err)
+			return fmt.Errorf("loaded and attached %d programs, but no event within 2s of a write in the scratch cgroup (%v)", len(names), err)
 		}
 		if len(rec.RawSample) < int(unsafe.Sizeof(auditEvent{})) {
 			continue

@@ -29,16 +29,12 @@ const (
 
 // Run reads the ring buffer until ctx ends, calling sink for each event in
 // order (sink runs on Run's goroutine; a slow sink makes the ring fill and
-// the programs count losses). Repeats folded by the programs arrive as the
-// Count of the next event of the same (cgroup, op, path), or, when no such
-// event comes, as a separate event from Run's sweep of the fold map once
-// the window has passed. Only one Run per node should read the ring.
+// the programs count losses). Repeats folded by the programs arrive as a
+// fold line (Count repeats, Time..Last): from the programs, right before
+// the next record of the same key, or from Run's sweep of the fold map
+// once the window has passed. Only one Run per node should read the ring.
 func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
-	events, err := a.mapOf("audit_events")
-	if err != nil {
-		return err
-	}
-	rd, err := ringbuf.NewReader(events)
+	rd, err := ringbuf.NewReader(a.maps.AuditEvents)
 	if err != nil {
 		return fmt.Errorf("audit: ring buffer reader: %w", err)
 	}
@@ -87,48 +83,70 @@ func (a *Auditor) Run(ctx context.Context, sink func(Event)) error {
 		if now := time.Now(); now.After(nextSweep) {
 			d.clockSync() // follow wall-clock steps (NTP) in event times
 			a.sweepFolds(d, sink)
+			d.prune(now)
 			nextSweep = now.Add(sweepInterval)
 		}
 	}
 }
 
 // decoder turns ring records into Events: boot-time to wall-clock, cgroup
-// id to identity (cached), and remembers the strings of recent records so a
-// fold flushed by the sweep can name its path. That memory is a
-// direct-mapped table indexed by the record's key hash, as large as the
-// fold map: one store per event, no allocation, no growth; a collision
-// forgets an older path (its sweep event then has an empty path).
+// id to identity (cached), and remembers the strings of each fold key's
+// last record, so that a fold flushed by the sweep (which has only the key
+// and the counts) can name its path. Keys are compared in full: a sweep
+// line only ever gets the strings of a record with exactly its key.
 type decoder struct {
 	a        *Auditor
 	bootBase time.Time
 	n        uint64
-	recent   []foldInfo
+	recent   map[foldKey]foldInfo
 	lastComm string
 	// sweptFolds: audit_folds at the last sweep; sweepLeft: that sweep saw
 	// repeats still inside their window.
 	sweptFolds uint64
 	sweepLeft  bool
+	lastPrune  time.Time
 }
 
-const foldSlots = 1 << 16 // audit_dedup max_entries
-
+// foldKey is struct dedup_key: what two operations must share to fold.
 type foldKey struct {
-	cgid, hash uint64
-	op         uint32
+	cgid, hash     uint64
+	op, uid, flags uint32
+	denied         bool
 }
 
 type foldInfo struct {
-	key                       foldKey
-	path, target, value, comm string
+	path, target, value string
+	seen                time.Time // wall clock of the record (pruning)
 }
 
+// foldMemory: how long (by the record's own time) the strings of a key are
+// kept. A window's repeats are flushed by the first sweep after it ended,
+// and the sweep runs after the records read before it, so a record older
+// than a few windows has had its repeats flushed; pruning runs after the
+// sweep. Memory stays bounded by the record rate over these seconds.
+const foldMemory = 5 * foldWindow
+
 func (d *decoder) remember(k foldKey, ev *Event) {
-	d.recent[(k.hash^k.cgid)&(foldSlots-1)] = foldInfo{k, ev.Path, ev.Target, ev.Value, ev.Comm}
+	d.recent[k] = foldInfo{ev.Path, ev.Target, ev.Value, ev.Time}
 }
 
 func (d *decoder) recall(k foldKey) (foldInfo, bool) {
-	fi := d.recent[(k.hash^k.cgid)&(foldSlots-1)]
-	return fi, fi.key == k
+	fi, ok := d.recent[k]
+	return fi, ok
+}
+
+// prune forgets keys whose last record is older than foldMemory (run
+// after the sweep, at most once a second).
+func (d *decoder) prune(now time.Time) {
+	if now.Sub(d.lastPrune) < time.Second {
+		return
+	}
+	d.lastPrune = now
+	for k, fi := range d.recent {
+		if now.Sub(fi.seen) > foldMemory {
+			delete(d.recent, k)
+		}
+	}
 }
 
 // comm returns the record's comm as a string, reusing the previous one
@@ -155,7 +173,7 @@ func (d *decoder) comm(c *[16]int8) string {
 }
 
 func (a *Auditor) newDecoder() *decoder {
-	d := &decoder{a: a, recent: make([]foldInfo, foldSlots)}
+	d := &decoder{a: a, recent: map[foldKey]foldInfo{}, lastPrune: time.Now()}
 	d.clockSync()
 	return d
 }
@@ -178,16 +196,20 @@ func (d *decoder) decode(raw []byte) (Event, bool) {
 		return Event{}, false
 	}
 	ev := Event{
-		Time:     d.bootBase.Add(time.Duration(h.TimeNs)),
-		CgroupID: h.CgroupId,
-		PID:      h.Pid,
-		Comm:     d.comm(&h.Comm),
-		UID:      h.Uid,
-		Op:       opNames[auditWriteOp(h.Op)],
-		Path:     string(body[:pl]),
-		Flags:    h.Flags,
-		Denied:   h.Denied != 0,
-		Count:    h.Count,
+		Time:        d.bootBase.Add(time.Duration(h.TimeNs)),
+		CgroupID:    h.CgroupId,
+		PID:         h.Pid,
+		Comm:        d.comm(&h.Comm),
+		UID:         h.Uid,
+		Op:          opNames[auditWriteOp(h.Op)],
+		Path:        string(body[:pl]),
+		Flags:       h.Flags,
+		Denied:      h.Denied != 0,
+		Count:       h.Count,
+		SeveralPIDs: h.SeveralPids != 0,
+	}
+	if h.LastNs != 0 {
+		ev.Last = d.bootBase.Add(time.Duration(h.LastNs))
 	}
 	switch auditAuxKind(h.AuxKind) {
 	case auditAuxKindAAUX_TARGET:
@@ -196,18 +218,16 @@ func (d *decoder) decode(raw []byte) (Event, bool) {
 		ev.Value = string(body[pl : pl+al])
 	}
 	d.a.identify(&ev)
-	d.remember(foldKey{h.CgroupId, h.Key, uint32(h.Op)}, &ev)
+	d.remember(foldKey{h.CgroupId, h.Key, uint32(h.Op), h.Uid, h.Flags, h.Denied != 0}, &ev)
 	return ev, true
 }
 
 // sweepFolds emits the repeats that the programs folded and that no later
-// record carried: fold-map entries whose window has passed with pending
-// repeats are taken out (lookup-and-delete) and sent as one event each.
+// record of the same key carried: fold-map entries whose window has passed
+// with pending repeats are taken out (lookup-and-delete) and sent as one
+// fold line each, with the strings of the record that opened the window.
 func (a *Auditor) sweepFolds(d *decoder, sink func(Event)) {
-	m, err := a.mapOf("audit_dedup")
-	if err != nil {
-		return
-	}
+	m := a.maps.AuditFoldmap
 	// Nothing folded since the last pass (and nothing left over from it):
 	// skip the scan of the fold map.
 	if folds, err := a.foldsSoFar(); err == nil && folds == d.sweptFolds && !d.sweepLeft {
@@ -224,25 +244,35 @@ func (a *Auditor) sweepFolds(d *decoder, sink func(Event)) {
 		if err := m.LookupAndDelete(k, &v); err != nil || v.Pending == 0 {
 			continue
 		}
-		fk := foldKey{k.CgroupId, k.Hash, k.Op}
+		fk := foldKey{k.CgroupId, k.Hash, k.Op, k.Uid, k.Flags, k.Denied != 0}
+		// Missing only when this reader never saw the window's record
+		// (it started after it): the line then has no path.
 		info, _ := d.recall(fk)
 		ev := Event{
-			Time:     d.bootBase.Add(time.Duration(v.WindowStartNs)),
-			CgroupID: k.CgroupId,
-			PID:      v.Pid,
-			UID:      v.Uid,
-			Comm:     info.comm,
-			Op:       opNames[auditWriteOp(k.Op)],
-			Path:     info.path,
-			Target:   info.target,
-			Value:    info.value,
-			Flags:    v.Flags,
-			Count:    uint32(v.Pending),
+			Time:        d.bootBase.Add(time.Duration(v.FirstNs)),
+			Last:        d.bootBase.Add(time.Duration(v.LastNs)),
+			CgroupID:    k.CgroupId,
+			PID:         v.Pid,
+			UID:         k.Uid,
+			Comm:        cstr(v.Comm[:]),
+			Op:          opNames[auditWriteOp(k.Op)],
+			Path:        info.path,
+			Target:      info.target,
+			Value:       info.value,
+			Flags:       k.Flags,
+			Denied:      k.Denied != 0,
+			Count:       uint32(v.Pending),
+			SeveralPIDs: v.SeveralPids != 0,
 		}
 		a.identify(&ev)
 		sink(ev)
 	}
 }
+
+// sweepMargin: an entry is taken only this long after its window ended,
+// so a program that read the clock just before the end cannot still be
+// adding a repeat to it.
+const sweepMargin = 50 * time.Millisecond
 
 // expiredFolds reads the fold map in batches and returns the keys whose
 // window has passed with repeats pending, and whether any entry still has
@@ -257,7 +287,7 @@ func expiredFolds(m *ebpf.Map, now uint64) (take []auditDedupKey, left bool) {
 			if vals[i].Pending == 0 {
 				continue
 			}
-			if now-vals[i].WindowStartNs >= uint64(foldWindow) {
+			if now-vals[i].WindowStartNs >= uint64(foldWindow+sweepMargin) {
 				take = append(take, keys[i])
 			} else {
 				left = true
@@ -275,7 +305,7 @@ func expiredFolds(m *ebpf.Map, now uint64) (take []auditDedupKey, left bool) {
 			)
 			it := m.Iterate()
 			for it.Next(&k, &v) {
-				if v.Pending > 0 && now-v.WindowStartNs >= uint64(foldWindow) {
+				if v.Pending > 0 && now-v.WindowStartNs >= uint64(foldWindow+sweepMargin) {
 					take = append(take, k)
 				} else if v.Pending > 0 {
 					left = true
@@ -288,12 +318,8 @@ func expiredFolds(m *ebpf.Map, now uint64) (take []auditDedupKey, left bool) {
 
 // foldsSoFar sums the programs' per-CPU count of folded repeats.
 func (a *Auditor) foldsSoFar() (uint64, error) {
-	m, err := a.mapOf("audit_folds")
-	if err != nil {
-		return 0, err
-	}
 	var vs []uint64
-	if err := m.Lookup(uint32(0), &vs); err != nil {
+	if err := a.maps.AuditFolds.Lookup(uint32(0), &vs); err != nil {
 		return 0, err
 	}
 	var s uint64
@@ -313,8 +339,7 @@ func (a *Auditor) identify(ev *Event) {
 
 func (a *Auditor) lookupIdentity(cgid uint64) Identity {
 	var ki auditIdentity
-	idm, err := a.mapOf("audit_identity")
-	if err != nil || idm.Lookup(cgid, &ki) != nil {
+	if a.maps.AuditIdentity == nil || a.maps.AuditIdentity.Lookup(cgid, &ki) != nil {
 		// Unknown (disarmed long ago, or armed by another process a moment
 		// ago): remember the miss briefly.
 		a.cache.putFor(cgid, Identity{}, time.Second)
@@ -329,11 +354,7 @@ func (a *Auditor) lookupIdentity(cgid uint64) Identity {
 // ring was full (or the per-CPU scratch was busy), summed over CPUs. Key 0
 // collects losses of cgroups that did not fit in the map.
 func (a *Auditor) Lost() (map[uint64]uint64, error) {
-	m, err := a.mapOf("audit_lost")
-	if err != nil {
-		return nil, err
-	}
-	return sumPerCPU(m)
+	return sumPerCPU(a.maps.AuditLost)
 }
 
 func sumPerCPU(m *ebpf.Map) (map[uint64]uint64, error) {

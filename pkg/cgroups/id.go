@@ -28,17 +28,18 @@ func ID(dir string) (uint64, error) {
 // V2ID is ID for a directory that must be on a cgroup v2 filesystem: the
 // audit arms cgroup v2 ids only (a v1 directory's inode is no cgroup id).
 func V2ID(dir string) (uint64, error) {
+	id, err := ID(dir)
+	if err != nil {
+		return 0, fmt.Errorf("cgroup %w", err)
+	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(dir, &fs); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return 0, fmt.Errorf("cgroup %s: %w", dir, ErrGone)
-		}
 		return 0, fmt.Errorf("cgroup %s: %w", dir, err)
 	}
 	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
 		return 0, fmt.Errorf("cgroup %s is not on a cgroup v2 filesystem (the audit needs the unified hierarchy)", dir)
 	}
-	return ID(dir)
+	return id, nil
 }
 
 // Level is the depth of a cgroup v2 directory in the hierarchy (the root is

@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
@@ -56,7 +57,7 @@ var knownFields = map[string]bool{
 	"ipam": true, "dns": true, "prevResult": true, "runtimeConfig": true,
 	"args": true, "cni.dev/valid-attachments": true, "cni.dev/attachments": true,
 	// podscope
-	"bpffsRoot": true, "stateDir": true, "policy": true, "attachMode": true, "failClosed": true,
+	"bpffsRoot": true, "stateDir": true, "policy": true, "policyFile": true, "attachMode": true, "failClosed": true,
 }
 
 // Config is a parsed, validated podscope conflist entry.
@@ -66,6 +67,7 @@ type Config struct {
 	BPFFSRoot  string          `json:"bpffsRoot,omitempty"`
 	StateDir   string          `json:"stateDir,omitempty"`
 	RawPolicy  json.RawMessage `json:"policy,omitempty"`
+	PolicyFile string          `json:"policyFile,omitempty"` // the same object as policy, in a file
 	AttachMode string          `json:"attachMode,omitempty"`
 	// FailClosed refuses a pod podscope cannot observe (its interface is
 	// not a veth) instead of letting it start unobserved.
@@ -106,7 +108,7 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	}
 	if len(unknown) > 0 && !lenient {
 		sort.Strings(unknown)
-		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, attachMode, failClosed)", unknown[0]),
+		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, policyFile, attachMode, failClosed)", unknown[0]),
 			"unknown fields: "+strings.Join(unknown, ", "))
 	}
 	if !lenient {
@@ -238,10 +240,21 @@ func fieldOf(err error) string {
 // into c.Policy.
 func (c *Config) parsePolicy() error {
 	c.Policy = policy.Policy{Egress: policy.AllowAll(), Ingress: policy.AllowAll()}
-	if len(c.RawPolicy) > 0 && !bytes.Equal(bytes.TrimSpace(c.RawPolicy), []byte("null")) {
+	rawPolicy, field := c.RawPolicy, "policy"
+	if c.PolicyFile != "" {
+		if c.hasInlinePolicy() {
+			return invalid("podscope: policy and policyFile are both set: give the network's policy in one place", "")
+		}
+		b, err := os.ReadFile(c.PolicyFile)
+		if err != nil {
+			return invalid(fmt.Sprintf("podscope: policyFile: %v", err), "")
+		}
+		rawPolicy, field = b, "policyFile "+c.PolicyFile
+	}
+	if len(rawPolicy) > 0 && !bytes.Equal(bytes.TrimSpace(rawPolicy), []byte("null")) {
 		var dirs map[string]json.RawMessage
-		if err := json.Unmarshal(c.RawPolicy, &dirs); err != nil {
-			return invalid("podscope: policy: not a JSON object with \"egress\" and/or \"ingress\"", err.Error())
+		if err := json.Unmarshal(rawPolicy, &dirs); err != nil {
+			return invalid(fmt.Sprintf("podscope: %s: not a JSON object with \"egress\" and/or \"ingress\"", field), err.Error())
 		}
 		for k, raw := range dirs {
 			var dst *policy.Spec
@@ -251,9 +264,9 @@ func (c *Config) parsePolicy() error {
 			case "ingress":
 				dst = &c.Policy.Ingress
 			default:
-				return invalid(fmt.Sprintf("podscope: policy: unknown field %q (known: egress, ingress)", k), "")
+				return invalid(fmt.Sprintf("podscope: %s: unknown field %q (known: egress, ingress)", field, k), "")
 			}
-			s, err := policy.ParseSpec(raw, "policy."+k)
+			s, err := policy.ParseSpec(raw, field+"."+k)
 			if err != nil {
 				return invalid("podscope: "+err.Error(), "")
 			}
@@ -295,8 +308,12 @@ const policySyntax = "podscope policy text v3" // v3: annotation bounds (MaxAnno
 func (c *Config) hasPolicy() bool {
 	_, eg := c.RuntimeConfig.PodAnnotations[AnnotationEgress]
 	_, in := c.RuntimeConfig.PodAnnotations[AnnotationIngress]
+	return eg || in || c.hasInlinePolicy() || c.PolicyFile != ""
+}
+
+func (c *Config) hasInlinePolicy() bool {
 	raw := bytes.TrimSpace(c.RawPolicy)
-	return eg || in || (len(raw) > 0 && !bytes.Equal(raw, []byte("null")))
+	return len(raw) > 0 && !bytes.Equal(raw, []byte("null"))
 }
 
 // policySum is the SHA-256 of every byte the pod's effective policy is
@@ -313,6 +330,19 @@ func (c *Config) policySum() [32]byte {
 	}
 	field([]byte(policySyntax))
 	field(c.RawPolicy)
+	// A policy file counts by its identity, not its bytes: an ADD then
+	// costs a stat, not reading and hashing megabytes. Rewriting the file
+	// (a new inode, or a new size or change time) is a new identity.
+	field([]byte(c.PolicyFile))
+	if c.PolicyFile != "" {
+		var st unix.Stat_t
+		if err := unix.Stat(c.PolicyFile, &st); err == nil {
+			field([]byte(fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", st.Dev, st.Ino, st.Size,
+				st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)))
+		} else {
+			field([]byte("unreadable: " + err.Error())) // parse reports it
+		}
+	}
 	for _, k := range []string{AnnotationEgress, AnnotationIngress} {
 		if v, ok := c.RuntimeConfig.PodAnnotations[k]; ok {
 			field([]byte{1})
@@ -356,26 +386,27 @@ func (c *Config) policySetFor() (*datapath.PolicySet, error) {
 // (c.Policy is not set); the caller parses it with c.parsePolicy when the
 // datapath does not hold the policy set of c.policySum() yet.
 func parseConfigLazy(stdin []byte) (*Config, error) {
-	c, err := parseBase(stdin, false)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.parsePrevResult(); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return parseConfig(stdin, false)
 }
 
 // ParseConfig decodes and validates a podscope entry: unknown fields, the
 // network policy, the pod's policy annotations and the prevResult. Every
 // failure is a *types.Error with code 7 whose message names the field.
 func ParseConfig(stdin []byte) (*Config, error) {
+	return parseConfig(stdin, true)
+}
+
+// parseConfig is parseBase, then the policy (when withPolicy), then the
+// prevResult: a config with a bad policy is refused for its policy first.
+func parseConfig(stdin []byte, withPolicy bool) (*Config, error) {
 	c, err := parseBase(stdin, false)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.parsePolicy(); err != nil {
-		return nil, err
+	if withPolicy {
+		if err := c.parsePolicy(); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.parsePrevResult(); err != nil {
 		return nil, err

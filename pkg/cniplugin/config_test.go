@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -11,7 +13,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pods"
+	"github.com/podscope/podscope/pkg/podstate"
 	"github.com/podscope/podscope/pkg/policy"
+	"github.com/podscope/podscope/pkg/testenv"
 )
 
 const prevResult = `{"cniVersion":"1.0.0","interfaces":[{"name":"pstestbr0"},{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"}],
@@ -217,7 +222,7 @@ func assertInvalid(t *testing.T, err error, want ...string) {
 
 func TestParseArgs(t *testing.T) {
 	a := parseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;junk")
-	if a != (podArgs{Namespace: "ns1", Name: "web-0", UID: "u-1"}) {
+	if a != (pods.Identity{Namespace: "ns1", Pod: "web-0", PodUID: "u-1"}) {
 		t.Fatalf("got %+v", a)
 	}
 }
@@ -237,7 +242,10 @@ func TestContainerIPs(t *testing.T) {
 }
 
 // DEL must not fail on a conflist edited after ADD: the runtime would retry
-// it forever and the pod would never finish terminating.
+// it forever and the pod would never finish terminating. The pod must also
+// really be torn down (its final counters logged, its registry entry gone):
+// on a real bpffs root with the pod registered, a DEL that gave up on the
+// config would leave both behind.
 func TestDelToleratesBrokenConfig(t *testing.T) {
 	for name, extra := range map[string]map[string]any{
 		"unknown field":  {"polcy": raw(`{}`)},
@@ -250,13 +258,109 @@ func TestDelToleratesBrokenConfig(t *testing.T) {
 		"wrongly typed prevResult": {"prevResult": "none"},
 		"policy given twice":       {"policy": raw(`{"egress":{"default":"allow"},"egress":{"default":"deny"}}`)},
 	} {
-		stdin := conf(t, extra)
-		var m map[string]any
-		json.Unmarshal(stdin, &m)
-		m["bpffsRoot"] = t.TempDir() // not bpffs: nothing can be attached there
-		stdin, _ = json.Marshal(m)
-		if err := Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: stdin}); err != nil {
-			t.Errorf("%s: DEL failed: %v", name, err)
+		t.Run(name, func(t *testing.T) {
+			root := testenv.BPFFSRoot(t)
+			stateDir := t.TempDir()
+			reg, err := pods.OpenRegistry(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := reg.Allocate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := reg.Put(pods.Pod{ID: id, Namespace: "ns", Name: "p", ContainerID: "c1", Interface: "eth0"}); err != nil {
+				t.Fatal(err)
+			}
+			reg.Close()
+
+			stdin := conf(t, extra)
+			var m map[string]any
+			json.Unmarshal(stdin, &m)
+			m["bpffsRoot"], m["stateDir"] = root.Path, stateDir
+			stdin, _ = json.Marshal(m)
+			if err := Del(&skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: stdin}); err != nil {
+				t.Fatalf("DEL failed: %v", err)
+			}
+
+			reg, err = pods.OpenPinnedRegistry(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer reg.Close()
+			if _, found, err := reg.ByAttachment("c1", "eth0"); err != nil || found {
+				t.Errorf("pod still registered after DEL (found %v, err %v)", found, err)
+			}
+			b, err := os.ReadFile(filepath.Join(stateDir, podstate.AccountingFile))
+			if err != nil {
+				t.Fatalf("no accounting line: %v", err)
+			}
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			var rec podstate.Record
+			if len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &rec) != nil || rec.ContainerID != "c1" || rec.Reason != "del" {
+				t.Errorf("accounting log %q: want one line for c1 with reason del", b)
+			}
+		})
+	}
+}
+
+// A policy given by reference (policyFile) parses like the inline one,
+// refuses being given twice and a file that cannot be read (code 7), and
+// its identity (what pods share a policy set by) changes when the file is
+// rewritten, without ADD reading the file when the node holds its set.
+func TestPolicyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/policy.json"
+	body := `{"egress":{"default":"deny","rules":[{"cidr":"10.0.0.0/8","action":"allow"}]}}`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy.Egress.Default != policy.Deny || len(c.Policy.Egress.Rules) != 1 || c.Policy.Ingress.Default != policy.Allow {
+		t.Fatalf("policy from the file: %+v", c.Policy)
+	}
+	sum := c.policySum()
+	// Same file, another ADD: same identity.
+	c2, _ := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if c2.policySum() != sum {
+		t.Fatal("the same policy file gave another identity")
+	}
+	// Rewritten (atomically, as a config manager does): a new identity.
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(strings.Replace(body, `"deny"`, `"allow"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	c3, err := ParseConfig(conf(t, map[string]any{"policyFile": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c3.policySum() == sum || c3.Policy.Egress.Default != policy.Allow {
+		t.Fatal("a rewritten policy file kept its identity or its old content")
+	}
+
+	for name, extra := range map[string]map[string]any{
+		"both":    {"policyFile": path, "policy": raw(body)},
+		"missing": {"policyFile": dir + "/nope.json"},
+	} {
+		_, err := ParseConfig(conf(t, extra))
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "policyFile") {
+			t.Fatalf("%s: %v", name, err)
 		}
+	}
+	bad := dir + "/bad.json"
+	if err := os.WriteFile(bad, []byte(`{"egress":{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":[],"action":"allow"}]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ParseConfig(conf(t, map[string]any{"policyFile": bad}))
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "policyFile "+bad+".egress.rules[0].ports") {
+		t.Fatalf("bad policy file: %v", err)
 	}
 }

@@ -135,7 +135,7 @@ func FuzzCNIArgs(f *testing.F) {
 	f.Add(" K8S_POD_NAMESPACE =x;junk;=;K8S_POD_NAME")
 	f.Fuzz(func(t *testing.T, s string) {
 		a := parseArgs(s)
-		for key, v := range map[string]string{"K8S_POD_NAMESPACE": a.Namespace, "K8S_POD_NAME": a.Name, "K8S_POD_UID": a.UID} {
+		for key, v := range map[string]string{"K8S_POD_NAMESPACE": a.Namespace, "K8S_POD_NAME": a.Pod, "K8S_POD_UID": a.PodUID} {
 			if v == "" {
 				continue
 			}

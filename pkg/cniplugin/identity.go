@@ -6,32 +6,23 @@ import (
 	"strings"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/podscope/podscope/pkg/pods"
 )
 
-// podArgs are the Kubernetes identity fields of CNI_ARGS. containerd and
-// CRI-O pass them as `K8S_POD_NAMESPACE=..;K8S_POD_NAME=..;K8S_POD_UID=..`
-// next to others (IgnoreUnknown, K8S_POD_INFRA_CONTAINER_ID) that we ignore.
-type podArgs struct {
-	Namespace, Name, UID string
-}
-
-func parseArgs(s string) podArgs {
-	var a podArgs
+// parseArgs reads the pod's identity from CNI_ARGS. containerd and CRI-O
+// pass it as `K8S_POD_NAMESPACE=..;K8S_POD_NAME=..;K8S_POD_UID=..` next to
+// others (IgnoreUnknown, K8S_POD_INFRA_CONTAINER_ID) that are ignored.
+func parseArgs(s string) pods.Identity {
+	var id pods.Identity
+	fields := map[string]*string{"K8S_POD_NAMESPACE": &id.Namespace, "K8S_POD_NAME": &id.Pod, "K8S_POD_UID": &id.PodUID}
 	for _, kv := range strings.Split(s, ";") {
 		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			continue
-		}
-		switch strings.TrimSpace(k) {
-		case "K8S_POD_NAMESPACE":
-			a.Namespace = v
-		case "K8S_POD_NAME":
-			a.Name = v
-		case "K8S_POD_UID":
-			a.UID = v
+		if dst := fields[strings.TrimSpace(k)]; ok && dst != nil {
+			*dst = v
 		}
 	}
-	return a
+	return id
 }
 
 // containerIPs returns the IPs the result assigns to the container interface

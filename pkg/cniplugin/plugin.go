@@ -102,7 +102,7 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	}
 	existing, found := pods.FindAttachment(registered, args.ContainerID, args.IfName)
 	pod := pods.Pod{
-		Namespace: id.Namespace, Name: id.Name, UID: id.UID,
+		Namespace: id.Namespace, Name: id.Pod, UID: id.PodUID,
 		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
 		HostInterface: hostName, HostIfindex: hostIndex, IPs: ips,
 		AttachedAt: time.Now().UTC(), Mode: conf.Mode, Network: conf.Name,
@@ -125,9 +125,9 @@ func add(args *skel.CmdArgs) (*Config, error) {
 // addUnobserved registers a pod podscope cannot attach to, with the reason,
 // and touches no datapath state: DEL, GC and the reaper remove the entry
 // like any other (its accounting line says it was not observed).
-func addUnobserved(conf *Config, args *skel.CmdArgs, id podArgs, ips []netip.Prefix, reason string) error {
+func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []netip.Prefix, reason string) error {
 	fmt.Fprintf(os.Stderr, "podscope: pod %s/%s (container %s): %s: it runs unobserved (no accounting, no policy); \"failClosed\": true in podscope's config refuses such pods\n",
-		id.Namespace, id.Name, args.ContainerID, reason)
+		id.Namespace, id.Pod, args.ContainerID, reason)
 	unlock, err := podstate.Lock(conf.StateDir)
 	if err != nil {
 		return err
@@ -143,7 +143,7 @@ func addUnobserved(conf *Config, args *skel.CmdArgs, id podArgs, ips []netip.Pre
 		return err
 	}
 	pod := pods.Pod{
-		Namespace: id.Namespace, Name: id.Name, UID: id.UID,
+		Namespace: id.Namespace, Name: id.Pod, UID: id.PodUID,
 		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
 		IPs: ips, AttachedAt: time.Now().UTC(), Network: conf.Name, Unobserved: reason,
 	}
@@ -208,41 +208,25 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 // prevResult): the pod is found by container ID, and the second call finds
 // nothing and succeeds.
 func Del(args *skel.CmdArgs) error {
-	conf, err := parseBase(args.StdinData, true)
-	if err != nil {
+	return cleanup(args.StdinData, func(_ *Config, st *podstate.State) error {
+		pod, found, err := st.Registry.ByAttachment(args.ContainerID, args.IfName)
+		if err != nil || !found {
+			return err
+		}
+		return st.Teardown(pod, "del")
+	})
+}
+
+// cleanup runs fn for DEL and GC: with the config parsed leniently (they
+// must clean up even after the operator broke it), under the state-dir lock
+// with the pinned pod state. Without bpffs under the root nothing can be
+// attached, and without a registry nothing ever was: fn is not called.
+func cleanup(stdin []byte, fn func(*Config, *podstate.State) error) error {
+	conf, err := parseBase(stdin, true)
+	if err != nil || pins.CheckBPFFS(conf.Root.Path) != nil {
 		return err
 	}
-	if pins.CheckBPFFS(conf.Root.Path) != nil {
-		return nil // nothing can be attached without bpffs
-	}
-	if _, err := os.Stat(pods.Path(conf.Root)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	unlock, err := podstate.Lock(conf.StateDir)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	reg, err := pods.OpenPinnedRegistry(conf.Root)
-	if errors.Is(err, pods.ErrNoRegistry) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-	pod, found, err := reg.ByAttachment(args.ContainerID, args.IfName)
-	if err != nil || !found {
-		return err
-	}
-	st := &podstate.State{Root: conf.Root, Dir: conf.StateDir, Registry: reg}
-	st.Datapath, st.DatapathErr = datapath.OpenPinned(conf.Root)
-	if st.DatapathErr != nil {
-		st.Datapath = nil
-	} else {
-		defer st.Datapath.Close()
-	}
-	return st.Teardown(pod, "del")
+	return podstate.WithPinned(conf.Root, conf.StateDir, func(st *podstate.State) error { return fn(conf, st) })
 }
 
 // Check verifies the pod is registered, attached on both hooks and enforcing
@@ -287,18 +271,11 @@ func Check(args *skel.CmdArgs) error {
 // GC removes every attachment that is not in cni.dev/valid-attachments,
 // logging its counters first, and detaches orphans the registry lost.
 func GC(args *skel.CmdArgs) error {
-	conf, err := parseBase(args.StdinData, true)
-	if err != nil {
-		return err
-	}
-	if pins.CheckBPFFS(conf.Root.Path) != nil {
-		return nil
-	}
-	valid := map[types.GCAttachment]bool{}
-	for _, a := range conf.ValidAttachments {
-		valid[a] = true
-	}
-	return podstate.WithPinned(conf.Root, conf.StateDir, func(st *podstate.State) error {
+	return cleanup(args.StdinData, func(conf *Config, st *podstate.State) error {
+		valid := map[types.GCAttachment]bool{}
+		for _, a := range conf.ValidAttachments {
+			valid[a] = true
+		}
 		all, err := st.Registry.List()
 		if err != nil {
 			return err

@@ -43,7 +43,7 @@ func (o auditOpts) match(e AuditEvent) bool {
 func runAudit(w io.Writer, o auditOpts) error {
 	f, err := os.Open(o.path)
 	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("audit log %s does not exist: is podscope-nri running (its --audit-log), or pass --log PATH", o.path)
+		return noStateError("audit log %s does not exist: is podscope-nri running (its --audit-log), or pass --log PATH", o.path)
 	}
 	if err != nil {
 		return err

@@ -6,177 +6,324 @@ package ctl
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"sort"
 	"strings"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/podscope/podscope/pkg/audit"
+	"github.com/podscope/podscope/pkg/buildinfo"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // DefaultNRISocket is containerd's NRI socket.
 const DefaultNRISocket = "/var/run/nri/nri.sock"
 
-const usage = `podscopectl — inspect podscope on this node (reads the bpffs pins only)
+// Exit codes of podscopectl, for scripts.
+const (
+	ExitOK       = 0 // done
+	ExitError    = 1 // the command failed (the message says why)
+	ExitUsage    = 2 // bad command line: unknown command or flag, wrong arguments
+	ExitNoState  = 3 // the bpffs root holds no podscope state (or the audit log is missing)
+	ExitNotFound = 4 // the named pod is not attached
+)
 
-Usage:
-  podscopectl status   [--nri-socket PATH]
-  podscopectl pods
-  podscopectl flows    --pod NS/NAME
-  podscopectl policy show NS/NAME
-  podscopectl audit    [--follow] [--pod NS/NAME] [--log PATH]
-  podscopectl cleanup  [--state-dir DIR]
+// exitError is an error that carries podscopectl's exit code for it.
+type exitError struct {
+	code int
+	err  error
+}
 
-Every command takes -o table|json and --bpffs-root PATH (default ` + pins.DefaultRoot + `).
-`
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
 
-// common are the flags every command has.
+func withCode(code int, format string, a ...any) error {
+	return &exitError{code: code, err: fmt.Errorf(format, a...)}
+}
+
+// usageError is a bad command line (exit 2).
+func usageError(format string, a ...any) error { return withCode(ExitUsage, format, a...) }
+
+// noStateError is a bpffs root (or audit log) without podscope state (exit 3).
+func noStateError(format string, a ...any) error { return withCode(ExitNoState, format, a...) }
+
+// notAttachedError is a pod reference that matches no attached pod (exit 4).
+func notAttachedError(format string, a ...any) error { return withCode(ExitNotFound, format, a...) }
+
+// ExitCode maps an error returned by a command to podscopectl's exit code.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var e *exitError
+	if errors.As(err, &e) {
+		return e.code
+	}
+	return ExitError
+}
+
+// common are the flags every command has (global flags: before or after
+// the command).
 type common struct {
 	output string
 	root   string
 }
 
-func (c *common) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.output, "o", "table", "output format: table or json")
-	fs.StringVar(&c.root, "bpffs-root", pins.DefaultRoot, "podscope bpffs root")
+func (c *common) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
+	fs.StringVar(&c.root, "bpffs-root", pins.DefaultRoot, "bpffs directory of podscope's pins")
 }
 
 func (c *common) validate() error {
 	if c.output != "table" && c.output != "json" {
-		return fmt.Errorf("-o %q: use -o table or -o json", c.output)
+		return usageError("-o %q: use -o table or -o json", c.output)
 	}
 	return nil
 }
 
 func (c *common) pinsRoot() pins.Root { return pins.New(c.root) }
 
-// errUsage marks errors that should print the usage text.
-var errUsage = errors.New("usage")
-
 // Main runs podscopectl with args (without the program name) and returns
 // the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if err := run(args, stdout, stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "podscopectl:", err)
-		if errors.Is(err, errUsage) {
-			fmt.Fprint(stderr, usage)
-		}
-		return 1
+	root := NewCommand(stdout, stderr)
+	root.SetArgs(args)
+	cmd, err := root.ExecuteC()
+	if err == nil {
+		return ExitOK
 	}
-	return 0
+	var coded *exitError
+	if !ran(cmd) && !errors.As(err, &coded) {
+		// cobra's own errors (unknown command or flag, wrong arguments)
+		// come before the command ran: all of them are usage errors.
+		err = usageError("%v", err)
+	}
+	fmt.Fprintln(stderr, "podscopectl:", err)
+	if ExitCode(err) == ExitUsage {
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+	}
+	return ExitCode(err)
 }
 
-func run(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: no command given", errUsage)
-	}
-	cmd, rest := args[0], args[1:]
+const ranAnnotation = "podscopectl/ran"
+
+func ran(cmd *cobra.Command) bool { return cmd != nil && cmd.Annotations[ranAnnotation] == "yes" }
+
+// NewCommand builds podscopectl's command tree writing to stdout and stderr.
+func NewCommand(stdout, stderr io.Writer) *cobra.Command {
 	var c common
-	fs := flag.NewFlagSet("podscopectl "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	c.register(fs)
-	switch cmd {
-	case "status":
-		sock := fs.String("nri-socket", DefaultNRISocket, "NRI socket of the container runtime")
-		if err := parse(fs, &c, rest, 0); err != nil {
-			return err
-		}
-		st, err := gatherStatus(c.pinsRoot(), *sock)
+	root := &cobra.Command{
+		Use:   "podscopectl",
+		Short: "inspect podscope on this node",
+		Long: `podscopectl inspects podscope on this node: the pods it attached, their
+counters, flows and policy, and the file-write audit log. It reads only the
+pins under the bpffs root (and the audit log), so it needs no other podscope
+process. Run it as root on the node. Output columns are explained in
+docs/podscopectl.md.
+
+Exit codes: 0 done, 1 failed, 2 bad command line, 3 no podscope state under
+the bpffs root (or no audit log), 4 the named pod is not attached.`,
+		Version:           buildinfo.Version,
+		SilenceErrors:     true,
+		SilenceUsage:      true,
+		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: false},
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Annotations == nil {
+				cmd.Annotations = map[string]string{}
+			}
+			cmd.Annotations[ranAnnotation] = "yes"
+			return c.validate()
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetVersionTemplate("podscopectl {{.Version}}\n")
+	c.register(root.PersistentFlags())
+	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	completePods := func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return podRefs(c.pinsRoot()), cobra.ShellCompDirectiveNoFileComp
+	}
+
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "bpffs root, datapath and audit mode, pinned programs, pods attached, NRI socket",
+		Args:  cobra.NoArgs,
+	}
+	nriSocket := status.Flags().String("nri-socket", DefaultNRISocket, "NRI socket of the container runtime")
+	status.RunE = func(*cobra.Command, []string) error {
+		st, err := gatherStatus(c.pinsRoot(), *nriSocket)
 		if err != nil {
 			return err
 		}
-		return emit(stdout, c.output, st, func(w io.Writer) error { return printStatus(w, st) })
-	case "pods":
-		if err := parse(fs, &c, rest, 0); err != nil {
+		if err := emit(stdout, c.output, st, func(w io.Writer) error { return printStatus(w, st) }); err != nil {
 			return err
 		}
-		rows, err := gatherPods(c.pinsRoot())
-		if err != nil {
+		return checkState(c.pinsRoot())
+	}
+
+	podsCmd := &cobra.Command{
+		Use:   "pods",
+		Short: "every attached pod: interface, host veth, IPs, attach mode, counters, policy drops",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if err := checkState(c.pinsRoot()); err != nil {
+				return err
+			}
+			rows, err := gatherPods(c.pinsRoot())
+			if err != nil {
+				return err
+			}
+			return emit(stdout, c.output, rows, func(w io.Writer) error { return printPods(w, rows) })
+		},
+	}
+
+	flows := &cobra.Command{
+		Use:   "flows --pod NS/NAME",
+		Short: "a pod's flow table: who initiated each flow, its last verdict, bytes and packets each way",
+		Args:  cobra.NoArgs,
+	}
+	flowsPod := flows.Flags().String("pod", "", "pod as NS/NAME (or container ID); required")
+	_ = flows.RegisterFlagCompletionFunc("pod", completePods)
+	flows.RunE = func(*cobra.Command, []string) error {
+		if *flowsPod == "" {
+			return usageError("flows needs --pod NS/NAME (list pods with `podscopectl pods`)")
+		}
+		if err := checkState(c.pinsRoot()); err != nil {
 			return err
 		}
-		return emit(stdout, c.output, rows, func(w io.Writer) error { return printPods(w, rows) })
-	case "flows":
-		podRef := fs.String("pod", "", "pod as NS/NAME (or container ID)")
-		if err := parse(fs, &c, rest, 0); err != nil {
-			return err
-		}
-		if *podRef == "" {
-			return fmt.Errorf("%w: flows needs --pod NS/NAME (list pods with `podscopectl pods`)", errUsage)
-		}
-		rows, err := gatherFlows(c.pinsRoot(), *podRef)
+		rows, err := gatherFlows(c.pinsRoot(), *flowsPod)
 		if err != nil {
 			return err
 		}
 		return emit(stdout, c.output, rows, func(w io.Writer) error { return printFlows(w, rows) })
-	case "policy":
-		if len(rest) == 0 || rest[0] != "show" {
-			return fmt.Errorf("%w: policy has one subcommand: policy show NS/NAME", errUsage)
-		}
-		if err := parse(fs, &c, rest[1:], 1); err != nil {
-			return err
-		}
-		pp, err := gatherPolicy(c.pinsRoot(), fs.Arg(0))
-		if err != nil {
-			return err
-		}
-		return emit(stdout, c.output, pp, func(w io.Writer) error { return printPolicy(w, pp) })
-	case "audit":
-		follow := fs.Bool("follow", false, "keep reading new events as they are written")
-		podRef := fs.String("pod", "", "only events of this pod (NS/NAME)")
-		logPath := fs.String("log", audit.DefaultLogPath, "audit log written by podscope-nri")
-		if err := parse(fs, &c, rest, 0); err != nil {
-			return err
-		}
-		return runAudit(stdout, auditOpts{path: *logPath, pod: *podRef, follow: *follow, json: c.output == "json"})
-	case "cleanup":
-		stateDir := fs.String("state-dir", podstate.DefaultDir, "podscope state dir (its accounting.jsonl gets the final counters)")
-		if err := parse(fs, &c, rest, 0); err != nil {
-			return err
-		}
+	}
+
+	policyCmd := &cobra.Command{
+		Use:   "policy",
+		Short: "policy commands (show)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usageError("policy has one subcommand: policy show NS/NAME")
+		},
+	}
+	policyShow := &cobra.Command{
+		Use:               "show NS/NAME",
+		Short:             "the policy of a pod as the kernel holds it (per prefix: rules in match order, default)",
+		Args:              exactArgs(1, "policy show needs the pod as NS/NAME"),
+		ValidArgsFunction: completePods,
+		RunE: func(_ *cobra.Command, args []string) error {
+			if err := checkState(c.pinsRoot()); err != nil {
+				return err
+			}
+			pp, err := gatherPolicy(c.pinsRoot(), args[0])
+			if err != nil {
+				return err
+			}
+			return emit(stdout, c.output, pp, func(w io.Writer) error { return printPolicy(w, pp) })
+		},
+	}
+	policyCmd.AddCommand(policyShow)
+
+	auditCmd := &cobra.Command{
+		Use:   "audit",
+		Short: "file-write audit events from podscope-nri's log",
+		Args:  cobra.NoArgs,
+	}
+	follow := auditCmd.Flags().BoolP("follow", "f", false, "keep reading new events as they are written")
+	auditPod := auditCmd.Flags().String("pod", "", "only events of this pod (NS/NAME, container ID or pod UID)")
+	logPath := auditCmd.Flags().String("log", audit.DefaultLogPath, "audit log written by podscope-nri (its --audit-log)")
+	_ = auditCmd.RegisterFlagCompletionFunc("pod", completePods)
+	auditCmd.RunE = func(*cobra.Command, []string) error {
+		return runAudit(stdout, auditOpts{path: *logPath, pod: *auditPod, follow: *follow, json: c.output == "json"})
+	}
+
+	cleanupCmd := &cobra.Command{
+		Use:   "cleanup",
+		Short: "log every attached pod's final counters, then detach and unpin everything",
+		Long: `cleanup logs every attached pod's final counters to accounting.jsonl in the
+state dir, then detaches and unpins everything podscope pinned (datapath,
+audit, pod registry) and removes the bpffs root. Run it in the node's network
+namespace. A root that does not exist is already clean (exit 0).`,
+		Args: cobra.NoArgs,
+	}
+	stateDir := cleanupCmd.Flags().String("state-dir", podstate.DefaultDir, "podscope state dir (its accounting.jsonl gets the final counters)")
+	cleanupCmd.RunE = func(*cobra.Command, []string) error {
 		rep, err := cleanup(c.pinsRoot(), *stateDir)
 		if err != nil {
 			return err
 		}
 		return emit(stdout, c.output, rep, func(w io.Writer) error { return printCleanup(w, rep) })
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return nil
 	}
-	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+
+	version := &cobra.Command{
+		Use:   "version",
+		Short: "print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			_, err := fmt.Fprintln(stdout, buildinfo.String("podscopectl"))
+			return err
+		},
+	}
+
+	root.AddCommand(status, podsCmd, flows, policyCmd, auditCmd, cleanupCmd, version)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError("%v", err) })
+	return root
 }
 
-// parse parses flags (allowing them before or after positional arguments)
-// and checks the number of positional arguments.
-func parse(fs *flag.FlagSet, c *common, args []string, positional int) error {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return err
+func exactArgs(n int, msg string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError("%s (got %d arguments)", msg, len(args))
 		}
-		if fs.NArg() == 0 {
-			break
+		return nil
+	}
+}
+
+// checkState returns a noStateError saying what is missing when the
+// bpffs root holds no podscope state: the root does not exist, is not on a
+// bpffs, or holds nothing of the current layout.
+func checkState(root pins.Root) error {
+	hint := fmt.Sprintf("is podscope installed on this node, or is --bpffs-root wrong (default %s)?", pins.DefaultRoot)
+	if _, err := os.Stat(root.Path); errors.Is(err, os.ErrNotExist) {
+		return noStateError("bpffs root %s does not exist: %s", root.Path, hint)
+	}
+	if err := pins.CheckBPFFS(root.Path); err != nil {
+		return noStateError("%s holds no podscope state: %v", root.Path, err)
+	}
+	if !fileExists(root.Dir("")) {
+		if stale, _ := root.StaleLayouts(); len(stale) > 0 {
+			return noStateError("%s holds only pins of another podscope layout (%s; this podscopectl reads %s): use the podscopectl of that version, or remove them with `podscopectl cleanup`",
+				root.Path, strings.Join(stale, ", "), pins.LayoutVersion)
 		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+		return noStateError("nothing of podscope is pinned under %s: no pod was attached and the CNI plugin never ran on this node, or --bpffs-root is wrong (default %s)",
+			root.Path, pins.DefaultRoot)
 	}
-	if len(pos) != positional {
-		if positional == 0 {
-			return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-		}
-		return fmt.Errorf("%w: %s needs %d argument(s), got %d", errUsage, fs.Name(), positional, len(pos))
+	return nil
+}
+
+// podRefs lists the attached pods' references for shell completion.
+func podRefs(root pins.Root) []string {
+	reg, err := pods.OpenPinnedRegistry(root)
+	if err != nil {
+		return nil
 	}
-	// Re-parse an empty list so fs.Arg(i) returns the positionals.
-	if err := fs.Parse(append([]string{"--"}, pos...)); err != nil {
-		return err
+	defer reg.Close()
+	list, err := reg.List()
+	if err != nil {
+		return nil
 	}
-	return c.validate()
+	refs := make([]string, 0, len(list))
+	for _, p := range list {
+		refs = append(refs, p.Ref())
+	}
+	sort.Strings(refs)
+	return refs
 }
 
 func emit(w io.Writer, format string, v any, table func(io.Writer) error) error {

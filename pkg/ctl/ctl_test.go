@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/podscope/podscope/pkg/audit"
+	"github.com/podscope/podscope/pkg/buildinfo"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/policy"
+	"github.com/podscope/podscope/pkg/testenv"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -21,32 +23,144 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "no command"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"pods", "-o", "yaml"}, "-o table or -o json"},
 		{[]string{"flows"}, "--pod NS/NAME"},
-		{[]string{"policy", "list"}, "policy show NS/NAME"},
-		{[]string{"policy", "show"}, "needs 1 argument"},
-		{[]string{"pods", "extra"}, `unexpected argument "extra"`},
+		{[]string{"policy"}, "policy show NS/NAME"},
+		{[]string{"policy", "list"}, `unknown command "list"`},
+		{[]string{"policy", "show"}, "policy show needs the pod as NS/NAME"},
+		{[]string{"pods", "extra"}, `unknown command "extra"`},
+		{[]string{"pods", "--no-such-flag"}, "unknown flag: --no-such-flag"},
 	} {
 		var out, errb bytes.Buffer
-		if code := Main(tc.args, &out, &errb); code != 1 {
-			t.Errorf("%v: exit %d, want 1", tc.args, code)
+		if code := Main(tc.args, &out, &errb); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (usage); stderr %q", tc.args, code, errb.String())
 		}
 		if !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("%v: stderr %q does not say %q", tc.args, errb.String(), tc.want)
 		}
+		if !strings.Contains(errb.String(), "--help' for usage") {
+			t.Errorf("%v: stderr %q does not point to --help", tc.args, errb.String())
+		}
 	}
 }
 
-func TestFlagsAfterPositional(t *testing.T) {
-	var c common
-	fs := newFS(&c)
-	if err := parse(fs, &c, []string{"default/web", "-o", "json", "--bpffs-root", "/x"}, 1); err != nil {
-		t.Fatal(err)
+// Global flags go before or after the command (kubectl, cilium): both
+// spellings must reach the command. A root that does not exist is named in
+// the error, so the error proves which root the command used.
+func TestGlobalFlagsBeforeOrAfterTheCommand(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "no-such-root")
+	for _, args := range [][]string{
+		{"--bpffs-root", root, "-o", "json", "pods"},
+		{"pods", "--bpffs-root", root, "-o", "json"},
+		{"--bpffs-root=" + root, "pods", "-ojson"},
+		{"-o", "json", "policy", "show", "default/web", "--bpffs-root", root},
+		{"policy", "--bpffs-root", root, "show", "default/web"},
+	} {
+		var out, errb bytes.Buffer
+		code := Main(args, &out, &errb)
+		if code != ExitNoState || !strings.Contains(errb.String(), root) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d naming %s", args, code, errb.String(), ExitNoState, root)
+		}
 	}
-	if fs.Arg(0) != "default/web" || c.output != "json" || c.root != "/x" {
-		t.Fatalf("arg %q output %q root %q", fs.Arg(0), c.output, c.root)
+}
+
+// A root without podscope state is an error scripts can tell apart: exit 3
+// and a message saying what is missing, never "no pods attached" with 0.
+func TestNoStateIsExit3(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	notBPFFS := t.TempDir() // tmpfs or ext4, never bpffs
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"pods", "--bpffs-root", missing}, "does not exist"},
+		{[]string{"status", "--bpffs-root", missing}, "does not exist"},
+		{[]string{"flows", "--pod", "a/b", "--bpffs-root", missing}, "does not exist"},
+		{[]string{"policy", "show", "a/b", "--bpffs-root", missing}, "does not exist"},
+		{[]string{"pods", "--bpffs-root", notBPFFS}, "bpf filesystem"},
+		{[]string{"status", "-o", "json", "--bpffs-root", notBPFFS}, "bpf filesystem"},
+		{[]string{"audit", "--log", filepath.Join(missing, "audit.jsonl")}, "does not exist"},
+	} {
+		var out, errb bytes.Buffer
+		code := Main(tc.args, &out, &errb)
+		if code != ExitNoState {
+			t.Errorf("%v: exit %d, want %d; stdout %q stderr %q", tc.args, code, ExitNoState, out.String(), errb.String())
+		}
+		if !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("%v: stderr %q does not say %q", tc.args, errb.String(), tc.want)
+		}
+		if strings.Contains(out.String(), "no pods attached") {
+			t.Errorf("%v: says %q on a root without podscope state", tc.args, out.String())
+		}
+	}
+	// status still prints what it found, and does not claim a layout.
+	var out, errb bytes.Buffer
+	Main([]string{"status", "--bpffs-root", notBPFFS}, &out, &errb)
+	if !strings.Contains(out.String(), "bpffs mounted: no") || strings.Contains(out.String(), "layout") {
+		t.Errorf("status on a non-bpffs root:\n%s", out.String())
+	}
+}
+
+// An empty directory on a real bpffs is mounted but holds nothing of
+// podscope: status says so and exits 3, pods too.
+func TestEmptyBPFFSRootIsExit3(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	var out, errb bytes.Buffer
+	if code := Main([]string{"status", "--bpffs-root", root.Path}, &out, &errb); code != ExitNoState {
+		t.Errorf("status: exit %d, want %d; stderr %q", code, ExitNoState, errb.String())
+	}
+	if !strings.Contains(out.String(), "nothing of podscope pinned") || !strings.Contains(errb.String(), "nothing of podscope is pinned") {
+		t.Errorf("status on an empty bpffs root:\nstdout %s\nstderr %s", out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := Main([]string{"pods", "--bpffs-root", root.Path}, &out, &errb); code != ExitNoState {
+		t.Errorf("pods: exit %d, want %d; stdout %q stderr %q", code, ExitNoState, out.String(), errb.String())
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		var out, errb bytes.Buffer
+		if code := Main(args, &out, &errb); code != 0 || strings.TrimSpace(out.String()) != "podscopectl "+buildinfo.Version {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out.String(), errb.String())
+		}
+	}
+	// Per-command help names the command's own flags and the global ones.
+	var out, errb bytes.Buffer
+	if code := Main([]string{"audit", "--help"}, &out, &errb); code != 0 {
+		t.Fatalf("audit --help: exit %d: %s", code, errb.String())
+	}
+	for _, want := range []string{"--follow", "--log", "--pod", "--bpffs-root", "--output"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("audit --help lacks %s:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	Main([]string{"flows", "-h"}, &out, &errb)
+	if strings.Contains(out.String(), "--follow") || !strings.Contains(out.String(), "--pod") {
+		t.Errorf("flows -h shows another command's flags or lacks its own:\n%s", out.String())
+	}
+}
+
+// The completion scripts are generated for the usual shells, and `--pod`
+// completes from the pinned registry (nothing pinned: no candidates, no
+// error).
+func TestCompletion(t *testing.T) {
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		var out, errb bytes.Buffer
+		if code := Main([]string{"completion", sh}, &out, &errb); code != 0 || !strings.Contains(out.String(), "podscopectl") {
+			t.Errorf("completion %s: exit %d, %d bytes, stderr %q", sh, code, out.Len(), errb.String())
+		}
+	}
+	var out, errb bytes.Buffer
+	root := filepath.Join(t.TempDir(), "none")
+	if code := Main([]string{"__complete", "flows", "--bpffs-root", root, "--pod", ""}, &out, &errb); code != 0 {
+		t.Fatalf("__complete: exit %d: %s", code, errb.String())
+	}
+	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], ":") {
+		t.Errorf("completion of --pod with nothing pinned: %q, want only the directive line", out.String())
 	}
 }
 
@@ -142,8 +256,18 @@ func TestAuditFilterAndFormat(t *testing.T) {
 	if !strings.Contains(out, "kube-system/dns") || !strings.Contains(out, "/tmp/x") || strings.Contains(out, "/etc/passwd") {
 		t.Fatalf("filtered table:\n%s", out)
 	}
-	if !strings.Contains(out, "yes") || !strings.Contains(out, "3") {
-		t.Fatalf("denied/count missing:\n%s", out)
+	// DENIED and COUNT are the last two columns of the event's row; the
+	// row's timestamp also holds a "3", so compare the columns themselves.
+	rows := strings.Split(strings.TrimSpace(out), "\n")
+	if len(rows) != 2 {
+		t.Fatalf("want a header and one row:\n%s", out)
+	}
+	if hdr := strings.Fields(rows[0]); hdr[len(hdr)-2] != "DENIED" || hdr[len(hdr)-1] != "COUNT" {
+		t.Fatalf("header %q does not end in DENIED COUNT", rows[0])
+	}
+	cols := strings.Fields(rows[1])
+	if denied, count := cols[len(cols)-2], cols[len(cols)-1]; denied != "yes" || count != "3" {
+		t.Fatalf("DENIED %q COUNT %q, want yes 3:\n%s", denied, count, out)
 	}
 	// The unterminated last line is a write in progress, not an error.
 	b.Reset()

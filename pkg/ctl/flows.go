@@ -10,6 +10,7 @@ import (
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
 )
 
 // Flows is the answer of `podscopectl flows`.
@@ -19,24 +20,17 @@ type Flows struct {
 }
 
 func gatherFlows(root pins.Root, ref string) (*Flows, error) {
-	p, err := findPod(root, ref)
-	if err != nil {
-		return nil, err
-	}
-	dp, err := datapath.OpenPinned(root)
-	if err != nil {
-		return nil, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
-	}
-	defer dp.Close()
-	fl, err := dp.Flows(p.ID)
-	if err != nil {
-		return nil, err
-	}
-	if fl == nil {
-		fl = []datapath.Flow{}
-	}
-	sort.SliceStable(fl, func(i, j int) bool { return fl[i].LastSeen.After(fl[j].LastSeen) })
-	return &Flows{Pod: p.Ref(), Flows: fl}, nil
+	return podView(root, ref, func(p pods.Pod, dp *datapath.Datapath) (*Flows, error) {
+		fl, err := dp.Flows(p.ID)
+		if err != nil {
+			return nil, err
+		}
+		if fl == nil {
+			fl = []datapath.Flow{}
+		}
+		sort.SliceStable(fl, func(i, j int) bool { return fl[i].LastSeen.After(fl[j].LastSeen) })
+		return &Flows{Pod: p.Ref(), Flows: fl}, nil
+	})
 }
 
 func printFlows(w io.Writer, f *Flows) error {

@@ -2,17 +2,8 @@ package ctl
 
 import (
 	"bytes"
-	"flag"
-	"io"
 	"sync"
 )
-
-func newFS(c *common) *flag.FlagSet {
-	fs := flag.NewFlagSet("test", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	c.register(fs)
-	return fs
-}
 
 type safeBuffer struct {
 	mu sync.Mutex

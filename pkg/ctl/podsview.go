@@ -23,7 +23,7 @@ type PodRow struct {
 func openRegistry(root pins.Root) (*pods.Registry, error) {
 	reg, err := pods.OpenPinnedRegistry(root)
 	if errors.Is(err, pods.ErrNoRegistry) {
-		return nil, fmt.Errorf("no pods attached under %s (%w): is podscope chained in the node's CNI conflist, or is --bpffs-root wrong?", root.Path, err)
+		return nil, notAttachedError("no pods attached under %s (%w): is podscope chained in the node's CNI conflist, or is --bpffs-root wrong?", root.Path, err)
 	}
 	return reg, err
 }
@@ -83,7 +83,7 @@ func printPods(w io.Writer, rows []PodRow) error {
 // findPod resolves NS/NAME (or a container ID) in the registry.
 func findPod(root pins.Root, ref string) (pods.Pod, error) {
 	if ref == "" {
-		return pods.Pod{}, fmt.Errorf("%w: name the pod as NS/NAME", errUsage)
+		return pods.Pod{}, usageError("name the pod as NS/NAME")
 	}
 	reg, err := openRegistry(root)
 	if err != nil {
@@ -95,7 +95,23 @@ func findPod(root pins.Root, ref string) (pods.Pod, error) {
 		return pods.Pod{}, err
 	}
 	if !ok {
-		return pods.Pod{}, fmt.Errorf("pod %q is not attached under %s: see `podscopectl pods` for the attached ones", ref, root.Path)
+		return pods.Pod{}, notAttachedError("pod %q is not attached under %s: see `podscopectl pods` for the attached ones", ref, root.Path)
 	}
 	return p, nil
+}
+
+// podView is a per-pod view (flows, policy): it resolves ref, opens the
+// datapath that holds the pod's state and reads the view with read.
+func podView[V any](root pins.Root, ref string, read func(pods.Pod, *datapath.Datapath) (V, error)) (V, error) {
+	var none V
+	p, err := findPod(root, ref)
+	if err != nil {
+		return none, err
+	}
+	dp, err := datapath.OpenPinned(root)
+	if err != nil {
+		return none, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
+	}
+	defer dp.Close()
+	return read(p, dp)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
+	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/policy"
 )
 
@@ -36,20 +37,13 @@ type PolicyRule struct {
 }
 
 func gatherPolicy(root pins.Root, ref string) (*PodPolicy, error) {
-	p, err := findPod(root, ref)
-	if err != nil {
-		return nil, err
-	}
-	dp, err := datapath.OpenPinned(root)
-	if err != nil {
-		return nil, fmt.Errorf("datapath pins under %s: %w", root.Path, err)
-	}
-	defer dp.Close()
-	es, err := dp.PolicyEntries(p.ID)
-	if err != nil {
-		return nil, err
-	}
-	return &PodPolicy{Pod: p.Ref(), Entries: convertEntries(es)}, nil
+	return podView(root, ref, func(p pods.Pod, dp *datapath.Datapath) (*PodPolicy, error) {
+		es, err := dp.PolicyEntries(p.ID)
+		if err != nil {
+			return nil, err
+		}
+		return &PodPolicy{Pod: p.Ref(), Entries: convertEntries(es)}, nil
+	})
 }
 
 // convertEntries orders entries as the kernel decides: per direction, the

@@ -31,7 +31,8 @@ type Status struct {
 	BPFFSRoot        string    `json:"bpffsRoot"`
 	BPFFSMounted     bool      `json:"bpffsMounted"`
 	BPFFSError       string    `json:"bpffsError,omitempty"`
-	LayoutVersion    string    `json:"layoutVersion"`
+	PodscopeState    bool      `json:"podscopeState"`           // something of the current layout is pinned
+	LayoutVersion    string    `json:"layoutVersion,omitempty"` // the layout pinned (with PodscopeState)
 	StaleLayouts     []string  `json:"staleLayouts,omitempty"`
 	Modes            []string  `json:"modes"`
 	Programs         []Program `json:"programs"`
@@ -45,7 +46,7 @@ type Status struct {
 }
 
 func gatherStatus(root pins.Root, nriSocket string) (*Status, error) {
-	st := &Status{BPFFSRoot: root.Path, LayoutVersion: pins.LayoutVersion, NRISocket: nriSocket,
+	st := &Status{BPFFSRoot: root.Path, NRISocket: nriSocket,
 		NRISocketPresent: fileExists(nriSocket), Modes: []string{}, Programs: []Program{}}
 	st.AuditMode = auditMode(root)
 	if err := pins.CheckBPFFS(root.Path); err != nil {
@@ -58,8 +59,8 @@ func gatherStatus(root pins.Root, nriSocket string) (*Status, error) {
 	for _, s := range st.StaleLayouts {
 		st.Problems = append(st.Problems, fmt.Sprintf("pins of another podscope layout under %s: remove them with `podscopectl cleanup` after upgrading", s))
 	}
-	if !fileExists(root.Dir("")) {
-		st.Problems = append(st.Problems, fmt.Sprintf("nothing pinned under %s: no pod attached yet, or --bpffs-root is wrong", root.Dir("")))
+	if fileExists(root.Dir("")) {
+		st.PodscopeState, st.LayoutVersion = true, pins.LayoutVersion
 	}
 	if err := walkPins(root.Dir(""), st); err != nil {
 		return nil, err
@@ -140,7 +141,14 @@ func yesNo(b bool) string {
 
 func printStatus(w io.Writer, st *Status) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "bpffs root:\t%s (mounted: %s, layout %s)\n", st.BPFFSRoot, yesNo(st.BPFFSMounted), st.LayoutVersion)
+	rootState := "bpffs mounted: no"
+	switch {
+	case st.PodscopeState:
+		rootState = "bpffs mounted: yes, podscope pin layout " + st.LayoutVersion
+	case st.BPFFSMounted:
+		rootState = "bpffs mounted: yes, nothing of podscope pinned"
+	}
+	fmt.Fprintf(tw, "bpffs root:\t%s (%s)\n", st.BPFFSRoot, rootState)
 	modes := "none (no pod attached)"
 	if len(st.Modes) > 0 {
 		modes = strings.Join(st.Modes, ", ")

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,7 +35,7 @@ func modeOf(code uint32) Mode {
 }
 
 func (d *Datapath) linkPin(pod PodID, h hook) string {
-	return filepath.Join(d.dir, linksDir, fmt.Sprintf("%d_%s", pod, h))
+	return d.root.Pin(Owner, linksDir, fmt.Sprintf("%d_%s", pod, h))
 }
 
 // Attach attaches the programs to both hooks of the host-side veth ifindex
@@ -116,6 +115,22 @@ func (d *Datapath) Attach(pod PodID, ifindex int, mode Mode) (Mode, error) {
 	}
 
 	ifkey := uint32(ifindex)
+	// The pod's reference names its ifindex before the entry exists, so
+	// the entry is always found from the pod (podIfaces).
+	prevRef, hadRef, err := d.podRef(pod)
+	if err != nil {
+		return "", err
+	}
+	if err := d.setRefIfindex(pod, ifkey); err != nil {
+		return "", err
+	}
+	undo = append(undo, func() {
+		if hadRef {
+			_ = d.objs.PodPolicy.Put(uint32(pod), prevRef)
+		} else {
+			_ = d.objs.PodPolicy.Delete(uint32(pod))
+		}
+	})
 	var prev tcPodIface
 	hadPrev := d.objs.PodIfaces.Lookup(ifkey, &prev) == nil
 	if err := d.objs.PodIfaces.Put(ifkey, tcPodIface{Pod: uint32(pod), PolicySet: set}); err != nil {
@@ -217,31 +232,39 @@ func (d *Datapath) detachHook(pod PodID, h hook, rec tcAttachment) error {
 	return nil
 }
 
-// reapIfindex removes other pods' records on ifindex whose attachment is no
-// longer live (the veth they were on was deleted and the kernel reused the
-// index), and refuses when another pod is really attached to this device.
+// reapIfindex removes another pod's records on ifindex whose attachment is
+// no longer live (the veth they were on was deleted and the kernel reused
+// the index), and refuses when another pod is really attached to this
+// device. The other pod is the one pod_ifaces registers on ifindex: one
+// lookup, not a scan of every record (records without that registration
+// are left to the reaper).
 func (d *Datapath) reapIfindex(pod PodID, ifindex int) error {
-	recs, err := d.records()
-	if err != nil {
-		return err
+	var pi tcPodIface
+	if err := d.objs.PodIfaces.Lookup(uint32(ifindex), &pi); err != nil || PodID(pi.Pod) == pod {
+		return nil
 	}
-	for _, r := range recs {
-		if r.Pod == pod || r.Ifindex != ifindex {
+	other := PodID(pi.Pod)
+	for _, h := range hooks {
+		rec, ok, err := d.record(other, h)
+		if err != nil {
+			return err
+		}
+		if !ok || int(rec.Ifindex) != ifindex {
 			continue
 		}
 		live := false
-		if r.Mode == ModeTCX {
-			idx, _, err := tcxLinkState(r.Pin)
+		if modeOf(rec.Mode) == ModeTCX {
+			idx, _, err := tcxLinkState(d.linkPin(other, h))
 			live = err == nil && int(idx) == ifindex
 		} else {
-			f, err := ourFilter(ifindex, r.hook, r.Handle, r.Prio)
+			f, err := ourFilter(ifindex, h, rec.Handle, rec.Prio)
 			live = err == nil && f != nil
 		}
 		if live {
-			return fmt.Errorf("attach pod %d: ifindex %d is attached to pod %d; detach that pod first", pod, ifindex, r.Pod)
+			return fmt.Errorf("attach pod %d: ifindex %d is attached to pod %d; detach that pod first", pod, ifindex, other)
 		}
-		if err := d.detachHook(r.Pod, r.hook, r.rec); err != nil {
-			return fmt.Errorf("removing stale attachment of pod %d on ifindex %d: %w", r.Pod, ifindex, err)
+		if err := d.detachHook(other, h, rec); err != nil {
+			return fmt.Errorf("removing stale attachment of pod %d on ifindex %d: %w", other, ifindex, err)
 		}
 	}
 	return nil
@@ -318,7 +341,10 @@ func (d *Datapath) forgetIfindexes(pod PodID) error {
 			return fmt.Errorf("deleting ifindex %d of pod %d: %w", k, pod, err)
 		}
 	}
-	return nil
+	if _, ok, err := d.podRef(pod); err != nil || !ok {
+		return err
+	}
+	return d.setRefIfindex(pod, 0)
 }
 
 // Attachments lists every recorded attachment, plus link pins without a
@@ -336,12 +362,12 @@ func (d *Datapath) Attachments() ([]Attachment, error) {
 			seen[r.Pin] = true
 		}
 	}
-	entries, err := os.ReadDir(filepath.Join(d.dir, linksDir))
+	entries, err := os.ReadDir(d.root.Pin(Owner, linksDir))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
 	for _, e := range entries {
-		path := filepath.Join(d.dir, linksDir, e.Name())
+		path := d.root.Pin(Owner, linksDir, e.Name())
 		podStr, hookStr, ok := strings.Cut(e.Name(), "_")
 		n, err := strconv.ParseUint(podStr, 10, 32)
 		if seen[path] || !ok || err != nil {
@@ -376,8 +402,8 @@ func (d *Datapath) Check(pod PodID, ifindex int) error {
 	}
 	sort.Strings(names[2:])
 	for _, name := range names {
-		if _, err := os.Stat(filepath.Join(d.dir, name)); err != nil {
-			return fmt.Errorf("pod %d: pin %s missing: %w", pod, filepath.Join(d.dir, name), err)
+		if _, err := os.Stat(d.root.Pin(Owner, name)); err != nil {
+			return fmt.Errorf("pod %d: pin %s missing: %w", pod, d.root.Pin(Owner, name), err)
 		}
 	}
 	var pi tcPodIface

@@ -515,7 +515,7 @@ func TestUpgradeMovesAttachments(t *testing.T) {
 			if len(tcx)+len(filters) != 2 {
 				t.Fatalf("after upgrade: tcx %v filters %d, want exactly 2 attachments", tcx, len(filters))
 			}
-			if old := otherProgPins(d2.Dir()); len(old) != 0 {
+			if old := otherProgPins(d2.root); len(old) != 0 {
 				t.Fatalf("old program pins left: %v", old)
 			}
 		})

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 
@@ -50,7 +49,7 @@ func (d *Datapath) loadOwnPins() (bool, error) {
 	progs := map[hook]**ebpf.Program{hookHostIngress: &objs.HostIngress, hookHostEgress: &objs.HostEgress}
 	var used []ebpf.MapID
 	for h, dst := range progs {
-		p, err := ebpf.LoadPinnedProgram(filepath.Join(d.dir, progPin(h)), nil)
+		p, err := ebpf.LoadPinnedProgram(d.root.Pin(Owner, progPin(h)), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			return false, nil
 		}
@@ -69,7 +68,7 @@ func (d *Datapath) loadOwnPins() (bool, error) {
 		used = append(used, ids...)
 	}
 	for name, dst := range mapFields(&objs.tcMaps) {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
+		m, err := ebpf.LoadPinnedMap(d.root.Pin(Owner, name), nil)
 		if err != nil {
 			return false, nil
 		}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 
@@ -17,28 +16,34 @@ import (
 // this version reads a policy set id. Both maps have the same sizes as
 // today's, so the kernel's layout check cannot tell; the missing
 // policy_sets pin does.
+// Open refuses such pins; OpenPinned (readers, DEL, cleanup) opens them
+// with the maps they lack empty, so pods can still be torn down and the
+// node cleaned up.
 var ErrLegacyPolicyLayout = errors.New("pinned datapath state predates shared policy sets")
+
+// addedWithPolicySets are the maps the layout before policy sets lacks.
+var addedWithPolicySets = []string{tcMapPolicySets, tcMapPodPolicy, tcMapDropReasons}
 
 // checkLegacyPolicy refuses a datapath directory with a policy pin and no
 // policy_sets pin, saying what to do. Loading over it would read pod ids as
 // policy set ids (some pods unprotected, others under another pod's policy).
-func checkLegacyPolicy(root pins.Root, dir string) error {
-	if _, err := os.Stat(filepath.Join(dir, tcMapPolicy)); err != nil {
+func checkLegacyPolicy(root pins.Root) error {
+	if _, err := os.Stat(root.Pin(Owner, tcMapPolicy)); err != nil {
 		return nil
 	}
-	if _, err := os.Stat(filepath.Join(dir, tcMapPolicySets)); err == nil {
+	if _, err := os.Stat(root.Pin(Owner, tcMapPolicySets)); err == nil {
 		return nil
 	}
 	// A policy pin without policy_sets is legacy only if it holds anything:
 	// a load that died between pinning the two left empty maps.
-	if empty(filepath.Join(dir, tcMapPolicy)) && empty(filepath.Join(dir, tcMapPodIfaces)) {
+	if empty(root.Pin(Owner, tcMapPolicy)) && empty(root.Pin(Owner, tcMapPodIfaces)) {
 		return nil
 	}
 	return fmt.Errorf("%w under %s (written by an older podscope, whose policy entries are per pod): "+
 		"run `podscopectl cleanup --bpffs-root %s` on this node (it detaches podscope from running pods, "+
 		"whose counters so far are lost; each pod is attached again with its policy on its next ADD, "+
 		"and new pods attach right away), or go back to the previous podscope version",
-		ErrLegacyPolicyLayout, dir, root.Path)
+		ErrLegacyPolicyLayout, root.Dir(Owner), root.Path)
 }
 
 // empty reports whether the map pinned at path has no key (or no pin).

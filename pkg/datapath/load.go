@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -40,10 +41,10 @@ func progPin(h hook) string {
 }
 
 // otherProgPins lists program pins of other objects (older podscopes).
-func otherProgPins(dir string) []string {
+func otherProgPins(root pins.Root) []string {
 	var out []string
 	for _, base := range []string{progPinIngress, progPinEgress} {
-		matches, _ := filepath.Glob(filepath.Join(dir, base+"_*"))
+		matches, _ := filepath.Glob(root.Pin(Owner, base+"_*"))
 		for _, m := range matches {
 			if filepath.Base(m) != progPin(hookHostIngress) && filepath.Base(m) != progPin(hookHostEgress) {
 				out = append(out, m)
@@ -62,7 +63,7 @@ func Open(root pins.Root) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, linksDir), 0o700); err != nil {
+	if err := os.MkdirAll(root.Pin(Owner, linksDir), 0o700); err != nil {
 		return nil, err
 	}
 	unlock, err := lockDir(dir)
@@ -85,10 +86,13 @@ func Open(root pins.Root) (*Datapath, error) {
 	if testSpecHook != nil {
 		testSpecHook(spec)
 	}
-	if err := checkPinnedMaps(spec, root, dir); err != nil {
+	if err := checkLegacyPolicy(root); err != nil {
 		return nil, err
 	}
-	if allPinned(spec, dir) {
+	if err := checkPinnedMaps(spec, root); err != nil {
+		return nil, err
+	}
+	if allPinned(spec, root) {
 		if err := d.loadPinned(spec, false); err == nil {
 			return d, nil
 		} else if !errors.Is(err, os.ErrNotExist) {
@@ -102,7 +106,7 @@ func Open(root pins.Root) (*Datapath, error) {
 		return nil, explainLoad(err, root)
 	}
 	for _, h := range hooks {
-		if err := replacePin(d.program(h), filepath.Join(dir, progPin(h))); err != nil {
+		if err := replacePin(d.program(h), root.Pin(Owner, progPin(h))); err != nil {
 			d.Close()
 			return nil, err
 		}
@@ -115,7 +119,7 @@ func Open(root pins.Root) (*Datapath, error) {
 		d.Close()
 		return nil, fmt.Errorf("moving attachments to the new programs: %w", err)
 	}
-	for _, p := range otherProgPins(dir) {
+	for _, p := range otherProgPins(root) {
 		_ = os.Remove(p)
 	}
 	return d, nil
@@ -140,7 +144,7 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPinnedMaps(spec, root, dir); err != nil {
+	if err := checkPinnedMaps(spec, root); err != nil {
 		return nil, err
 	}
 	if err := d.loadPinned(spec, true); err != nil {
@@ -158,8 +162,8 @@ var testSpecHook func(*ebpf.CollectionSpec)
 
 // findProgPin is this object's program pin, or another version's if only
 // that exists (a reader of another version still reads the maps).
-func findProgPin(dir string, h hook) string {
-	own := filepath.Join(dir, progPin(h))
+func findProgPin(root pins.Root, h hook) string {
+	own := root.Pin(Owner, progPin(h))
 	if _, err := os.Stat(own); err == nil {
 		return own
 	}
@@ -167,7 +171,7 @@ func findProgPin(dir string, h hook) string {
 	if h == hookHostEgress {
 		base = progPinEgress
 	}
-	if m, _ := filepath.Glob(filepath.Join(dir, base+"_*")); len(m) > 0 {
+	if m, _ := filepath.Glob(root.Pin(Owner, base+"_*")); len(m) > 0 {
 		return m[0]
 	}
 	return own
@@ -183,19 +187,26 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 		}
 	}()
 	for name, dst := range mapFields(&objs.tcMaps) {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(d.dir, name), nil)
+		m, err := ebpf.LoadPinnedMap(d.root.Pin(Owner, name), nil)
+		if readOnly && errors.Is(err, os.ErrNotExist) && slices.Contains(addedWithPolicySets, name) {
+			// Pins from before policy sets (checkLegacyPolicy): readers,
+			// DEL and cleanup still work on them, with these maps empty.
+			ms := spec.Maps[name].Copy()
+			ms.Pinning = ebpf.PinNone
+			m, err = ebpf.NewMap(ms)
+		}
 		if err != nil {
 			return fmt.Errorf("pinned map %s: %w", name, err)
 		}
 		*dst = m
 		if err := spec.Maps[name].Compatible(m); err != nil {
-			return pins.Explain(fmt.Errorf("pinned map %s: %w", filepath.Join(d.dir, name), err), d.root, name)
+			return pins.Explain(fmt.Errorf("pinned map %s: %w", d.root.Pin(Owner, name), err), d.root, name)
 		}
 	}
 	for _, h := range hooks {
-		path := filepath.Join(d.dir, progPin(h))
+		path := d.root.Pin(Owner, progPin(h))
 		if readOnly {
-			path = findProgPin(d.dir, h)
+			path = findProgPin(d.root, h)
 		}
 		p, err := ebpf.LoadPinnedProgram(path, nil)
 		if err != nil {
@@ -214,12 +225,9 @@ func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
 
 // checkPinnedMaps compares every existing map pin with the object's spec, so
 // an old layout is refused with the map's name before anything is loaded.
-func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root, dir string) error {
-	if err := checkLegacyPolicy(root, dir); err != nil {
-		return err
-	}
+func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root) error {
 	for name, ms := range spec.Maps {
-		path := filepath.Join(dir, name)
+		path := root.Pin(Owner, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -236,13 +244,13 @@ func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root, dir string) erro
 	return nil
 }
 
-func allPinned(spec *ebpf.CollectionSpec, dir string) bool {
+func allPinned(spec *ebpf.CollectionSpec, root pins.Root) bool {
 	names := []string{progPin(hookHostIngress), progPin(hookHostEgress)}
 	for name := range spec.Maps {
 		names = append(names, name)
 	}
 	for _, n := range names {
-		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+		if _, err := os.Stat(root.Pin(Owner, n)); err != nil {
 			return false
 		}
 	}

@@ -70,9 +70,22 @@ func (d *Datapath) SetPolicy(pod PodID, p policy.Policy) error {
 	return d.SetPolicySet(pod, s)
 }
 
-// podIfaces returns the ifindex entries of pod.
+// podIfaces returns the ifindex entries of pod: the one its pod_policy
+// reference names (one lookup each, whatever the number of pods), or, for
+// a pod without a reference, whatever a scan of pod_ifaces finds.
 func (d *Datapath) podIfaces(pod PodID) (map[uint32]tcPodIface, error) {
 	out := map[uint32]tcPodIface{}
+	ref, ok, err := d.podRef(pod)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		var v tcPodIface
+		if ref.Ifindex != 0 && d.objs.PodIfaces.Lookup(ref.Ifindex, &v) == nil && v.Pod == uint32(pod) {
+			out[ref.Ifindex] = v
+		}
+		return out, nil
+	}
 	var k uint32
 	var v tcPodIface
 	it := d.objs.PodIfaces.Iterate()
@@ -85,6 +98,35 @@ func (d *Datapath) podIfaces(pod PodID) (map[uint32]tcPodIface, error) {
 		return nil, fmt.Errorf("reading ifindex map: %w", err)
 	}
 	return out, nil
+}
+
+// podRef is pod's pod_policy entry.
+func (d *Datapath) podRef(pod PodID) (tcPodPolicyRef, bool, error) {
+	var ref tcPodPolicyRef
+	err := d.objs.PodPolicy.Lookup(uint32(pod), &ref)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return ref, false, nil
+	}
+	if err != nil {
+		return ref, false, fmt.Errorf("reading pod %d's policy reference: %w", pod, err)
+	}
+	return ref, true, nil
+}
+
+// setRefIfindex records the ifindex pod is registered under (0: none).
+func (d *Datapath) setRefIfindex(pod PodID, ifindex uint32) error {
+	ref, _, err := d.podRef(pod)
+	if err != nil {
+		return err
+	}
+	if ref.Ifindex == ifindex {
+		return nil
+	}
+	ref.Ifindex = ifindex
+	if err := d.objs.PodPolicy.Put(uint32(pod), ref); err != nil {
+		return fmt.Errorf("recording pod %d's ifindex: %w", pod, err)
+	}
+	return nil
 }
 
 // putAll writes keys/values with one BPF_MAP_UPDATE_BATCH where the kernel

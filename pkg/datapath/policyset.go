@@ -211,11 +211,18 @@ func (d *Datapath) SetPolicySet(pod PodID, s *PolicySet) error {
 	if err != nil {
 		return fmt.Errorf("set policy of pod %d: %w", pod, err)
 	}
-	old, err := d.podSet(pod)
+	ref, _, err := d.podRef(pod)
 	if err != nil {
 		return err
 	}
-	if err := d.objs.PodPolicy.Put(uint32(pod), tcPodPolicyRef{Set: id}); err != nil {
+	old := ref.Set
+	if old != id {
+		if err := d.addUsers(id, 1); err != nil {
+			return fmt.Errorf("set policy of pod %d: %w", pod, err)
+		}
+	}
+	ref.Set = id
+	if err := d.objs.PodPolicy.Put(uint32(pod), ref); err != nil {
 		return fmt.Errorf("set policy of pod %d: recording its policy set: %w", pod, err)
 	}
 	if err := d.switchIfaces(pod, id); err != nil {
@@ -227,6 +234,49 @@ func (d *Datapath) SetPolicySet(pod PodID, s *PolicySet) error {
 		}
 	}
 	return nil
+}
+
+// setRecord finds set id's record by its id (a scan of the sets: there are
+// as many as distinct policies).
+func (d *Datapath) setRecord(id uint32) (tcPolicySetKey, tcPolicySet, bool, error) {
+	var k tcPolicySetKey
+	var v tcPolicySet
+	it := d.objs.PolicySets.Iterate()
+	for it.Next(&k, &v) {
+		if k != setIDKey && v.Id == id {
+			return k, v, true, nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return k, v, false, fmt.Errorf("reading policy sets: %w", err)
+	}
+	return k, v, false, nil
+}
+
+// addUsers changes set id's user count by delta (not below 0) and returns
+// the new count.
+func (d *Datapath) addUsers(id uint32, delta int) error {
+	_, err := d.changeUsers(id, delta)
+	return err
+}
+
+func (d *Datapath) changeUsers(id uint32, delta int) (int, error) {
+	if id == 0 {
+		return 1, nil
+	}
+	k, v, ok, err := d.setRecord(id)
+	if err != nil || !ok {
+		return 0, err
+	}
+	n := int(v.Users) + delta
+	if n < 0 {
+		n = 0
+	}
+	v.Users = uint32(n)
+	if err := d.objs.PolicySets.Update(k, v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, fmt.Errorf("counting users of policy set %d: %w", id, err)
+	}
+	return n, nil
 }
 
 // switchIfaces points pod's registered veths at set id.
@@ -249,15 +299,8 @@ func (d *Datapath) switchIfaces(pod PodID, id uint32) error {
 
 // podSet is the policy set pod uses, 0 for none.
 func (d *Datapath) podSet(pod PodID) (uint32, error) {
-	var ref tcPodPolicyRef
-	err := d.objs.PodPolicy.Lookup(uint32(pod), &ref)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("reading policy set of pod %d: %w", pod, err)
-	}
-	return ref.Set, nil
+	ref, _, err := d.podRef(pod)
+	return ref.Set, err
 }
 
 // ensureSet returns the id of the complete set with s's content, writing
@@ -376,28 +419,32 @@ func (d *Datapath) setUsers() (map[uint32]int, error) {
 	return out, nil
 }
 
-// releaseSet removes set id if no pod refers to it any more.
+// releaseSet lowers set id's user count after a pod let go of it, and
+// removes the set when no pod refers to it any more: the count (which a
+// crash can only leave too high) says when to look, the pod_policy entries
+// confirm, so a DEL scans the pods only when a set may have lost its last
+// user.
 func (d *Datapath) releaseSet(id uint32) error {
 	if id == 0 {
 		return nil
+	}
+	n, err := d.changeUsers(id, -1)
+	if err != nil || n > 0 {
+		return err
 	}
 	users, err := d.setUsers()
 	if err != nil {
 		return err
 	}
-	if users[id] > 0 {
-		return nil
-	}
-	sets, err := d.sets()
-	if err != nil {
+	k, v, ok, err := d.setRecord(id)
+	if err != nil || !ok {
 		return err
 	}
-	for _, s := range sets {
-		if s.ID == id {
-			return d.removeSet(tcPolicySetKey{Sum: s.Sum}, id)
-		}
+	if users[id] > 0 {
+		v.Users = uint32(users[id]) // repair
+		return d.objs.PolicySets.Update(k, v, ebpf.UpdateExist)
 	}
-	return nil
+	return d.removeSet(k, id)
 }
 
 // PolicySetInfo describes one policy set the node holds.
@@ -458,6 +505,11 @@ func (d *Datapath) GCPolicySets() (int, error) {
 	}
 	n := 0
 	for _, s := range sets {
+		k, v, ok, err := d.setRecord(s.ID)
+		if err == nil && ok && int(v.Users) != s.Users {
+			v.Users = uint32(s.Users) // repair a count a crash left high
+			_ = d.objs.PolicySets.Update(k, v, ebpf.UpdateExist)
+		}
 		if s.Users == 0 || !s.Complete {
 			if err := d.removeSet(tcPolicySetKey{Sum: s.Sum}, s.ID); err != nil {
 				return n, err

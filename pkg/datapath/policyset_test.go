@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -363,4 +365,112 @@ func TestSourceSetParsesOnce(t *testing.T) {
 	if keys := trieKeys(t, d); len(keys) != 1 {
 		t.Fatalf("a failed parse wrote entries: %v", keys)
 	}
+}
+
+// A crash between raising a set's user count and switching the pod leaves
+// the count too high: the set then outlives its last user until
+// GCPolicySets, which counts the pods and removes it. Never too low: a set
+// in use is never removed.
+func TestUserCountErrsHigh(t *testing.T) {
+	d := openForRun(t)
+	p := mustPolicy(t, `{"default":"deny"}`, `{"default":"allow"}`)
+	if err := d.SetPolicy(testPod, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetPolicy(50, p); err != nil {
+		t.Fatal(err)
+	}
+	id := ifaceSet(t, d, testRunIfindex)
+	if err := d.addUsers(id, 3); err != nil { // three crashed switches
+		t.Fatal(err)
+	}
+	for _, pod := range []PodID{testPod, 50} {
+		if err := d.RemovePod(pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if keys := trieKeys(t, d); keys[id] == 0 {
+		t.Fatal("with a count left high, the set went anyway")
+	}
+	n, err := d.GCPolicySets()
+	if err != nil || n != 1 {
+		t.Fatalf("GCPolicySets removed %d: %v", n, err)
+	}
+	if keys := trieKeys(t, d); len(keys) != 0 {
+		t.Fatalf("entries after GC: %v", keys)
+	}
+	// A count left at 0 while a pod uses the set: the release confirms by
+	// counting, repairs the count and keeps the set.
+	if err := d.SetPolicy(testPod, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetPolicy(51, p); err != nil {
+		t.Fatal(err)
+	}
+	if id, err = d.podSet(testPod); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.addUsers(id, -10); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RemovePod(51); err != nil {
+		t.Fatal(err)
+	}
+	if keys := trieKeys(t, d); keys[id] == 0 {
+		t.Fatal("a set in use was removed")
+	}
+	if err := d.CheckPolicy(testPod, p); err != nil {
+		t.Fatalf("policy of the remaining pod: %v", err)
+	}
+}
+
+// Pins of a podscope from before policy sets (policy entries keyed by pod,
+// no policy_sets pin, programs of another object) are refused with what
+// to do, not read with pod ids taken for set ids.
+func TestLegacyPolicyLayoutRefused(t *testing.T) {
+	testenv.RequireRoot(t)
+	root := testenv.BPFFSRoot(t)
+	d, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the old layout holds: an entry keyed by pod 7.
+	if err := d.objs.Policy.Put(tcPolicyKey{Prefixlen: policyKeyBits, Set: 7, Family: 4}, tcPolicyValue{Dflt: uint8(policy.Deny)}); err != nil {
+		t.Fatal(err)
+	}
+	dir := d.Dir()
+	d.Close()
+	for _, name := range []string{tcMapPolicySets, tcMapPodPolicy, tcMapDropReasons} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The older object's programs.
+	for _, base := range []string{progPinIngress, progPinEgress} {
+		if err := os.Rename(filepath.Join(dir, base+"_"+objectHash), filepath.Join(dir, base+"_000000000000")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = Open(root)
+	if !errors.Is(err, ErrLegacyPolicyLayout) || !strings.Contains(err.Error(), "podscopectl cleanup --bpffs-root "+root.Path) {
+		t.Fatalf("Open over the old layout: %v", err)
+	}
+	// Readers, DEL and cleanup still open it.
+	r, err := OpenPinned(root)
+	if err != nil {
+		t.Fatalf("OpenPinned over the old layout: %v", err)
+	}
+	if err := r.RemovePod(7); err != nil {
+		t.Fatalf("RemovePod over the old layout: %v", err)
+	}
+	r.Close()
+	// After the cleanup it says, a fresh load works.
+	if err := Cleanup(root); err != nil {
+		t.Fatal(err)
+	}
+	d, err = Open(root)
+	if err != nil {
+		t.Fatalf("Open after cleanup: %v", err)
+	}
+	d.Close()
 }

@@ -100,10 +100,11 @@ func (d *Datapath) RemovePod(pod PodID) error {
 	if err := deleteAll(d.objs.Flows, flows); err != nil {
 		errs = append(errs, fmt.Errorf("deleting flows of pod %d: %w", pod, err))
 	}
-	if err := d.removePodPolicy(pod); err != nil {
+	if err := d.forgetIfindexes(pod); err != nil {
 		errs = append(errs, err)
 	}
-	if err := d.forgetIfindexes(pod); err != nil {
+	// Last: the reference is how the pod's ifindex is found.
+	if err := d.removePodPolicy(pod); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -34,6 +34,11 @@ func openForRun(t testing.TB) *Datapath {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
+	// What Attach registers, without attaching: the pod's reference names
+	// its ifindex, the ifindex entry names the pod.
+	if err := d.objs.PodPolicy.Put(uint32(testPod), tcPodPolicyRef{Ifindex: testRunIfindex}); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.objs.PodIfaces.Put(uint32(testRunIfindex), tcPodIface{Pod: uint32(testPod)}); err != nil {
 		t.Fatal(err)
 	}

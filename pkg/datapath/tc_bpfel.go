@@ -65,9 +65,9 @@ type tcPodIface struct {
 }
 
 type tcPodPolicyRef struct {
-	_   structs.HostLayout
-	Set uint32
-	Pad uint32
+	_       structs.HostLayout
+	Set     uint32
+	Ifindex uint32
 }
 
 type tcPolicyKey struct {
@@ -95,7 +95,7 @@ type tcPolicySet struct {
 	Id      uint32
 	Entries uint32
 	State   uint32
-	Pad     uint32
+	Users   uint32
 }
 
 type tcPolicySetKey struct {

@@ -101,19 +101,15 @@ func New(cfg Config) (*Installer, error) {
 // Running it again changes nothing; after a primary CNI rewrote its config
 // it chains podscope into the new content.
 func (in *Installer) Install() error {
-	unlock, err := in.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	entry, err := in.entry()
 	if err != nil {
 		return err
 	}
-	st, err := in.loadState()
+	st, unlock, err := in.lockState()
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if err := in.copyBinaries(st); err != nil {
 		return err
 	}
@@ -405,15 +401,11 @@ func (in *Installer) checkPlugin(c *netConf) error {
 // since), a converted .conf, and then the binaries it copied — in that
 // order, so no config ever names a missing plugin.
 func (in *Installer) Uninstall() error {
-	unlock, err := in.lock()
+	st, unlock, err := in.lockState()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	st, err := in.loadState()
-	if err != nil {
-		return err
-	}
 	var errs []error
 	var kept []confRecord
 	for i := len(st.Configs) - 1; i >= 0; i-- {

@@ -105,9 +105,18 @@ func (in *Installer) saveState(s *state) error {
 	return writeFileAtomic(in.statePath(), append(data, '\n'), 0o600)
 }
 
+// lockState takes the installers' lock and reads the state under it. The
 // lock serialises installers on one node (an init container and a watcher,
 // or a person running podscope-install by hand) with a flock on the state
-// directory.
-func (in *Installer) lock() (func(), error) {
-	return flock.File(filepath.Join(in.cfg.StateDir, lockFileName))
+// directory; the caller releases it with unlock once it saved its changes.
+func (in *Installer) lockState() (st *state, unlock func(), err error) {
+	unlock, err = flock.File(filepath.Join(in.cfg.StateDir, lockFileName))
+	if err != nil {
+		return nil, nil, err
+	}
+	if st, err = in.loadState(); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return st, unlock, nil
 }

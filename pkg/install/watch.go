@@ -32,19 +32,10 @@ func (in *Installer) Watch(ctx context.Context, resync time.Duration) error {
 	if resync <= 0 {
 		resync = DefaultResync
 	}
-	wake := make(chan struct{}, 1)
-	w, err := newDirWatch(in.cfg.CNIConfDir)
-	if err != nil {
-		in.cfg.Logf("inotify on %s unavailable (%v): polling every %s", in.cfg.CNIConfDir, err, resync)
-	} else {
-		done := make(chan struct{})
-		defer func() { w.close(); <-done }()
-		go func() { defer close(done); w.run(ctx, wake, in.cfg.Logf) }()
-	}
 	// A persistent error (an unsupported cniVersion, a broken file) is
 	// logged when it starts and when it changes, not every resync.
 	var lastErr string
-	round := func() {
+	in.onChange(ctx, resync, func() bool {
 		err := in.Install()
 		switch {
 		case err != nil && err.Error() != lastErr:
@@ -54,30 +45,9 @@ func (in *Installer) Watch(ctx context.Context, resync time.Duration) error {
 			in.cfg.Logf("chaining works again")
 			lastErr = ""
 		}
-	}
-	round()
-	tick := time.NewTicker(resync)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-wake:
-			// Let a burst of writes finish, then look once.
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(settle):
-			}
-			select {
-			case <-wake:
-			default:
-			}
-			round()
-		case <-tick.C:
-			round()
-		}
-	}
+		return true
+	})
+	return nil
 }
 
 // InstallWhenReady is Install that, while the conf dir holds no network
@@ -92,25 +62,53 @@ func (in *Installer) InstallWhenReady(ctx context.Context) error {
 		return err
 	}
 	in.cfg.Logf("%v; waiting for it", err)
+	// Polling every second as well: the conf dir itself may not exist yet.
+	in.onChange(ctx, time.Second, func() bool {
+		err = in.Install()
+		return errors.Is(err, ErrNoConfig)
+	})
+	return err
+}
+
+// onChange calls f now, then after every change in the CNI conf dir (inotify
+// on the directory, via x/sys/unix: create, write-close, rename, delete of
+// config files; once a burst of writes has settled) and every interval, until
+// ctx ends or f returns false. Without inotify it polls.
+func (in *Installer) onChange(ctx context.Context, interval time.Duration, f func() bool) {
 	wake := make(chan struct{}, 1)
-	if w, werr := newDirWatch(in.cfg.CNIConfDir); werr == nil {
+	w, err := newDirWatch(in.cfg.CNIConfDir)
+	if err != nil {
+		in.cfg.Logf("inotify on %s unavailable (%v): polling every %s", in.cfg.CNIConfDir, err, interval)
+	} else {
 		wctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		defer func() { cancel(); w.close(); <-done }()
 		go func() { defer close(done); w.run(wctx, wake, in.cfg.Logf) }()
 	}
-	// Polling as well: the conf dir itself may not exist yet.
-	tick := time.NewTicker(time.Second)
+	if !f() {
+		return
+	}
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return err
+			return
 		case <-wake:
+			// Let a burst of writes finish, then look once.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(settle):
+			}
+			select {
+			case <-wake:
+			default:
+			}
 		case <-tick.C:
 		}
-		if err = in.Install(); !errors.Is(err, ErrNoConfig) {
-			return err
+		if !f() {
+			return
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,7 +47,7 @@ func TestPinnedNetwork(t *testing.T) {
 		t.Fatalf("pod without counters: %v, %v", got, err)
 	}
 
-	counters, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir(datapath.Owner), "pod_counters"), nil)
+	counters, err := ebpf.LoadPinnedMap(root.Pin(datapath.Owner, "pod_counters"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +135,7 @@ func BenchmarkPinnedNetworkScrape(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer reg.Close()
-	counters, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir(datapath.Owner), "pod_counters"), nil)
+	counters, err := ebpf.LoadPinnedMap(root.Pin(datapath.Owner, "pod_counters"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

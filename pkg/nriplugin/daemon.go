@@ -23,9 +23,9 @@ import (
 
 // Options are podscope-nri's flags.
 type Options struct {
-	NRISocket  string // --nri-socket
-	PluginName string // --plugin-name
-	PluginIdx  string // --plugin-idx
+	// NRI is the runtime connection: --nri-socket (Socket), --plugin-name
+	// (Name), --plugin-idx (Index). Run sets FailRequest and Connected.
+	NRI Conn
 
 	BPFFSRoot  string // --bpffs-root
 	StateDir   string // --state-dir (the CNI plugin's: accounting log, reaper lock)
@@ -131,7 +131,7 @@ func NewDaemon(opt Options, log *slog.Logger) (*Daemon, error) {
 		return nil // an untyped nil: "not available"
 	}}
 	log.Info("podscope-nri starting", "bpffs_root", d.root.Path, "cgroup_root", res.Mount.Point,
-		"audit_default", defaultWord(opt.AuditDefault), "fail_closed", opt.FailClosed, "audit_log", opt.AuditLog)
+		"audit_default", onOff{&opt.AuditDefault}.String(), "fail_closed", opt.FailClosed, "audit_log", opt.AuditLog)
 	return d, nil
 }
 
@@ -197,11 +197,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.runAudit(ctx, lw, firstTry) }()
 
 	wg.Add(1)
-	go func() { defer wg.Done(); d.flushLoop(ctx, lw) }()
+	go func() { defer wg.Done(); every(ctx, time.Second, func() { d.flush(lw) }) }()
 
 	if d.opt.ReapInterval > 0 {
 		wg.Add(1)
-		go func() { defer wg.Done(); d.reapLoop(ctx) }()
+		go func() { defer wg.Done(); every(ctx, d.opt.ReapInterval, d.reap) }()
 	}
 
 	wg.Add(1)
@@ -212,13 +212,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return
 		case <-firstTry:
 		}
-		err := d.plugin.Run(ctx, Conn{Socket: d.opt.NRISocket, Name: d.opt.PluginName, Index: d.opt.PluginIdx,
-			FailRequest: d.opt.FailClosed, Connected: func(up bool) {
-				d.connected.Store(up)
-				if up {
-					d.log.Info("registered with the runtime", "socket", d.opt.NRISocket, "plugin", d.opt.PluginIdx+"-"+d.opt.PluginName)
-				}
-			}})
+		conn := d.opt.NRI
+		conn.FailRequest = d.opt.FailClosed
+		conn.Connected = func(up bool) {
+			d.connected.Store(up)
+			if up {
+				d.log.Info("registered with the runtime", "socket", conn.Socket, "plugin", conn.Index+"-"+conn.Name)
+			}
+		}
+		err := d.plugin.Run(ctx, conn)
 		if err != nil {
 			errc <- err
 		}
@@ -322,41 +324,37 @@ func (d *Daemon) sink(lw *audit.LogWriter) func(audit.Event) {
 	}
 }
 
-// flushLoop pushes buffered audit lines to the file every second, so a
-// reader of the log (podscopectl audit --follow) lags by at most that.
-func (d *Daemon) flushLoop(ctx context.Context, lw *audit.LogWriter) {
-	t := time.NewTicker(time.Second)
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := lw.Flush(); err != nil {
-				d.log.Error("flushing the audit log", "err", err)
-			}
+			fn()
 		}
 	}
 }
 
-// reapLoop removes pods whose veth or netns vanished without a CNI DEL
+// flush pushes buffered audit lines to the file; run every second, so a
+// reader of the log (podscopectl audit --follow) lags by at most that.
+func (d *Daemon) flush(lw *audit.LogWriter) {
+	if err := lw.Flush(); err != nil {
+		d.log.Error("flushing the audit log", "err", err)
+	}
+}
+
+// reap removes pods whose veth or netns vanished without a CNI DEL
 // (containerd never calls CNI GC), writing their final accounting first.
-func (d *Daemon) reapLoop(ctx context.Context) {
-	t := time.NewTicker(d.opt.ReapInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			reaped, err := podstate.Reap(d.root, d.opt.StateDir, 5*time.Second)
-			if err != nil {
-				d.log.Error("reaping stale pods", "err", err)
-			}
-			for _, p := range reaped {
-				d.log.Info("reaped stale pod (final counters written to the accounting log)", "pod", p.Ref(), "uid", p.UID)
-			}
-		}
+func (d *Daemon) reap() {
+	reaped, err := podstate.Reap(d.root, d.opt.StateDir, 5*time.Second)
+	if err != nil {
+		d.log.Error("reaping stale pods", "err", err)
+	}
+	for _, p := range reaped {
+		d.log.Info("reaped stale pod (final counters written to the accounting log)", "pod", p.Ref(), "uid", p.UID)
 	}
 }
 

@@ -196,7 +196,7 @@ func TestDaemon(t *testing.T) {
 	defer rt.stop()
 
 	stdout := &syncLog{}
-	opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50", BPFFSRoot: root.Path,
+	opt := Options{NRI: Conn{Socket: rt.socket, Name: "podscope", Index: "50"}, BPFFSRoot: root.Path,
 		StateDir: filepath.Join(work, "state"), AuditLog: filepath.Join(work, "log", "audit.jsonl"),
 		AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0",
 		AuditStdout: true, Stdout: stdout}
@@ -340,7 +340,7 @@ func TestDaemonWithoutBPFFS(t *testing.T) {
 			rt := newRuntime(t)
 			rt.start()
 			defer rt.stop()
-			opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50",
+			opt := Options{NRI: Conn{Socket: rt.socket, Name: "podscope", Index: "50"},
 				BPFFSRoot: filepath.Join(work, "not-bpffs"), CgroupRoot: cgRoot, AuditLog: filepath.Join(work, "audit.jsonl"),
 				StateDir:     filepath.Join(work, "state"),
 				AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0", FailClosed: failClosed}
@@ -381,7 +381,7 @@ func TestDaemonSingleInstance(t *testing.T) {
 	rt := newRuntime(t)
 	rt.start()
 	defer rt.stop()
-	opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50",
+	opt := Options{NRI: Conn{Socket: rt.socket, Name: "podscope", Index: "50"},
 		BPFFSRoot: filepath.Join(work, "not-bpffs"), CgroupRoot: t.TempDir(), AuditLog: filepath.Join(work, "audit.jsonl"),
 		StateDir: filepath.Join(work, "state"), AuditDefault: true, AuditMode: string(audit.ModeTracepoint), MetricsAddr: "127.0.0.1:0"}
 	logs1, logs2 := &syncLog{}, &syncLog{}
@@ -433,7 +433,7 @@ func TestDaemonReaps(t *testing.T) {
 			t.Logf("daemon log:\n%s", logs.String())
 		}
 	})
-	opt := Options{NRISocket: rt.socket, PluginName: "podscope", PluginIdx: "50", BPFFSRoot: root.Path,
+	opt := Options{NRI: Conn{Socket: rt.socket, Name: "podscope", Index: "50"}, BPFFSRoot: root.Path,
 		CgroupRoot: t.TempDir(), AuditLog: filepath.Join(work, "audit.jsonl"), StateDir: filepath.Join(work, "state"),
 		AuditDefault: true, AuditMode: string(audit.ModeTracepoint), ReapInterval: 100 * time.Millisecond}
 	d := startDaemon(t, opt, logs)

@@ -57,10 +57,22 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	f := Flags{Options: Options{AuditDefault: true}}
 	fs := flag.NewFlagSet("podscope-nri", flag.ContinueOnError)
 	fs.SetOutput(output)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `podscope-nri is podscope's node daemon: a containerd NRI plugin that arms the
+file-write audit of every container before it runs, writes the audit log,
+serves Prometheus metrics and reaps pods removed without a CNI DEL.
+Run one per node, as root (a DaemonSet or a systemd unit). Docs: docs/podscope-nri.md
+
+Usage: podscope-nri [flags]
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	o := &f.Options
-	fs.StringVar(&o.NRISocket, "nri-socket", api.DefaultSocketPath, "containerd's NRI socket")
-	fs.StringVar(&o.PluginName, "plugin-name", DefaultPluginName, "NRI plugin name (what containerd's required_plugins lists)")
-	fs.StringVar(&o.PluginIdx, "plugin-idx", DefaultPluginIdx, "NRI plugin index, two digits: order among NRI plugins")
+	fs.StringVar(&o.NRI.Socket, "nri-socket", api.DefaultSocketPath, "containerd's NRI socket")
+	fs.StringVar(&o.NRI.Name, "plugin-name", DefaultPluginName, "NRI plugin name (what containerd's required_plugins lists)")
+	fs.StringVar(&o.NRI.Index, "plugin-idx", DefaultPluginIdx, "NRI plugin index, two digits: order among NRI plugins")
 	fs.StringVar(&o.BPFFSRoot, "bpffs-root", pins.DefaultRoot, "bpffs directory of podscope's pinned maps, programs and links")
 	fs.StringVar(&o.StateDir, "state-dir", podstate.DefaultDir, "podscope's state directory (the CNI plugin's: accounting log of reaped pods)")
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 mount (default: found in /proc/self/mountinfo, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
@@ -68,7 +80,7 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	fs.Int64Var(&o.AuditLogMax, "audit-log-max-bytes", audit.DefaultLogMaxBytes, "rotate the audit log when it would grow past this size (at least 1)")
 	fs.IntVar(&o.AuditLogKeep, "audit-log-keep", audit.DefaultLogKeep, "rotated audit logs to keep (audit.jsonl.1 … .N, at least 1)")
 	fs.BoolVar(&o.AuditStdout, "audit-stdout", false, "also write every audit event as a JSON line to stdout")
-	fs.Var(onOff{&o.AuditDefault}, "audit-default", `on: audit every pod unless annotated podscope.io/audit: "false"; off: only pods annotated "true" (default on)`)
+	fs.Var(onOff{&o.AuditDefault}, "audit-default", `on: audit every pod unless annotated podscope.io/audit: "false"; off: only pods annotated "true" (`+"`on|off`"+`, default on)`)
 	fs.StringVar(&o.AuditMode, "audit-mode", "", "force an audit mode (lsm_cgroup, lsm, fentry, tracepoint) instead of probing; for tests")
 	fs.BoolVar(&o.FailClosed, "fail-closed", false, "refuse to start a container that cannot be armed (default: it starts unaudited, with an error logged)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", DefaultMetricsAddr, `Prometheus /metrics and /healthz address ("" disables)`)
@@ -84,11 +96,11 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	if err := f.LogLevel.UnmarshalText([]byte(*level)); err != nil {
 		return f, fmt.Errorf("-log-level %q: %w", *level, err)
 	}
-	if len(o.PluginIdx) != 2 || o.PluginIdx[0] < '0' || o.PluginIdx[0] > '9' || o.PluginIdx[1] < '0' || o.PluginIdx[1] > '9' {
-		return f, fmt.Errorf("-plugin-idx %q: want two digits, e.g. 50", o.PluginIdx)
+	if len(o.NRI.Index) != 2 || o.NRI.Index[0] < '0' || o.NRI.Index[0] > '9' || o.NRI.Index[1] < '0' || o.NRI.Index[1] > '9' {
+		return f, fmt.Errorf("-plugin-idx %q: want two digits, e.g. 50", o.NRI.Index)
 	}
-	if o.PluginName == "" || strings.ContainsAny(o.PluginName, "/ ") {
-		return f, fmt.Errorf("-plugin-name %q: want a non-empty name without '/' or spaces", o.PluginName)
+	if o.NRI.Name == "" || strings.ContainsAny(o.NRI.Name, "/ ") {
+		return f, fmt.Errorf("-plugin-name %q: want a non-empty name without '/' or spaces", o.NRI.Name)
 	}
 	if o.AuditLog == "" {
 		return f, fmt.Errorf("-audit-log: must name a file")

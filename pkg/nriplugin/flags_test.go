@@ -14,9 +14,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := f.Options
-	if o.NRISocket != "/var/run/nri/nri.sock" || o.AuditLog != "/var/log/podscope/audit.jsonl" ||
-		o.MetricsAddr != "127.0.0.1:9810" || !o.AuditDefault || o.FailClosed || o.PluginName != "podscope" ||
-		o.PluginIdx != "50" || o.BPFFSRoot != "/sys/fs/bpf/podscope" || o.AuditStdout || o.AuditMode != "" ||
+	if o.NRI.Socket != "/var/run/nri/nri.sock" || o.AuditLog != "/var/log/podscope/audit.jsonl" ||
+		o.MetricsAddr != "127.0.0.1:9810" || !o.AuditDefault || o.FailClosed || o.NRI.Name != "podscope" ||
+		o.NRI.Index != "50" || o.BPFFSRoot != "/sys/fs/bpf/podscope" || o.AuditStdout || o.AuditMode != "" ||
 		o.ReapInterval != time.Minute || f.LogLevel != slog.LevelInfo {
 		t.Errorf("defaults: %+v", f)
 	}
@@ -31,8 +31,8 @@ func TestParseFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := f.Options
-	if o.NRISocket != "/run/x.sock" || o.BPFFSRoot != "/sys/fs/bpf/t" || o.StateDir != "/tmp/s" || o.AuditLog != "/tmp/a.jsonl" ||
-		o.MetricsAddr != "" || o.AuditDefault || o.PluginName != "ps" || o.PluginIdx != "10" || !o.AuditStdout ||
+	if o.NRI.Socket != "/run/x.sock" || o.BPFFSRoot != "/sys/fs/bpf/t" || o.StateDir != "/tmp/s" || o.AuditLog != "/tmp/a.jsonl" ||
+		o.MetricsAddr != "" || o.AuditDefault || o.NRI.Name != "ps" || o.NRI.Index != "10" || !o.AuditStdout ||
 		!o.FailClosed || o.AuditMode != "tracepoint" || o.ReapInterval != 0 || f.LogLevel != slog.LevelDebug ||
 		o.CgroupRoot != "/sys/fs/cgroup/unified" {
 		t.Errorf("parsed: %+v", f)

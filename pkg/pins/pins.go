@@ -42,6 +42,13 @@ func (r Root) Dir(owner string) string {
 	return filepath.Join(r.Path, LayoutVersion, owner)
 }
 
+// Pin is the path of one pin in owner's directory: a map, program or link
+// name, or a subdirectory and a name (links/<name>), or a glob of them. It
+// is the one place a pin's path is built: <root>/<LayoutVersion>/<owner>/<leaf>.
+func (r Root) Pin(owner string, leaf ...string) string {
+	return filepath.Join(append([]string{r.Dir(owner)}, leaf...)...)
+}
+
 // Ensure checks that the root lies on a bpffs mount and creates the owner's
 // directory. The error names the mount that is missing and how to add it.
 func (r Root) Ensure(owner string) (string, error) {

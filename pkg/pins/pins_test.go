@@ -56,3 +56,21 @@ func TestStaleLayouts(t *testing.T) {
 		t.Fatalf("StaleLayouts = %v, %v; want just v0", stale, err)
 	}
 }
+
+func TestPinPath(t *testing.T) {
+	r := New("/x/y/")
+	for _, tc := range []struct {
+		owner string
+		leaf  []string
+		want  string
+	}{
+		{"datapath", []string{"pod_counters"}, "/x/y/" + LayoutVersion + "/datapath/pod_counters"},
+		{"datapath", []string{"links", "3_ingress"}, "/x/y/" + LayoutVersion + "/datapath/links/3_ingress"},
+		{"audit", []string{"prog_*"}, "/x/y/" + LayoutVersion + "/audit/prog_*"},
+		{"pods", nil, "/x/y/" + LayoutVersion + "/pods"},
+	} {
+		if got := r.Pin(tc.owner, tc.leaf...); got != tc.want {
+			t.Errorf("Pin(%q, %q) = %q, want %q", tc.owner, tc.leaf, got, tc.want)
+		}
+	}
+}

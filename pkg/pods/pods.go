@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"time"
 
@@ -107,7 +106,7 @@ func spec() *ebpf.MapSpec {
 }
 
 // Path is where the registry is pinned under root.
-func Path(root pins.Root) string { return filepath.Join(root.Dir(Owner), MapName) }
+func Path(root pins.Root) string { return root.Pin(Owner, MapName) }
 
 // OpenRegistry opens the pinned registry, creating and pinning it if absent.
 func OpenRegistry(root pins.Root) (*Registry, error) {

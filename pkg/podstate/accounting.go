@@ -33,12 +33,9 @@ type Record struct {
 	PodID         uint32         `json:"podID"`
 	AttachedAt    time.Time      `json:"attachedAt"`
 	DetachedAt    time.Time      `json:"detachedAt"`
-	RxBytes       uint64         `json:"rxBytes"`
-	RxPackets     uint64         `json:"rxPackets"`
-	TxBytes       uint64         `json:"txBytes"`
-	TxPackets     uint64         `json:"txPackets"`
-	DropsEgress   uint64         `json:"dropsEgress"`
-	DropsIngress  uint64         `json:"dropsIngress"`
+	// The final counters: rxBytes … dropsIngress, and the bytes of the
+	// dropped packets (dropBytesEgress, dropBytesIngress).
+	datapath.Counters
 	// CountersError is set when the counters could not be read (pins gone):
 	// the identity is still logged so the pod is not silently lost.
 	CountersError string `json:"countersError,omitempty"`
@@ -52,8 +49,7 @@ func NewRecord(p pods.Pod, reason string, c datapath.Counters, cerr error) Recor
 		Time: now, Reason: reason, Identity: p.Identity(),
 		ContainerID: p.ContainerID, Interface: p.Interface, HostInterface: p.HostInterface,
 		IPs: p.IPs, Mode: string(p.Mode), Network: p.Network, PodID: uint32(p.ID), AttachedAt: p.AttachedAt, DetachedAt: now,
-		RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
-		DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
+		Counters: c,
 	}
 	if cerr != nil {
 		r.CountersError = cerr.Error()

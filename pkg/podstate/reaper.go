@@ -226,5 +226,11 @@ func (s *State) Reap(budget time.Duration) ([]pods.Pod, error) {
 		}
 		reaped = append(reaped, p)
 	}
+	// Policy sets a crashed ADD or DEL left without users, or half-written.
+	if s.Datapath != nil {
+		if _, err := s.Datapath.GCPolicySets(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return reaped, errors.Join(errs...)
 }

@@ -567,7 +567,7 @@ func TestSystemdUnits(t *testing.T) {
 	if err != nil {
 		t.Fatalf("podscope-nri rejects the unit's flags: %v", err)
 	}
-	if f.NRISocket != flag(t, nriC, "nri-socket") || f.BPFFSRoot != flag(t, nriC, "bpffs-root") ||
+	if f.NRI.Socket != flag(t, nriC, "nri-socket") || f.BPFFSRoot != flag(t, nriC, "bpffs-root") ||
 		f.StateDir != flag(t, nriC, "state-dir") || f.AuditLog != flag(t, nriC, "audit-log") {
 		t.Errorf("unit and DaemonSet disagree: %+v", f.Options)
 	}

@@ -39,42 +39,44 @@ func TestPodsTalk(t *testing.T) {
 	}
 }
 
-// TestPodStartLatency measures crictl runp+create+start over 20 pods with
-// podscope in the chain (default handler) and without it (runc-bare), and
-// reports the medians. A measurement, not a pass/fail on time.
-func TestPodStartLatency(t *testing.T) {
-	e := mustEnv(t)
-	n := 20
-	if s := os.Getenv("PODSCOPE_E2E_LATENCY_PODS"); s != "" {
-		fmt.Sscan(s, &n)
-	}
-	// Interleaved, one pod of each kind per round, each removed before the
-	// next round: both kinds see the same machine state (caches, load).
+// BenchmarkPodStartLatency measures crictl runp+create+start with podscope
+// in the chain (default handler) and without it (runc-bare), one pod of
+// each per iteration, interleaved, and reports the medians. A measurement,
+// never a pass/fail on time; run it with
+// `RUN='^$' BENCH=PodStartLatency make e2e` (20 pods of each by default:
+// BENCHTIME=Nx).
+func BenchmarkPodStartLatency(b *testing.B) {
+	e := mustEnv(b)
+	// Each pod is removed before the next round: both kinds see the same
+	// machine state (caches, load).
 	one := func(runtime, label string, i int) time.Duration {
-		p := e.runPod(t, podSpec{Namespace: "e2e-latency", Name: fmt.Sprintf("%s-%d", label, i), Runtime: runtime})
+		p := e.runPod(b, podSpec{Namespace: "e2e-latency", Name: fmt.Sprintf("%s-%d", label, i), Runtime: runtime})
 		start := time.Now()
-		p.start(t, "sleep", "sleep", "3600")
+		p.start(b, "sleep", "sleep", "3600")
 		took := p.runpTook + time.Since(start)
-		p.remove(t)
+		p.remove(b)
 		return took
 	}
 	var bareDs, withDs []time.Duration
-	for i := 0; i < n; i++ {
+	for i := 0; b.Loop(); i++ {
 		bareDs = append(bareDs, one("runc-bare", "bare", i))
 		withDs = append(withDs, one("", "podscope", i))
 	}
 	slices.Sort(bareDs)
 	slices.Sort(withDs)
+	n := len(bareDs)
 	bare, with := bareDs[n/2], withDs[n/2]
+	b.ReportMetric(float64(bare.Microseconds())/1000, "bridge-p50-ms")
+	b.ReportMetric(float64(with.Microseconds())/1000, "podscope-p50-ms")
 	label := "with podscope"
 	if !e.chained {
 		label = "default handler WITHOUT podscope (bin/podscope not built)"
 	}
 	msg := fmt.Sprintf("pod start latency (crictl runp+create+start, p50 over %d pods): bridge only %v, %s %v",
 		n, bare.Round(time.Millisecond), label, with.Round(time.Millisecond))
-	t.Log(msg)
+	b.Log(msg)
 	if err := os.WriteFile(filepath.Join(e.work, "latency.txt"), []byte(msg+"\n"), 0o644); err != nil {
-		t.Error(err)
+		b.Error(err)
 	}
 }
 

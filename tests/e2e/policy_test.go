@@ -108,10 +108,10 @@ func TestPolicy(t *testing.T) {
 			ingressDeny = true
 		}
 		for _, r := range en.Rules {
-			if en.Direction == "ingress" && r.Protocol == "tcp" && strings.Contains(r.Ports, "80") && r.Action == "allow" {
+			if en.Direction == "ingress" && r.Protocol == "tcp" && r.Ports == "80" && r.Action == "allow" {
 				port80 = true
 			}
-			if en.Direction == "egress" && r.Protocol == "tcp" && strings.Contains(r.Ports, "7777") && r.Action == "deny" {
+			if en.Direction == "egress" && r.Protocol == "tcp" && r.Ports == "7777" && r.Action == "deny" {
 				egress7777 = true
 			}
 		}

@@ -1,11 +1,14 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
 )
 
 // networkPolicy is the conflist's policy: pods may open TCP to port 8080 of
@@ -103,6 +106,10 @@ func TestBadAnnotationAttachesNothing(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "podscope.io/egress") {
 		t.Errorf("error does not name the annotation: %v", err)
+	}
+	var ce *types.Error
+	if !errors.As(err, &ce) || ce.Code != types.ErrInvalidNetworkConfig {
+		t.Errorf("ADD error %v (%T): want a CNI error with code %d (invalid network config)", err, err, types.ErrInvalidNetworkConfig)
 	}
 	t.Logf("ADD error: %v", err)
 	st, err := readPins(n.root)
