@@ -36,13 +36,14 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
-	ki, err := identityToKernel(id)
-	if err != nil {
+	ki, long := identityToKernel(id)
+	if err := a.putLongIdentity(cgid, id, long); err != nil {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
 	idm := a.maps.AuditIdentity
 	if err := idm.Put(cgid, ki); err != nil {
+		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: storing identity: %w", cgroupDir, err)
 	}
@@ -52,18 +53,21 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 	level, err := cgroups.Level(cgroupDir)
 	if err != nil {
 		idm.Delete(cgid)
+		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
 	ac := a.maps.AuditedCgroups
 	if err := ac.Put(cgid, auditAuditCgroup{ArmedAt: uint32(ts.Sec), Level: level}); err != nil {
 		idm.Delete(cgid)
+		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
 	if err := a.syncLevels(); err != nil {
 		ac.Delete(cgid)
 		idm.Delete(cgid)
+		a.dropLongIdentity(cgid)
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
@@ -85,6 +89,7 @@ func (a *Auditor) Disarm(cgid uint64) error {
 	if err := idm.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: identity: %w", cgid, err))
 	}
+	errs = append(errs, a.dropLongIdentity(cgid))
 	// The reader may still decode records of this cgroup: keep the cached
 	// identity for a grace period.
 	a.cache.expire(cgid, time.Now().Add(10*time.Second))
@@ -103,7 +108,7 @@ func (a *Auditor) Armed() (map[uint64]Identity, error) {
 	for it.Next(&k, &v) {
 		var ki auditIdentity
 		if err := idm.Lookup(k, &ki); err == nil {
-			out[k] = identityFromKernel(&ki)
+			out[k] = a.identityOf(k, &ki)
 		} else {
 			out[k] = Identity{}
 		}
@@ -245,27 +250,29 @@ func (a *Auditor) removeCgroupLinks(cgid uint64, progPrefix string) error {
 	return errors.Join(errs...)
 }
 
-func identityToKernel(id Identity) (auditIdentity, error) {
-	var k auditIdentity
+// identityToKernel fills the fixed fields of the kernel's identity with what
+// fits; long reports that a field did not (it is then left empty, never cut,
+// and the whole identity goes to the blob store: see longid.go).
+func identityToKernel(id Identity) (k auditIdentity, long bool) {
 	for _, f := range []struct {
-		name string
-		dst  []int8
-		v    string
+		dst []int8
+		v   string
 	}{
-		{"namespace", k.Namespace[:], id.Namespace},
-		{"pod", k.Pod[:], id.Pod},
-		{"pod UID", k.PodUid[:], id.PodUID},
-		{"container", k.Container[:], id.Container},
-		{"container ID", k.ContainerId[:], id.ContainerID},
+		{k.Namespace[:], id.Namespace},
+		{k.Pod[:], id.Pod},
+		{k.PodUid[:], id.PodUID},
+		{k.Container[:], id.Container},
+		{k.ContainerId[:], id.ContainerID},
 	} {
-		if len(f.v) >= len(f.dst) {
-			return k, fmt.Errorf("%s %q longer than %d bytes", f.name, f.v, len(f.dst)-1)
+		if len(f.v) >= len(f.dst) || strings.IndexByte(f.v, 0) >= 0 {
+			long = true
+			continue
 		}
 		for i := 0; i < len(f.v); i++ {
 			f.dst[i] = int8(f.v[i])
 		}
 	}
-	return k, nil
+	return k, long
 }
 
 func identityFromKernel(k *auditIdentity) Identity {

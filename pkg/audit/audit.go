@@ -169,6 +169,7 @@ type Auditor struct {
 
 	mu    sync.Mutex // serialises Arm/Disarm
 	cache identityCache
+	long  longIdentities
 }
 
 // Mode is the mode the programs run in.
@@ -187,6 +188,7 @@ func (a *Auditor) Close() error {
 		errs = append(errs, p.Close())
 	}
 	errs = append(errs, a.maps.Close())
+	a.long.close()
 	return errors.Join(errs...)
 }
 

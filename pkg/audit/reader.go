@@ -345,7 +345,7 @@ func (a *Auditor) lookupIdentity(cgid uint64) Identity {
 		a.cache.putFor(cgid, Identity{}, time.Second)
 		return Identity{}
 	}
-	id := identityFromKernel(&ki)
+	id := a.identityOf(cgid, &ki)
 	a.cache.put(cgid, id)
 	return id
 }

@@ -32,6 +32,18 @@ const (
 	AnnotationIngress = "podscope.io/ingress"
 )
 
+// Bounds of one policy annotation. A pod's annotation is written into the
+// node-wide policy map (one entry per distinct CIDR and direction), so
+// without a bound one tenant's pod could push that map toward full and make
+// every other pod's ADD fail. 256 rules per direction keep a pod at most 516
+// entries (256 CIDRs + the two catch-alls, both directions): the 1,048,576
+// entries of the map hold 2,000 such pods with all-different policies, more
+// than a node runs. 64 KiB is ample for 256 rules in any formatting.
+const (
+	MaxAnnotationBytes = 64 << 10
+	MaxAnnotationRules = 256
+)
+
 // annotationsCapability is the runtimeConfig key containerd fills with the
 // pod's annotations when the plugin declares the capability.
 const annotationsCapability = "io.kubernetes.cri.pod-annotations"
@@ -45,7 +57,7 @@ var knownFields = map[string]bool{
 	"ipam": true, "dns": true, "prevResult": true, "runtimeConfig": true,
 	"args": true, "cni.dev/valid-attachments": true, "cni.dev/attachments": true,
 	// podscope
-	"bpffsRoot": true, "stateDir": true, "policy": true, "policyFile": true, "attachMode": true,
+	"bpffsRoot": true, "stateDir": true, "policy": true, "policyFile": true, "attachMode": true, "failClosed": true,
 }
 
 // Config is a parsed, validated podscope conflist entry.
@@ -57,6 +69,9 @@ type Config struct {
 	RawPolicy  json.RawMessage `json:"policy,omitempty"`
 	PolicyFile string          `json:"policyFile,omitempty"` // the same object as policy, in a file
 	AttachMode string          `json:"attachMode,omitempty"`
+	// FailClosed refuses a pod podscope cannot observe (its interface is
+	// not a veth) instead of letting it start unobserved.
+	FailClosed bool `json:"failClosed,omitempty"`
 
 	RuntimeConfig struct {
 		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
@@ -93,12 +108,22 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 	}
 	if len(unknown) > 0 && !lenient {
 		sort.Strings(unknown)
-		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, attachMode)", unknown[0]),
+		return nil, invalid(fmt.Sprintf("podscope: unknown config field %q (known podscope fields: bpffsRoot, stateDir, policy, policyFile, attachMode, failClosed)", unknown[0]),
 			"unknown fields: "+strings.Join(unknown, ", "))
+	}
+	if !lenient {
+		if key, ok := duplicateKey(stdin); ok {
+			return nil, invalid(fmt.Sprintf("podscope: config field %q given twice (JSON decoders disagree on which one counts)", key), "")
+		}
 	}
 	c := &Config{}
 	if err := json.Unmarshal(stdin, c); err != nil {
-		return nil, invalid("podscope: decoding config: "+fieldOf(err), err.Error())
+		if !lenient {
+			return nil, invalid("podscope: decoding config: "+fieldOf(err), err.Error())
+		}
+		// DEL and GC clean up as far as they can (CNI spec): a field of the
+		// wrong type is dropped and its default used, the rest still counts.
+		c = decodeTolerant(top)
 	}
 	c.Root = pins.New(c.BPFFSRoot)
 	if c.StateDir == "" {
@@ -125,6 +150,81 @@ func parseBase(stdin []byte, lenient bool) (*Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// decodeTolerant decodes each top-level field on its own and keeps those
+// that decode, so one wrongly typed field cannot hide the others (e.g. the
+// bpffsRoot a DEL needs behind a "stateDir": 5).
+func decodeTolerant(top map[string]json.RawMessage) *Config {
+	c := &Config{}
+	keys := make([]string, 0, len(top))
+	for k := range top {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		one, err := json.Marshal(map[string]json.RawMessage{k: top[k]})
+		if err != nil {
+			continue
+		}
+		if json.Unmarshal(one, &Config{}) != nil {
+			fmt.Fprintf(os.Stderr, "podscope: ignoring config field %q of the wrong type during cleanup\n", k)
+			continue
+		}
+		_ = json.Unmarshal(one, c) // proved to decode just above
+	}
+	return c
+}
+
+// duplicateKey reports the first object key given twice anywhere in the
+// document (as "path.key"). encoding/json silently keeps the last one, so a
+// conflist with "policy" twice would enforce whichever an editor put last;
+// the policy parser refuses the same input in an annotation.
+func duplicateKey(doc []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	key, dup, err := dupWalk(dec, "")
+	return key, dup && err == nil
+}
+
+func dupWalk(dec *json.Decoder, path string) (string, bool, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return "", false, err
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return "", false, err
+			}
+			k, _ := kt.(string)
+			child := k
+			if path != "" {
+				child = path + "." + k
+			}
+			if seen[k] {
+				return child, true, nil
+			}
+			seen[k] = true
+			if key, dup, err := dupWalk(dec, child); dup || err != nil {
+				return key, dup, err
+			}
+		}
+		_, err := dec.Token() // '}'
+		return "", false, err
+	case json.Delim('['):
+		for i := 0; dec.More(); i++ {
+			if key, dup, err := dupWalk(dec, fmt.Sprintf("%s[%d]", path, i)); dup || err != nil {
+				return key, dup, err
+			}
+		}
+		_, err := dec.Token() // ']'
+		return "", false, err
+	}
+	return "", false, nil
 }
 
 // fieldOf names the field of a json decoding error when the decoder knows it.
@@ -182,9 +282,15 @@ func (c *Config) parsePolicy() error {
 		if !ok {
 			continue
 		}
+		if len(v) > MaxAnnotationBytes {
+			return invalid(fmt.Sprintf("podscope: annotation %s: %d bytes, at most %d are accepted (put large policies in the network's config)", a.key, len(v), MaxAnnotationBytes), "")
+		}
 		s, err := policy.ParseSpec([]byte(v), "annotation "+a.key)
 		if err != nil {
 			return invalid("podscope: "+err.Error(), "")
+		}
+		if len(s.Rules) > MaxAnnotationRules {
+			return invalid(fmt.Sprintf("podscope: annotation %s: %d rules, at most %d are accepted per direction (put large policies in the network's config)", a.key, len(s.Rules), MaxAnnotationRules), "")
 		}
 		*a.dst = s
 	}
@@ -195,7 +301,7 @@ func (c *Config) parsePolicy() error {
 // differently: policy sets written from a source text are found again by
 // the text's sum, so a stricter parser must not find sets the older one
 // accepted.
-const policySyntax = "podscope policy text v2"
+const policySyntax = "podscope policy text v3" // v3: annotation bounds (MaxAnnotationBytes, MaxAnnotationRules)
 
 // hasPolicy reports whether the entry or the pod's annotations ask for any
 // policy at all.

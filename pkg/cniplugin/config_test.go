@@ -3,6 +3,7 @@ package cniplugin
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,13 +118,64 @@ func TestParseConfigRejects(t *testing.T) {
 			[]string{AnnotationIngress}},
 		{"bad annotation rule", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, `{"default":"allow","rules":[{"cidr":"nope","action":"deny"}]}`)}),
 			[]string{AnnotationEgress, "cidr"}},
+		// Issue 15: a chain of 33 matches is code 7 here, not 999 at ADD.
+		{"chain over 32 matches", conf(t, map[string]any{"policy": raw(`{"egress":{"default":"deny","rules":[{"cidr":"10.1.0.0/16","action":"allow"},` +
+			`{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["1","3","5","7","9","11","13","15","17","19","21","23","25","27","29","31",` +
+			`"33","35","37","39","41","43","45","47","49","51","53","55","57","59","61","63"],"action":"allow"}]}}`)}),
+			[]string{"policy.egress.rules[1]", "33 matches"}},
+		{"empty ports", conf(t, map[string]any{"policy": raw(`{"egress":{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":[],"action":"deny"}]}}`)}),
+			[]string{"policy.egress.rules[0].ports", "empty list"}},
 		{"bad attachMode", conf(t, map[string]any{"attachMode": "xdp"}), []string{"attachMode", `"xdp"`}},
 		{"wrong type", conf(t, map[string]any{"stateDir": 5}), []string{"stateDir"}},
+		// encoding/json keeps the last of two equal keys; the annotation
+		// parser refuses them, so the conflist must too.
+		{"policy twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","policy":{"egress":{"default":"deny"}},"policy":{"egress":{"default":"allow"}}}`),
+			[]string{`"policy"`, "twice"}},
+		{"egress twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","policy":{"egress":{"default":"deny"},"egress":{"default":"allow"}}}`),
+			[]string{`"policy.egress"`, "twice"}},
+		{"annotation twice", []byte(`{"cniVersion":"1.0.0","name":"n","type":"podscope","runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"podscope.io/egress":"{\"default\":\"deny\"}","podscope.io/egress":"{\"default\":\"allow\"}"}}}`),
+			[]string{AnnotationEgress, "twice"}},
+		{"annotation too many rules", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, manyRules(MaxAnnotationRules+1))}),
+			[]string{AnnotationEgress, "257 rules", "at most 256"}},
+		{"annotation too large", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationIngress, `{"default":"allow"`+strings.Repeat(" ", MaxAnnotationBytes)+`}`)}),
+			[]string{AnnotationIngress, "bytes", "at most 65536"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig(tc.input)
 			assertInvalid(t, err, tc.want...)
 		})
+	}
+}
+
+// manyRules is an egress spec with n rules on distinct /32s.
+func manyRules(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"default":"allow","rules":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"cidr":"10.%d.%d.%d/32","action":"deny"}`, i>>16&255, i>>8&255, i&255)
+	}
+	b.WriteString("]}")
+	return b.String()
+}
+
+// The bound on annotation rules is inclusive: the limit itself is accepted.
+func TestAnnotationAtTheLimit(t *testing.T) {
+	c, err := ParseConfig(conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, manyRules(MaxAnnotationRules))}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Policy.Egress.Rules) != 256 {
+		t.Fatalf("%d rules", len(c.Policy.Egress.Rules))
+	}
+}
+
+// Equal keys in different objects are not duplicates.
+func TestSameKeyInDifferentObjects(t *testing.T) {
+	if _, err := ParseConfig(conf(t, map[string]any{"policy": raw(`{"egress":{"default":"allow"},"ingress":{"default":"allow"}}`)})); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -206,6 +258,12 @@ func TestDelToleratesBrokenConfig(t *testing.T) {
 		"unknown field":  {"polcy": raw(`{}`)},
 		"bad policy":     {"policy": raw(`{"egress":{"default":"maybe"}}`)},
 		"bad attachMode": {"attachMode": "xdp"},
+		// Wrongly typed known fields: CNI asks DEL to clean up as far as it
+		// can, so they are dropped, not fatal.
+		"wrongly typed stateDir":   {"stateDir": 5},
+		"wrongly typed attachMode": {"attachMode": []int{1}},
+		"wrongly typed prevResult": {"prevResult": "none"},
+		"policy given twice":       {"policy": raw(`{"egress":{"default":"allow"},"egress":{"default":"deny"}}`)},
 	} {
 		t.Run(name, func(t *testing.T) {
 			root := testenv.BPFFSRoot(t)

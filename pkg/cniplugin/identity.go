@@ -45,8 +45,22 @@ func containerIPs(res *current.Result, ifname string) ([]netip.Prefix, error) {
 		if !ok {
 			return nil, fmt.Errorf("prevResult: bad IP %v", ip.Address.IP)
 		}
-		ones, _ := ip.Address.Mask.Size()
-		out = append(out, netip.PrefixFrom(a.Unmap(), ones))
+		ones, bits := ip.Address.Mask.Size()
+		// A v4 address in a 16-byte slice with a 128-bit mask is IPv4
+		// mapped (::ffff:a.b.c.d/120): its prefix counts the 96 bits of
+		// the mapping. Found by FuzzPrevResult: unmapping it kept /120, an
+		// invalid IPv4 prefix.
+		if a.Is4In6() && bits == 128 {
+			if ones < 96 {
+				return nil, fmt.Errorf("prevResult: IPv4-mapped address %v with a /%d mask", ip.Address.IP, ones)
+			}
+			ones -= 96
+		}
+		p := netip.PrefixFrom(a.Unmap(), ones)
+		if !p.IsValid() {
+			return nil, fmt.Errorf("prevResult: bad address %v", ip.Address.String())
+		}
+		out = append(out, p)
 	}
 	if idx < 0 && len(res.Interfaces) > 0 {
 		return nil, fmt.Errorf("prevResult has no container interface %q (interfaces with a sandbox: %s)", ifname, sandboxIfaces(res))

@@ -3,6 +3,7 @@ package cniplugin
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/fault"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/podstate"
@@ -52,22 +54,24 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	if err != nil {
 		return nil, invalid("podscope: "+err.Error(), "")
 	}
-	if len(ips) > pods.MaxIPs {
-		// The registry keeps the first MaxIPs; accounting and policy do not
-		// depend on them (the datapath keys on the veth, not on addresses).
-		ips = ips[:pods.MaxIPs]
-	}
+	id := parseArgs(args.Args)
 	hostIndex, hostName, err := hostVeth(args.Netns, args.IfName)
+	var notVeth *NotVethError
+	if errors.As(err, &notVeth) && !conf.FailClosed {
+		// An observer is never the reason a pod cannot start: register it
+		// as unobserved, with the reason podscopectl and the metrics show.
+		return conf, addUnobserved(conf, args, id, ips, fmt.Sprintf("interface %s is a %s link, not a veth", notVeth.Interface, notVeth.Type))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("podscope: finding the pod's host veth: %w", err)
 	}
-	id := parseArgs(args.Args)
 
 	unlock, err := podstate.Lock(conf.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	fault.Point("add:locked")
 
 	reg, err := pods.OpenRegistry(conf.Root)
 	if err != nil {
@@ -118,6 +122,39 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	return conf, nil
 }
 
+// addUnobserved registers a pod podscope cannot attach to, with the reason,
+// and touches no datapath state: DEL, GC and the reaper remove the entry
+// like any other (its accounting line says it was not observed).
+func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []netip.Prefix, reason string) error {
+	fmt.Fprintf(os.Stderr, "podscope: pod %s/%s (container %s): %s: it runs unobserved (no accounting, no policy); \"failClosed\": true in podscope's config refuses such pods\n",
+		id.Namespace, id.Pod, args.ContainerID, reason)
+	unlock, err := podstate.Lock(conf.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	reg, err := pods.OpenRegistry(conf.Root)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
+	}
+	defer reg.Close()
+	registered, err := reg.List()
+	if err != nil {
+		return err
+	}
+	pod := pods.Pod{
+		Namespace: id.Namespace, Name: id.Pod, UID: id.PodUID,
+		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
+		IPs: ips, AttachedAt: time.Now().UTC(), Network: conf.Name, Unobserved: reason,
+	}
+	if existing, found := pods.FindAttachment(registered, args.ContainerID, args.IfName); found {
+		pod.ID, pod.AttachedAt = existing.ID, existing.AttachedAt
+	} else if pod.ID, err = pods.FreeID(registered); err != nil {
+		return types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
+	}
+	return reg.Put(pod)
+}
+
 // attach registers the pod, writes its policy and attaches, all or nothing:
 // on any failure the steps done so far are undone in reverse. For a repeated
 // ADD (prev set) a failure restores the previous registry entry and leaves
@@ -139,6 +176,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 	if err := reg.Put(pod); err != nil {
 		return invalid("podscope: "+err.Error(), "")
 	}
+	fault.Point("add:registered")
 	if prev != nil {
 		undo = append(undo, func() error { return reg.Put(*prev) })
 	} else {
@@ -148,6 +186,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 	if err := dp.SetPolicySet(pod.ID, conf.policySet); err != nil {
 		return fmt.Errorf("podscope: writing policy of pod %s: %w", pod.Ref(), err)
 	}
+	fault.Point("add:policy")
 	if prev == nil {
 		undo = append(undo, func() error { return dp.Detach(pod.ID) })
 	}
@@ -155,10 +194,12 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 	if err != nil {
 		return fmt.Errorf("podscope: attaching to %s (ifindex %d) of pod %s: %w", pod.HostInterface, pod.HostIfindex, pod.Ref(), err)
 	}
+	fault.Point("add:attached")
 	pod.Mode = mode
 	if err := reg.Put(pod); err != nil {
 		return fmt.Errorf("podscope: recording pod %s: %w", pod.Ref(), err)
 	}
+	fault.Point("add:recorded")
 	return nil
 }
 
@@ -206,6 +247,9 @@ func Check(args *skel.CmdArgs) error {
 	}
 	if !found {
 		return fmt.Errorf("podscope: container %s interface %s is not registered under %s", args.ContainerID, args.IfName, conf.Root.Path)
+	}
+	if pod.Unobserved != "" {
+		return nil // registered as unobserved: nothing attached to check
 	}
 	if !podstate.HostVethAlive(pod) {
 		return fmt.Errorf("podscope: host veth %s (ifindex %d) of pod %s is gone", pod.HostInterface, pod.HostIfindex, pod.Ref())

@@ -7,6 +7,16 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
+// NotVethError: the pod's interface has no host side to attach to (macvlan,
+// ipvlan, host-device, an SR-IOV VF…).
+type NotVethError struct {
+	Interface, Type string
+}
+
+func (e *NotVethError) Error() string {
+	return fmt.Sprintf("container interface %s is a %s link; podscope attaches to the host side of a veth", e.Interface, e.Type)
+}
+
 // hostVeth finds the host side of the pod's veth: the container interface's
 // IFLA_LINK (ParentIndex) is its peer's ifindex in the namespace the plugin
 // runs in. Asking the kernel is more robust than trusting names in
@@ -25,7 +35,7 @@ func hostVeth(netnsPath, ifname string) (int, string, error) {
 		}
 		v, ok := l.(*netlink.Veth)
 		if !ok {
-			return fmt.Errorf("container interface %s is a %s link; podscope attaches to the host side of a veth", ifname, l.Type())
+			return &NotVethError{Interface: ifname, Type: l.Type()}
 		}
 		peer = l.Attrs().ParentIndex
 		if peer == 0 {

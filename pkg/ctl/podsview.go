@@ -61,9 +61,23 @@ func printPods(w io.Writer, rows []PodRow) error {
 		if r.CountersError != "" {
 			counters = "?\t?\t?\t?\t?"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Ref(), r.Interface, r.HostInterface, strings.Join(ips, ","), r.Mode, counters)
+		host, mode := r.HostInterface, string(r.Mode)
+		if r.Unobserved != "" {
+			host, mode, counters = "-", "unobserved", "-\t-\t-\t-\t-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Ref(), r.Interface, host, strings.Join(ips, ","), mode, counters)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if r.Unobserved != "" {
+			if _, err := fmt.Fprintf(w, "%s unobserved: %s\n", r.Ref(), r.Unobserved); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // findPod resolves NS/NAME (or a container ID) in the registry.

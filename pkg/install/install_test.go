@@ -521,6 +521,10 @@ func TestBadEntryRefused(t *testing.T) {
 		"typo":       `{"type":"podscope","polcy":{"egress":{"default":"deny"}}}`,
 		"bad mode":   `{"type":"podscope","attachMode":"xdp"}`,
 		"not json":   `{"type":`,
+		// The plugin refuses these at every ADD (code 7), so the installer
+		// must never chain them.
+		"policy twice": `{"type":"podscope","policy":{"egress":{"default":"deny"}},"policy":{"egress":{"default":"allow"}}}`,
+		"egress twice": `{"type":"podscope","policy":{"egress":{"default":"deny"},"egress":{"default":"allow"}}}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			n := newNode(t)

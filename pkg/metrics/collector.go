@@ -21,6 +21,10 @@ type PodNetwork struct {
 
 	RxBytes, RxPackets, TxBytes, TxPackets uint64
 	DropsEgress, DropsIngress              uint64 // packets dropped by policy
+
+	// Unobserved, when set, is why podscope let the pod start without
+	// attaching: it has no counters, only podscope_pod_unobserved.
+	Unobserved string
 }
 
 // NetworkSource reads the counters of every attached pod. It is called at
@@ -80,6 +84,9 @@ var (
 		"The file-write audit mode in use (lsm_cgroup, lsm, fentry, tracepoint); 1 for the mode in use.", []string{"mode"}, nil)
 	armedDesc = prometheus.NewDesc("podscope_audit_armed_cgroups",
 		"Container cgroups armed for file-write audit now.", nil, nil)
+	unobservedDesc = prometheus.NewDesc("podscope_pod_unobserved",
+		"1 for a pod podscope let start without observing it (no accounting, no policy), with the reason (e.g. its interface is not a veth).",
+		append(append([]string{}, netLabels...), "reason"), nil)
 	connectedDesc = prometheus.NewDesc("podscope_nri_connected",
 		"1 while podscope-nri is registered with the container runtime's NRI socket.", nil, nil)
 )
@@ -98,7 +105,7 @@ var _ prometheus.Collector = (*Collector)(nil)
 // Describe sends every descriptor the collector may emit.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{rxBytesDesc, txBytesDesc, rxPacketsDesc, txPacketsDesc, dropsDesc,
-		writesDesc, lostDesc, modeDesc, armedDesc, connectedDesc} {
+		writesDesc, lostDesc, modeDesc, armedDesc, connectedDesc, unobservedDesc} {
 		ch <- d
 	}
 }
@@ -121,7 +128,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-type netKey struct{ ns, pod, uid, iface string }
+// netKey is a counter series: the pod and its interface.
+type netKey struct {
+	pods.Identity
+	iface string
+}
 
 func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
 	pods, err := c.Network.PodNetwork()
@@ -135,7 +146,12 @@ func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
 	sum := map[netKey]PodNetwork{}
 	var order []netKey
 	for _, p := range pods {
-		k := netKey{p.Namespace, p.Pod, p.PodUID, p.Interface}
+		if p.Unobserved != "" {
+			ch <- prometheus.MustNewConstMetric(unobservedDesc, prometheus.GaugeValue, 1,
+				p.Namespace, p.Pod, p.PodUID, p.Interface, p.Unobserved)
+			continue
+		}
+		k := netKey{p.Identity, p.Interface}
 		s, seen := sum[k]
 		if !seen {
 			order = append(order, k)
@@ -150,7 +166,7 @@ func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
 	}
 	for _, k := range order {
 		s := sum[k]
-		l := []string{k.ns, k.pod, k.uid, k.iface}
+		l := []string{k.Namespace, k.Pod, k.PodUID, k.iface}
 		ch <- prometheus.MustNewConstMetric(rxBytesDesc, prometheus.CounterValue, float64(s.RxBytes), l...)
 		ch <- prometheus.MustNewConstMetric(txBytesDesc, prometheus.CounterValue, float64(s.TxBytes), l...)
 		ch <- prometheus.MustNewConstMetric(rxPacketsDesc, prometheus.CounterValue, float64(s.RxPackets), l...)

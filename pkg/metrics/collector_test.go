@@ -226,3 +226,21 @@ func get(t *testing.T, url string) (string, int) {
 	}
 	return string(b), resp.StatusCode
 }
+
+// A pod podscope let start unobserved is a gauge with the reason, and has
+// no counters (zeros would claim it was counted).
+func TestUnobservedPodMetric(t *testing.T) {
+	mv := PodNetwork{Identity: pods.Identity{Namespace: "prod", Pod: "mv", PodUID: "u-mv"}, Interface: "eth0", Unobserved: "interface eth0 is a macvlan link, not a veth"}
+	c := &Collector{Network: &fakeNet{pods: []PodNetwork{web, mv}}}
+	want := `
+# HELP podscope_pod_unobserved 1 for a pod podscope let start without observing it (no accounting, no policy), with the reason (e.g. its interface is not a veth).
+# TYPE podscope_pod_unobserved gauge
+podscope_pod_unobserved{interface="eth0",namespace="prod",pod="mv",pod_uid="u-mv",reason="interface eth0 is a macvlan link, not a veth"} 1
+# HELP podscope_network_receive_bytes_total Bytes received by the pod on the interface (pod's view), counted by podscope's TC programs.
+# TYPE podscope_network_receive_bytes_total counter
+podscope_network_receive_bytes_total{interface="eth0",namespace="default",pod="web",pod_uid="u-web"} 1500
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "podscope_pod_unobserved", "podscope_network_receive_bytes_total"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -30,8 +30,15 @@ func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
 	out := make([]PodNetwork, 0, len(list))
 	for _, p := range list {
 		switch err := p.CountersErr; {
+		case errors.Is(err, podstate.ErrUnobserved):
+			id := p.Identity()
+			if id.Namespace == "" && id.Pod == "" {
+				id.Pod = p.ContainerID
+			}
+			out = append(out, PodNetwork{Identity: id, Interface: p.Interface, Unobserved: p.Unobserved})
+			continue
 		case errors.Is(err, datapath.ErrNotLoaded):
-			return nil, nil // registered, but the datapath is not pinned (any more)
+			continue // registered, but the datapath is not pinned (any more)
 		case errors.Is(err, datapath.ErrUnknownPod):
 			continue // registered but counters already removed: a DEL in progress
 		case err != nil:

@@ -77,8 +77,8 @@ Flags:
 	fs.StringVar(&o.StateDir, "state-dir", podstate.DefaultDir, "podscope's state directory (the CNI plugin's: accounting log of reaped pods)")
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 mount (default: found in /proc/self/mountinfo, /sys/fs/cgroup or /sys/fs/cgroup/unified)")
 	fs.StringVar(&o.AuditLog, "audit-log", audit.DefaultLogPath, "audit log file (JSON lines, mode 0600, rotated by size)")
-	fs.Int64Var(&o.AuditLogMax, "audit-log-max-bytes", audit.DefaultLogMaxBytes, "rotate the audit log when it would grow past this size")
-	fs.IntVar(&o.AuditLogKeep, "audit-log-keep", audit.DefaultLogKeep, "rotated audit logs to keep (audit.jsonl.1 … .N)")
+	fs.Int64Var(&o.AuditLogMax, "audit-log-max-bytes", audit.DefaultLogMaxBytes, "rotate the audit log when it would grow past this size (at least 1)")
+	fs.IntVar(&o.AuditLogKeep, "audit-log-keep", audit.DefaultLogKeep, "rotated audit logs to keep (audit.jsonl.1 … .N, at least 1)")
 	fs.BoolVar(&o.AuditStdout, "audit-stdout", false, "also write every audit event as a JSON line to stdout")
 	fs.Var(onOff{&o.AuditDefault}, "audit-default", `on: audit every pod unless annotated podscope.io/audit: "false"; off: only pods annotated "true" (`+"`on|off`"+`, default on)`)
 	fs.StringVar(&o.AuditMode, "audit-mode", "", "force an audit mode (lsm_cgroup, lsm, fentry, tracepoint) instead of probing; for tests")
@@ -104,6 +104,14 @@ Flags:
 	}
 	if o.AuditLog == "" {
 		return f, fmt.Errorf("-audit-log: must name a file")
+	}
+	// 0 or below used to turn silently into the default: an operator who
+	// wrote --audit-log-keep=0 meaning "keep none" got five.
+	if o.AuditLogMax < 1 {
+		return f, fmt.Errorf("-audit-log-max-bytes %d: must be at least 1 (default %d)", o.AuditLogMax, int64(audit.DefaultLogMaxBytes))
+	}
+	if o.AuditLogKeep < 1 {
+		return f, fmt.Errorf("-audit-log-keep %d: must be at least 1 (default %d)", o.AuditLogKeep, audit.DefaultLogKeep)
 	}
 	if o.ReapInterval < 0 {
 		return f, fmt.Errorf("-reap-interval %v: must not be negative", o.ReapInterval)

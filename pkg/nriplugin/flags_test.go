@@ -56,6 +56,10 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--log-level", "loud"}, "log-level"},
 		{[]string{"--audit-log", ""}, "audit-log"},
 		{[]string{"--reap-interval", "-1s"}, "reap-interval"},
+		{[]string{"--audit-log-max-bytes", "0"}, "audit-log-max-bytes"},
+		{[]string{"--audit-log-max-bytes=-5"}, "audit-log-max-bytes"},
+		{[]string{"--audit-log-keep", "0"}, "audit-log-keep"},
+		{[]string{"--audit-log-keep=-1"}, "audit-log-keep"},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 	} {

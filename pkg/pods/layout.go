@@ -3,6 +3,7 @@ package pods
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"time"
@@ -27,17 +28,31 @@ import (
 //	784    16   host interface name
 //	800    80   4 × IP: 16 bytes address (v4 in the first 4), family (4|6|0 = unused), prefix bits, 2 pad
 //	880    64   CNI network name (the conflist's "name"; "" in entries written before it existed)
-//	944    80   reserved, zero
+//	944    64   why the pod is unobserved ("" = attached; e.g. its interface is
+//	            not a veth), NUL padded; longer reasons make the record version 2
+//	1008   8    accounting log offset + 1 at which teardown writes this pod's
+//	            line (0 = teardown not started): a DEL killed after writing
+//	            the line finds it there and does not write it twice
+//	1016   8    reserved, zero
 //
-// Strings that do not fit are refused rather than cut: a truncated container
-// ID would never match on DEL.
+// Version 2 is the same layout for a pod whose identity does not fit: a
+// field longer than its slot (the CRI and CNI set no length on UIDs,
+// container IDs, netns paths or network names) or more than 4 IPs. Its
+// slots hold what fits (a field that does not is left empty, never cut: a
+// truncated container ID would never match on DEL) and the whole pod, as
+// JSON, is in the blob store (pkg/blobs, kind KindPod, id = PodID). Pods
+// that fit stay version 1, byte for byte, so pins written before version 2
+// existed are read unchanged; a podscope that knows only version 1 refuses
+// a version 2 entry with a message naming both versions.
 const (
 	valueVersion = 1
+	longVersion  = 2
 	valueSize    = 1024
 	maxIPs       = MaxIPs
 )
 
-// MaxIPs is how many of a pod's IPs the registry keeps.
+// MaxIPs is how many of a pod's IPs fit the fixed record; a pod with more
+// keeps them all through the blob store.
 const MaxIPs = 4
 
 type ipRecord struct {
@@ -61,7 +76,9 @@ type record struct {
 	HostInterface [16]byte
 	IPs           [maxIPs]ipRecord
 	Network       [64]byte
-	Reserved      [80]byte
+	Unobserved    [64]byte
+	LogOffset     int64
+	Reserved      [8]byte
 }
 
 func init() {
@@ -70,12 +87,13 @@ func init() {
 	}
 }
 
-func putString(dst []byte, field, s string) error {
-	if len(s) > len(dst) {
-		return fmt.Errorf("pod %s %q is %d bytes, at most %d fit", field, s, len(s), len(dst))
+// putString stores s if it fits and reports whether it did.
+func putString(dst []byte, s string) bool {
+	if len(s) > len(dst) || bytes.IndexByte([]byte(s), 0) >= 0 {
+		return false // a NUL inside would end the string early on reading
 	}
 	copy(dst, s)
-	return nil
+	return true
 }
 
 func getString(b []byte) string {
@@ -85,36 +103,48 @@ func getString(b []byte) string {
 	return string(b)
 }
 
-func encode(p Pod) ([]byte, error) {
+// encode returns the fixed record of p and, when p does not fit it, the
+// blob (the whole pod as JSON) that the record's version 2 points to.
+func encode(p Pod) (rec []byte, blob []byte, err error) {
 	var r record
 	r.Version = valueVersion
 	r.HostIfindex = int32(p.HostIfindex)
+	r.LogOffset = p.AccountingOffset
 	if !p.AttachedAt.IsZero() {
 		r.AttachedAtNs = p.AttachedAt.UnixNano()
 	}
+	long := false
 	for _, f := range []struct {
 		dst   []byte
-		name  string
 		value string
 	}{
-		{r.Mode[:], "attach mode", string(p.Mode)},
-		{r.Namespace[:], "namespace", p.Namespace},
-		{r.Name[:], "name", p.Name},
-		{r.UID[:], "UID", p.UID},
-		{r.ContainerID[:], "container ID", p.ContainerID},
-		{r.Netns[:], "netns path", p.Netns},
-		{r.Interface[:], "interface", p.Interface},
-		{r.HostInterface[:], "host interface", p.HostInterface},
-		{r.Network[:], "network name", p.Network},
+		{r.Mode[:], string(p.Mode)},
+		{r.Namespace[:], p.Namespace},
+		{r.Name[:], p.Name},
+		{r.UID[:], p.UID},
+		{r.ContainerID[:], p.ContainerID},
+		{r.Netns[:], p.Netns},
+		{r.Interface[:], p.Interface},
+		{r.HostInterface[:], p.HostInterface},
+		{r.Network[:], p.Network},
+		{r.Unobserved[:], p.Unobserved},
 	} {
-		if err := putString(f.dst, f.name, f.value); err != nil {
-			return nil, err
+		if !putString(f.dst, f.value) {
+			long = true
 		}
 	}
-	if len(p.IPs) > maxIPs {
-		return nil, fmt.Errorf("pod has %d IPs, the registry keeps at most %d", len(p.IPs), maxIPs)
+	ips := p.IPs
+	if len(ips) > maxIPs {
+		long = true
+		ips = ips[:maxIPs]
 	}
-	for i, ip := range p.IPs {
+	if long {
+		r.Version = longVersion
+		if blob, err = json.Marshal(p); err != nil {
+			return nil, nil, err
+		}
+	}
+	for i, ip := range ips {
 		a := ip.Addr()
 		if a.Is4() {
 			r.IPs[i].Family = 4
@@ -129,12 +159,14 @@ func encode(p Pod) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(valueSize)
 	if err := binary.Write(&buf, binary.LittleEndian, &r); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return buf.Bytes(), nil
+	return buf.Bytes(), blob, nil
 }
 
-func decode(id datapath.PodID, b []byte) (Pod, error) {
+// decode reads a record; a version 2 record takes the whole pod from
+// blob(), which returns the pod's blob.
+func decode(id datapath.PodID, b []byte, blob func() ([]byte, error)) (Pod, error) {
 	var r record
 	if len(b) != valueSize {
 		return Pod{}, fmt.Errorf("pod %d: registry value is %d bytes, layout v%d has %d", id, len(b), valueVersion, valueSize)
@@ -142,21 +174,35 @@ func decode(id datapath.PodID, b []byte) (Pod, error) {
 	if err := binary.Read(bytes.NewReader(b), binary.LittleEndian, &r); err != nil {
 		return Pod{}, err
 	}
+	if r.Version == longVersion {
+		bl, err := blob()
+		if err != nil {
+			return Pod{}, fmt.Errorf("pod %d: identity too long for the registry entry, and its blob: %w", id, err)
+		}
+		var p Pod
+		if err := json.Unmarshal(bl, &p); err != nil {
+			return Pod{}, fmt.Errorf("pod %d: decoding its blob: %w", id, err)
+		}
+		p.ID = id
+		return p, nil
+	}
 	if r.Version != valueVersion {
-		return Pod{}, fmt.Errorf("pod %d: registry value layout v%d, this podscope reads v%d", id, r.Version, valueVersion)
+		return Pod{}, fmt.Errorf("pod %d: registry value layout v%d, this podscope reads v%d and v%d", id, r.Version, valueVersion, longVersion)
 	}
 	p := Pod{
-		ID:            id,
-		Namespace:     getString(r.Namespace[:]),
-		Name:          getString(r.Name[:]),
-		UID:           getString(r.UID[:]),
-		ContainerID:   getString(r.ContainerID[:]),
-		Netns:         getString(r.Netns[:]),
-		Interface:     getString(r.Interface[:]),
-		HostInterface: getString(r.HostInterface[:]),
-		Network:       getString(r.Network[:]),
-		HostIfindex:   int(r.HostIfindex),
-		Mode:          datapath.Mode(getString(r.Mode[:])),
+		ID:               id,
+		Namespace:        getString(r.Namespace[:]),
+		Name:             getString(r.Name[:]),
+		UID:              getString(r.UID[:]),
+		ContainerID:      getString(r.ContainerID[:]),
+		Netns:            getString(r.Netns[:]),
+		Interface:        getString(r.Interface[:]),
+		HostInterface:    getString(r.HostInterface[:]),
+		Network:          getString(r.Network[:]),
+		Unobserved:       getString(r.Unobserved[:]),
+		HostIfindex:      int(r.HostIfindex),
+		AccountingOffset: r.LogOffset,
+		Mode:             datapath.Mode(getString(r.Mode[:])),
 	}
 	if r.AttachedAtNs != 0 {
 		p.AttachedAt = time.Unix(0, r.AttachedAtNs).UTC()

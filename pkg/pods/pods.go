@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/blobs"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 )
@@ -51,6 +52,13 @@ type Pod struct {
 	// Network is the CNI network (conflist name) the pod was attached
 	// through: GC of one network must not touch another's pods.
 	Network string `json:"network,omitempty"`
+	// Unobserved, when set, says why podscope let the pod start without
+	// attaching (no accounting, no policy): e.g. its interface is a macvlan,
+	// with no host veth to attach to. Such a pod has no datapath state.
+	Unobserved string `json:"unobserved,omitempty"`
+	// AccountingOffset is 1 + the size of the accounting log when teardown
+	// of this pod began (0: it has not): the pod's line is at or after it.
+	AccountingOffset int64 `json:"accountingOffset,omitempty"`
 }
 
 // Ref is NS/NAME, or the container ID when the pod has no Kubernetes name.
@@ -64,9 +72,25 @@ func (p Pod) Ref() string {
 // ErrNoRegistry means nothing has been attached under this bpffs root yet.
 var ErrNoRegistry = errors.New("no pod registry pinned")
 
-// Registry is the pinned pod map.
+// Registry is the pinned pod map, with the blob store that holds the pods
+// whose identity does not fit it (layout.go).
 type Registry struct {
-	m *ebpf.Map
+	m     *ebpf.Map
+	root  pins.Root
+	blobs *blobs.Store // nil until a pod needs it (or one did before)
+}
+
+func newRegistry(m *ebpf.Map, root pins.Root) (*Registry, error) {
+	r := &Registry{m: m, root: root}
+	b, err := blobs.OpenPinned(root)
+	switch {
+	case err == nil:
+		r.blobs = b
+	case !errors.Is(err, blobs.ErrNoStore):
+		m.Close()
+		return nil, fmt.Errorf("pod registry: %w", err)
+	}
+	return r, nil
 }
 
 func spec() *ebpf.MapSpec {
@@ -94,7 +118,7 @@ func OpenRegistry(root pins.Root) (*Registry, error) {
 	if err != nil {
 		return nil, pins.Explain(fmt.Errorf("pod registry %s: %w", Path(root), err), root, MapName)
 	}
-	return &Registry{m: m}, nil
+	return newRegistry(m, root)
 }
 
 // OpenPinnedRegistry opens an existing registry and never creates one; it
@@ -113,25 +137,99 @@ func OpenPinnedRegistry(root pins.Root) (*Registry, error) {
 		return nil, pins.Explain(fmt.Errorf("pod registry %s: key/value size %d/%d: %w",
 			p, m.KeySize(), m.ValueSize(), ebpf.ErrMapIncompatible), root, MapName)
 	}
-	return &Registry{m: m}, nil
+	return newRegistry(m, root)
 }
 
-// Close drops the file descriptor; the pin stays.
-func (r *Registry) Close() error { return r.m.Close() }
+// Close drops the file descriptors; the pins stay.
+func (r *Registry) Close() error {
+	if r.blobs != nil {
+		r.blobs.Close()
+	}
+	return r.m.Close()
+}
 
-// Put stores (or replaces) the pod under p.ID.
+// Put stores (or replaces) the pod under p.ID. A pod that does not fit the
+// fixed record has its blob written first, so a reader never finds a
+// version 2 record without its blob; a blob left by an earlier, longer
+// identity under the same ID is removed after the record no longer needs it.
 func (r *Registry) Put(p Pod) error {
 	if p.ID == 0 {
 		return errors.New("pod registry: PodID 0 is invalid")
 	}
-	v, err := encode(p)
+	v, blob, err := encode(p)
 	if err != nil {
 		return err
+	}
+	if blob != nil {
+		if r.blobs == nil {
+			if r.blobs, err = blobs.Open(r.root); err != nil {
+				return fmt.Errorf("pod registry: pod %d needs the blob store: %w", p.ID, err)
+			}
+		}
+		if err := r.blobs.Put(blobs.KindPod, uint64(p.ID), blob); err != nil {
+			return fmt.Errorf("pod registry: pod %d: %w", p.ID, err)
+		}
 	}
 	if err := r.m.Put(uint32(p.ID), v); err != nil {
 		return fmt.Errorf("pod registry: storing pod %d: %w", p.ID, err)
 	}
+	if blob == nil && r.blobs != nil {
+		if err := r.blobs.Delete(blobs.KindPod, uint64(p.ID)); err != nil {
+			return fmt.Errorf("pod registry: pod %d: %w", p.ID, err)
+		}
+	}
 	return nil
+}
+
+// blobOf returns the reader of pod id's blob for decode.
+func (r *Registry) blobOf(id datapath.PodID) func() ([]byte, error) {
+	return func() ([]byte, error) {
+		if r.blobs == nil {
+			// Written by another process after this one opened the registry.
+			b, err := blobs.OpenPinned(r.root)
+			if err != nil {
+				return nil, err
+			}
+			r.blobs = b
+		}
+		b, ok, err := r.blobs.Get(blobs.KindPod, uint64(id))
+		if err == nil && !ok {
+			err = fmt.Errorf("no blob for pod %d in %s", id, blobs.Path(r.root))
+		}
+		return b, err
+	}
+}
+
+// PruneBlobs removes blobs whose pod is no longer registered: left when a
+// process died between removing a pod's entry and its blob. Callers hold
+// the writers' lock.
+func (r *Registry) PruneBlobs() (int, error) {
+	if r.blobs == nil {
+		return 0, nil
+	}
+	ids, err := r.blobs.IDs(blobs.KindPod)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, id := range ids {
+		var v []byte
+		err := r.m.Lookup(uint32(id), &v)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		if err := r.blobs.Delete(blobs.KindPod, id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
 }
 
 // Get returns the pod with id.
@@ -144,15 +242,21 @@ func (r *Registry) Get(id datapath.PodID) (Pod, bool, error) {
 	if err != nil {
 		return Pod{}, false, fmt.Errorf("pod registry: looking up pod %d: %w", id, err)
 	}
-	p, err := decode(id, v)
+	p, err := decode(id, v, r.blobOf(id))
 	return p, err == nil, err
 }
 
-// Delete removes the pod with id; a missing entry is not an error.
+// Delete removes the pod with id (and its blob); a missing entry is not an
+// error.
 func (r *Registry) Delete(id datapath.PodID) error {
 	err := r.m.Delete(uint32(id))
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("pod registry: deleting pod %d: %w", id, err)
+	}
+	if r.blobs != nil {
+		if err := r.blobs.Delete(blobs.KindPod, uint64(id)); err != nil {
+			return fmt.Errorf("pod registry: pod %d: %w", id, err)
+		}
 	}
 	return nil
 }
@@ -166,7 +270,7 @@ func (r *Registry) List() ([]Pod, error) {
 	)
 	it := r.m.Iterate()
 	for it.Next(&k, &v) {
-		p, err := decode(datapath.PodID(k), v)
+		p, err := decode(datapath.PodID(k), v, r.blobOf(datapath.PodID(k)))
 		if err != nil {
 			return nil, err
 		}

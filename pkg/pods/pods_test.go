@@ -1,14 +1,17 @@
 package pods
 
 import (
+	"bytes"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/podscope/podscope/pkg/blobs"
 	"github.com/podscope/podscope/pkg/datapath"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/testenv"
@@ -26,14 +29,14 @@ func samplePod(id datapath.PodID) Pod {
 
 func TestEncodeDecodeRoundTrip(t *testing.T) {
 	p := samplePod(7)
-	b, err := encode(p)
+	b, _, err := encode(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(b) != valueSize {
 		t.Fatalf("encoded %d bytes, want %d", len(b), valueSize)
 	}
-	got, err := decode(7, b)
+	got, err := decode(7, b, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,29 +47,130 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	}
 }
 
-func TestEncodeRefusesWhatDoesNotFit(t *testing.T) {
-	for name, mut := range map[string]func(*Pod){
-		"namespace":    func(p *Pod) { p.Namespace = strings.Repeat("x", 65) },
-		"container ID": func(p *Pod) { p.ContainerID = strings.Repeat("x", 129) },
-		"IPs": func(p *Pod) {
-			for i := 0; i < 5; i++ {
-				p.IPs = append(p.IPs, netip.MustParsePrefix("10.0.0.1/32"))
-			}
-		},
-	} {
-		p := samplePod(1)
-		mut(&p)
-		if _, err := encode(p); err == nil || !strings.Contains(err.Error(), strings.Fields(name)[0]) {
-			t.Errorf("%s: err = %v, want one naming it", name, err)
-		}
+// longPod has every identity field longer than its slot of the fixed
+// record, and more IPs than fit: values the CRI and CNI allow.
+func longPod(id datapath.PodID) Pod {
+	p := samplePod(id)
+	p.Namespace = strings.Repeat("s", 70)
+	p.UID = "pstest-prefix-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0" // 50 bytes
+	p.ContainerID = strings.Repeat("c", 200)
+	p.Netns = "/var/run/netns/" + strings.Repeat("n", 300)
+	p.Network = strings.Repeat("w", 100)
+	for i := 0; i < 6; i++ {
+		p.IPs = append(p.IPs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 9, 0, byte(i)}), 32))
+	}
+	return p
+}
+
+func samePod(t *testing.T, got, want Pod) {
+	t.Helper()
+	if got.ID != want.ID || got.Namespace != want.Namespace || got.Name != want.Name || got.UID != want.UID ||
+		got.ContainerID != want.ContainerID || got.Netns != want.Netns || got.Interface != want.Interface ||
+		got.HostInterface != want.HostInterface || got.HostIfindex != want.HostIfindex || got.Network != want.Network ||
+		got.Mode != want.Mode || !got.AttachedAt.Equal(want.AttachedAt) || !slices.Equal(got.IPs, want.IPs) {
+		t.Fatalf("pod not kept exactly:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// Values longer than the fixed slots go to a blob and come back exact; the
+// record itself never holds a cut value.
+func TestEncodeLongIdentity(t *testing.T) {
+	p := longPod(3)
+	rec, blob, err := encode(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if blob == nil {
+		t.Fatal("no blob for a pod that does not fit")
+	}
+	if bytes.Contains(rec, []byte(p.ContainerID[:128])) {
+		t.Fatal("the record holds a cut container ID")
+	}
+	got, err := decode(3, rec, func() ([]byte, error) { return blob, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	samePod(t, got, p)
+	if _, err := decode(3, rec, func() ([]byte, error) { return nil, errors.New("gone") }); err == nil || !strings.Contains(err.Error(), "gone") {
+		t.Fatalf("version 2 record without its blob: %v", err)
+	}
+	// A pod that fits stays version 1 with no blob (old pins read as before).
+	if rec, blob, _ := encode(samplePod(1)); blob != nil || rec[0] != 1 {
+		t.Fatalf("short pod: version %d, blob %v", rec[0], blob != nil)
 	}
 }
 
 func TestDecodeRefusesOtherLayout(t *testing.T) {
-	b, _ := encode(samplePod(1))
+	b, _, _ := encode(samplePod(1))
 	b[0] = 9
-	if _, err := decode(1, b); err == nil || !strings.Contains(err.Error(), "v9") {
+	if _, err := decode(1, b, nil); err == nil || !strings.Contains(err.Error(), "v9") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// Through the pins: a long pod is stored, found by its exact container ID
+// (as DEL looks it up), listed by a second opener, replaced by a short pod
+// under the same ID (blob removed), and deleted with nothing left.
+func TestRegistryLongIdentity(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	r, err := OpenRegistry(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	long := longPod(5)
+	if err := r.Put(long); err != nil {
+		t.Fatal(err)
+	}
+	other := samplePod(6)
+	other.ContainerID = "other"
+	if err := r.Put(other); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := OpenPinnedRegistry(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	got, ok, err := r2.ByAttachment(long.ContainerID, "eth0")
+	if err != nil || !ok {
+		t.Fatalf("ByAttachment with the full container ID: %v %v", ok, err)
+	}
+	samePod(t, got, long)
+	if _, ok, _ := r2.ByContainerID(long.ContainerID[:128]); ok {
+		t.Fatal("a cut container ID matched")
+	}
+	all, err := r2.List()
+	if err != nil || len(all) != 2 {
+		t.Fatalf("List: %d pods, %v", len(all), err)
+	}
+	bs, err := blobs.OpenPinned(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bs.Close()
+	short := samplePod(5)
+	if err := r.Put(short); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := bs.Len(); n != 0 {
+		t.Fatalf("%d blob chunks left after the pod became short", n)
+	}
+	if err := r.Put(long); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(5); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := bs.Len(); n != 0 {
+		t.Fatalf("%d blob chunks left after Delete", n)
+	}
+	// An orphan (a process died between record and blob removal) is pruned.
+	if err := bs.Put(blobs.KindPod, 77, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.PruneBlobs(); n != 1 || err != nil {
+		t.Fatalf("PruneBlobs: %d %v", n, err)
 	}
 }
 

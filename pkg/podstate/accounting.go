@@ -1,8 +1,11 @@
 package podstate
 
 import (
+	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -77,4 +80,53 @@ func Append(stateDir string, r Record) error {
 		return fmt.Errorf("syncing accounting log %s: %w", p, err)
 	}
 	return f.Close()
+}
+
+// logSize is the accounting log's size (0 when it does not exist yet).
+func logSize(stateDir string) (int64, error) {
+	st, err := os.Stat(filepath.Join(dirOr(stateDir), AccountingFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("accounting log: %w", err)
+	}
+	return st.Size(), nil
+}
+
+// Logged reports whether the accounting log holds, at or after offset, the
+// line of this attachment of pod p (same pod ID, container, interface and
+// attach time).
+func Logged(stateDir string, offset int64, p pods.Pod) (bool, error) {
+	f, err := os.Open(filepath.Join(dirOr(stateDir), AccountingFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("accounting log: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return false, fmt.Errorf("accounting log: %w", err)
+	}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var r struct {
+			PodID       uint32    `json:"podID"`
+			ContainerID string    `json:"containerID"`
+			Interface   string    `json:"interface"`
+			AttachedAt  time.Time `json:"attachedAt"`
+		}
+		if json.Unmarshal(sc.Bytes(), &r) != nil {
+			continue // a torn line of a writer killed mid-write
+		}
+		if r.PodID == uint32(p.ID) && r.ContainerID == p.ContainerID && r.Interface == p.Interface && r.AttachedAt.Equal(p.AttachedAt) {
+			return true, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return false, fmt.Errorf("accounting log: %w", err)
+	}
+	return false, nil
 }

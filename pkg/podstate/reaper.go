@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/podscope/podscope/pkg/fault"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/pods"
 )
@@ -18,23 +19,51 @@ import (
 // its entries. Without a datapath (its pins are gone) the identity is still
 // logged and the registry entry dropped. When the line cannot be written the
 // pod is kept: removing it would lose its counters for good.
+//
+// Exactly once, even when killed at any step and run again (the runtime
+// retries DEL; the reaper finds what is left): before the line is written
+// the registry entry records where in the log it goes, and a teardown that
+// finds that mark looks for the line there instead of writing it again.
 func (s *State) Teardown(pod pods.Pod, reason string) error {
 	c, cerr := s.Counters(pod)
-	if err := Append(s.Dir, NewRecord(pod, reason, c, cerr)); err != nil {
-		return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+	logged := false
+	if pod.AccountingOffset > 0 {
+		var err error
+		if logged, err = Logged(s.Dir, pod.AccountingOffset-1, pod); err != nil {
+			return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+		}
+	} else {
+		size, err := logSize(s.Dir)
+		if err != nil {
+			return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+		}
+		pod.AccountingOffset = size + 1
+		if err := s.Registry.Put(pod); err != nil {
+			return fmt.Errorf("podscope: marking the teardown of pod %s: %w", pod.Ref(), err)
+		}
+		fault.Point("del:marked")
 	}
+	if !logged {
+		if err := Append(s.Dir, NewRecord(pod, reason, c, cerr)); err != nil {
+			return fmt.Errorf("podscope: %w; pod %s left attached", err, pod.Ref())
+		}
+	}
+	fault.Point("del:logged")
 	var errs []error
 	if dp := s.Datapath; dp != nil {
 		if err := dp.Detach(pod.ID); err != nil {
 			errs = append(errs, fmt.Errorf("detaching pod %s: %w", pod.Ref(), err))
 		}
+		fault.Point("del:detached")
 		if err := dp.RemovePod(pod.ID); err != nil {
 			errs = append(errs, fmt.Errorf("removing map entries of pod %s: %w", pod.Ref(), err))
 		}
+		fault.Point("del:removed")
 	}
 	if err := s.Registry.Delete(pod.ID); err != nil {
 		errs = append(errs, err)
 	}
+	fault.Point("del:unregistered")
 	if len(errs) > 0 {
 		return fmt.Errorf("podscope: %w", errors.Join(errs...))
 	}
@@ -141,7 +170,7 @@ func linkAlive(ifindex int, name string) bool {
 // staleReason says why a registered pod is stale, or "" if it is alive.
 // ls may be nil: then each link is asked for by itself.
 func staleReason(p pods.Pod, ls links) string {
-	if !ls.alive(p.HostIfindex, p.HostInterface) {
+	if p.Unobserved == "" && !ls.alive(p.HostIfindex, p.HostInterface) {
 		return fmt.Sprintf("host veth %s (ifindex %d) gone", p.HostInterface, p.HostIfindex)
 	}
 	// A bind-mounted netns file (/var/run/netns/…) is removed only when the
@@ -160,6 +189,11 @@ func staleReason(p pods.Pod, ls links) string {
 // veth or netns is gone, stopping after budget.
 func (s *State) Reap(budget time.Duration) ([]pods.Pod, error) {
 	deadline := time.Now().Add(budget)
+	// Blobs of long identities whose pod entry is gone (a kill between the
+	// two deletes): nothing else would remove them.
+	if _, err := s.Registry.PruneBlobs(); err != nil {
+		return nil, err
+	}
 	all, err := s.Registry.List()
 	if err != nil {
 		return nil, err

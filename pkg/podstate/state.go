@@ -10,6 +10,7 @@ package podstate
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -54,6 +55,11 @@ type State struct {
 	DatapathErr error
 }
 
+// ErrUnobserved: the pod was let start without podscope attaching (its
+// interface is not a veth…), so it has no counters; the accounting line and
+// podscopectl say why.
+var ErrUnobserved = errors.New("not observed")
+
 // Counters are p's datapath counters, or why there are none.
 func (s *State) Counters(p pods.Pod) (datapath.Counters, error) {
 	return counters(s.Datapath, s.DatapathErr, p)
@@ -62,6 +68,9 @@ func (s *State) Counters(p pods.Pod) (datapath.Counters, error) {
 // counters is the one join of a registered pod with the datapath's
 // counters, for teardown, List and so `podscopectl pods` and the metrics.
 func counters(dp *datapath.Datapath, dperr error, p pods.Pod) (datapath.Counters, error) {
+	if p.Unobserved != "" {
+		return datapath.Counters{}, fmt.Errorf("%w: %s", ErrUnobserved, p.Unobserved)
+	}
 	if dp == nil {
 		return datapath.Counters{}, dperr
 	}

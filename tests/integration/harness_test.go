@@ -31,7 +31,7 @@ import (
 // host-local and loopback the suite runs podscope behind.
 const pluginsVersion = "v1.9.1"
 
-var referencePlugins = []string{"main/bridge", "ipam/host-local", "main/loopback"}
+var referencePlugins = []string{"main/bridge", "ipam/host-local", "main/loopback", "main/macvlan"}
 
 var (
 	buildOnce    sync.Once
@@ -148,6 +148,11 @@ type nodeOpts struct {
 	noPodscope bool
 	// cniVersion of the conflist, default 1.1.0.
 	cniVersion string
+	// primary replaces the bridge entry (its "ipam" is filled in when
+	// missing); it runs in the node netns, where links it needs must exist.
+	primary func(n *node) map[string]any
+	// extra fields of the podscope entry.
+	extra map[string]any
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -170,13 +175,18 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	plugins := []any{map[string]any{
-		"type": "bridge", "bridge": n.bridge, "isGateway": true, "ipMasq": false,
-		"ipam": map[string]any{
-			"type": "host-local", "dataDir": t.TempDir(),
-			"ranges": [][]map[string]string{{{"subnet": n.v4.String()}}, {{"subnet": n.v6.String()}}},
-		},
-	}}
+	ipam := map[string]any{
+		"type": "host-local", "dataDir": t.TempDir(),
+		"ranges": [][]map[string]string{{{"subnet": n.v4.String()}}, {{"subnet": n.v6.String()}}},
+	}
+	first := map[string]any{"type": "bridge", "bridge": n.bridge, "isGateway": true, "ipMasq": false, "ipam": ipam}
+	if o.primary != nil {
+		first = o.primary(n)
+		if _, ok := first["ipam"]; !ok {
+			first["ipam"] = ipam
+		}
+	}
+	plugins := []any{first}
 	if !o.noPodscope {
 		ps := map[string]any{
 			"type": "podscope", "bpffsRoot": n.root.Path, "stateDir": n.stateDir,
@@ -187,6 +197,9 @@ func newNode(t testing.TB, o nodeOpts) *node {
 		}
 		if o.mode != "" {
 			ps["attachMode"] = o.mode
+		}
+		for k, v := range o.extra {
+			ps[k] = v
 		}
 		plugins = append(plugins, ps)
 	}
