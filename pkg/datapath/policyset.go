@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -85,7 +84,7 @@ func (d *Datapath) HasPolicySet(sum [32]byte) (bool, error) {
 // HasPinnedPolicySet is HasPolicySet for a caller that has not opened the
 // datapath: it reads the one pinned map (false when there is none).
 func HasPinnedPolicySet(root pins.Root, sum [32]byte) bool {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir(Owner), tcMapPolicySets), &ebpf.LoadPinOptions{ReadOnly: true})
+	m, err := ebpf.LoadPinnedMap(root.Pin(Owner, tcMapPolicySets), &ebpf.LoadPinOptions{ReadOnly: true})
 	if err != nil {
 		return false
 	}
