@@ -5,8 +5,11 @@
 # $PODSCOPE_CACHE. Safe to run repeatedly; it installs only what is missing.
 set -euo pipefail
 
+# libseccomp-dev, pkg-config, gcc: the cluster suite's runc is built with
+# seccomp (cgo, hack/k8s/build.sh); openssl makes its node's certificates.
 PKGS=(clang llvm libbpf-dev bpftool iproute2 iperf3 nftables iptables busybox-static runc jq util-linux kmod
-      qemu-system-x86 cpio strace)
+      qemu-system-x86 cpio strace
+      libseccomp-dev pkg-config gcc libc6-dev openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -55,13 +55,14 @@ echo "e2e-k8s: node up in $((t1 - t0))s"
 # Peak memory: the summed RSS of every process in the node's namespaces.
 (
   peak=0
-  ns=$(readlink "/proc/$PODSCOPE_K8S_HOLDER/ns/mnt")
+  ns=/proc/$PODSCOPE_K8S_HOLDER/ns/mnt
   while [ -d "$WORK" ]; do
     sum=0
     for p in /proc/[0-9]*; do
-      [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
-      r=$(awk '/^VmRSS:/ {print $2}' "$p/status" 2>/dev/null) || continue
-      sum=$((sum + ${r:-0}))
+      [ "$p/ns/mnt" -ef "$ns" ] 2>/dev/null || continue
+      while read -r k v _; do
+        [ "$k" = VmRSS: ] && sum=$((sum + v)) && break
+      done 2>/dev/null <"$p/status" || true
     done
     [ $sum -gt $peak ] && { peak=$sum; echo $peak >"$WORK/peak-rss-kib.tmp" && mv "$WORK/peak-rss-kib.tmp" "$WORK/peak-rss-kib"; }
     sleep 2

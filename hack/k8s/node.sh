@@ -367,6 +367,11 @@ cmd_up() {
   for c in /sys/fs/cgroup/*; do
     if mountpoint -q "$c"; then mkdir -p "$c/$CGROUP_ROOT"; fi
   done
+  # cgroup v1 cpuset: a new cgroup starts with no CPUs and no memory nodes.
+  if [ -f /sys/fs/cgroup/cpuset/cpuset.cpus ]; then
+    cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/$CGROUP_ROOT/cpuset.cpus"
+    cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/$CGROUP_ROOT/cpuset.mems"
+  fi
   start_node
   write_env
   log "up in $((SECONDS - t0))s: source $WORK/env (kubectl, crictl, node-exec in $WORK/bin)"
@@ -387,9 +392,11 @@ snapshot_host() {
 # the pods' processes, anything started there), by namespace identity.
 node_pids() {
   local ns p
-  ns=$(readlink "/proc/$(holder)/ns/mnt" 2>/dev/null) || return 0
+  ns=/proc/$(holder)/ns/mnt
+  [ -e "$ns" ] || return 0
+  # -ef: same namespace (device and inode); a builtin, no fork per process.
   for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
+    [ "$p/ns/mnt" -ef "$ns" ] 2>/dev/null && echo "${p#/proc/}"
   done
   return 0
 }
@@ -418,7 +425,7 @@ cmd_down() {
   if pid_alive "$WORK/holder.pid"; then
     for p in $(node_pids); do
       [ "$p" = "$(holder)" ] && continue
-      log "killing leftover pid $p ($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-80))"
+      log "killing leftover pid $p ($( { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | cut -c1-80))"
       kill -9 "$p" 2>/dev/null || true
     done
     sleep 0.3
@@ -446,10 +453,9 @@ cmd_down() {
   for n in holder etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
     pid_alive "$WORK/$n.pid" && left+=("$n pid $(cat "$WORK/$n.pid")")
   done
-  for p in /proc/[0-9]*; do
-    case "$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" in
-      *"$CTRD_SOCK"*|*"$WORK/containerd.toml"*) left+=("pid ${p#/proc/} naming $WORK") ;;
-    esac
+  for p in $(grep -lsa -e "$CTRD_SOCK" -e "$WORK/containerd.toml" /proc/[0-9]*/cmdline); do
+    p=${p#/proc/}; p=${p%/cmdline}
+    [ "$p" = $$ ] || [ "$p" = $BASHPID ] || left+=("pid $p naming $WORK")
   done
   grep -q " $WORK[/ ]" /proc/self/mountinfo && left+=("mounts under $WORK")
   if [ -d "$WORK/host-before" ]; then
@@ -476,6 +482,8 @@ cmd_down() {
 }
 
 cmd_env() { [ -f "$WORK/env" ] || die "no node up in $WORK"; cat "$WORK/env"; }
+
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 case "${1:-}" in
   deps) cmd_deps ;;

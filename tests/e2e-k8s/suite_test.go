@@ -209,7 +209,7 @@ func (s *suite) serviceTraffic(t *testing.T) {
 						Command: []string{"/bin/pstraffic", "tcp-serve", strconv.Itoa(serverPort)},
 						Ports:   []corev1.ContainerPort{{ContainerPort: serverPort}},
 						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
-							TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(serverPort)}}, PeriodSeconds: 1},
+							TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(serverPort)}}, PeriodSeconds: 5},
 					}},
 				},
 			},
