@@ -75,3 +75,20 @@ func (n *node) setEntry(t testing.TB, fields map[string]any) {
 		t.Fatal(err)
 	}
 }
+
+// DEL cleans up as far as it can (CNI spec) even when the conflist was
+// edited after ADD into one with known fields of the wrong type: the pod is
+// torn down and accounted, never stuck terminating.
+func TestDelWithWronglyTypedFieldsCleansUp(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	p := n.newPod("typo", nil)
+	n.mustAdd(p)
+	n.setEntry(t, map[string]any{"attachMode": 5, "policy": []int{1}, "failClosed": "yes"})
+	if err := n.del(p, p.netnsPath); err != nil {
+		t.Fatalf("DEL with wrongly typed fields: %v", err)
+	}
+	if n.isRegistered(p) {
+		t.Fatal("pod still registered")
+	}
+	n.assertClean(t, map[*pod]int{p: 1})
+}
