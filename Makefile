@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick test-kernels bench-kernels fuzz fuzz-quick install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick test-kernels bench-kernels fuzz fuzz-quick churn audit-load install uninstall clean deps
 
 all: build
 
@@ -52,6 +52,20 @@ fuzz:
 
 fuzz-quick:
 	FUZZTIME=$${FUZZTIME:-3s} hack/fuzz.sh
+
+# Full-size churn and crash-at-every-step (docs/reliability.md); `make test`
+# runs both at a reduced size. CHURN_CYCLES/CHURN_PARALLEL override.
+churn:
+	PODSCOPE_CHURN_CYCLES=$${CHURN_CYCLES:-10000} PODSCOPE_CHURN_PARALLEL=$${CHURN_PARALLEL:-100} \
+		PODSCOPE_CHURN_REPORT=$${CHURN_REPORT:-$(CURDIR)/bench/out/churn.txt} \
+		$(GO) test -count=1 -timeout 6h -v -run 'TestChurn|TestCrashAtEvery' ./tests/integration
+
+# Audit under sustained load at full size: 1,000,000 opens a minute from 4
+# writer cgroups for 5 minutes, folding on and off (make test: 5 s rounds).
+audit-load:
+	PODSCOPE_AUDIT_LOAD_SECONDS=$${AUDIT_LOAD_SECONDS:-300} PODSCOPE_AUDIT_LOAD_RATE=$${AUDIT_LOAD_RATE:-16667} \
+		PODSCOPE_AUDIT_LOAD_REPORT=$${AUDIT_LOAD_REPORT:-$(CURDIR)/bench/out/audit-load.txt} \
+		$(GO) test -count=1 -timeout 2h -v -run 'TestAuditSustainedLoad' ./tests/integration
 
 e2e: build
 	hack/e2e.sh

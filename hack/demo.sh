@@ -39,7 +39,7 @@ else
   step() { printf '\n== %s\n' "$*"; }
 fi
 # note TEXT: how to read what was just printed.
-note() { fold -s -w 78 <<<"$*" | sed 's/^/   | /'; }
+note() { fold -s -w 76 <<<"$*" | sed 's/ *$//; s/^/   | /'; }
 
 step "dependencies (apt, bpffs) and build"
 hack/install-deps.sh

@@ -463,9 +463,13 @@ cmd_start_nri() {
 cmd_stop_nri() { stop_pid "$WORK/nri.pid" "${1:-TERM}"; }
 
 import_images() {
-  local c="$CTRD_DIR/ctr --address $CTRD_SOCK --namespace k8s.io"
-  $c images import "$IMG_DIR/pause.tar" >/dev/null
-  $c images import "$IMG_DIR/busybox.tar" >/dev/null
+  local c="$CTRD_DIR/ctr --address $CTRD_SOCK --namespace k8s.io" t err
+  for t in pause busybox; do
+    # ctr repeats containerd's cgroup v1 deprecation warning on every call
+    # (it is in containerd.log once): keep the rest of its stderr.
+    err=$($c images import "$IMG_DIR/$t.tar" 2>&1 >/dev/null) || die "ctr images import $t.tar: $err"
+    grep -v 'support for cgroup v1 is deprecated' <<<"$err" >&2 || true
+  done
   $CRICTL inspecti "$PAUSE_IMAGE" >/dev/null || die "pause image not visible to CRI after import"
   $CRICTL inspecti "$BUSYBOX_IMAGE" >/dev/null || die "busybox image not visible to CRI after import"
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/fault"
 	"github.com/podscope/podscope/pkg/pods"
 )
 
@@ -36,6 +37,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
+	fault.Point("arm:links")
 	ki, long := identityToKernel(id)
 	if err := a.putLongIdentity(cgid, id, long); err != nil {
 		a.removeCgroupLinks(cgid, "")
@@ -48,6 +50,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		return 0, fmt.Errorf("audit: arm cgroup %s: storing identity: %w", cgroupDir, err)
 	}
 	a.cache.put(cgid, id)
+	fault.Point("arm:identity")
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) // diagnostics only
 	level, err := cgroups.Level(cgroupDir)
@@ -64,6 +67,7 @@ func (a *Auditor) Arm(cgroupDir string, id Identity) (uint64, error) {
 		a.removeCgroupLinks(cgid, "")
 		return 0, fmt.Errorf("audit: arm cgroup %s: %w", cgroupDir, err)
 	}
+	fault.Point("arm:audited")
 	if err := a.syncLevels(); err != nil {
 		ac.Delete(cgid)
 		idm.Delete(cgid)
@@ -85,7 +89,9 @@ func (a *Auditor) Disarm(cgid uint64) error {
 	if err := ac.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: %w", cgid, err))
 	}
+	fault.Point("disarm:unaudited")
 	errs = append(errs, a.syncLevels(), a.removeCgroupLinks(cgid, ""))
+	fault.Point("disarm:links")
 	if err := idm.Delete(cgid); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("audit: disarm %d: identity: %w", cgid, err))
 	}

@@ -67,7 +67,7 @@ func BenchmarkWriteOverhead(b *testing.B) {
 		}
 	}
 	attach := func() {
-		if _, err := attachGlobal(a.dir, a.mode, a.progs, names, false, b.Logf); err != nil {
+		if _, err := attachGlobal(a.root, a.mode, a.progs, names, false, b.Logf); err != nil {
 			b.Fatal(err)
 		}
 	}

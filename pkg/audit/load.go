@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -98,7 +97,7 @@ func loadMaps(root pins.Root, dir string, ringBytes uint32) (*ebpf.CollectionSpe
 
 // loadPrograms returns the named programs, from their pins when present;
 // the missing ones are loaded (one verifier pass per node) and pinned.
-func loadPrograms(spec *ebpf.CollectionSpec, maps *auditMaps, dir string, names []string) (map[string]*ebpf.Program, error) {
+func loadPrograms(spec *ebpf.CollectionSpec, maps *auditMaps, root pins.Root, names []string) (map[string]*ebpf.Program, error) {
 	out := map[string]*ebpf.Program{}
 	sub := spec.Copy()
 	sub.Programs = map[string]*ebpf.ProgramSpec{}
@@ -109,7 +108,7 @@ func loadPrograms(spec *ebpf.CollectionSpec, maps *auditMaps, dir string, names 
 		return nil, err
 	}
 	for _, n := range names {
-		p, err := ebpf.LoadPinnedProgram(filepath.Join(dir, progPrefix+n), nil)
+		p, err := ebpf.LoadPinnedProgram(root.Pin(Owner, progPrefix+n), nil)
 		if err == nil {
 			out[n] = p
 			continue
@@ -127,7 +126,7 @@ func loadPrograms(spec *ebpf.CollectionSpec, maps *auditMaps, dir string, names 
 		return fail(fmt.Errorf("load: %w", err))
 	}
 	for n, p := range coll.Programs {
-		if err := p.Pin(filepath.Join(dir, progPrefix+n)); err != nil {
+		if err := p.Pin(root.Pin(Owner, progPrefix+n)); err != nil {
 			coll.Close()
 			return fail(fmt.Errorf("audit: pinning program %s: %w", n, err))
 		}
@@ -145,7 +144,7 @@ func loadPrograms(spec *ebpf.CollectionSpec, maps *auditMaps, dir string, names 
 //
 // replace: the pinned links belong to older programs; each is unpinned
 // (detached) right before its successor is attached.
-func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []string, replace bool, logf func(string, ...any)) (missing []string, err error) {
+func attachGlobal(root pins.Root, m Mode, progs map[string]*ebpf.Program, names []string, replace bool, logf func(string, ...any)) (missing []string, err error) {
 	attached := 0
 	var created []string
 	undo := func() {
@@ -169,7 +168,7 @@ func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []st
 		if n == tpExitProg {
 			continue // attached below, once per sys_exit of an attached sys_enter
 		}
-		pin := filepath.Join(dir, linkPrefix+n)
+		pin := root.Pin(Owner, linkPrefix+n)
 		if !pinned(pin) {
 			l, err := attachOne(m, n, progs[n])
 			if errors.Is(err, os.ErrNotExist) && m == ModeTracepoint {
@@ -193,7 +192,7 @@ func attachGlobal(dir string, m Mode, progs map[string]*ebpf.Program, names []st
 		if m != ModeTracepoint {
 			continue
 		}
-		xpin := filepath.Join(dir, linkPrefix+exitLinkName(n))
+		xpin := root.Pin(Owner, linkPrefix+exitLinkName(n))
 		if pinned(xpin) {
 			continue
 		}
@@ -280,16 +279,16 @@ func ensureTracefs() error {
 	return nil
 }
 
-// removePins removes every pin under dir whose name starts with prefix.
-func removePins(dir, prefix string) error {
-	entries, err := os.ReadDir(dir)
+// removePins removes every audit pin whose name starts with prefix.
+func removePins(root pins.Root, prefix string) error {
+	entries, err := os.ReadDir(root.Dir(Owner))
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix) {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := os.Remove(root.Pin(Owner, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}
 		}
@@ -299,11 +298,11 @@ func removePins(dir, prefix string) error {
 
 // removeGlobalLinks unpins (and so detaches) the global links and the
 // pinned programs of mode m: used when a forced mode replaces a pinned one.
-func removeModePins(dir string, spec *ebpf.CollectionSpec, m Mode) error {
+func removeModePins(root pins.Root, spec *ebpf.CollectionSpec, m Mode) error {
 	var errs []error
 	for _, n := range progNames(spec, m) {
 		for _, p := range []string{linkPrefix + n, progPrefix + n, linkPrefix + exitLinkName(n)} {
-			if err := os.Remove(filepath.Join(dir, p)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := os.Remove(root.Pin(Owner, p)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}
 		}

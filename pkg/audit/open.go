@@ -67,7 +67,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 
 	if pinnedMode != "" && pinnedMode != a.mode {
 		a.logfOrNop("audit: replacing pinned mode %s by %s", pinnedMode, a.mode)
-		if err := removeModePins(dir, spec, pinnedMode); err != nil {
+		if err := removeModePins(root, spec, pinnedMode); err != nil {
 			return fail(fmt.Errorf("audit: removing pins of mode %s: %w", pinnedMode, err))
 		}
 		if pinnedMode == ModeLSMCgroup {
@@ -89,7 +89,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	upgrade := pinnedMode != "" && stored.Sha256 != objSum
 	if upgrade {
 		a.logfOrNop("audit: pinned programs come from another build of podscope; replacing them")
-		if err := removePins(dir, progPrefix); err != nil {
+		if err := removePins(root, progPrefix); err != nil {
 			return fail(fmt.Errorf("audit: removing old program pins: %w", err))
 		}
 	}
@@ -98,7 +98,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	for _, m := range missing {
 		a.logfOrNop("audit: mode %s does not see %s", a.mode, m)
 	}
-	a.progs, err = loadPrograms(spec, &a.maps, dir, append([]string{sysctlProg}, names...))
+	a.progs, err = loadPrograms(spec, &a.maps, root, append([]string{sysctlProg}, names...))
 	if err != nil {
 		return fail(fmt.Errorf("audit: mode %s: %w", a.mode, unwrapErrno(err)))
 	}
@@ -109,7 +109,7 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 			return fail(fmt.Errorf("audit: mode %s: %w", a.mode, err))
 		}
 	} else {
-		tpMissing, err := attachGlobal(dir, a.mode, a.progs, names, upgrade, a.logfOrNop)
+		tpMissing, err := attachGlobal(root, a.mode, a.progs, names, upgrade, a.logfOrNop)
 		if err != nil {
 			return fail(fmt.Errorf("audit: mode %s: %w", a.mode, err))
 		}

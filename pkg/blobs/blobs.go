@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -84,17 +83,13 @@ func spec() *ebpf.MapSpec {
 }
 
 // Path is where the store is pinned under root.
-func Path(root pins.Root) string { return filepath.Join(root.Dir(Owner), MapName) }
+func Path(root pins.Root) string { return root.Pin(Owner, MapName) }
 
 // Open opens the pinned store, creating and pinning it if absent.
 func Open(root pins.Root) (*Store, error) {
-	dir, err := root.Ensure(Owner)
+	m, err := root.CreateMap(Owner, spec(), "blob store")
 	if err != nil {
 		return nil, err
-	}
-	m, err := ebpf.NewMapWithOptions(spec(), ebpf.MapOptions{PinPath: dir})
-	if err != nil {
-		return nil, pins.Explain(fmt.Errorf("blob store %s: %w", Path(root), err), root, MapName)
 	}
 	return &Store{m: m}, nil
 }
@@ -105,18 +100,12 @@ var ErrNoStore = errors.New("no blob store pinned")
 
 // OpenPinned opens an existing store and never creates one.
 func OpenPinned(root pins.Root) (*Store, error) {
-	p := Path(root)
-	m, err := ebpf.LoadPinnedMap(p, nil)
+	m, err := root.OpenMap(Owner, spec(), "blob store")
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w at %s", ErrNoStore, p)
+		return nil, fmt.Errorf("%w at %s", ErrNoStore, Path(root))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("opening blob store %s: %w", p, err)
-	}
-	if m.KeySize() != 16 || m.ValueSize() != valueSize {
-		m.Close()
-		return nil, pins.Explain(fmt.Errorf("blob store %s: key/value size %d/%d: %w",
-			p, m.KeySize(), m.ValueSize(), ebpf.ErrMapIncompatible), root, MapName)
+		return nil, err
 	}
 	return &Store{m: m}, nil
 }

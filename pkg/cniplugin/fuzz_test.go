@@ -26,6 +26,9 @@ var entrySeeds = []string{
 	`{"cniVersion":"1.0.0","name":"n","type":"podscope","prevResult":` + prevResult + `}`,
 	`{"type":"podscope","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}`,
 	`[]`, `{`, `null`, `{"a":{"b":1,"b":2}}`,
+	// 33 matches in one chain: more than the datapath holds.
+	`{"cniVersion":"1.0.0","name":"n","type":"podscope","policy":{"egress":{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":[` +
+		`"1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17","18","19","20","21","22","23","24","25","26","27","28","29","30","31","32","33"` + `],"action":"deny"}]}}}`,
 }
 
 // A refusal is always code 7 (never a panic or code 999); what ADD accepts
@@ -34,9 +37,22 @@ func FuzzParseConfig(f *testing.F) {
 	for _, s := range entrySeeds {
 		f.Add([]byte(s))
 	}
+	noPins := f.TempDir() // no policy set is pinned there: ADD parses
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseConfig(data)
 		_, lerr := parseBase(data, true)
+		// What podscope-install checks (ParseConfig) and what ADD refuses
+		// must agree, or the installer could chain an entry every ADD fails.
+		aerr := error(nil)
+		if ac, e := parseConfigLazy(data); e != nil {
+			aerr = e
+		} else {
+			ac.Root.Path = noPins
+			_, aerr = ac.policySetFor()
+		}
+		if (err == nil) != (aerr == nil) {
+			t.Fatalf("installer check says %v, ADD says %v", err, aerr)
+		}
 		if err != nil {
 			var te *types.Error
 			if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig {

@@ -392,3 +392,27 @@ func TestAuditReadsLogWriterOutput(t *testing.T) {
 		t.Fatalf("table:\n%s", b.String())
 	}
 }
+
+// A pod that is not attached is exit 4, whether the registry holds other
+// pods or none at all; `pods` on that root lists nothing with exit 0.
+func TestPodNotAttachedIsExit4(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	reg, err := pods.OpenRegistry(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	for _, args := range [][]string{
+		{"flows", "--pod", "default/nope"},
+		{"policy", "show", "default/nope"},
+	} {
+		var out, errb bytes.Buffer
+		if code := Main(append(args, "--bpffs-root", root.Path), &out, &errb); code != ExitNotFound || !strings.Contains(errb.String(), "default/nope") {
+			t.Errorf("%v: exit %d, stderr %q; want %d naming the pod", args, code, errb.String(), ExitNotFound)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := Main([]string{"pods", "--bpffs-root", root.Path}, &out, &errb); code != 0 || !strings.Contains(out.String(), "no pods attached") {
+		t.Errorf("pods on a root with an empty registry: exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+}

@@ -124,6 +124,9 @@ func BenchmarkAttachDetach(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			testenv.RequireRoot(b)
+			if mode == ModeTCX && !kernelHasTCX(b) {
+				b.Skip("the kernel has no TCX (before 6.6): only tc is measured")
+			}
 			nsn, err := ns.TempNetNS()
 			if err != nil {
 				b.Fatal(err)

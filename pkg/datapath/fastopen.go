@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/podscope/podscope/pkg/pins"
 )
 
 // mapFields is every map of the object by its pin name, with the field of
@@ -38,7 +41,37 @@ var userSpaceMaps = []string{tcMapAttachments, tcMapPodPolicy, tcMapPolicySets}
 // It returns false, holding nothing, when any pin is missing or the maps
 // were replaced: the caller then takes the full path, which checks the
 // layout against the spec and explains what is wrong.
-func (d *Datapath) loadOwnPins() (bool, error) {
+func (d *Datapath) loadOwnPins() bool {
+	objs, err := d.openPins(pinCheck{})
+	if err != nil {
+		return false
+	}
+	d.objs = objs
+	return true
+}
+
+// pinCheck says how openPins proves that the pins it opens belong together.
+type pinCheck struct {
+	// spec: compare every map with the object's spec (layout). Nil: the
+	// fast path, this object's own program pins, with the maps proven by
+	// the map IDs those programs use.
+	spec *ebpf.CollectionSpec
+	// anyProgs accepts another object's program pins (readers of a node
+	// whose programs another podscope version loaded), and opens the maps
+	// that pins from before policy sets lack as empty maps.
+	anyProgs bool
+	// mapsOnly checks the map pins that exist against spec and keeps
+	// nothing: the check before a load.
+	mapsOnly bool
+}
+
+var errMapsReplaced = errors.New("pinned maps are not the ones the pinned programs use")
+
+// openPins is the one way the datapath opens its pins (Open's fast path,
+// the check before a load, Open's and OpenPinned's full path): programs
+// first unless mapsOnly, then every map of the object by its pin name.
+// A missing pin is an error wrapping os.ErrNotExist.
+func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 	var objs tcObjects
 	ok := false
 	defer func() {
@@ -46,43 +79,68 @@ func (d *Datapath) loadOwnPins() (bool, error) {
 			objs.Close()
 		}
 	}()
-	progs := map[hook]**ebpf.Program{hookHostIngress: &objs.HostIngress, hookHostEgress: &objs.HostEgress}
 	var used []ebpf.MapID
-	for h, dst := range progs {
-		p, err := ebpf.LoadPinnedProgram(d.root.Pin(Owner, progPin(h)), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			return false, nil
+	for _, h := range hooks {
+		if c.mapsOnly {
+			break
 		}
+		path := d.root.Pin(Owner, progPin(h))
+		if c.anyProgs {
+			path = findProgPin(d.root, h)
+		}
+		p, err := ebpf.LoadPinnedProgram(path, nil)
 		if err != nil {
-			return false, fmt.Errorf("pinned program %s: %w", progPin(h), err)
+			return objs, fmt.Errorf("pinned program %s: %w", filepath.Base(path), err)
 		}
-		*dst = p
-		info, err := p.Info()
-		if err != nil {
-			return false, nil
+		if h == hookHostIngress {
+			objs.HostIngress = p
+		} else {
+			objs.HostEgress = p
 		}
-		ids, available := info.MapIDs()
-		if !available {
-			return false, nil
+		if c.spec == nil {
+			info, err := p.Info()
+			if err != nil {
+				return objs, err
+			}
+			ids, available := info.MapIDs()
+			if !available {
+				return objs, errMapsReplaced
+			}
+			used = append(used, ids...)
 		}
-		used = append(used, ids...)
 	}
 	for name, dst := range mapFields(&objs.tcMaps) {
-		m, err := ebpf.LoadPinnedMap(d.root.Pin(Owner, name), nil)
+		path := d.root.Pin(Owner, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) && c.mapsOnly {
+			continue
+		}
+		if errors.Is(err, os.ErrNotExist) && c.anyProgs && c.spec != nil && slices.Contains(addedWithPolicySets, name) {
+			// Pins from before policy sets (checkLegacyPolicy): readers,
+			// DEL and cleanup still work on them, with these maps empty.
+			ms := c.spec.Maps[name].Copy()
+			ms.Pinning = ebpf.PinNone
+			m, err = ebpf.NewMap(ms)
+		}
 		if err != nil {
-			return false, nil
+			return objs, fmt.Errorf("pinned map %s: %w", name, err)
 		}
 		*dst = m
+		if c.spec != nil {
+			if err := c.spec.Maps[name].Compatible(m); err != nil {
+				return objs, pins.Explain(fmt.Errorf("pinned map %s: %w", path, err), d.root, name)
+			}
+			continue
+		}
 		info, err := m.Info()
 		if err != nil {
-			return false, nil
+			return objs, err
 		}
 		id, available := info.ID()
 		if !available || (!slices.Contains(userSpaceMaps, name) && !slices.Contains(used, id)) {
-			return false, nil
+			return objs, errMapsReplaced
 		}
 	}
-	ok = true
-	d.objs = objs
-	return true, nil
+	ok = !c.mapsOnly
+	return objs, nil
 }

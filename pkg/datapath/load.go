@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -73,10 +72,7 @@ func Open(root pins.Root) (*Datapath, error) {
 	defer unlock()
 
 	d := &Datapath{root: root, dir: dir}
-	if ok, err := d.loadOwnPins(); err != nil || ok {
-		if err != nil {
-			return nil, err
-		}
+	if d.loadOwnPins() {
 		return d, nil
 	}
 	spec, err := loadTc()
@@ -89,7 +85,7 @@ func Open(root pins.Root) (*Datapath, error) {
 	if err := checkLegacyPolicy(root); err != nil {
 		return nil, err
 	}
-	if err := checkPinnedMaps(spec, root); err != nil {
+	if _, err := d.openPins(pinCheck{spec: spec, mapsOnly: true}); err != nil {
 		return nil, err
 	}
 	if allPinned(spec, root) {
@@ -134,17 +130,14 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 		return nil, err
 	}
 	d := &Datapath{root: root, dir: dir}
-	if ok, err := d.loadOwnPins(); err != nil || ok {
-		if err != nil {
-			return nil, err
-		}
+	if d.loadOwnPins() {
 		return d, nil
 	}
 	spec, err := loadTc()
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPinnedMaps(spec, root); err != nil {
+	if _, err := d.openPins(pinCheck{spec: spec, mapsOnly: true}); err != nil {
 		return nil, err
 	}
 	if err := d.loadPinned(spec, true); err != nil {
@@ -177,70 +170,14 @@ func findProgPin(root pins.Root, h hook) string {
 	return own
 }
 
-// loadPinned loads every pin; readOnly accepts another version's programs.
+// loadPinned loads every pin, checked against spec; readOnly accepts
+// another version's programs.
 func (d *Datapath) loadPinned(spec *ebpf.CollectionSpec, readOnly bool) error {
-	var objs tcObjects
-	ok := false
-	defer func() {
-		if !ok {
-			objs.Close()
-		}
-	}()
-	for name, dst := range mapFields(&objs.tcMaps) {
-		m, err := ebpf.LoadPinnedMap(d.root.Pin(Owner, name), nil)
-		if readOnly && errors.Is(err, os.ErrNotExist) && slices.Contains(addedWithPolicySets, name) {
-			// Pins from before policy sets (checkLegacyPolicy): readers,
-			// DEL and cleanup still work on them, with these maps empty.
-			ms := spec.Maps[name].Copy()
-			ms.Pinning = ebpf.PinNone
-			m, err = ebpf.NewMap(ms)
-		}
-		if err != nil {
-			return fmt.Errorf("pinned map %s: %w", name, err)
-		}
-		*dst = m
-		if err := spec.Maps[name].Compatible(m); err != nil {
-			return pins.Explain(fmt.Errorf("pinned map %s: %w", d.root.Pin(Owner, name), err), d.root, name)
-		}
+	objs, err := d.openPins(pinCheck{spec: spec, anyProgs: readOnly})
+	if err != nil {
+		return err
 	}
-	for _, h := range hooks {
-		path := d.root.Pin(Owner, progPin(h))
-		if readOnly {
-			path = findProgPin(d.root, h)
-		}
-		p, err := ebpf.LoadPinnedProgram(path, nil)
-		if err != nil {
-			return fmt.Errorf("pinned program %s: %w", filepath.Base(path), err)
-		}
-		if h == hookHostIngress {
-			objs.HostIngress = p
-		} else {
-			objs.HostEgress = p
-		}
-	}
-	ok = true
 	d.objs = objs
-	return nil
-}
-
-// checkPinnedMaps compares every existing map pin with the object's spec, so
-// an old layout is refused with the map's name before anything is loaded.
-func checkPinnedMaps(spec *ebpf.CollectionSpec, root pins.Root) error {
-	for name, ms := range spec.Maps {
-		path := root.Pin(Owner, name)
-		m, err := ebpf.LoadPinnedMap(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("pinned map %s: %w", path, err)
-		}
-		err = ms.Compatible(m)
-		m.Close()
-		if err != nil {
-			return pins.Explain(fmt.Errorf("pinned map %s: %w", path, err), root, name)
-		}
-	}
 	return nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -85,7 +84,7 @@ func (d *Datapath) HasPolicySet(sum [32]byte) (bool, error) {
 // HasPinnedPolicySet is HasPolicySet for a caller that has not opened the
 // datapath: it reads the one pinned map (false when there is none).
 func HasPinnedPolicySet(root pins.Root, sum [32]byte) bool {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(root.Dir(Owner), tcMapPolicySets), &ebpf.LoadPinOptions{ReadOnly: true})
+	m, err := ebpf.LoadPinnedMap(root.Pin(Owner, tcMapPolicySets), &ebpf.LoadPinOptions{ReadOnly: true})
 	if err != nil {
 		return false
 	}
@@ -253,13 +252,14 @@ func (d *Datapath) setRecord(id uint32) (tcPolicySetKey, tcPolicySet, bool, erro
 	return k, v, false, nil
 }
 
-// addUsers changes set id's user count by delta (not below 0) and returns
-// the new count.
+// addUsers changes set id's user count by delta (not below 0).
 func (d *Datapath) addUsers(id uint32, delta int) error {
 	_, err := d.changeUsers(id, delta)
 	return err
 }
 
+// changeUsers is addUsers returning the new count (1 for set 0, which has
+// no record and is never removed).
 func (d *Datapath) changeUsers(id uint32, delta int) (int, error) {
 	if id == 0 {
 		return 1, nil
@@ -505,8 +505,9 @@ func (d *Datapath) GCPolicySets() (int, error) {
 	}
 	n := 0
 	for _, s := range sets {
-		k, v, ok, err := d.setRecord(s.ID)
-		if err == nil && ok && int(v.Users) != s.Users {
+		k := tcPolicySetKey{Sum: s.Sum}
+		var v tcPolicySet
+		if d.objs.PolicySets.Lookup(k, &v) == nil && int(v.Users) != s.Users {
 			v.Users = uint32(s.Users) // repair a count a crash left high
 			_ = d.objs.PolicySets.Update(k, v, ebpf.UpdateExist)
 		}

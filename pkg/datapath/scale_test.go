@@ -54,7 +54,7 @@ func allMemlock(t testing.TB, d *Datapath) int64 {
 // policy (default 10,000; 100,000 for the full figure). Every pod must
 // attach, and the policy map must hold one copy.
 func TestScaleSharedNetworkPolicy(t *testing.T) {
-	pods, cidrs := 50, 10000
+	pods, cidrs := 20, 2000
 	if v, err := strconv.Atoi(os.Getenv("PODSCOPE_SCALE_PODS")); err == nil && v > 0 {
 		pods = v
 	}

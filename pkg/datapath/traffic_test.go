@@ -137,6 +137,9 @@ func TestRealTraffic(t *testing.T) {
 			if err := d.SetPolicy(pod, pol); err != nil {
 				t.Fatal(err)
 			}
+			if mode == ModeTCX && pn.node.tcxRefused(d, pod, pn.ifindex) {
+				return
+			}
 			pn.node.attach(d, pod, pn.ifindex, mode)
 
 			// UDP into the pod: counted per flow to the byte (14 Ethernet +

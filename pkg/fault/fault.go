@@ -31,8 +31,10 @@ func Point(name string) {
 
 // Points lists every fault point, for tests that visit them all.
 var Points = struct {
-	Add, Del []string
+	Add, Del, Arm, Disarm []string
 }{
-	Add: []string{"add:locked", "add:registered", "add:policy", "add:attached", "add:recorded"},
-	Del: []string{"del:marked", "del:logged", "del:detached", "del:removed", "del:unregistered"},
+	Add:    []string{"add:locked", "add:registered", "add:policy", "add:attached", "add:recorded"},
+	Del:    []string{"del:marked", "del:logged", "del:detached", "del:removed", "del:unregistered"},
+	Arm:    []string{"arm:links", "arm:identity", "arm:audited"},
+	Disarm: []string{"disarm:unaudited", "disarm:links"},
 }

@@ -18,13 +18,16 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/podscope/podscope/pkg/podstate"
 )
 
 // Defaults of the installer's flags.
 const (
 	DefaultCNIBinDir  = "/opt/cni/bin"
 	DefaultCNIConfDir = "/etc/cni/net.d"
-	DefaultStateDir   = "/var/lib/podscope/install"
+	// DefaultStateDir is a subdirectory of podscope's state dir.
+	DefaultStateDir = podstate.DefaultDir + "/install"
 )
 
 // DefaultEntry is the podscope conflist entry chained when no config file

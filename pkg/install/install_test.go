@@ -525,6 +525,9 @@ func TestBadEntryRefused(t *testing.T) {
 		// must never chain them.
 		"policy twice": `{"type":"podscope","policy":{"egress":{"default":"deny"}},"policy":{"egress":{"default":"allow"}}}`,
 		"egress twice": `{"type":"podscope","policy":{"egress":{"default":"deny"},"egress":{"default":"allow"}}}`,
+		// 33 matches in one CIDR's chain: the datapath holds 32, so every
+		// ADD would fail compiling it.
+		"chain over 32": `{"type":"podscope","policy":{"egress":{"default":"allow","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17","18","19","20","21","22","23","24","25","26","27","28","29","30","31","32","33"],"action":"deny"}]}}}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			n := newNode(t)

@@ -128,7 +128,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-type netKey struct{ ns, pod, uid, iface string }
+// netKey is a counter series: the pod and its interface.
+type netKey struct {
+	pods.Identity
+	iface string
+}
 
 func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
 	pods, err := c.Network.PodNetwork()
@@ -147,7 +151,7 @@ func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
 				p.Namespace, p.Pod, p.PodUID, p.Interface, p.Unobserved)
 			continue
 		}
-		k := netKey{p.Namespace, p.Pod, p.PodUID, p.Interface}
+		k := netKey{p.Identity, p.Interface}
 		s, seen := sum[k]
 		if !seen {
 			order = append(order, k)
@@ -162,7 +166,7 @@ func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
 	}
 	for _, k := range order {
 		s := sum[k]
-		l := []string{k.ns, k.pod, k.uid, k.iface}
+		l := []string{k.Namespace, k.Pod, k.PodUID, k.iface}
 		ch <- prometheus.MustNewConstMetric(rxBytesDesc, prometheus.CounterValue, float64(s.RxBytes), l...)
 		ch <- prometheus.MustNewConstMetric(txBytesDesc, prometheus.CounterValue, float64(s.TxBytes), l...)
 		ch <- prometheus.MustNewConstMetric(rxPacketsDesc, prometheus.CounterValue, float64(s.RxPackets), l...)

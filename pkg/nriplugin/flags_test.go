@@ -1,6 +1,8 @@
 package nriplugin
 
 import (
+	"errors"
+	"flag"
 	"io"
 	"log/slog"
 	"strings"
@@ -68,5 +70,25 @@ func TestParseFlagsErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error()+out.String(), tc.mention) {
 			t.Errorf("%v: err %v (output %q), want one naming %q", tc.args, err, out.String(), tc.mention)
 		}
+	}
+}
+
+// --help says what podscope-nri is before the flags, and --audit-default
+// shows the values it takes, the words the start-up log line uses.
+func TestHelpSaysWhatItIs(t *testing.T) {
+	var b strings.Builder
+	if _, err := ParseFlags([]string{"--help"}, &b); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v, want flag.ErrHelp", err)
+	}
+	out := b.String()
+	if !strings.HasPrefix(out, "podscope-nri is podscope's node daemon") {
+		t.Errorf("--help does not start by saying what podscope-nri is:\n%s", out)
+	}
+	if !strings.Contains(out, "-audit-default on|off") {
+		t.Errorf("--help does not show --audit-default's values:\n%s", out)
+	}
+	v := true
+	if got := (onOff{&v}).String(); got != "on" {
+		t.Errorf("audit default on is logged as %q, want the flag's own word \"on\"", got)
 	}
 }

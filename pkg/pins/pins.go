@@ -148,3 +148,37 @@ func Explain(err error, root Root, mapName string) error {
 	}
 	return err
 }
+
+// CreateMap opens the map of spec (Pinning: ebpf.PinByName) pinned in
+// owner's directory, creating and pinning it if absent: for maps user space
+// keeps on its own (the pod registry, the blob store). what names the map in
+// errors; an incompatible pin is explained.
+func (r Root) CreateMap(owner string, spec *ebpf.MapSpec, what string) (*ebpf.Map, error) {
+	dir, err := r.Ensure(owner)
+	if err != nil {
+		return nil, err
+	}
+	m, err := ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: dir})
+	if err != nil {
+		return nil, Explain(fmt.Errorf("%s %s: %w", what, r.Pin(owner, spec.Name), err), r, spec.Name)
+	}
+	return m, nil
+}
+
+// OpenMap opens the existing pin of spec's map in owner's directory and never
+// creates one: an error wrapping os.ErrNotExist when it is absent, and an
+// explained ebpf.ErrMapIncompatible when its key or value size is not
+// spec's (another layout).
+func (r Root) OpenMap(owner string, spec *ebpf.MapSpec, what string) (*ebpf.Map, error) {
+	p := r.Pin(owner, spec.Name)
+	m, err := ebpf.LoadPinnedMap(p, nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s %s: %w", what, p, err)
+	}
+	if m.KeySize() != spec.KeySize || m.ValueSize() != spec.ValueSize {
+		m.Close()
+		return nil, Explain(fmt.Errorf("%s %s: key/value size %d/%d: %w",
+			what, p, m.KeySize(), m.ValueSize(), ebpf.ErrMapIncompatible), r, spec.Name)
+	}
+	return m, nil
+}

@@ -110,13 +110,9 @@ func Path(root pins.Root) string { return root.Pin(Owner, MapName) }
 
 // OpenRegistry opens the pinned registry, creating and pinning it if absent.
 func OpenRegistry(root pins.Root) (*Registry, error) {
-	dir, err := root.Ensure(Owner)
+	m, err := root.CreateMap(Owner, spec(), "pod registry")
 	if err != nil {
 		return nil, err
-	}
-	m, err := ebpf.NewMapWithOptions(spec(), ebpf.MapOptions{PinPath: dir})
-	if err != nil {
-		return nil, pins.Explain(fmt.Errorf("pod registry %s: %w", Path(root), err), root, MapName)
 	}
 	return newRegistry(m, root)
 }
@@ -124,18 +120,12 @@ func OpenRegistry(root pins.Root) (*Registry, error) {
 // OpenPinnedRegistry opens an existing registry and never creates one; it
 // returns an error wrapping ErrNoRegistry when none is pinned.
 func OpenPinnedRegistry(root pins.Root) (*Registry, error) {
-	p := Path(root)
-	m, err := ebpf.LoadPinnedMap(p, nil)
+	m, err := root.OpenMap(Owner, spec(), "pod registry")
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w at %s", ErrNoRegistry, p)
+		return nil, fmt.Errorf("%w at %s", ErrNoRegistry, Path(root))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("opening pod registry %s: %w", p, err)
-	}
-	if m.ValueSize() != valueSize || m.KeySize() != 4 {
-		m.Close()
-		return nil, pins.Explain(fmt.Errorf("pod registry %s: key/value size %d/%d: %w",
-			p, m.KeySize(), m.ValueSize(), ebpf.ErrMapIncompatible), root, MapName)
+		return nil, err
 	}
 	return newRegistry(m, root)
 }

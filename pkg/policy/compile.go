@@ -136,9 +136,37 @@ func (c *chains) overflow(field string, p netip.Prefix, n, rule, max int) error 
 }
 
 // checkChains refuses a spec whose chain of some CIDR needs more than max
-// matches, naming the rule that brings the first such chain past max.
+// matches, naming the rule that brings the first such chain past max. It
+// only counts (one map of ints); the chains are built only to name the rule
+// of a spec that overflows.
 func (s Spec) checkChains(field string, max int) error {
 	if len(s.Rules) == 0 {
+		return nil
+	}
+	count := make(map[netip.Prefix]int, len(s.Rules))
+	lengths := map[bool]map[int]bool{true: {}, false: {}}
+	for _, r := range s.Rules {
+		n := len(r.Ports)
+		if n == 0 {
+			n = 1
+		}
+		count[r.CIDR] += n
+		lengths[r.CIDR.Addr().Is4()][r.CIDR.Bits()] = true
+	}
+	over := false
+	for p, n := range count {
+		for l := range lengths[p.Addr().Is4()] {
+			if l < p.Bits() {
+				anc, _ := p.Addr().Prefix(l)
+				n += count[anc]
+			}
+		}
+		if n > max {
+			over = true
+			break
+		}
+	}
+	if !over {
 		return nil
 	}
 	c := newChains(s)
@@ -147,9 +175,6 @@ func (s Spec) checkChains(field string, max int) error {
 		if c.length(p) > max {
 			worst = append(worst, p)
 		}
-	}
-	if len(worst) == 0 {
-		return nil
 	}
 	sort.Slice(worst, func(i, j int) bool { return less(worst[i], worst[j]) })
 	rules, src := c.chain(worst[0])
