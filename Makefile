@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick test-kernels bench-kernels fuzz fuzz-quick churn audit-load install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e e2e-k8s netpol-conformance demo bench bench-quick test-kernels bench-kernels fuzz fuzz-quick churn audit-load install uninstall clean deps
 
 all: build
 
@@ -74,6 +74,12 @@ e2e: build
 # source (hack/k8s/node.sh): deploy/ applied with kubectl apply -k.
 e2e-k8s: build
 	PODSCOPE_E2E_NO_BUILD=1 hack/k8s/e2e.sh
+
+# The upstream Kubernetes v1.37.2 NetworkPolicy e2e tests (the Netpol set)
+# on the cluster suite's node with podscope enforcing (hack/k8s/netpol.sh;
+# ENFORCE=0: the baseline without enforcement, SUBSET=ci: make test's subset).
+netpol-conformance: build
+	PODSCOPE_E2E_NO_BUILD=1 hack/k8s/netpol.sh run
 
 # The audit's and the datapath's tests on real distribution kernels under
 # qemu (hack/kernels/kernels.list): every audit mode forced, the probe

@@ -50,16 +50,16 @@ func addr(family uint8, b [16]uint8) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
+// flowBatch is how many flow entries one batch read returns (~400 KiB).
+const flowBatch = 4096
+
 // Flows lists pod's entries of the flow table.
 func (d *Datapath) Flows(pod PodID) ([]Flow, error) {
 	var out []Flow
 	offset := BootOffset()
-	var k tcFlowKey
-	var v tcFlowStats
-	it := d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
+	err := eachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, v *tcFlowStats) {
 		if k.Pod != uint32(pod) {
-			continue
+			return
 		}
 		eg, in := policy.Egress, policy.Ingress
 		f := Flow{
@@ -79,8 +79,8 @@ func (d *Datapath) Flows(pod PodID) ([]Flow, error) {
 			f.LastSeen = timeAt(offset, v.LastSeenNs)
 		}
 		out = append(out, f)
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("reading flows: %w", err)
 	}
 	return out, nil
@@ -102,16 +102,13 @@ func (d *Datapath) RemovePod(pod PodID) error {
 	if err := d.RemoveNetworkPolicy(pod); err != nil {
 		errs = append(errs, err)
 	}
-	var fk tcFlowKey
-	var fv tcFlowStats
 	var flows []tcFlowKey
-	it := d.objs.Flows.Iterate()
-	for it.Next(&fk, &fv) {
-		if fk.Pod == uint32(pod) {
-			flows = append(flows, fk)
+	err := eachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, _ *tcFlowStats) {
+		if k.Pod == uint32(pod) {
+			flows = append(flows, *k)
 		}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		errs = append(errs, fmt.Errorf("reading flows: %w", err))
 	}
 	if err := deleteAll(d.objs.Flows, flows); err != nil {
