@@ -64,18 +64,13 @@ func (d *Datapath) SetNetworkPolicy(pod PodID, addrs []netip.Addr, s *PolicySet)
 		return err
 	}
 	defer unlock()
-	id, err := d.ensureSet(s)
-	if err != nil {
-		return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
-	}
 	old, had, err := d.netpolRecord(pod)
 	if err != nil {
 		return err
 	}
-	if old.Set != id || !had {
-		if err := d.addUsers(id, 1); err != nil {
-			return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
-		}
+	id, err := d.takeSet(s, old.Set, had)
+	if err != nil {
+		return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
 	}
 	rec := tcPodNetpol{Set: id, Naddrs: uint32(len(addrs))}
 	for i, a := range addrs {

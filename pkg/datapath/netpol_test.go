@@ -91,25 +91,15 @@ func (b *bridgeNode) addPod(id PodID, n int) *bridgePod {
 	p := &bridgePod{id: id, n: newNode(t),
 		v4: netip.MustParseAddr(fmt.Sprintf("10.201.0.%d", n)),
 		v6: netip.MustParseAddr(fmt.Sprintf("fd00:201::%d", n))}
-	name := testenv.Name(t)
+	host, idx := b.veth(0)
+	p.ifindex = idx
+	name := strings.TrimSuffix(host, "h")
 	b.do(func() error {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name + "h"}, PeerName: name + "p"}
-		if err := netlink.LinkAdd(v); err != nil {
-			return err
-		}
-		h, err := netlink.LinkByName(name + "h")
-		if err != nil {
-			return err
-		}
-		p.ifindex = h.Attrs().Index
 		br, err := netlink.LinkByName(b.br)
 		if err != nil {
 			return err
 		}
-		if err := netlink.LinkSetMaster(h, br); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(h); err != nil {
+		if err := netlink.LinkSetMaster(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: idx}}, br); err != nil {
 			return err
 		}
 		peer, err := netlink.LinkByName(name + "p")
@@ -207,7 +197,7 @@ var rootNetns = func() os.FileInfo {
 }()
 
 // listen serves TCP on the pod's addr:port, answering each connection with
-// "ok"; closed at the end of the test.
+// "ok", then echoing what it gets; closed at the end of the test.
 func (p *bridgePod) listen(t *testing.T, a netip.Addr, port int) {
 	t.Helper()
 	l := in(t, p.n, func() (net.Listener, error) {
@@ -220,8 +210,12 @@ func (p *bridgePod) listen(t *testing.T, a netip.Addr, port int) {
 			if err != nil {
 				return
 			}
-			_, _ = c.Write([]byte("ok"))
-			c.Close()
+			go func() {
+				defer c.Close()
+				if _, err := c.Write([]byte("ok")); err == nil {
+					_, _ = io.Copy(c, c)
+				}
+			}()
 		}
 	}()
 }
@@ -255,11 +249,16 @@ func requireNetworkPolicy(t *testing.T, n *node) {
 	t.Helper()
 	var err error
 	n.do(func() error { err = NetworkPolicySupported(); return nil })
-	if errors.Is(err, ErrNoNetfilterLink) {
-		t.Skipf("kernel cannot enforce NetworkPolicy, as NetworkPolicySupported reports: %v", err)
-	}
+	skipWithoutNetfilter(t, err)
 	if err != nil {
 		t.Fatalf("NetworkPolicySupported in a fresh netns: %v", err)
+	}
+}
+
+func skipWithoutNetfilter(t testing.TB, supported error) {
+	t.Helper()
+	if errors.Is(supported, ErrNoNetfilterLink) {
+		t.Skipf("kernel cannot enforce NetworkPolicy, as NetworkPolicySupported reports: %v", supported)
 	}
 }
 
@@ -479,7 +478,7 @@ func TestNetworkPolicyRepliesAndChanges(t *testing.T) {
 	d, _ := b.netpolDatapath(t)
 	b.conntrack()
 	for _, addr := range []netip.Addr{srv.v4, srv.v6} {
-		srv.listenEcho(t, addr, 8080)
+		srv.listen(t, addr, 8080)
 	}
 	allowA := isolated(allowTCP(a.v4.String()+"/32", 8080), allowTCP(a.v6.String()+"/128", 8080))
 	// The server may open nothing (egress isolated), and takes only a.
@@ -512,29 +511,6 @@ func TestNetworkPolicyRepliesAndChanges(t *testing.T) {
 	if err := srv.dial(t, a.v4.String(), 9090); err == nil {
 		t.Fatal("the server opened a connection under egress isolation")
 	}
-}
-
-// listenEcho serves "ok" then echoes.
-func (p *bridgePod) listenEcho(t *testing.T, a netip.Addr, port int) {
-	t.Helper()
-	l := in(t, p.n, func() (net.Listener, error) {
-		return net.Listen("tcp", netip.AddrPortFrom(a, uint16(port)).String())
-	})
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := c.Write([]byte("ok")); err == nil {
-					_, _ = io.Copy(c, c)
-				}
-			}()
-		}
-	}()
 }
 
 // Without a conntrack entry nothing is judged (see bpf/netpol.c): the
@@ -764,9 +740,7 @@ func TestNetworkPolicyHooksPinned(t *testing.T) {
 // why, as the product reports it).
 func netpolProg(t testing.TB, d *Datapath) *ebpf.Program {
 	t.Helper()
-	if err := NetworkPolicySupported(); errors.Is(err, ErrNoNetfilterLink) {
-		t.Skipf("kernel cannot enforce NetworkPolicy, as NetworkPolicySupported reports: %v", err)
-	}
+	skipWithoutNetfilter(t, NetworkPolicySupported())
 	p, err := d.loadNetpol()
 	if err != nil {
 		t.Fatal(err)
