@@ -216,3 +216,30 @@ func (d *Datapath) NetworkPolicies() (map[PodID]NetworkPolicyRef, error) {
 	}
 	return out, nil
 }
+
+// NetworkPolicyStats are the NetworkPolicy program's node-wide counts.
+type NetworkPolicyStats struct {
+	// Judged is the number of new connections with a NetworkPolicy
+	// endpoint on either side that were judged.
+	Judged uint64 `json:"judged"`
+	// Untracked is the number of packets that passed without being judged
+	// because they had no conntrack entry: conntrack is not active in the
+	// node's netns (nothing there asked for it; kube-proxy's NAT rules do),
+	// a notrack rule, or packets conntrack found invalid. A steadily
+	// growing count with NetworkPolicies set means they are not enforced.
+	Untracked uint64 `json:"untracked"`
+}
+
+// NetworkPolicyStats sums the NetworkPolicy program's per-CPU counts.
+func (d *Datapath) NetworkPolicyStats() (NetworkPolicyStats, error) {
+	var per []tcNetpolStats
+	if err := d.objs.NetpolStats.Lookup(uint32(0), &per); err != nil {
+		return NetworkPolicyStats{}, fmt.Errorf("reading NetworkPolicy stats: %w", err)
+	}
+	var s NetworkPolicyStats
+	for _, v := range per {
+		s.Judged += v.Judged
+		s.Untracked += v.Untracked
+	}
+	return s, nil
+}

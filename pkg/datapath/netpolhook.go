@@ -16,6 +16,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/podscope/podscope/pkg/pins"
@@ -86,6 +87,12 @@ func NetworkPolicySupported() error {
 }
 
 func probeNetfilter() error {
+	if err := features.HaveProgramType(ebpf.Netfilter); err != nil {
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("%w: %v", ErrNoNetfilterLink, err)
+		}
+		return fmt.Errorf("netfilter probe inconclusive: %w", err)
+	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:         ebpf.Netfilter,
 		AttachType:   ebpf.AttachNetfilter,
@@ -93,9 +100,6 @@ func probeNetfilter() error {
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
 	})
 	if err != nil {
-		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, os.ErrInvalid) {
-			return fmt.Errorf("%w: loading a netfilter program: %v", ErrNoNetfilterLink, err)
-		}
 		return fmt.Errorf("netfilter probe: loading a program: %w", err)
 	}
 	defer prog.Close()
