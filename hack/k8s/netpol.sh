@@ -6,6 +6,7 @@
 #   hack/k8s/netpol.sh build    build/cache e2e.test, ginkgo and the agnhost image
 #   hack/k8s/netpol.sh run      node up, podscope deployed, the Netpol set, node down
 #   hack/k8s/netpol.sh list     the specs `run` runs and skips (a dry run, no node)
+#   hack/k8s/netpol.sh bench    the NetworkPolicy bench rows (make bench-netpol)
 #
 # Environment of `run`:
 #   ENFORCE=0        podscope without NetworkPolicy enforcement (the baseline:
@@ -227,11 +228,184 @@ finish_run() {
   exit $rc
 }
 
+# --- the bench rows (make bench-netpol) ----------------------------------------------
+
+BENCH_IMAGE=localhost/podscope/netpol-bench:e2e
+BENCH_NS=netpol-bench
+BENCH_POLICIES=${NETPOL_BENCH_POLICIES:-50}
+BENCH_REPS=${NETPOL_BENCH_REPS:-3}
+BENCH_SECONDS=${NETPOL_BENCH_SECONDS:-3}
+BENCH_LATENCY=${NETPOL_BENCH_LATENCY:-20}
+
+# bench_image OUT.tar: busybox + tests/bench's podscope-bench (serve, load, flip).
+bench_image() {
+  local out=$1 rootfs a
+  rootfs=$(mktemp -d)
+  mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp"
+  (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$rootfs/bin/podscope-bench" ./tests/bench/cmd/podscope-bench)
+  cp /bin/busybox "$rootfs/bin/busybox"
+  for a in $(/bin/busybox --list); do
+    [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"
+  done
+  chmod 1777 "$rootfs/tmp"
+  printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
+  oci_layout "$out" "$BENCH_IMAGE" '["/bin/sh"]' "$rootfs"
+  rm -rf "$rootfs"
+}
+
+bench_pod() { # name app command
+  cat <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: $BENCH_NS, labels: {app: $2}}
+spec:
+  nodeName: $NODE_NAME
+  terminationGracePeriodSeconds: 1
+  containers:
+    - {name: main, image: $BENCH_IMAGE, imagePullPolicy: Never, command: ["/bin/sh", "-c", "$3"]}
+YAML
+}
+
+# bench_policies: N NetworkPolicies selecting the pods: N-2 ingress ipBlock
+# rules on the server that match nobody, one that allows the client, and an
+# egress policy on the client (to the server's 5 ports, by endPort).
+bench_policies() {
+  local i
+  for i in $(seq 1 $((BENCH_POLICIES - 2))); do
+    cat <<YAML
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: decoy-$i, namespace: $BENCH_NS}
+spec:
+  podSelector: {matchLabels: {app: bench-server}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{ipBlock: {cidr: 10.$((200 + i / 250)).$((i % 250)).0/24}}]
+      ports: [{protocol: TCP, port: $((6000 + i))}]
+YAML
+  done
+  cat <<YAML
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-client, namespace: $BENCH_NS}
+spec:
+  podSelector: {matchLabels: {app: bench-server}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: bench-client}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: $BENCH_NS}
+spec:
+  podSelector: {matchLabels: {app: bench-client}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{podSelector: {matchLabels: {app: bench-server}}}]
+      ports: [{protocol: TCP, port: 5201, endPort: 5205}, {protocol: UDP, port: 5201, endPort: 5205}]
+YAML
+}
+
+ALLOW_INTRUDER="apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-intruder, namespace: $BENCH_NS}
+spec:
+  podSelector: {matchLabels: {app: bench-server}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: bench-intruder}}}]"
+
+bexec() { kctl -n "$BENCH_NS" exec "$1" -- /bin/podscope-bench "${@:2}"; }
+
+# flip_from POD WANT: until POD's new connections to the server show WANT.
+flip_from() { bexec "$1" flip --target "$SERVER_IP:5201" --want "$2" --limit 60s; }
+
+# measure ROW-DIR: BENCH_SECONDS each of TCP_RR, TCP_CRR, UDP from the client.
+measure() {
+  local d=$1 m
+  mkdir -p "$d"
+  for m in rr crr udp; do
+    bexec client load --mode "$m" --target "$SERVER_IP:5201" --duration "${BENCH_SECONDS}s" >>"$d/$m.jsonl"
+  done
+}
+
+# latency_sample WANT APPLY-CMD...: seconds from just before the API call to
+# the start of the intruder's first connection with the new outcome.
+latency_sample() {
+  local want=$1 t0 out at; shift
+  bexec intruder flip --target "$SERVER_IP:5201" --want "$want" --limit 60s --timeout 50ms >"$WORK/flip.out" 2>&1 &
+  local fp=$!
+  sleep 1.5
+  t0=$(date +%s%N)
+  "$@" >/dev/null
+  wait $fp || die "flip ($want): $(cat "$WORK/flip.out")"
+  at=$(grep -o '"at_unix_nano":[0-9]*' "$WORK/flip.out" | cut -d: -f2)
+  awk -v a="$at" -v b="$t0" 'BEGIN { printf "%.4f\n", (a - b) / 1e9 }'
+}
+
+cmd_bench() {
+  [ "$(id -u)" = 0 ] || die "must run as root"
+  exec 9>/run/podscope-k8s.lock
+  flock -w 3600 9 || die "another cluster suite holds /run/podscope-k8s.lock"
+  local overlay out=${NETPOL_BENCH_OUT:-$REPO/bench/out/netpol-bench} i t0=$SECONDS
+  overlay=${PODSCOPE_NETPOL_OVERLAY:-$REPO/hack/k8s/overlay/networkpolicy}
+  [ -f "$overlay/kustomization.yaml" ] || die "no overlay with NetworkPolicy enforcement at $overlay"
+  pid_alive "$WORK/holder.pid" && die "a node is up in $WORK: stop it with hack/k8s/node.sh down"
+  [ "${PODSCOPE_E2E_NO_BUILD:-}" = 1 ] || (cd "$REPO" && make -s build)
+  (cd "$REPO" && mkdir -p bench/out && go build -o bench/out/podscope-bench ./tests/bench/cmd/podscope-bench)
+  rm -rf "$out"; mkdir -p "$out"
+  NETPOL_OUT=$out
+  trap 'finish_run' EXIT
+  trap 'exit 130' INT TERM
+  "$REPO/hack/k8s/node.sh" up
+  bench_image "$WORK/netpol-bench.tar"
+  in_node "$CTRD_DIR/ctr" --address "$CTRD_SOCK" --namespace k8s.io images import "$WORK/netpol-bench.tar" >/dev/null
+  deploy_podscope "$overlay"
+  kctl create namespace "$BENCH_NS" >&2
+  { bench_pod server bench-server "exec /bin/podscope-bench serve --addr 0.0.0.0:5201"; echo ---
+    bench_pod client bench-client "exec sleep 1000000"; echo ---
+    bench_pod intruder bench-intruder "exec sleep 1000000"; } | kctl apply -f - >&2
+  kctl -n "$BENCH_NS" wait --for=condition=Ready pod --all --timeout=3m >&2
+  SERVER_IP=$(kctl -n "$BENCH_NS" get pod server -o jsonpath='{.status.podIP}')
+  flip_from client open >/dev/null
+  log "pods up; $BENCH_REPS x (no policy, podscope with $BENCH_POLICIES NetworkPolicies), ${BENCH_SECONDS}s per mode; load $(cut -d' ' -f1-3 /proc/loadavg)"
+  # A B A B ...: the rows interleaved so that drift of the machine cancels.
+  for i in $(seq "$BENCH_REPS"); do
+    measure "$out/none"
+    bench_policies | kctl apply -f - >/dev/null
+    flip_from intruder closed >/dev/null
+    flip_from client open >/dev/null
+    measure "$out/podscope"
+    kctl -n "$BENCH_NS" delete networkpolicy --all >/dev/null
+    flip_from intruder open >/dev/null
+  done
+  # Update to enforcement: the intruder isolated by the N policies, then a
+  # policy allowing it created and deleted, K times each.
+  bench_policies | kctl apply -f - >/dev/null
+  flip_from intruder closed >/dev/null
+  for i in $(seq "$BENCH_LATENCY"); do
+    latency_sample open in_node_apply >>"$out/podscope/latency.txt"
+    latency_sample closed kctl -n "$BENCH_NS" delete networkpolicy allow-intruder >>"$out/podscope/latency.txt"
+  done
+  {
+    echo "# make bench-netpol, $(date -u '+%F %H:%M UTC'), $(git -C "$REPO" describe --always --dirty 2>/dev/null), $BENCH_POLICIES NetworkPolicies, ${BENCH_SECONDS}s x $BENCH_REPS per mode (medians), $BENCH_LATENCY x 2 update samples, load $(cut -d' ' -f1-3 /proc/loadavg), $((SECONDS - t0)) s"
+    echo
+    "$REPO/bench/out/podscope-bench" netpol-report --in "$out" "no policy=none" "podscope, $BENCH_POLICIES NetworkPolicies=podscope"
+    echo
+    echo "kube-network-policies v0.8.0: not measured: it queues with nftables' queue expression and this kernel has no CONFIG_NFT_QUEUE (see bench/README.md)."
+  } >"$out/results.md"
+  cat "$out/results.md"
+}
+in_node_apply() { echo "$ALLOW_INTRUDER" | kctl apply -f -; }
+
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 case "${1:-}" in
   build) build_netpol; echo "$NETPOL_DIR" ;;
   list) cmd_list ;;
   run) cmd_run ;;
-  *) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  bench) cmd_bench ;;
+  *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
