@@ -874,3 +874,53 @@ func TestNetworkPolicySupported(t *testing.T) {
 		t.Skipf("no br_netfilter in this kernel to turn off: %v", noBrNetfilter)
 	}
 }
+
+// A node upgraded from a podscope whose drop_reasons had 2 entries (no
+// DROP_NETPOL): the next Open by this build grows it, keeping the counts.
+func TestDropReasonsGrowOnUpgrade(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	testSpecHook = func(spec *ebpf.CollectionSpec) { spec.Maps[tcMapDropReasons].MaxEntries = 2 }
+	old, err := Open(root)
+	testSpecHook = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := make([]tcDropCounts, ncpu)
+	per[0].Packets = [2]uint64{5, 7}
+	if err := old.objs.DropReasons.Put(uint32(DropOpaque), per); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	// Another build's programs: this build finds no program pin of its own.
+	for _, h := range hooks {
+		if err := os.Rename(root.Pin(Owner, progPin(h)), root.Pin(Owner, progPin(h)+"x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A reader of this build reads the old map as it is.
+	r, err := OpenPinned(root)
+	if err != nil {
+		t.Fatalf("reader on the old drop_reasons: %v", err)
+	}
+	got, err := r.DropReasons()
+	r.Close()
+	if err != nil || got[DropOpaque] != [2]uint64{5, 7} {
+		t.Fatalf("reader: %v %v", got, err)
+	}
+	d, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if n := d.objs.DropReasons.MaxEntries(); n != 3 {
+		t.Fatalf("drop_reasons holds %d reasons after the upgrade, want 3", n)
+	}
+	got, err = d.DropReasons()
+	if err != nil || got[DropOpaque] != [2]uint64{5, 7} || got[DropNetworkPolicy] != [2]uint64{} {
+		t.Fatalf("after the upgrade: %v %v", got, err)
+	}
+}
