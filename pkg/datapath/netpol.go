@@ -220,8 +220,9 @@ type NetworkPolicyStats struct {
 	// Untracked is the number of packets that passed without being judged
 	// because they had no conntrack entry: conntrack is not active in the
 	// node's netns (nothing there asked for it; kube-proxy's NAT rules do),
-	// a notrack rule, or packets conntrack found invalid. A steadily
-	// growing count with NetworkPolicies set means they are not enforced.
+	// or packets conntrack found invalid. A count that grows with every
+	// connection while NetworkPolicies are set means they are not
+	// enforced. (Packets a notrack rule marked pass uncounted.)
 	Untracked uint64 `json:"untracked"`
 }
 

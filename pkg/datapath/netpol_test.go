@@ -871,7 +871,7 @@ func TestNetworkPolicySupported(t *testing.T) {
 		return nil
 	})
 	if noBrNetfilter != nil {
-		t.Skipf("no br_netfilter in this kernel to turn off: %v", noBrNetfilter)
+		t.Logf("no br_netfilter in this kernel to turn off: %v", noBrNetfilter)
 	}
 }
 
