@@ -26,16 +26,16 @@ import (
 )
 
 // Target is where the controller writes: the datapath's NetworkPolicy API
-// (pkg/datapath; a fake in unit tests).
+// (*datapath.Datapath; a fake in unit tests).
 type Target interface {
 	// SetNetworkPolicy makes s the pod's NetworkPolicy; s == nil: no
 	// NetworkPolicy selects the pod.
 	SetNetworkPolicy(pod datapath.PodID, addrs []netip.Addr, s *datapath.PolicySet) error
 	// RemoveNetworkPolicy forgets the pod.
 	RemoveNetworkPolicy(pod datapath.PodID) error
-	// NetworkPolicies is what the datapath holds now, by pod: the set's
-	// content sum, the zero sum for a pod no policy selects.
-	NetworkPolicies() (map[datapath.PodID][32]byte, error)
+	// NetworkPolicies is what the datapath holds now, by pod (pods no
+	// policy selects are not in it).
+	NetworkPolicies() (map[datapath.PodID]datapath.NetworkPolicyRef, error)
 }
 
 // Config is a controller's configuration.
@@ -76,7 +76,7 @@ type Controller struct {
 }
 
 type podState struct {
-	sum   [32]byte // zero: not selected
+	sum   [32]byte // zero: not selected (the datapath holds nothing)
 	addrs string
 }
 
@@ -312,8 +312,8 @@ func (c *Controller) readBack() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for id, sum := range held {
-		c.written[id] = podState{sum: sum, addrs: "?"}
+	for id, ref := range held {
+		c.written[id] = podState{sum: ref.Sum, addrs: fmt.Sprint(ref.Addrs)}
 	}
 	return nil
 }
@@ -354,8 +354,10 @@ func (c *Controller) Sync() {
 		ps := podState{addrs: fmt.Sprint(want.Addrs)}
 		if want.Set != nil {
 			ps.sum = want.Set.Sum()
+		} else {
+			ps.addrs = ""
 		}
-		if have, ok := written[id]; ok && have.sum == ps.sum && (have.addrs == ps.addrs || have.addrs == "?") {
+		if have, ok := written[id]; ok && have.sum == ps.sum && (have.addrs == ps.addrs || want.Set == nil) {
 			continue
 		}
 		if err := c.cfg.Target.SetNetworkPolicy(id, want.Addrs, want.Set); err != nil {

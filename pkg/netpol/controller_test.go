@@ -22,7 +22,7 @@ import (
 // fakeTarget is the datapath's NetworkPolicy API in memory.
 type fakeTarget struct {
 	mu      sync.Mutex
-	held    map[datapath.PodID][32]byte
+	held    map[datapath.PodID][32]byte // a nil set: absent, like the datapath
 	addrs   map[datapath.PodID][]netip.Addr
 	sets    int // SetNetworkPolicy calls
 	removes int
@@ -36,11 +36,12 @@ func (f *fakeTarget) SetNetworkPolicy(pod datapath.PodID, addrs []netip.Addr, s 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sets++
-	var sum [32]byte
-	if s != nil {
-		sum = s.Sum()
+	if s == nil {
+		delete(f.held, pod)
+		delete(f.addrs, pod)
+		return nil
 	}
-	f.held[pod] = sum
+	f.held[pod] = s.Sum()
 	f.addrs[pod] = addrs
 	return nil
 }
@@ -54,12 +55,12 @@ func (f *fakeTarget) RemoveNetworkPolicy(pod datapath.PodID) error {
 	return nil
 }
 
-func (f *fakeTarget) NetworkPolicies() (map[datapath.PodID][32]byte, error) {
+func (f *fakeTarget) NetworkPolicies() (map[datapath.PodID]datapath.NetworkPolicyRef, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := map[datapath.PodID][32]byte{}
+	out := map[datapath.PodID]datapath.NetworkPolicyRef{}
 	for k, v := range f.held {
-		out[k] = v
+		out[k] = datapath.NetworkPolicyRef{Sum: v, Addrs: f.addrs[k], Set: 1}
 	}
 	return out, nil
 }
@@ -140,8 +141,8 @@ func TestController(t *testing.T) {
 	if s, _ := target.get(1); s != denyIngress {
 		t.Fatalf("pod a: want the deny-all-ingress set")
 	}
-	if s, ok := target.get(2); !ok || s != ([32]byte{}) {
-		t.Fatalf("pod b: want 'no policy selects it' (nil set), have %v %v", ok, s)
+	if _, ok := target.get(2); ok {
+		t.Fatal("pod b: no policy selects it, yet the datapath holds a set for it")
 	}
 	if _, ok := target.get(99); ok {
 		t.Fatal("the stale entry of pod 99 was not removed")
@@ -194,9 +195,16 @@ func TestController(t *testing.T) {
 	if err := cs.NetworkingV1().NetworkPolicies("default").Delete(context.Background(), "deny-a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "pod a unselected", func() bool { s, ok := target.get(1); return ok && s == [32]byte{} })
+	waitFor(t, "pod a unselected", func() bool { _, ok := target.get(1); return !ok })
 
-	// Pod b leaves the registry (CNI DEL): its entry goes.
+	// A new policy selects b, then b leaves the registry (CNI DEL): its
+	// entry goes.
+	denyB := deny.DeepCopy()
+	denyB.Name, denyB.Spec.PodSelector.MatchLabels = "deny-c", map[string]string{"app": "c"}
+	if _, err := cs.NetworkingV1().NetworkPolicies("default").Create(context.Background(), denyB, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "pod b selected", func() bool { s, _ := target.get(2); return s == denyIngress })
 	local.set(regPod(1, a, "10.244.0.10/24"))
 	waitFor(t, "pod b removed", func() bool { _, ok := target.get(2); return !ok })
 
@@ -219,6 +227,7 @@ func TestControllerRestartKeepsUnchanged(t *testing.T) {
 	cs := fake.NewSimpleClientset(ns("default", nil), a, deny)
 	target := newFakeTarget()
 	target.held[1] = sumOf(t, policy.Policy{Egress: policy.Spec{Default: policy.Deny}, Ingress: policy.AllowAll()})
+	target.addrs[1] = []netip.Addr{netip.MustParseAddr("10.244.0.10")}
 	local := &fakeLocal{}
 	local.set(regPod(1, a, "10.244.0.10/24"))
 	c, err := New(Config{NodeName: "node1", Client: cs, Target: target, Local: local.list, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
