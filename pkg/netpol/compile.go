@@ -305,9 +305,9 @@ func (c *Compiler) resolvePeer(np *networkingv1.NetworkPolicy, field string, p n
 			c.errorf(np, field+".namespaceSelector", "%v (the peer matches nothing)", err)
 			return nil
 		}
-		for _, pi := range c.peers {
-			if nsSel.Matches(c.nsLabels[pi.pod.Namespace]) {
-				cands = append(cands, pi)
+		for ns, pis := range c.byNS {
+			if nsSel.Matches(c.nsLabels[ns]) {
+				cands = append(cands, pis...)
 			}
 		}
 	}
