@@ -11,6 +11,7 @@
 #   BENCH=1               also measure the audit's overhead per mode
 #   BENCH=only            only that
 #   OUT=dir               where serial logs go (default /tmp/podscope-test-kernels)
+#   KLIST=file            another kernel list (default hack/kernels/kernels.list)
 #
 # Kernels are cached under $PODSCOPE_CACHE/kernels (hack/kernels/fetch.sh).
 # One VM at a time (-smp 2), serialised machine-wide by a lock.
@@ -164,7 +165,7 @@ while IFS='|' read -r name pat append probe modes suites; do
   grep -q "^@@@ DONE $name" "$log" || { fail=1; summary+="    (VM did not finish: killed after ${budget}s or crashed)"$'\n'; }
   names+=("$name"); results+=("${secs}s"$'\n'"$summary")
   rm -rf "$k"
-done < hack/kernels/kernels.list
+done < "${KLIST:-hack/kernels/kernels.list}"
 
 echo "== test-kernels results (logs in $OUT)"
 for i in "${!names[@]}"; do
