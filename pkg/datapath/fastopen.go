@@ -28,7 +28,10 @@ func mapFields(m *tcMaps) map[string]**ebpf.Map {
 
 // userSpaceMaps are pinned with the programs' maps but only the loader
 // reads and writes them; the programs hold no reference to them.
-var userSpaceMaps = []string{tcMapAttachments, tcMapPodPolicy, tcMapPolicySets}
+// The NetworkPolicy maps are read by bpf/netpol.c's program, not by the TC
+// programs.
+var userSpaceMaps = []string{tcMapAttachments, tcMapPodPolicy, tcMapPolicySets,
+	tcMapNetpolEndpoints, tcMapPodNetpol, tcMapNetpolStats, tcMapNetpolDrops}
 
 // loadOwnPins is the hot path of Open and OpenPinned: every CNI ADD and DEL
 // is a fresh process, and parsing the embedded ELF and BTF (loadTc) was the
@@ -127,6 +130,9 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		}
 		*dst = m
 		if c.spec != nil {
+			if c.anyProgs && name == tcMapDropReasons && m.MaxEntries() < c.spec.Maps[name].MaxEntries {
+				continue // pinned before a reason was added (growDropReasons); readers read what it has
+			}
 			if err := c.spec.Maps[name].Compatible(m); err != nil {
 				return objs, pins.Explain(fmt.Errorf("pinned map %s: %w", path, err), d.root, name)
 			}

@@ -27,7 +27,8 @@ import (
 //   - pod_ifaces: ifindex -> {pod, set}, the copy the programs read;
 //   - policy: LPM entries keyed by set id.
 //
-// A set's users are the pod_policy entries naming it, counted under the
+// A set's users are the pod_policy and pod_netpol entries naming it (a pod
+// may hold one of each: its podscope policy and its NetworkPolicy), counted under the
 // datapath lock when a pod lets go of it: nothing is counted in a process,
 // so a crash can leave at most an unused set behind, which the next
 // release or GCPolicySets removes, never a pod without its entries.
@@ -148,6 +149,9 @@ func policySum(p policy.Policy) [32]byte {
 	h.Sum(sum[:0])
 	return sum
 }
+
+// allowAllSum is the sum of the policy that allows everything (set 0).
+var allowAllSum = policySum(policy.Policy{Egress: policy.AllowAll(), Ingress: policy.AllowAll()})
 
 // compile turns p into the kernel entries of both directions, keyed with
 // set 0 (the caller fills in the set id).
@@ -404,7 +408,8 @@ func (d *Datapath) removeSet(key tcPolicySetKey, id uint32) error {
 	return nil
 }
 
-// setUsers counts the pods referring to each set.
+// setUsers counts the references to each set: a pod's podscope policy
+// (pod_policy) and its NetworkPolicy (pod_netpol) each count once.
 func (d *Datapath) setUsers() (map[uint32]int, error) {
 	out := map[uint32]int{}
 	var k uint32
@@ -415,6 +420,14 @@ func (d *Datapath) setUsers() (map[uint32]int, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading pod policy references: %w", err)
+	}
+	var n tcPodNetpol
+	nit := d.objs.PodNetpol.Iterate()
+	for nit.Next(&k, &n) {
+		out[n.Set]++
+	}
+	if err := nit.Err(); err != nil {
+		return nil, fmt.Errorf("reading pod NetworkPolicy references: %w", err)
 	}
 	return out, nil
 }

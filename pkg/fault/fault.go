@@ -1,5 +1,5 @@
 // Package fault is podscope's crash injection for tests: at a named point
-// between two steps of a multi-step change (ADD, DEL, arming a cgroup) the
+// between two steps of a multi-step change (ADD, DEL, arming a cgroup, a reconcile) the
 // process kills itself with SIGKILL when the environment variable Env names
 // that point, so a test can prove that the next ADD, DEL, CHECK, GC or the
 // reaper brings the node back to a clean state from every step.
@@ -31,10 +31,13 @@ func Point(name string) {
 
 // Points lists every fault point, for tests that visit them all.
 var Points = struct {
-	Add, Del, Arm, Disarm []string
+	Add, Del, Arm, Disarm, Sync []string
 }{
 	Add:    []string{"add:locked", "add:registered", "add:policy", "add:attached", "add:recorded"},
 	Del:    []string{"del:marked", "del:logged", "del:detached", "del:removed", "del:unregistered"},
 	Arm:    []string{"arm:links", "arm:identity", "arm:audited"},
 	Disarm: []string{"disarm:unaudited", "disarm:links"},
+	// podscope-nri's Synchronize, after the first container it arms and
+	// after the first stale entry it disarms: killed between two.
+	Sync: []string{"sync:armed", "sync:disarmed"},
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/podscope/podscope/pkg/cgroups"
+	"github.com/podscope/podscope/pkg/fault"
 	"github.com/podscope/podscope/pkg/pods"
 )
 
@@ -325,6 +326,7 @@ func (p *Plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs [
 			delete(p.armed, id.ContainerID)
 		}
 		p.log.Info("stale file-write audit entry disarmed", identityAttrs(id, "cgroup_id", cgid)...)
+		fault.Point("sync:disarmed") // between two stale entries
 	}
 	if err == nil {
 		// Entries this process believes armed but the pins do not hold
@@ -358,6 +360,7 @@ func (p *Plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs [
 			failed++
 			p.log.Error("file-write audit NOT armed for running container", containerAttrs(pod, c, "err", err)...)
 		}
+		fault.Point("sync:armed") // between two containers
 	}
 	if len(p.pending) > 0 && !p.pendingRunning {
 		p.pendingRunning = true
@@ -390,6 +393,7 @@ func (p *Plugin) armPending() {
 			if err := p.armLocked(pa.pod, pa.ctr); err != nil {
 				p.log.Error("file-write audit NOT armed for running container", containerAttrs(pa.pod, pa.ctr, "err", err)...)
 			}
+			fault.Point("sync:armed") // Synchronize's arming, deferred
 		}
 		p.mu.Unlock()
 	}

@@ -24,7 +24,7 @@ import (
 // Main dispatches the podscope-bench subcommands.
 func Main(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: podscope-bench run|serve|proxy|load|audit-loop [flags]")
+		return errors.New("usage: podscope-bench run|serve|proxy|load|flip|netpol-report|audit-loop [flags]")
 	}
 	switch args[0] {
 	case "run":
@@ -41,6 +41,10 @@ func Main(args []string) error {
 		return cmdCNIWorker(args[1:])
 	case "audit-loop":
 		return cmdAuditLoop(args[1:])
+	case "flip":
+		return cmdFlip(args[1:])
+	case "netpol-report":
+		return cmdNetpolReport(args[1:])
 	}
 	return fmt.Errorf("unknown subcommand %q", args[0])
 }
