@@ -26,6 +26,8 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 
+#include "pinned_map.h"
+
 #define AUDIT_MAX_CGROUPS 16384
 #define AUDIT_RING_BYTES (32 << 20)
 /* Repeats of the same operation (cgroup, op, path, target, uid, flags and
@@ -168,13 +170,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } audit_levels SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, AUDIT_MAX_CGROUPS);
-	__type(key, __u64);
-	__type(value, struct identity);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} audit_identity SEC(".maps");
+PINNED_MAP(audit_identity, BPF_MAP_TYPE_HASH, AUDIT_MAX_CGROUPS, __u64, struct identity);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);

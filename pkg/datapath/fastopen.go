@@ -130,8 +130,8 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		}
 		*dst = m
 		if c.spec != nil {
-			if c.anyProgs && name == tcMapDropReasons && m.MaxEntries() < c.spec.Maps[name].MaxEntries {
-				continue // pinned before a reason was added (growDropReasons); readers read what it has
+			if (c.anyProgs || c.mapsOnly) && name == tcMapDropReasons && m.MaxEntries() < c.spec.Maps[name].MaxEntries {
+				continue // pinned before a reason was added: Open grows it (growDropReasons), readers read what it has
 			}
 			if err := c.spec.Maps[name].Compatible(m); err != nil {
 				return objs, pins.Explain(fmt.Errorf("pinned map %s: %w", path, err), d.root, name)

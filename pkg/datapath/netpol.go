@@ -64,18 +64,13 @@ func (d *Datapath) SetNetworkPolicy(pod PodID, addrs []netip.Addr, s *PolicySet)
 		return err
 	}
 	defer unlock()
-	id, err := d.ensureSet(s)
-	if err != nil {
-		return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
-	}
 	old, had, err := d.netpolRecord(pod)
 	if err != nil {
 		return err
 	}
-	if old.Set != id || !had {
-		if err := d.addUsers(id, 1); err != nil {
-			return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
-		}
+	id, err := d.takeSet(s, old.Set, had)
+	if err != nil {
+		return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
 	}
 	rec := tcPodNetpol{Set: id, Naddrs: uint32(len(addrs))}
 	for i, a := range addrs {
@@ -225,8 +220,9 @@ type NetworkPolicyStats struct {
 	// Untracked is the number of packets that passed without being judged
 	// because they had no conntrack entry: conntrack is not active in the
 	// node's netns (nothing there asked for it; kube-proxy's NAT rules do),
-	// a notrack rule, or packets conntrack found invalid. A steadily
-	// growing count with NetworkPolicies set means they are not enforced.
+	// or packets conntrack found invalid. A count that grows with every
+	// connection while NetworkPolicies are set means they are not
+	// enforced. (Packets a notrack rule marked pass uncounted.)
 	Untracked uint64 `json:"untracked"`
 }
 

@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -48,13 +50,25 @@ const (
 func newBridgeNode(t *testing.T) *bridgeNode {
 	t.Helper()
 	b := &bridgeNode{node: newNode(t), br: testenv.Name(t)}
-	b.do(func() error {
+	requireNetworkPolicy(t, b.node)
+	var skip string
+	err := b.ns.Do(func(ns.NetNS) error {
 		if err := noDAD(); err != nil {
 			return err
 		}
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: b.br}}
 		if err := netlink.LinkAdd(br); err != nil {
+			if errors.Is(err, unix.EOPNOTSUPP) {
+				// The qemu kernel matrix boots with only the modules its
+				// suites load (no bridge): a kernel capability, like TCX.
+				skip = fmt.Sprintf("this kernel cannot make a bridge (bridge module not loaded): %v", err)
+				return nil
+			}
 			return err
+		}
+		if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
+			skip = fmt.Sprintf("this kernel has no br_netfilter (module not loaded): %v", err)
+			return nil
 		}
 		for _, a := range []string{"10.201.0.1/24", "fd00:201::1/64"} {
 			if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: mustNet(a), Flags: unix.IFA_F_NODAD}); err != nil {
@@ -68,6 +82,12 @@ func newBridgeNode(t *testing.T) *bridgeNode {
 		}
 		return netlink.LinkSetUp(br)
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if skip != "" {
+		t.Skip(skip)
+	}
 	return b
 }
 
@@ -91,25 +111,15 @@ func (b *bridgeNode) addPod(id PodID, n int) *bridgePod {
 	p := &bridgePod{id: id, n: newNode(t),
 		v4: netip.MustParseAddr(fmt.Sprintf("10.201.0.%d", n)),
 		v6: netip.MustParseAddr(fmt.Sprintf("fd00:201::%d", n))}
-	name := testenv.Name(t)
+	host, idx := b.veth(0)
+	p.ifindex = idx
+	name := strings.TrimSuffix(host, "h")
 	b.do(func() error {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name + "h"}, PeerName: name + "p"}
-		if err := netlink.LinkAdd(v); err != nil {
-			return err
-		}
-		h, err := netlink.LinkByName(name + "h")
-		if err != nil {
-			return err
-		}
-		p.ifindex = h.Attrs().Index
 		br, err := netlink.LinkByName(b.br)
 		if err != nil {
 			return err
 		}
-		if err := netlink.LinkSetMaster(h, br); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(h); err != nil {
+		if err := netlink.LinkSetMaster(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: idx}}, br); err != nil {
 			return err
 		}
 		peer, err := netlink.LinkByName(name + "p")
@@ -207,7 +217,7 @@ var rootNetns = func() os.FileInfo {
 }()
 
 // listen serves TCP on the pod's addr:port, answering each connection with
-// "ok"; closed at the end of the test.
+// "ok", then echoing what it gets; closed at the end of the test.
 func (p *bridgePod) listen(t *testing.T, a netip.Addr, port int) {
 	t.Helper()
 	l := in(t, p.n, func() (net.Listener, error) {
@@ -220,8 +230,12 @@ func (p *bridgePod) listen(t *testing.T, a netip.Addr, port int) {
 			if err != nil {
 				return
 			}
-			_, _ = c.Write([]byte("ok"))
-			c.Close()
+			go func() {
+				defer c.Close()
+				if _, err := c.Write([]byte("ok")); err == nil {
+					_, _ = io.Copy(c, c)
+				}
+			}()
 		}
 	}()
 }
@@ -255,11 +269,16 @@ func requireNetworkPolicy(t *testing.T, n *node) {
 	t.Helper()
 	var err error
 	n.do(func() error { err = NetworkPolicySupported(); return nil })
-	if errors.Is(err, ErrNoNetfilterLink) {
-		t.Skipf("kernel cannot enforce NetworkPolicy, as NetworkPolicySupported reports: %v", err)
-	}
+	skipWithoutNetfilter(t, err)
 	if err != nil {
 		t.Fatalf("NetworkPolicySupported in a fresh netns: %v", err)
+	}
+}
+
+func skipWithoutNetfilter(t testing.TB, supported error) {
+	t.Helper()
+	if errors.Is(supported, ErrNoNetfilterLink) || errors.Is(supported, ErrNoConntrack) {
+		t.Skipf("kernel cannot enforce NetworkPolicy, as NetworkPolicySupported reports: %v", supported)
 	}
 }
 
@@ -311,7 +330,6 @@ func (d *Datapath) mustSetNetpol(t *testing.T, p *bridgePod, s *PolicySet) {
 
 func TestNetworkPolicyIngressViaService(t *testing.T) {
 	b := newBridgeNode(t)
-	requireNetworkPolicy(t, b.node)
 	a, srv := b.addPod(71, 2), b.addPod(72, 3)
 	d, _ := b.netpolDatapath(t)
 	srv.listen(t, srv.v4, 8080)
@@ -401,7 +419,6 @@ func echo(c net.Conn, b string) error {
 
 func TestNetworkPolicyEgressViaService(t *testing.T) {
 	b := newBridgeNode(t)
-	requireNetworkPolicy(t, b.node)
 	a, srv, other := b.addPod(81, 2), b.addPod(82, 3), b.addPod(83, 4)
 	d, _ := b.netpolDatapath(t)
 	for _, p := range []*bridgePod{srv, other} {
@@ -474,12 +491,11 @@ func TestNetworkPolicyEgressViaService(t *testing.T) {
 // (established ones are not judged again).
 func TestNetworkPolicyRepliesAndChanges(t *testing.T) {
 	b := newBridgeNode(t)
-	requireNetworkPolicy(t, b.node)
 	a, srv := b.addPod(91, 2), b.addPod(92, 3)
 	d, _ := b.netpolDatapath(t)
 	b.conntrack()
 	for _, addr := range []netip.Addr{srv.v4, srv.v6} {
-		srv.listenEcho(t, addr, 8080)
+		srv.listen(t, addr, 8080)
 	}
 	allowA := isolated(allowTCP(a.v4.String()+"/32", 8080), allowTCP(a.v6.String()+"/128", 8080))
 	// The server may open nothing (egress isolated), and takes only a.
@@ -514,35 +530,11 @@ func TestNetworkPolicyRepliesAndChanges(t *testing.T) {
 	}
 }
 
-// listenEcho serves "ok" then echoes.
-func (p *bridgePod) listenEcho(t *testing.T, a netip.Addr, port int) {
-	t.Helper()
-	l := in(t, p.n, func() (net.Listener, error) {
-		return net.Listen("tcp", netip.AddrPortFrom(a, uint16(port)).String())
-	})
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := c.Write([]byte("ok")); err == nil {
-					_, _ = io.Copy(c, c)
-				}
-			}()
-		}
-	}()
-}
-
 // Without a conntrack entry nothing is judged (see bpf/netpol.c): the
 // packets pass and are counted as untracked, so a node whose netns has no
 // conntrack shows it instead of silently enforcing nothing.
 func TestNetworkPolicyUntrackedPasses(t *testing.T) {
 	b := newBridgeNode(t)
-	requireNetworkPolicy(t, b.node)
 	a, srv := b.addPod(101, 2), b.addPod(102, 3)
 	d, _ := b.netpolDatapath(t)
 	srv.listen(t, srv.v4, 8080)
@@ -764,9 +756,7 @@ func TestNetworkPolicyHooksPinned(t *testing.T) {
 // why, as the product reports it).
 func netpolProg(t testing.TB, d *Datapath) *ebpf.Program {
 	t.Helper()
-	if err := NetworkPolicySupported(); errors.Is(err, ErrNoNetfilterLink) {
-		t.Skipf("kernel cannot enforce NetworkPolicy, as NetworkPolicySupported reports: %v", err)
-	}
+	skipWithoutNetfilter(t, NetworkPolicySupported())
 	p, err := d.loadNetpol()
 	if err != nil {
 		t.Fatal(err)
@@ -845,14 +835,32 @@ func TestNetworkPolicySupported(t *testing.T) {
 		t.Logf("as expected on this kernel: %v", supported)
 		return
 	}
+	// Conntrack's types where the kernel keeps them: vmlinux, or the
+	// module (the qemu matrix boots without nf_conntrack loaded).
+	k, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conn *btf.Struct
+	if k.TypeByName("nf_conn", &conn) != nil {
+		if _, err := btf.LoadKernelModuleSpec("nf_conntrack"); err != nil {
+			if !errors.Is(supported, ErrNoConntrack) || !errors.Is(attach, ErrNoConntrack) {
+				t.Fatalf("kernel without conntrack types: NetworkPolicySupported = %v, AttachNetworkPolicyHooks = %v; want ErrNoConntrack", supported, attach)
+			}
+			t.Logf("as expected on this kernel: %v", supported)
+			return
+		}
+	}
 	if supported != nil || attach != nil {
 		t.Fatalf("kernel with netfilter programs: NetworkPolicySupported = %v, AttachNetworkPolicyHooks = %v", supported, attach)
 	}
 	// br_netfilter off for IPv6 in this netns: reported.
+	var noBrNetfilter error
 	n.do(func() error {
 		path := "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
 		if _, err := os.Stat(path); err != nil {
-			t.Skipf("no br_netfilter here: %v", err)
+			noBrNetfilter = err
+			return nil
 		}
 		if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
 			return err
@@ -862,4 +870,57 @@ func TestNetworkPolicySupported(t *testing.T) {
 		}
 		return nil
 	})
+	if noBrNetfilter != nil {
+		t.Logf("no br_netfilter in this kernel to turn off: %v", noBrNetfilter)
+	}
+}
+
+// A node upgraded from a podscope whose drop_reasons had 2 entries (no
+// DROP_NETPOL): the next Open by this build grows it, keeping the counts.
+func TestDropReasonsGrowOnUpgrade(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	testSpecHook = func(spec *ebpf.CollectionSpec) { spec.Maps[tcMapDropReasons].MaxEntries = 2 }
+	old, err := Open(root)
+	testSpecHook = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := make([]tcDropCounts, ncpu)
+	per[0].Packets = [2]uint64{5, 7}
+	if err := old.objs.DropReasons.Put(uint32(DropOpaque), per); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	// Another build's programs: this build finds no program pin of its own.
+	for _, h := range hooks {
+		if err := os.Rename(root.Pin(Owner, progPin(h)), root.Pin(Owner, progPin(h)+"x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A reader of this build reads the old map as it is.
+	r, err := OpenPinned(root)
+	if err != nil {
+		t.Fatalf("reader on the old drop_reasons: %v", err)
+	}
+	got, err := r.DropReasons()
+	r.Close()
+	if err != nil || got[DropOpaque] != [2]uint64{5, 7} {
+		t.Fatalf("reader: %v %v", got, err)
+	}
+	d, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if n := d.objs.DropReasons.MaxEntries(); n != 3 {
+		t.Fatalf("drop_reasons holds %d reasons after the upgrade, want 3", n)
+	}
+	got, err = d.DropReasons()
+	if err != nil || got[DropOpaque] != [2]uint64{5, 7} || got[DropNetworkPolicy] != [2]uint64{} {
+		t.Fatalf("after the upgrade: %v %v", got, err)
+	}
 }
