@@ -91,7 +91,7 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		if c.anyProgs {
 			path = findProgPin(d.root, h)
 		}
-		p, err := ebpf.LoadPinnedProgram(path, nil)
+		p, err := loadPinnedProgram(path)
 		if err != nil {
 			return objs, fmt.Errorf("pinned program %s: %w", filepath.Base(path), err)
 		}
