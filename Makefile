@@ -54,9 +54,12 @@ fuzz-quick:
 	FUZZTIME=$${FUZZTIME:-3s} hack/fuzz.sh
 
 # Full-size churn and crash-at-every-step (docs/reliability.md); `make test`
-# runs both at a reduced size. CHURN_CYCLES/CHURN_PARALLEL override.
+# runs both at a reduced size. CHURN_CYCLES/CHURN_PARALLEL override;
+# CHURN_DEADLINE (a duration or an RFC 3339 time) stops starting cycles then,
+# checks what ran as after a whole run and reports "N of 10000".
 churn:
 	PODSCOPE_CHURN_CYCLES=$${CHURN_CYCLES:-10000} PODSCOPE_CHURN_PARALLEL=$${CHURN_PARALLEL:-100} \
+		PODSCOPE_CHURN_DEADLINE=$${CHURN_DEADLINE:-} \
 		PODSCOPE_CHURN_REPORT=$${CHURN_REPORT:-$(CURDIR)/bench/out/churn.txt} \
 		$(GO) test -count=1 -timeout 6h -v -run 'TestChurn|TestCrashAtEvery' ./tests/integration
 

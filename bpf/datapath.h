@@ -9,29 +9,14 @@
  */
 #pragma once
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PODSCOPE_MAX_PODS);
-	__type(key, __u32); /* ifindex */
-	__type(value, struct pod_iface);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pod_ifaces SEC(".maps");
+#include "pinned_map.h"
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, PODSCOPE_MAX_PODS);
-	__type(key, __u32); /* pod */
-	__type(value, struct traffic_counters);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pod_counters SEC(".maps");
+/* Layouts, keys and sizes: tc.h. */
+PINNED_MAP(pod_ifaces, BPF_MAP_TYPE_HASH, PODSCOPE_MAX_PODS, __u32, struct pod_iface);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, PODSCOPE_MAX_FLOWS);
-	__type(key, struct flow_key);
-	__type(value, struct flow_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} flows SEC(".maps");
+PINNED_MAP(pod_counters, BPF_MAP_TYPE_PERCPU_HASH, PODSCOPE_MAX_PODS, __u32, struct traffic_counters);
+
+PINNED_MAP(flows, BPF_MAP_TYPE_LRU_HASH, PODSCOPE_MAX_FLOWS, struct flow_key, struct flow_stats);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -45,70 +30,22 @@ struct {
 /* User space only (the programs never read them): pod -> policy set, and
  * the policy sets by content. Defined here so they are pinned with the
  * rest and carry a layout the loader checks. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PODSCOPE_MAX_PODS);
-	__type(key, __u32); /* pod */
-	__type(value, struct pod_policy_ref);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pod_policy SEC(".maps");
+PINNED_MAP(pod_policy, BPF_MAP_TYPE_HASH, PODSCOPE_MAX_PODS, __u32, struct pod_policy_ref);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PODSCOPE_MAX_PODS + 1);
-	__type(key, struct policy_set_key);
-	__type(value, struct policy_set);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} policy_sets SEC(".maps");
+PINNED_MAP(policy_sets, BPF_MAP_TYPE_HASH, PODSCOPE_MAX_PODS + 1, struct policy_set_key, struct policy_set);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DROP_REASONS);
-	__type(key, __u32); /* enum drop_reason */
-	__type(value, struct drop_counts);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} drop_reasons SEC(".maps");
+PINNED_MAP(drop_reasons, BPF_MAP_TYPE_PERCPU_ARRAY, DROP_REASONS, __u32, struct drop_counts);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * PODSCOPE_MAX_PODS);
-	__type(key, struct attachment_key);
-	__type(value, struct attachment);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} attachments SEC(".maps");
+PINNED_MAP(attachments, BPF_MAP_TYPE_HASH, 2 * PODSCOPE_MAX_PODS, struct attachment_key, struct attachment);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PODSCOPE_MAX_ENDPOINTS);
-	__type(key, struct endpoint_key);
-	__type(value, struct endpoint);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} netpol_endpoints SEC(".maps");
+PINNED_MAP(netpol_endpoints, BPF_MAP_TYPE_HASH, PODSCOPE_MAX_ENDPOINTS, struct endpoint_key, struct endpoint);
 
 /* User space only: a pod's NetworkPolicy set and addresses. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PODSCOPE_MAX_PODS);
-	__type(key, __u32); /* pod */
-	__type(value, struct pod_netpol);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pod_netpol SEC(".maps");
+PINNED_MAP(pod_netpol, BPF_MAP_TYPE_HASH, PODSCOPE_MAX_PODS, __u32, struct pod_netpol);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, PODSCOPE_MAX_PODS);
-	__type(key, __u32); /* pod */
-	__type(value, struct drop_counts);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} netpol_drops SEC(".maps");
+PINNED_MAP(netpol_drops, BPF_MAP_TYPE_PERCPU_HASH, PODSCOPE_MAX_PODS, __u32, struct drop_counts);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct netpol_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} netpol_stats SEC(".maps");
+PINNED_MAP(netpol_stats, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct netpol_stats);
 
 /* The first-match scan of one CIDR's rules. A global (non-inlined)
  * function: the verifier checks it once, not once per path of its caller,

@@ -11,8 +11,9 @@
  * the real destination, and on the first packet of a connection only:
  *
  *   - ctinfo ESTABLISHED, RELATED or a reply: pass at once (two loads);
- *   - no conntrack entry (conntrack not active in the netns, a notrack rule,
- *     or a packet conntrack found invalid): pass, counted in netpol_stats.
+ *   - no conntrack entry (conntrack not active in the netns, or a packet
+ *     conntrack found invalid): pass, counted in netpol_stats; explicitly
+ *     untracked (a notrack rule): pass.
  *     Judging such packets one by one would also judge the replies of
  *     allowed connections, which policy must let through; a node running
  *     kube-proxy always has conntrack active;
@@ -302,8 +303,10 @@ int netpol_prerouting(struct bpf_nf_ctx *ctx)
 	unsigned long nfct = skb->_nfct;
 
 	if ((nfct & NFCT_INFOMASK) != IP_CT_NEW) {
-		/* Established, related, replies: the cheap, common exit. */
-		if (!(nfct & ~NFCT_INFOMASK))
+		/* Established, related, replies, and packets a notrack rule
+		 * marked untracked: the cheap, common exit. No entry at all:
+		 * counted (conntrack inactive here, or an invalid packet). */
+		if (!nfct)
 			count_untracked();
 		return NF_ACCEPT;
 	}

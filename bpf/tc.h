@@ -261,10 +261,10 @@ struct pod_netpol {
  * pod_counters drops). Created by the program on the pod's first such
  * drop, deleted with the pod. */
 
-/* netpol_stats: PERCPU_ARRAY, index 0 -> value. new: connections judged
- * (conntrack NEW); untracked: packets that passed without a conntrack
- * entry (conntrack not active in the netns, explicitly untracked, or
- * invalid). */
+/* netpol_stats: PERCPU_ARRAY, index 0 -> value. judged: new connections
+ * (conntrack NEW) with a NetworkPolicy endpoint on either side; untracked:
+ * packets that passed without any conntrack entry (conntrack not active in
+ * the netns, or invalid packets). */
 struct netpol_stats {
 	__u64 judged;
 	__u64 untracked;

@@ -23,14 +23,7 @@ WORK=$PODSCOPE_E2E_WORK
 
 if [ "${1:-}" = stop ]; then exec hack/e2e-env.sh down; fi
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (it starts containerd and loads BPF programs)" >&2; exit 1; }
-if hack/e2e-env.sh running; then
-  echo "demo: an environment is already up in $WORK (a kept demo or a running e2e): hack/demo.sh stop first" >&2
-  exit 1
-fi
-if [ -e "$WORK" ]; then
-  echo "demo: removing the leftovers of a previous run in $WORK" >&2
-  hack/e2e-env.sh down
-fi
+hack/e2e-env.sh fresh
 
 # Bold headings on a terminal only: no escape codes in a file or a pipe.
 if [ -t 1 ]; then

@@ -7,6 +7,7 @@
 #   hack/e2e-env.sh deps        build/cache containerd, crictl, CNI plugins, images
 #   hack/e2e-env.sh up          deps + configs + start containerd and podscope-nri
 #   hack/e2e-env.sh down        stop what `up` started and remove everything it made
+#   hack/e2e-env.sh fresh       refuse if an environment runs; else remove a killed run's leftovers
 #   hack/e2e-env.sh start-containerd|stop-containerd|start-nri|stop-nri [SIGNAL]
 #   hack/e2e-env.sh env         print the environment (source-able) of a running env
 #   hack/e2e-env.sh running     exit 0 if the environment's containerd runs
@@ -247,6 +248,88 @@ bridge_conflist() {
 JSON
 }
 
+# containerd_config COMMENT RUNC CNI_BIN CNI_CONF NRI_SOCK [RUNTIME:CONF_DIR...]
+# prints the containerd config of both harnesses (this environment and
+# hack/k8s/node.sh's node): root, state, sockets and shims under $WORK, no
+# TCP, runc at RUNC (cgroupfs, its state in $WORK/runc) as the default
+# runtime "runc" on the CNI dirs given, one more runtime per
+# RUNTIME:CONF_DIR with its own conflist dir, NRI on NRI_SOCK.
+# CONTAINERD_CRI_EXTRA and CONTAINERD_NRI_EXTRA: lines added to the CRI
+# runtime section and to the NRI section.
+containerd_config() {
+  local comment=$1 runc_bin=$2 cni_bin=$3 cni_conf=$4 nri_sock=$5 rt runtimes
+  shift 5
+  runtimes=$(containerd_runtime runc "" "$runc_bin")
+  for rt in "$@"; do runtimes+=$'\n'$(containerd_runtime "${rt%%:*}" "${rt#*:}" "$runc_bin"); done
+  cat <<TOML
+# $comment
+version = 3
+root = '$WORK/root'
+state = '$WORK/state'
+imports = []
+
+[grpc]
+  address = '$CTRD_SOCK'
+[ttrpc]
+  address = '$CTRD_SOCK.ttrpc'
+
+[plugins]
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = '$PAUSE_IMAGE'
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    # root here may lack CAP_SYS_RESOURCE: never lower a score below ours.
+    restrict_oom_score_adj = true
+    cdi_spec_dirs = ['$WORK/cdi']
+    enable_criu = false
+${CONTAINERD_CRI_EXTRA:-}
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'runc'
+$runtimes
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ['$cni_bin']
+      conf_dir = '$cni_conf'
+      max_conf_num = 1
+
+  [plugins.'io.containerd.grpc.v1.cri']
+    disable_tcp_service = true
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+
+  [plugins.'io.containerd.internal.v1.opt']
+    path = '$WORK/opt'
+
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = '$WORK/opt/image-verifier/bin'
+
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = false
+    disable_connections = false
+    socket_path = '$nri_sock'
+    plugin_path = '$WORK/nri-plugins'
+    plugin_config_path = '$WORK/nri-conf'
+${CONTAINERD_NRI_EXTRA:-}
+
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = '$WORK/s'
+TOML
+}
+
+containerd_runtime() { # name cni-conf-dir ("" = the CRI default) runc
+  echo "      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.$1]"
+  [ -z "$2" ] || echo "        cni_conf_dir = '$2'"
+  cat <<TOML
+        runtime_type = 'io.containerd.runc.v2'
+        sandboxer = 'podsandbox'
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.$1.options]
+          BinaryName = '$3'
+          Root = '$WORK/runc'
+          SystemdCgroup = false
+TOML
+}
+
 write_configs() {
   local runc_bin entry=""
   runc_bin=$(command -v runc)
@@ -291,83 +374,15 @@ JSON
 JSON
   bridge_conflist "$NET_NAME-adopt" 10.77.0.100 10.77.0.127 >"$WORK/cni/net.d-adopt/10-$NET_NAME-adopt.conflist"
   bridge_conflist "$NET_NAME-bare" 10.77.0.128 10.77.0.254 >"$WORK/cni/net.d-bare/10-$NET_NAME-bare.conflist"
-  local runtime_opts
-  runtime_opts=$(cat <<TOML
-          runtime_type = 'io.containerd.runc.v2'
-          sandboxer = 'podsandbox'
-          [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.RUNTIME.options]
-            BinaryName = '$runc_bin'
-            Root = '$WORK/runc'
-            SystemdCgroup = false
-TOML
-)
-  cat >"$WORK/containerd.toml" <<TOML
-# Written by hack/e2e-env.sh: everything under $WORK.
-version = 3
-root = '$WORK/root'
-state = '$WORK/state'
-imports = []
-
-[grpc]
-  address = '$CTRD_SOCK'
-[ttrpc]
-  address = '$CTRD_SOCK.ttrpc'
-
-[plugins]
-  [plugins.'io.containerd.cri.v1.images']
-    snapshotter = 'overlayfs'
-    [plugins.'io.containerd.cri.v1.images'.pinned_images]
-      sandbox = '$PAUSE_IMAGE'
-
-  [plugins.'io.containerd.cri.v1.runtime']
-    # root here lacks CAP_SYS_RESOURCE: never lower a score below ours.
-    restrict_oom_score_adj = true
-    netns_mounts_under_state_dir = true
-    cdi_spec_dirs = ['$WORK/cdi']
-    enable_criu = false
-    [plugins.'io.containerd.cri.v1.runtime'.containerd]
-      default_runtime_name = 'runc'
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-${runtime_opts//RUNTIME/runc}
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-bare]
-          cni_conf_dir = '$WORK/cni/net.d-bare'
-${runtime_opts//RUNTIME/runc-bare}
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-dual]
-          cni_conf_dir = '$WORK/cni/net.d-dual'
-${runtime_opts//RUNTIME/runc-dual}
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc-adopt]
-          cni_conf_dir = '$WORK/cni/net.d-adopt'
-${runtime_opts//RUNTIME/runc-adopt}
-    [plugins.'io.containerd.cri.v1.runtime'.cni]
-      bin_dirs = ['$WORK/cni/bin']
-      conf_dir = '$WORK/cni/net.d'
-      max_conf_num = 1
-
-  [plugins.'io.containerd.grpc.v1.cri']
-    disable_tcp_service = true
-    stream_server_address = '127.0.0.1'
-    stream_server_port = '0'
-
-  [plugins.'io.containerd.internal.v1.opt']
-    path = '$WORK/opt'
-
-  [plugins.'io.containerd.image-verifier.v1.bindir']
-    bin_dir = '$WORK/opt/image-verifier/bin'
-
-  [plugins.'io.containerd.nri.v1.nri']
-    disable = false
-    disable_connections = false
-    socket_path = '$NRI_SOCK'
-    plugin_path = '$WORK/nri-plugins'
-    plugin_config_path = '$WORK/nri-conf'
-    plugin_registration_timeout = '5s'
+  CONTAINERD_CRI_EXTRA="    netns_mounts_under_state_dir = true" \
+  CONTAINERD_NRI_EXTRA="    plugin_registration_timeout = '5s'
     # A handler slower than this makes containerd drop the plugin and start
     # the container anyway (measured): podscope-nri must answer within it.
-    plugin_request_timeout = '2s'
-
-  [plugins.'io.containerd.shim.v1.manager']
-    socket_dir = '$WORK/s'
-TOML
+    plugin_request_timeout = '2s'" \
+    containerd_config "Written by hack/e2e-env.sh: everything under $WORK." "$runc_bin" \
+    "$WORK/cni/bin" "$WORK/cni/net.d" "$NRI_SOCK" \
+    "runc-bare:$WORK/cni/net.d-bare" "runc-dual:$WORK/cni/net.d-dual" "runc-adopt:$WORK/cni/net.d-adopt" \
+    >"$WORK/containerd.toml"
   cat >"$WORK/crictl.yaml" <<YAML
 runtime-endpoint: unix://$CTRD_SOCK
 image-endpoint: unix://$CTRD_SOCK
@@ -605,6 +620,19 @@ cmd_down() {
   return $rc
 }
 
+# Before `up` (hack/e2e.sh, hack/demo.sh): a running environment (a kept
+# demo, another e2e) is not ours to stop; the leftovers of a run killed hard
+# are removed.
+cmd_fresh() {
+  if pid_alive "$WORK/containerd.pid"; then
+    die "an environment is running in $WORK (a kept demo or another e2e): stop it with hack/e2e-env.sh down (hack/demo.sh stop)"
+  fi
+  if [ -e "$WORK" ]; then
+    log "removing the leftovers of a previous run in $WORK"
+    cmd_down
+  fi
+}
+
 cmd_env() { [ -f "$WORK/env" ] || die "no environment up in $WORK"; cat "$WORK/env"; }
 
 # Sourced (hack/k8s/node.sh reuses the builders, images and process helpers
@@ -615,6 +643,7 @@ case "${1:-}" in
   deps) cmd_deps ;;
   up) cmd_up ;;
   down) cmd_down ;;
+  fresh) cmd_fresh ;;
   start-containerd) cmd_start_containerd ;;
   stop-containerd) cmd_stop_containerd "${2:-TERM}" ;;
   start-nri) cmd_start_nri ;;
@@ -622,5 +651,5 @@ case "${1:-}" in
   env) cmd_env ;;
   running) pid_alive "$WORK/containerd.pid" ;;
   cached) cmd_cached ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -18,16 +18,8 @@ export PODSCOPE_E2E_WORK=${PODSCOPE_E2E_WORK:-/run/podscope-e2e}
 [ "$(id -u)" = 0 ] || { echo "e2e: must run as root" >&2; exit 1; }
 
 t0=$(date +%s)
-# A running environment (a kept demo, another e2e) is not ours to stop; the
-# leftovers of a run killed hard are removed first.
-if hack/e2e-env.sh running; then
-  echo "e2e: an environment is running in $PODSCOPE_E2E_WORK (a kept demo?): stop it with hack/e2e-env.sh down" >&2
-  exit 1
-fi
-if [ -e "$PODSCOPE_E2E_WORK" ]; then
-  echo "e2e: removing the leftovers of a previous run in $PODSCOPE_E2E_WORK" >&2
-  hack/e2e-env.sh down
-fi
+# A running environment is not ours to stop; a killed run's leftovers go.
+hack/e2e-env.sh fresh
 # Test what the tree holds, not a stale bin/ (cheap when nothing changed;
 # `make e2e` has just built, so it may skip this).
 if [ "${PODSCOPE_E2E_NO_BUILD:-}" != 1 ]; then

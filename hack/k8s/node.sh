@@ -139,65 +139,10 @@ write_pki() {
 write_node_configs() {
   local runc_bin=$RUNC_DIR/runc
   mkdir -p "$WORK"/{etcd,root,state,s,cdi,opt,log,bin,runc,kubelet}
-  cat >"$WORK/containerd.toml" <<TOML
-# Written by hack/k8s/node.sh. Run in the node's mount namespace: /etc/cni,
-# /opt/cni and /var/run/nri below are the node's own (overlays), where
-# deploy/ expects them on a real node.
-version = 3
-root = '$WORK/root'
-state = '$WORK/state'
-imports = []
-
-[grpc]
-  address = '$CTRD_SOCK'
-[ttrpc]
-  address = '$CTRD_SOCK.ttrpc'
-
-[plugins]
-  [plugins.'io.containerd.cri.v1.images']
-    snapshotter = 'overlayfs'
-    [plugins.'io.containerd.cri.v1.images'.pinned_images]
-      sandbox = '$PAUSE_IMAGE'
-
-  [plugins.'io.containerd.cri.v1.runtime']
-    restrict_oom_score_adj = true
-    cdi_spec_dirs = ['$WORK/cdi']
-    enable_criu = false
-    [plugins.'io.containerd.cri.v1.runtime'.containerd]
-      default_runtime_name = 'runc'
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-        runtime_type = 'io.containerd.runc.v2'
-        sandboxer = 'podsandbox'
-        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-          BinaryName = '$runc_bin'
-          Root = '$WORK/runc'
-          SystemdCgroup = false
-    [plugins.'io.containerd.cri.v1.runtime'.cni]
-      bin_dirs = ['/opt/cni/bin']
-      conf_dir = '/etc/cni/net.d'
-      max_conf_num = 1
-
-  [plugins.'io.containerd.grpc.v1.cri']
-    disable_tcp_service = true
-    stream_server_address = '127.0.0.1'
-    stream_server_port = '0'
-
-  [plugins.'io.containerd.internal.v1.opt']
-    path = '$WORK/opt'
-
-  [plugins.'io.containerd.image-verifier.v1.bindir']
-    bin_dir = '$WORK/opt/image-verifier/bin'
-
-  [plugins.'io.containerd.nri.v1.nri']
-    disable = false
-    disable_connections = false
-    socket_path = '/var/run/nri/nri.sock'
-    plugin_path = '$WORK/nri-plugins'
-    plugin_config_path = '$WORK/nri-conf'
-
-  [plugins.'io.containerd.shim.v1.manager']
-    socket_dir = '$WORK/s'
-TOML
+  # Run in the node's mount namespace: /etc/cni, /opt/cni and /var/run/nri
+  # are the node's own (overlays), where deploy/ expects them on a real node.
+  containerd_config "Written by hack/k8s/node.sh: the node's containerd." "$runc_bin" \
+    /opt/cni/bin /etc/cni/net.d /var/run/nri/nri.sock >"$WORK/containerd.toml"
   cat >"$WORK/kubelet.yaml" <<YAML
 # Written by hack/k8s/node.sh: what works on a hybrid-cgroup host without
 # systemd, with nothing of the host's own cgroups or netfilter touched.
@@ -339,7 +284,7 @@ export PODSCOPE_K8S_WORK='$WORK'
 export PODSCOPE_K8S_HOLDER='$(holder)'
 export KUBECONFIG='$KCFG'
 export PODSCOPE_K8S_KUBECTL='$KUBE_DIR/kubectl'
-export PODSCOPE_K8S_OVERLAY='$REPO/hack/k8s/overlay'
+export PODSCOPE_K8S_OVERLAY='$REPO/hack/k8s/overlay/networkpolicy'
 export PODSCOPE_K8S_CLEANUP_OVERLAY='$REPO/hack/k8s/overlay/cleanup'
 export PODSCOPE_K8S_IMAGE='$PODSCOPE_IMAGE'
 export PODSCOPE_K8S_IMAGE_NEXT='$PODSCOPE_IMAGE_NEXT'

@@ -91,7 +91,7 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		if c.anyProgs {
 			path = findProgPin(d.root, h)
 		}
-		p, err := ebpf.LoadPinnedProgram(path, nil)
+		p, err := loadPinnedProgram(path)
 		if err != nil {
 			return objs, fmt.Errorf("pinned program %s: %w", filepath.Base(path), err)
 		}
@@ -118,9 +118,10 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		if errors.Is(err, os.ErrNotExist) && c.mapsOnly {
 			continue
 		}
-		if errors.Is(err, os.ErrNotExist) && c.anyProgs && c.spec != nil && slices.Contains(addedWithPolicySets, name) {
-			// Pins from before policy sets (checkLegacyPolicy): readers,
-			// DEL and cleanup still work on them, with these maps empty.
+		if errors.Is(err, os.ErrNotExist) && c.anyProgs && c.spec != nil && slices.Contains(addedLater, name) {
+			// Pins from before policy sets (checkLegacyPolicy) or before
+			// NetworkPolicy: readers, DEL and cleanup still work on them,
+			// with these maps empty.
 			ms := c.spec.Maps[name].Copy()
 			ms.Pinning = ebpf.PinNone
 			m, err = ebpf.NewMap(ms)
@@ -130,8 +131,8 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		}
 		*dst = m
 		if c.spec != nil {
-			if c.anyProgs && name == tcMapDropReasons && m.MaxEntries() < c.spec.Maps[name].MaxEntries {
-				continue // pinned before a reason was added (growDropReasons); readers read what it has
+			if (c.anyProgs || c.mapsOnly) && name == tcMapDropReasons && m.MaxEntries() < c.spec.Maps[name].MaxEntries {
+				continue // pinned before a reason was added: Open grows it (growDropReasons), readers read what it has
 			}
 			if err := c.spec.Maps[name].Compatible(m); err != nil {
 				return objs, pins.Explain(fmt.Errorf("pinned map %s: %w", path, err), d.root, name)

@@ -71,13 +71,9 @@ func Open(root pins.Root) (*Datapath, error) {
 	}
 	defer unlock()
 
-	d := &Datapath{root: root, dir: dir}
-	if d.loadOwnPins() {
-		return d, nil
-	}
-	spec, err := loadTc()
-	if err != nil {
-		return nil, err
+	d, spec, err := start(root, dir)
+	if err != nil || spec == nil {
+		return d, err
 	}
 	if testSpecHook != nil {
 		testSpecHook(spec)
@@ -136,13 +132,9 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	if err := pins.CheckBPFFS(root.Path); err != nil {
 		return nil, err
 	}
-	d := &Datapath{root: root, dir: dir}
-	if d.loadOwnPins() {
-		return d, nil
-	}
-	spec, err := loadTc()
-	if err != nil {
-		return nil, err
+	d, spec, err := start(root, dir)
+	if err != nil || spec == nil {
+		return d, err
 	}
 	if _, err := d.openPins(pinCheck{spec: spec, mapsOnly: true}); err != nil {
 		return nil, err
@@ -154,6 +146,21 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// start is where Open and OpenPinned begin: the fast path over this
+// object's own pins (a Datapath and no spec), else the object's spec for
+// the full path (no Datapath holding anything yet).
+func start(root pins.Root, dir string) (*Datapath, *ebpf.CollectionSpec, error) {
+	d := &Datapath{root: root, dir: dir}
+	if d.loadOwnPins() {
+		return d, nil, nil
+	}
+	spec, err := loadTc()
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, spec, nil
 }
 
 // testSpecHook lets a test shrink a map (e.g. the policy trie, to fill it)

@@ -64,18 +64,13 @@ func (d *Datapath) SetNetworkPolicy(pod PodID, addrs []netip.Addr, s *PolicySet)
 		return err
 	}
 	defer unlock()
-	id, err := d.ensureSet(s)
-	if err != nil {
-		return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
-	}
 	old, had, err := d.netpolRecord(pod)
 	if err != nil {
 		return err
 	}
-	if old.Set != id || !had {
-		if err := d.addUsers(id, 1); err != nil {
-			return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
-		}
+	id, err := d.takeSet(s, old.Set, had)
+	if err != nil {
+		return fmt.Errorf("set NetworkPolicy of pod %d: %w", pod, err)
 	}
 	rec := tcPodNetpol{Set: id, Naddrs: uint32(len(addrs))}
 	for i, a := range addrs {
@@ -215,4 +210,32 @@ func (d *Datapath) NetworkPolicies() (map[PodID]NetworkPolicyRef, error) {
 		return nil, fmt.Errorf("reading NetworkPolicy references: %w", err)
 	}
 	return out, nil
+}
+
+// NetworkPolicyStats are the NetworkPolicy program's node-wide counts.
+type NetworkPolicyStats struct {
+	// Judged is the number of new connections with a NetworkPolicy
+	// endpoint on either side that were judged.
+	Judged uint64 `json:"judged"`
+	// Untracked is the number of packets that passed without being judged
+	// because they had no conntrack entry: conntrack is not active in the
+	// node's netns (nothing there asked for it; kube-proxy's NAT rules do),
+	// or packets conntrack found invalid. A count that grows with every
+	// connection while NetworkPolicies are set means they are not
+	// enforced. (Packets a notrack rule marked pass uncounted.)
+	Untracked uint64 `json:"untracked"`
+}
+
+// NetworkPolicyStats sums the NetworkPolicy program's per-CPU counts.
+func (d *Datapath) NetworkPolicyStats() (NetworkPolicyStats, error) {
+	var per []tcNetpolStats
+	if err := d.objs.NetpolStats.Lookup(uint32(0), &per); err != nil {
+		return NetworkPolicyStats{}, fmt.Errorf("reading NetworkPolicy stats: %w", err)
+	}
+	var s NetworkPolicyStats
+	for _, v := range per {
+		s.Judged += v.Judged
+		s.Untracked += v.Untracked
+	}
+	return s, nil
 }

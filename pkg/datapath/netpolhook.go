@@ -16,6 +16,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/podscope/podscope/pkg/pins"
@@ -37,6 +39,11 @@ var ErrNoNetfilterLink = errors.New("kernel has no BPF netfilter links (Linux 6.
 // between two pods on one bridge would not be judged. kube-proxy needs the
 // same setting.
 var ErrBridgeNotFiltered = errors.New("bridged packets bypass netfilter")
+
+// ErrNoConntrack is wrapped by NetworkPolicySupported when the kernel has
+// no connection tracking to read (CONFIG_NF_CONNTRACK off, or the
+// nf_conntrack module not loaded: kube-proxy loads it on a node).
+var ErrNoConntrack = errors.New("kernel connection tracking not available")
 
 var netpolFamilies = []struct {
 	name   string
@@ -72,9 +79,8 @@ var netfilterProbe struct {
 // reads this netns's br_netfilter settings (ErrBridgeNotFiltered; a netns
 // without br_netfilter has no setting and only routed pods, which is fine).
 func NetworkPolicySupported() error {
-	netfilterProbe.once.Do(func() { netfilterProbe.err = probeNetfilter() })
-	if netfilterProbe.err != nil {
-		return netfilterProbe.err
+	if err := haveNetfilterLink(); err != nil {
+		return err
 	}
 	for _, f := range netpolFamilies {
 		b, err := os.ReadFile(f.sysctl)
@@ -85,7 +91,47 @@ func NetworkPolicySupported() error {
 	return nil
 }
 
+// haveNetfilterLink is the kernel part of NetworkPolicySupported, probed
+// once per process.
+func haveNetfilterLink() error {
+	netfilterProbe.once.Do(func() { netfilterProbe.err = probeNetfilter() })
+	if netfilterProbe.err != nil {
+		return netfilterProbe.err
+	}
+	_, err := conntrackBTF()
+	return err
+}
+
+// conntrackBTF finds the kernel's struct nf_conn, which the program reads
+// with CO-RE: in vmlinux's BTF (conntrack built in, or referenced there),
+// else in the nf_conntrack module's BTF, returned as an extra relocation
+// target. Not cached: the module may be loaded later.
+func conntrackBTF() ([]*btf.Spec, error) {
+	k, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("reading the kernel's BTF (CO-RE needs it): %w", err)
+	}
+	var conn *btf.Struct
+	if k.TypeByName("nf_conn", &conn) == nil {
+		return nil, nil
+	}
+	m, err := btf.LoadKernelModuleSpec("nf_conntrack")
+	if err != nil {
+		return nil, fmt.Errorf("%w: struct nf_conn is not in the kernel's BTF and module nf_conntrack is not loaded (%v)", ErrNoConntrack, err)
+	}
+	if err := m.TypeByName("nf_conn", &conn); err != nil {
+		return nil, fmt.Errorf("%w: struct nf_conn not in nf_conntrack's BTF: %v", ErrNoConntrack, err)
+	}
+	return []*btf.Spec{m}, nil
+}
+
 func probeNetfilter() error {
+	if err := features.HaveProgramType(ebpf.Netfilter); err != nil {
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("%w: %v", ErrNoNetfilterLink, err)
+		}
+		return fmt.Errorf("netfilter probe inconclusive: %w", err)
+	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:         ebpf.Netfilter,
 		AttachType:   ebpf.AttachNetfilter,
@@ -93,9 +139,6 @@ func probeNetfilter() error {
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
 	})
 	if err != nil {
-		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, os.ErrInvalid) {
-			return fmt.Errorf("%w: loading a netfilter program: %v", ErrNoNetfilterLink, err)
-		}
 		return fmt.Errorf("netfilter probe: loading a program: %w", err)
 	}
 	defer prog.Close()
@@ -121,6 +164,9 @@ func probeNetfilter() error {
 // program already pinned stay; links of another podscope's program are
 // replaced (detached first: one link per hook, priority and netns).
 func AttachNetworkPolicyHooks(root pins.Root) error {
+	if err := haveNetfilterLink(); err != nil {
+		return err
+	}
 	d, err := Open(root)
 	if err != nil {
 		return err
@@ -186,8 +232,13 @@ func (d *Datapath) loadNetpol() (*ebpf.Program, error) {
 			repl[name] = *m
 		}
 	}
+	extra, err := conntrackBTF()
+	if err != nil {
+		return nil, err
+	}
 	var objs netpolPrograms
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+	opts := &ebpf.CollectionOptions{MapReplacements: repl, Programs: ebpf.ProgramOptions{ExtraRelocationTargets: extra}}
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("loading the NetworkPolicy program: %w (verifier log: %+v)", err, ve)

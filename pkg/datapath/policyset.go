@@ -210,19 +210,14 @@ func (d *Datapath) SetPolicySet(pod PodID, s *PolicySet) error {
 		return err
 	}
 	defer unlock()
-	id, err := d.ensureSet(s)
-	if err != nil {
-		return fmt.Errorf("set policy of pod %d: %w", pod, err)
-	}
 	ref, _, err := d.podRef(pod)
 	if err != nil {
 		return err
 	}
 	old := ref.Set
-	if old != id {
-		if err := d.addUsers(id, 1); err != nil {
-			return fmt.Errorf("set policy of pod %d: %w", pod, err)
-		}
+	id, err := d.takeSet(s, old, true)
+	if err != nil {
+		return fmt.Errorf("set policy of pod %d: %w", pod, err)
 	}
 	ref.Set = id
 	if err := d.objs.PodPolicy.Put(uint32(pod), ref); err != nil {
@@ -237,6 +232,23 @@ func (d *Datapath) SetPolicySet(pod PodID, s *PolicySet) error {
 		}
 	}
 	return nil
+}
+
+// takeSet is the first step of a switch to s, under the datapath lock: the
+// set is written if the node does not hold it, and its user count raised
+// unless the reference already names it (had and old == its id). It
+// returns the set's id.
+func (d *Datapath) takeSet(s *PolicySet, old uint32, had bool) (uint32, error) {
+	id, err := d.ensureSet(s)
+	if err != nil {
+		return 0, err
+	}
+	if !had || old != id {
+		if err := d.addUsers(id, 1); err != nil {
+			return 0, err
+		}
+	}
+	return id, nil
 }
 
 // setRecord finds set id's record by its id (a scan of the sets: there are

@@ -151,14 +151,11 @@ const (
 // dropReasons lists every reason, in enum order.
 var dropReasons = []DropReason{DropPolicy, DropOpaque, DropNetworkPolicy}
 
+var dropReasonNames = [...]string{DropPolicy: "policy", DropOpaque: "opaque", DropNetworkPolicy: "networkpolicy"}
+
 func (r DropReason) String() string {
-	switch r {
-	case DropPolicy:
-		return "policy"
-	case DropOpaque:
-		return "opaque"
-	case DropNetworkPolicy:
-		return "networkpolicy"
+	if int(r) < len(dropReasonNames) {
+		return dropReasonNames[r]
 	}
 	return fmt.Sprintf("reason(%d)", uint32(r))
 }

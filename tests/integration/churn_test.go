@@ -225,7 +225,9 @@ func (n *node) cycle(t *testing.T, i int) ([2]time.Duration, string, error) {
 		containerID: fmt.Sprintf("churn%059d", i), netnsPath: "/run/netns/" + name}
 	rt := n.rt(p, p.netnsPath)
 	err := n.inNode(func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		// Generous: on a saturated machine a cycle of 100 queued chains takes
+		// minutes, and libcni SIGKILLs a plugin at the deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
 		t0 := time.Now()
 		if _, err := n.cni.AddNetworkList(ctx, n.list, rt); err != nil {
