@@ -12,7 +12,7 @@ LDFLAGS   := -s -w -X github.com/podscope/podscope/pkg/buildinfo.Version=$(VERSI
 CNI_PLUGINS := podscope podscope-nri
 TOOLS       := podscopectl podscope-install
 
-.PHONY: all build generate generate-check test unit e2e e2e-k8s demo bench bench-quick test-kernels bench-kernels fuzz fuzz-quick churn audit-load install uninstall clean deps
+.PHONY: all build generate generate-check test unit e2e e2e-k8s netpol-conformance demo bench bench-quick bench-netpol test-kernels bench-kernels fuzz fuzz-quick churn audit-load install uninstall clean deps
 
 all: build
 
@@ -78,6 +78,12 @@ e2e: build
 e2e-k8s: build
 	PODSCOPE_E2E_NO_BUILD=1 hack/k8s/e2e.sh
 
+# The upstream Kubernetes v1.37.2 NetworkPolicy e2e tests (the Netpol set)
+# on the cluster suite's node with podscope enforcing (hack/k8s/netpol.sh;
+# ENFORCE=0: the baseline without enforcement, SUBSET=ci: make test's subset).
+netpol-conformance: build
+	PODSCOPE_E2E_NO_BUILD=1 hack/k8s/netpol.sh run
+
 # The audit's and the datapath's tests on real distribution kernels under
 # qemu (hack/kernels/kernels.list): every audit mode forced, the probe
 # unforced. bench-kernels also measures the audit's overhead per mode.
@@ -95,6 +101,12 @@ bench: build
 
 bench-quick: build
 	QUICK=1 hack/bench.sh
+
+# NetworkPolicy rows on the cluster suite's node: TCP_RR, TCP_CRR, UDP with no
+# policy and with podscope enforcing N NetworkPolicies, and the time from an
+# API update to enforcement (hack/k8s/netpol.sh bench; bench/README.md).
+bench-netpol: build
+	PODSCOPE_E2E_NO_BUILD=1 hack/k8s/netpol.sh bench
 
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin

@@ -26,6 +26,8 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 
+#include "pinned_map.h"
+
 #define AUDIT_MAX_CGROUPS 16384
 #define AUDIT_RING_BYTES (32 << 20)
 /* Repeats of the same operation (cgroup, op, path, target, uid, flags and
@@ -41,20 +43,20 @@
 #define OFF_MASK 4095
 #define SYSCTL_VALUE_CAP 256
 
-enum write_op {
-	AOP_NONE = 0,
-	AOP_OPEN_WRITE = 1,
-	AOP_CREATE = 2,
-	AOP_TRUNCATE = 3,
-	AOP_UNLINK = 4,
-	AOP_RENAME = 5,
-	AOP_CHMOD = 6,
-	AOP_CHOWN = 7,
-	AOP_MKDIR = 8,
-	AOP_RMDIR = 9,
-	AOP_LINK = 10,
-	AOP_SYMLINK = 11,
-	AOP_SYSCTL_WRITE = 12,
+enum write_op { /* numbered from 0 in this order: the events' op contract */
+	AOP_NONE,
+	AOP_OPEN_WRITE,
+	AOP_CREATE,
+	AOP_TRUNCATE,
+	AOP_UNLINK,
+	AOP_RENAME,
+	AOP_CHMOD,
+	AOP_CHOWN,
+	AOP_MKDIR,
+	AOP_RMDIR,
+	AOP_LINK,
+	AOP_SYMLINK,
+	AOP_SYSCTL_WRITE,
 };
 
 enum aux_kind {
@@ -168,13 +170,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } audit_levels SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, AUDIT_MAX_CGROUPS);
-	__type(key, __u64);
-	__type(value, struct identity);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} audit_identity SEC(".maps");
+PINNED_MAP(audit_identity, BPF_MAP_TYPE_HASH, AUDIT_MAX_CGROUPS, __u64, struct identity);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -299,6 +295,19 @@ static __always_inline struct scratch *scratch_get(void)
 		return NULL;
 	if (__sync_lock_test_and_set(&s->busy, 1))
 		return NULL;
+	return s;
+}
+
+static __always_inline void count_lost(__u64 cgid, __u64 n);
+
+/* The scratch for an event of cgroup cgid, or NULL with the event counted
+ * as lost. */
+static __always_inline struct scratch *scratch_or_lost(__u64 cgid)
+{
+	struct scratch *s = scratch_get();
+
+	if (!s)
+		count_lost(cgid, 1);
 	return s;
 }
 

@@ -18,6 +18,8 @@
 #define PODSCOPE_MAX_FLOWS      131072
 #define PODSCOPE_MAX_CIDRS      1048576
 #define PODSCOPE_MAX_RULES      32
+#define PODSCOPE_MAX_NETPOL_ADDRS 8
+#define PODSCOPE_MAX_ENDPOINTS  (4 * PODSCOPE_MAX_PODS)
 
 /* Hooks of the host-side veth. */
 enum hook {
@@ -93,13 +95,15 @@ struct policy_set {
 
 /* drop_reasons: PERCPU_ARRAY, index enum drop_reason -> value: node-wide
  * count of dropped packets by why, by enum pod_dir. The pod's own
- * counters count every drop too (drop_packets). */
+ * counters count every drop too (drop_packets). DROP_NETPOL came later:
+ * the loader grows a pinned map with fewer entries, keeping its counts. */
 enum drop_reason {
 	DROP_POLICY = 0, /* a rule or default said deny */
 	DROP_OPAQUE = 1, /* L4 not parsable within the datapath's limits (IPv6
 			  * extension headers beyond IPV6_MAX_EXT_HEADERS,
 			  * truncated L4 header) and the pod's policy denies some
 			  * packet this one could be */
+	DROP_NETPOL = 2, /* the pod's NetworkPolicy denied it (bpf/netpol.c) */
 	DROP_REASONS,
 };
 
@@ -144,7 +148,10 @@ struct flow_key {
  * on its next packet: each opening direction is kept only if the new policy
  * still allows it (with that direction's destination port); with none left,
  * the flow starts over like a new one. Flows count every packet seen, passed
- * or dropped; verdict is the last packet's. */
+ * or dropped; verdict is the last packet's. A connection the NetworkPolicy
+ * program (bpf/netpol.c) refused is found by its conntrack original tuple,
+ * which is the tuple the TC hook saw (before DNAT) on the source pod's side
+ * and the translated one on the destination pod's side. */
 struct flow_stats {
 	__u64 bytes[2];
 	__u64 packets[2];
@@ -153,8 +160,16 @@ struct flow_stats {
 	__u8  verdict;   /* enum action */
 	__u8  initiator; /* enum pod_dir of the first packet */
 	__u8  allowed;
-	__u8  pad;
+	__u8  denied_by; /* enum denied_by: which policy denied the last packet */
 	__u32 policy_set; /* the pod's policy set when allowed was judged */
+};
+
+/* flow_stats.denied_by (was padding, always 0: a flow written by an older
+ * program reads as DENIED_NONE or, with verdict deny, as unknown). */
+enum denied_by {
+	DENIED_NONE   = 0,
+	DENIED_POLICY = 1, /* podscope's own policy (conflist, annotations) */
+	DENIED_NETPOL = 2, /* the pod's Kubernetes NetworkPolicy */
 };
 
 /* policy: LPM_TRIE (BPF_F_NO_PREALLOC), key -> struct policy_value.
@@ -214,3 +229,43 @@ struct attachment {
 /* tc: the clsact qdisc was created by podscope (and is removed with the
  * last podscope filter on the device). */
 #define ATTACH_F_CREATED_QDISC 1
+
+/* NetworkPolicy (bpf/netpol.c, pkg/datapath/netpol.go).
+ *
+ * netpol_endpoints: HASH, key -> value. Every address of a pod that has a
+ * NetworkPolicy set; read per new connection for its source and its
+ * (translated) destination. set 0 = the pod is isolated in no direction. */
+struct endpoint_key {
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+	__u8 addr[16]; /* network order; IPv4 in the first 4 bytes */
+};
+
+struct endpoint {
+	__u32 pod;
+	__u32 set; /* policy set (struct policy_set), 0 = none */
+};
+
+/* pod_netpol: HASH, key __u32 pod -> value; user space only. The pod's
+ * reference to its NetworkPolicy set (a second kind of user of policy
+ * sets, beside pod_policy) and the addresses it wrote to netpol_endpoints,
+ * so that removing the pod needs no scan. */
+struct pod_netpol {
+	__u32 set;
+	__u32 naddrs;
+	struct endpoint_key addrs[PODSCOPE_MAX_NETPOL_ADDRS];
+};
+
+/* netpol_drops: PERCPU_HASH, key __u32 pod -> struct drop_counts: the
+ * pod's drops by its NetworkPolicy, by enum pod_dir (also counted in its
+ * pod_counters drops). Created by the program on the pod's first such
+ * drop, deleted with the pod. */
+
+/* netpol_stats: PERCPU_ARRAY, index 0 -> value. judged: new connections
+ * (conntrack NEW) with a NetworkPolicy endpoint on either side; untracked:
+ * packets that passed without any conntrack entry (conntrack not active in
+ * the netns, or invalid packets). */
+struct netpol_stats {
+	__u64 judged;
+	__u64 untracked;
+};

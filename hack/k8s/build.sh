@@ -24,12 +24,18 @@ have_all() { # dir names...
   for n in "$@"; do [ -x "$d/$n" ] || return 1; done
 }
 
+# kube_ldflags: stripped, with the version the binaries report (also the
+# e2e.test of hack/k8s/netpol.sh).
+kube_ldflags() {
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  echo "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean" \
+    "-X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+}
+
 build_kube() {
   have_all "$KUBE_DIR" "${KUBE_CMDS[@]}" && return
   k8s_build_log "building Kubernetes $KUBE_VERSION (once, several minutes; cached in $KUBE_DIR)"
-  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
-  local ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-  ld+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  local ld; ld=$(kube_ldflags)
   rm -rf "$KUBE_DIR.tmp"; mkdir -p "$KUBE_DIR.tmp"
   local c
   for c in "${KUBE_CMDS[@]}"; do

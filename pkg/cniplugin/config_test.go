@@ -119,7 +119,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"bad annotation rule", conf(t, map[string]any{"runtimeConfig": annotations(AnnotationEgress, `{"default":"allow","rules":[{"cidr":"nope","action":"deny"}]}`)}),
 			[]string{AnnotationEgress, "cidr"}},
 		// Issue 15: a chain of 33 matches is code 7 here, not 999 at ADD.
-		{"chain over 32 matches", conf(t, map[string]any{"policy": raw(`{"egress":{"default":"deny","rules":[{"cidr":"10.1.0.0/16","action":"allow"},` +
+		{"chain over 32 matches", conf(t, map[string]any{"policy": raw(`{"egress":{"default":"deny","rules":[{"cidr":"10.1.0.0/16","protocol":"udp","action":"allow"},` +
 			`{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["1","3","5","7","9","11","13","15","17","19","21","23","25","27","29","31",` +
 			`"33","35","37","39","41","43","45","47","49","51","53","55","57","59","61","63"],"action":"allow"}]}}`)}),
 			[]string{"policy.egress.rules[1]", "33 matches"}},

@@ -37,6 +37,8 @@ func Add(args *skel.CmdArgs) error {
 }
 
 func add(args *skel.CmdArgs) (*Config, error) {
+	t := newStepTimer()
+	defer t.write(args.ContainerID)
 	conf, err := parseConfigLazy(args.StdinData)
 	if err != nil {
 		return nil, err
@@ -55,7 +57,9 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		return nil, invalid("podscope: "+err.Error(), "")
 	}
 	id := parseArgs(args.Args)
+	t.step("config")
 	hostIndex, hostName, err := hostVeth(args.Netns, args.IfName)
+	t.step("hostVeth")
 	var notVeth *NotVethError
 	if errors.As(err, &notVeth) && !conf.FailClosed {
 		// An observer is never the reason a pod cannot start: register it
@@ -72,17 +76,20 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	}
 	defer unlock()
 	fault.Point("add:locked")
+	t.step("lock")
 
 	reg, err := pods.OpenRegistry(conf.Root)
 	if err != nil {
 		return nil, types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
 	}
 	defer reg.Close()
+	t.step("openRegistry")
 	dp, err := datapath.Open(conf.Root)
 	if err != nil {
 		return nil, types.NewError(types.ErrPluginNotAvailable, "podscope: loading the datapath: "+err.Error(), "")
 	}
 	defer dp.Close()
+	t.step("openDatapath")
 
 	// Pods whose veth vanished without a DEL (containerd never calls GC).
 	// Best effort: a failure here must not fail this pod's ADD, so it goes to
@@ -92,15 +99,16 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		if _, err := st.Reap(AddReapBudget); err != nil {
 			fmt.Fprintf(os.Stderr, "podscope: reaper during ADD of %s: %v\n", args.ContainerID, err)
 		}
+		t.step("reap")
 	}
 
-	// One scan of the registry answers both questions of ADD: is this
+	// One read of the registry answers both questions of ADD: is this
 	// attachment known, and which pod ID is free.
-	registered, err := reg.List()
+	existing, found, free, err := reg.Lookup(args.ContainerID, args.IfName)
 	if err != nil {
 		return nil, err
 	}
-	existing, found := pods.FindAttachment(registered, args.ContainerID, args.IfName)
+	t.step("lookup")
 	pod := pods.Pod{
 		Namespace: id.Namespace, Name: id.Pod, UID: id.PodUID,
 		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
@@ -113,10 +121,10 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		pod.ID = existing.ID
 		pod.AttachedAt = existing.AttachedAt
 		prev = &existing
-	} else if pod.ID, err = pods.FreeID(registered); err != nil {
-		return nil, types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
+	} else if pod.ID = free; free == 0 {
+		return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("podscope: pod registry full: %d pods attached", pods.MaxPods), "")
 	}
-	if err := attach(reg, dp, pod, prev, conf); err != nil {
+	if err := attach(reg, dp, pod, prev, conf, t); err != nil {
 		return nil, err
 	}
 	return conf, nil
@@ -138,7 +146,7 @@ func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []net
 		return types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
 	}
 	defer reg.Close()
-	registered, err := reg.List()
+	existing, found, free, err := reg.Lookup(args.ContainerID, args.IfName)
 	if err != nil {
 		return err
 	}
@@ -147,10 +155,10 @@ func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []net
 		ContainerID: args.ContainerID, Netns: args.Netns, Interface: args.IfName,
 		IPs: ips, AttachedAt: time.Now().UTC(), Network: conf.Name, Unobserved: reason,
 	}
-	if existing, found := pods.FindAttachment(registered, args.ContainerID, args.IfName); found {
+	if found {
 		pod.ID, pod.AttachedAt = existing.ID, existing.AttachedAt
-	} else if pod.ID, err = pods.FreeID(registered); err != nil {
-		return types.NewError(types.ErrTryAgainLater, "podscope: "+err.Error(), "")
+	} else if pod.ID = free; free == 0 {
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("podscope: pod registry full: %d pods attached", pods.MaxPods), "")
 	}
 	return reg.Put(pod)
 }
@@ -161,7 +169,7 @@ func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []net
 // the running attachment alone: removing it would drop counters that no
 // accounting line holds yet (the runtime's DEL after the failed ADD logs
 // them).
-func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.Pod, conf *Config) (err error) {
+func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.Pod, conf *Config, t *stepTimer) (err error) {
 	var undo []func() error
 	defer func() {
 		if err == nil {
@@ -177,6 +185,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 		return invalid("podscope: "+err.Error(), "")
 	}
 	fault.Point("add:registered")
+	t.step("register")
 	if prev != nil {
 		undo = append(undo, func() error { return reg.Put(*prev) })
 	} else {
@@ -187,6 +196,7 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 		return fmt.Errorf("podscope: writing policy of pod %s: %w", pod.Ref(), err)
 	}
 	fault.Point("add:policy")
+	t.step("policy")
 	if prev == nil {
 		undo = append(undo, func() error { return dp.Detach(pod.ID) })
 	}
@@ -195,11 +205,13 @@ func attach(reg *pods.Registry, dp *datapath.Datapath, pod pods.Pod, prev *pods.
 		return fmt.Errorf("podscope: attaching to %s (ifindex %d) of pod %s: %w", pod.HostInterface, pod.HostIfindex, pod.Ref(), err)
 	}
 	fault.Point("add:attached")
+	t.step("attach")
 	pod.Mode = mode
 	if err := reg.Put(pod); err != nil {
 		return fmt.Errorf("podscope: recording pod %s: %w", pod.Ref(), err)
 	}
 	fault.Point("add:recorded")
+	t.step("record")
 	return nil
 }
 

@@ -43,9 +43,19 @@ func printFlows(w io.Writer, f *Flows) error {
 	fmt.Fprintln(tw, "PROTO\tLOCAL\tREMOTE\tINITIATOR\tVERDICT\tTX BYTES\tTX PKTS\tRX BYTES\tRX PKTS\tLAST SEEN")
 	for _, fl := range f.Flows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", fl.Proto, endpoint(fl.Proto, fl.Local), endpoint(fl.Proto, fl.Remote),
-			fl.Initiator, fl.Verdict, fl.TxBytes, fl.TxPackets, fl.RxBytes, fl.RxPackets, ago(now, fl.LastSeen))
+			fl.Initiator, verdict(fl), fl.TxBytes, fl.TxPackets, fl.RxBytes, fl.RxPackets, ago(now, fl.LastSeen))
 	}
 	return tw.Flush()
+}
+
+// verdict is the flow's verdict and, for a deny, which policy denied it:
+// "deny (policy)" for podscope's own, "deny (networkpolicy)" for the pod's
+// Kubernetes NetworkPolicy.
+func verdict(fl datapath.Flow) string {
+	if fl.DeniedBy == "" {
+		return fl.Verdict.String()
+	}
+	return fmt.Sprintf("%s (%s)", fl.Verdict, fl.DeniedBy)
 }
 
 func ago(now, t time.Time) string {

@@ -50,20 +50,21 @@ func printPods(w io.Writer, rows []PodRow) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "POD\tINTERFACE\tHOST VETH\tIPS\tMODE\tRX BYTES\tRX PKTS\tTX BYTES\tTX PKTS\tDROPS EG/IN")
+	fmt.Fprintln(tw, "POD\tINTERFACE\tHOST VETH\tIPS\tMODE\tRX BYTES\tRX PKTS\tTX BYTES\tTX PKTS\tDROPS EG/IN\tNETPOL EG/IN")
 	for _, r := range rows {
 		ips := make([]string, len(r.IPs))
 		for i, ip := range r.IPs {
 			ips[i] = ip.Addr().String()
 		}
 		c := r.Counters
-		counters := fmt.Sprintf("%d\t%d\t%d\t%d\t%d/%d", c.RxBytes, c.RxPackets, c.TxBytes, c.TxPackets, c.DropsEgress, c.DropsIngress)
+		counters := fmt.Sprintf("%d\t%d\t%d\t%d\t%d/%d\t%d/%d", c.RxBytes, c.RxPackets, c.TxBytes, c.TxPackets,
+			c.DropsEgress, c.DropsIngress, c.NetworkPolicyDropsEgress, c.NetworkPolicyDropsIngress)
 		if r.CountersError != "" {
-			counters = "?\t?\t?\t?\t?"
+			counters = "?\t?\t?\t?\t?\t?"
 		}
 		host, mode := r.HostInterface, string(r.Mode)
 		if r.Unobserved != "" {
-			host, mode, counters = "-", "unobserved", "-\t-\t-\t-\t-"
+			host, mode, counters = "-", "unobserved", "-\t-\t-\t-\t-\t-"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Ref(), r.Interface, host, strings.Join(ips, ","), mode, counters)
 	}

@@ -183,3 +183,28 @@ func BenchmarkAttachDetach(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRemovePod measures RemovePod (every DEL) with other pods' flows
+// in the flow table: finding the pod's flows reads the whole table.
+func BenchmarkRemovePod(b *testing.B) {
+	for _, n := range []int{10, 20000} {
+		b.Run(fmt.Sprintf("flows=%d", n), func(b *testing.B) {
+			d := openForRun(b)
+			keys := make([]tcFlowKey, n)
+			vals := make([]tcFlowStats, n)
+			for i := range keys {
+				keys[i] = tcFlowKey{Pod: uint32(1000 + i%500), Family: 4, Proto: 6, LocalPort: uint16(i), RemotePort: 80}
+				vals[i].Packets[0] = 1
+			}
+			if err := putAll(d.objs.Flows, keys, vals); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := d.RemovePod(PodID(90000 + i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

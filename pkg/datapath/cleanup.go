@@ -48,8 +48,8 @@ func (d *Datapath) upgradeAttachments() error {
 	return errors.Join(errs...)
 }
 
-// Cleanup detaches every pod of the datapath under root and removes all its
-// pins. Run it in the network namespace of the veths (the node's).
+// Cleanup detaches every pod of the datapath under root and the
+// NetworkPolicy hooks, and removes all its pins. Run it in the network namespace of the veths (the node's).
 func Cleanup(root pins.Root) error {
 	dir := root.Dir(Owner)
 	d, err := OpenPinned(root)
@@ -70,6 +70,11 @@ func Cleanup(root pins.Root) error {
 		}
 		d.Close()
 	} else if !errors.Is(err, ErrNotLoaded) {
+		errs = append(errs, err)
+	}
+	// The NetworkPolicy links first and synchronously: a pin removal alone
+	// releases them only after an RCU grace period.
+	if err := DetachNetworkPolicyHooks(root); err != nil {
 		errs = append(errs, err)
 	}
 	// Removing the pins releases any link left (its last reference).

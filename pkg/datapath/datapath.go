@@ -46,6 +46,10 @@ type Counters struct {
 	DropsIngress     uint64 `json:"dropsIngress"`
 	DropBytesEgress  uint64 `json:"dropBytesEgress"`
 	DropBytesIngress uint64 `json:"dropBytesIngress"`
+	// Of the Drops*, those the pod's Kubernetes NetworkPolicy denied (the
+	// rest were denied by podscope's own policy).
+	NetworkPolicyDropsEgress  uint64 `json:"networkPolicyDropsEgress"`
+	NetworkPolicyDropsIngress uint64 `json:"networkPolicyDropsIngress"`
 }
 
 // Flow is one entry of the flow table, in the pod's view (Local is the
@@ -62,7 +66,27 @@ type Flow struct {
 	FirstSeen time.Time        `json:"firstSeen"`
 	LastSeen  time.Time        `json:"lastSeen"`
 	Verdict   policy.Action    `json:"verdict"`
+	DeniedBy  DeniedBy         `json:"deniedBy,omitempty"` // with Verdict deny: which policy
 	Initiator policy.Direction `json:"initiator"`
+}
+
+// DeniedBy names the policy that denied a flow's last packet (enum
+// denied_by in bpf/tc.h).
+type DeniedBy string
+
+const (
+	DeniedByPolicy        DeniedBy = "policy"        // podscope's own (conflist default, annotations)
+	DeniedByNetworkPolicy DeniedBy = "networkpolicy" // the pod's Kubernetes NetworkPolicy
+)
+
+func deniedBy(code uint8) DeniedBy {
+	switch code {
+	case 1:
+		return DeniedByPolicy
+	case 2:
+		return DeniedByNetworkPolicy
+	}
+	return ""
 }
 
 // PolicyEntry is one prefix of a pod's policy as the kernel holds it.

@@ -28,7 +28,10 @@ func mapFields(m *tcMaps) map[string]**ebpf.Map {
 
 // userSpaceMaps are pinned with the programs' maps but only the loader
 // reads and writes them; the programs hold no reference to them.
-var userSpaceMaps = []string{tcMapAttachments, tcMapPodPolicy, tcMapPolicySets}
+// The NetworkPolicy maps are read by bpf/netpol.c's program, not by the TC
+// programs.
+var userSpaceMaps = []string{tcMapAttachments, tcMapPodPolicy, tcMapPolicySets,
+	tcMapNetpolEndpoints, tcMapPodNetpol, tcMapNetpolStats, tcMapNetpolDrops}
 
 // loadOwnPins is the hot path of Open and OpenPinned: every CNI ADD and DEL
 // is a fresh process, and parsing the embedded ELF and BTF (loadTc) was the
@@ -88,7 +91,7 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		if c.anyProgs {
 			path = findProgPin(d.root, h)
 		}
-		p, err := ebpf.LoadPinnedProgram(path, nil)
+		p, err := loadPinnedProgram(path)
 		if err != nil {
 			return objs, fmt.Errorf("pinned program %s: %w", filepath.Base(path), err)
 		}
@@ -115,9 +118,10 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		if errors.Is(err, os.ErrNotExist) && c.mapsOnly {
 			continue
 		}
-		if errors.Is(err, os.ErrNotExist) && c.anyProgs && c.spec != nil && slices.Contains(addedWithPolicySets, name) {
-			// Pins from before policy sets (checkLegacyPolicy): readers,
-			// DEL and cleanup still work on them, with these maps empty.
+		if errors.Is(err, os.ErrNotExist) && c.anyProgs && c.spec != nil && slices.Contains(addedLater, name) {
+			// Pins from before policy sets (checkLegacyPolicy) or before
+			// NetworkPolicy: readers, DEL and cleanup still work on them,
+			// with these maps empty.
 			ms := c.spec.Maps[name].Copy()
 			ms.Pinning = ebpf.PinNone
 			m, err = ebpf.NewMap(ms)
@@ -127,6 +131,9 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		}
 		*dst = m
 		if c.spec != nil {
+			if (c.anyProgs || c.mapsOnly) && name == tcMapDropReasons && m.MaxEntries() < c.spec.Maps[name].MaxEntries {
+				continue // pinned before a reason was added: Open grows it (growDropReasons), readers read what it has
+			}
 			if err := c.spec.Maps[name].Compatible(m); err != nil {
 				return objs, pins.Explain(fmt.Errorf("pinned map %s: %w", path, err), d.root, name)
 			}

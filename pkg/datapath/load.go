@@ -71,18 +71,18 @@ func Open(root pins.Root) (*Datapath, error) {
 	}
 	defer unlock()
 
-	d := &Datapath{root: root, dir: dir}
-	if d.loadOwnPins() {
-		return d, nil
-	}
-	spec, err := loadTc()
-	if err != nil {
-		return nil, err
+	d, spec, err := start(root, dir)
+	if err != nil || spec == nil {
+		return d, err
 	}
 	if testSpecHook != nil {
 		testSpecHook(spec)
 	}
 	if err := checkLegacyPolicy(root); err != nil {
+		return nil, err
+	}
+	carried, err := growDropReasons(root, spec)
+	if err != nil {
 		return nil, err
 	}
 	if _, err := d.openPins(pinCheck{spec: spec, mapsOnly: true}); err != nil {
@@ -100,6 +100,9 @@ func Open(root pins.Root) (*Datapath, error) {
 	// pin the programs, replacing any program pin that referred to old maps.
 	if err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}); err != nil {
 		return nil, explainLoad(err, root)
+	}
+	for reason, per := range carried {
+		_ = d.objs.DropReasons.Put(reason, per) // node-wide counts only: best effort
 	}
 	for _, h := range hooks {
 		if err := replacePin(d.program(h), root.Pin(Owner, progPin(h))); err != nil {
@@ -129,13 +132,9 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 	if err := pins.CheckBPFFS(root.Path); err != nil {
 		return nil, err
 	}
-	d := &Datapath{root: root, dir: dir}
-	if d.loadOwnPins() {
-		return d, nil
-	}
-	spec, err := loadTc()
-	if err != nil {
-		return nil, err
+	d, spec, err := start(root, dir)
+	if err != nil || spec == nil {
+		return d, err
 	}
 	if _, err := d.openPins(pinCheck{spec: spec, mapsOnly: true}); err != nil {
 		return nil, err
@@ -147,6 +146,21 @@ func OpenPinned(root pins.Root) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// start is where Open and OpenPinned begin: the fast path over this
+// object's own pins (a Datapath and no spec), else the object's spec for
+// the full path (no Datapath holding anything yet).
+func start(root pins.Root, dir string) (*Datapath, *ebpf.CollectionSpec, error) {
+	d := &Datapath{root: root, dir: dir}
+	if d.loadOwnPins() {
+		return d, nil, nil
+	}
+	spec, err := loadTc()
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, spec, nil
 }
 
 // testSpecHook lets a test shrink a map (e.g. the policy trie, to fill it)
@@ -224,3 +238,38 @@ func replacePin(p *ebpf.Program, path string) error {
 // attaching and detaching from parallel CNI invocations are serialised per
 // node, so two ADDs never both load programs or race on one pod's pins.
 func lockDir(dir string) (func(), error) { return flock.Dir(dir) }
+
+// growDropReasons makes room for drop reasons added since the pinned
+// drop_reasons map was created (DROP_NETPOL): a smaller pinned map is read
+// and unpinned, so the load creates it at its new size, and its counts are
+// returned to be written into the new one. The programs still attached keep
+// the old map until they are moved to the new programs; drops they count
+// in between, and the counts if the process dies before writing them back,
+// are lost (node-wide totals; every pod's own drop counters are kept).
+func growDropReasons(root pins.Root, spec *ebpf.CollectionSpec) (map[uint32][]tcDropCounts, error) {
+	path := root.Pin(Owner, tcMapDropReasons)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pinned map %s: %w", path, err)
+	}
+	defer m.Close()
+	want := spec.Maps[tcMapDropReasons]
+	if m.MaxEntries() >= want.MaxEntries || m.Type() != want.Type || m.KeySize() != want.KeySize || m.ValueSize() != want.ValueSize {
+		return nil, nil // current, or another layout the load check explains
+	}
+	out := map[uint32][]tcDropCounts{}
+	for k := uint32(0); k < m.MaxEntries(); k++ {
+		var per []tcDropCounts
+		if err := m.Lookup(k, &per); err != nil {
+			return nil, fmt.Errorf("reading %s: %w", path, err)
+		}
+		out[k] = per
+	}
+	if err := os.Remove(path); err != nil {
+		return nil, fmt.Errorf("replacing %s with a larger map: %w", path, err)
+	}
+	return out, nil
+}

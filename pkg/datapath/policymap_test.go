@@ -14,7 +14,7 @@ func TestPolicyEntriesCheckAndReplace(t *testing.T) {
 	d := openForRun(t)
 	p := setPolicy(t, d,
 		`{"default":"deny","rules":[{"cidr":"10.0.0.0/8","protocol":"tcp","ports":["80","8000-8080"],"action":"allow"},
-		  {"cidr":"10.1.0.0/16","action":"deny"}]}`,
+		  {"cidr":"10.1.0.0/16","protocol":"udp","action":"deny"}]}`,
 		`{"default":"allow"}`)
 	entries, err := d.PolicyEntries(testPod)
 	if err != nil {
@@ -33,8 +33,9 @@ func TestPolicyEntriesCheckAndReplace(t *testing.T) {
 	if sixteen == nil {
 		t.Fatalf("no egress 10.1.0.0/16 entry in %+v", entries)
 	}
-	// Its own rule, then the two port ranges inherited from 10/8.
-	if got, want := sixteen.Summary(), "any deny (from 10.1.0.0/16); tcp 80 allow (from 10.0.0.0/8); tcp 8000-8080 allow (from 10.0.0.0/8); default deny"; got != want {
+	// Its own rule, then the two port ranges inherited from 10/8 (a
+	// catch-all of its own would have ended the chain: TestCatchAllEndsChain).
+	if got, want := sixteen.Summary(), "udp deny (from 10.1.0.0/16); tcp 80 allow (from 10.0.0.0/8); tcp 8000-8080 allow (from 10.0.0.0/8); default deny"; got != want {
 		t.Fatalf("10.1.0.0/16 holds %q, want %q", got, want)
 	}
 	js, err := json.Marshal(sixteen)

@@ -27,7 +27,8 @@ import (
 //   - pod_ifaces: ifindex -> {pod, set}, the copy the programs read;
 //   - policy: LPM entries keyed by set id.
 //
-// A set's users are the pod_policy entries naming it, counted under the
+// A set's users are the pod_policy and pod_netpol entries naming it (a pod
+// may hold one of each: its podscope policy and its NetworkPolicy), counted under the
 // datapath lock when a pod lets go of it: nothing is counted in a process,
 // so a crash can leave at most an unused set behind, which the next
 // release or GCPolicySets removes, never a pod without its entries.
@@ -149,6 +150,9 @@ func policySum(p policy.Policy) [32]byte {
 	return sum
 }
 
+// allowAllSum is the sum of the policy that allows everything (set 0).
+var allowAllSum = policySum(policy.Policy{Egress: policy.AllowAll(), Ingress: policy.AllowAll()})
+
 // compile turns p into the kernel entries of both directions, keyed with
 // set 0 (the caller fills in the set id).
 func compile(p policy.Policy) (map[tcPolicyKey]policy.Entry, error) {
@@ -206,19 +210,14 @@ func (d *Datapath) SetPolicySet(pod PodID, s *PolicySet) error {
 		return err
 	}
 	defer unlock()
-	id, err := d.ensureSet(s)
-	if err != nil {
-		return fmt.Errorf("set policy of pod %d: %w", pod, err)
-	}
 	ref, _, err := d.podRef(pod)
 	if err != nil {
 		return err
 	}
 	old := ref.Set
-	if old != id {
-		if err := d.addUsers(id, 1); err != nil {
-			return fmt.Errorf("set policy of pod %d: %w", pod, err)
-		}
+	id, err := d.takeSet(s, old, true)
+	if err != nil {
+		return fmt.Errorf("set policy of pod %d: %w", pod, err)
 	}
 	ref.Set = id
 	if err := d.objs.PodPolicy.Put(uint32(pod), ref); err != nil {
@@ -233,6 +232,23 @@ func (d *Datapath) SetPolicySet(pod PodID, s *PolicySet) error {
 		}
 	}
 	return nil
+}
+
+// takeSet is the first step of a switch to s, under the datapath lock: the
+// set is written if the node does not hold it, and its user count raised
+// unless the reference already names it (had and old == its id). It
+// returns the set's id.
+func (d *Datapath) takeSet(s *PolicySet, old uint32, had bool) (uint32, error) {
+	id, err := d.ensureSet(s)
+	if err != nil {
+		return 0, err
+	}
+	if !had || old != id {
+		if err := d.addUsers(id, 1); err != nil {
+			return 0, err
+		}
+	}
+	return id, nil
 }
 
 // setRecord finds set id's record by its id (a scan of the sets: there are
@@ -404,7 +420,8 @@ func (d *Datapath) removeSet(key tcPolicySetKey, id uint32) error {
 	return nil
 }
 
-// setUsers counts the pods referring to each set.
+// setUsers counts the references to each set: a pod's podscope policy
+// (pod_policy) and its NetworkPolicy (pod_netpol) each count once.
 func (d *Datapath) setUsers() (map[uint32]int, error) {
 	out := map[uint32]int{}
 	var k uint32
@@ -415,6 +432,14 @@ func (d *Datapath) setUsers() (map[uint32]int, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading pod policy references: %w", err)
+	}
+	var n tcPodNetpol
+	nit := d.objs.PodNetpol.Iterate()
+	for nit.Next(&k, &n) {
+		out[n.Set]++
+	}
+	if err := nit.Err(); err != nil {
+		return nil, fmt.Errorf("reading pod NetworkPolicy references: %w", err)
 	}
 	return out, nil
 }

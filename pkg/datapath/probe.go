@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,24 +33,20 @@ var tcxProbe struct {
 }
 
 // probeTCX asks the kernel with a real TCX link_create of our program on an
-// ifindex that cannot exist: ENODEV means the kernel knows TCX and only
+// ifindex that cannot exist (the raw syscall, see tcxLinkCreate): ENODEV means the kernel knows TCX and only
 // lacks the device. Anything else is a "no" (a probe that is unsure is not
 // a yes). The answer is cached per process.
 func (d *Datapath) probeTCX() error {
 	tcxProbe.once.Do(func() {
-		l, err := link.AttachTCX(link.TCXOptions{
-			Interface: int(^uint32(0) >> 1),
-			Program:   d.objs.HostIngress,
-			Attach:    ebpf.AttachTCXIngress,
-		})
+		err := tcxLinkCreate(d.objs.HostIngress, ^uint32(0)>>1, ebpf.AttachTCXIngress)
 		switch {
 		case err == nil:
-			l.Close()
-			tcxProbe.err = errors.New("tcx probe: attach to a non-existent device succeeded unexpectedly")
+			tcxProbe.err = errTCXProbeAttached
 		case errors.Is(err, unix.ENODEV):
 			tcxProbe.err = nil
-		case errors.Is(err, ebpf.ErrNotSupported):
-			tcxProbe.err = fmt.Errorf("kernel has no TCX: %w", err)
+		case errors.Is(err, unix.EINVAL):
+			// An attach type the kernel does not know (before 6.6).
+			tcxProbe.err = fmt.Errorf("kernel has no TCX: %w: %w", ebpf.ErrNotSupported, err)
 		default:
 			tcxProbe.err = fmt.Errorf("tcx probe inconclusive: %w", err)
 		}

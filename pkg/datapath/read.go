@@ -32,6 +32,14 @@ func (d *Datapath) Counters(pod PodID) (Counters, error) {
 		c.DropBytesEgress += v.DropBytes[eg]
 		c.DropBytesIngress += v.DropBytes[in]
 	}
+	var nd []tcDropCounts
+	if err := d.objs.NetpolDrops.Lookup(uint32(pod), &nd); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Counters{}, fmt.Errorf("NetworkPolicy drops of pod %d: %w", pod, err)
+	}
+	for _, v := range nd {
+		c.NetworkPolicyDropsEgress += v.Packets[eg]
+		c.NetworkPolicyDropsIngress += v.Packets[in]
+	}
 	return c, nil
 }
 
@@ -42,16 +50,16 @@ func addr(family uint8, b [16]uint8) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
+// flowBatch is how many flow entries one batch read returns (~400 KiB).
+const flowBatch = 4096
+
 // Flows lists pod's entries of the flow table.
 func (d *Datapath) Flows(pod PodID) ([]Flow, error) {
 	var out []Flow
 	offset := BootOffset()
-	var k tcFlowKey
-	var v tcFlowStats
-	it := d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
+	err := eachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, v *tcFlowStats) {
 		if k.Pod != uint32(pod) {
-			continue
+			return
 		}
 		eg, in := policy.Egress, policy.Ingress
 		f := Flow{
@@ -63,6 +71,7 @@ func (d *Datapath) Flows(pod PodID) ([]Flow, error) {
 			RxBytes:   v.Bytes[in],
 			RxPackets: v.Packets[in],
 			Verdict:   policy.Action(v.Verdict),
+			DeniedBy:  deniedBy(v.DeniedBy),
 			Initiator: policy.Direction(v.Initiator),
 		}
 		if v.FirstSeenNs != 0 {
@@ -70,31 +79,36 @@ func (d *Datapath) Flows(pod PodID) ([]Flow, error) {
 			f.LastSeen = timeAt(offset, v.LastSeenNs)
 		}
 		out = append(out, f)
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("reading flows: %w", err)
 	}
 	return out, nil
 }
 
 // RemovePod deletes everything the datapath keeps about pod: counters,
-// flows (which are also its conntrack state), policy entries and ifindex
-// registrations. Detach it first; attachments are Detach's.
+// flows (which are also its conntrack state), policy entries, ifindex
+// registrations and its NetworkPolicy (addresses and set reference). Detach it first; attachments are Detach's.
 func (d *Datapath) RemovePod(pod PodID) error {
 	var errs []error
 	if err := d.objs.PodCounters.Delete(uint32(pod)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("deleting counters of pod %d: %w", pod, err))
 	}
-	var fk tcFlowKey
-	var fv tcFlowStats
-	var flows []tcFlowKey
-	it := d.objs.Flows.Iterate()
-	for it.Next(&fk, &fv) {
-		if fk.Pod == uint32(pod) {
-			flows = append(flows, fk)
-		}
+	if err := d.objs.NetpolDrops.Delete(uint32(pod)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("deleting NetworkPolicy drops of pod %d: %w", pod, err))
 	}
-	if err := it.Err(); err != nil {
+	// The pod's NetworkPolicy addresses and set reference: an address left
+	// behind would judge the next pod given it by this pod's policy.
+	if err := d.RemoveNetworkPolicy(pod); err != nil {
+		errs = append(errs, err)
+	}
+	var flows []tcFlowKey
+	err := eachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, _ *tcFlowStats) {
+		if k.Pod == uint32(pod) {
+			flows = append(flows, *k)
+		}
+	})
+	if err != nil {
 		errs = append(errs, fmt.Errorf("reading flows: %w", err))
 	}
 	if err := deleteAll(d.objs.Flows, flows); err != nil {
@@ -129,16 +143,19 @@ func (d *Datapath) PodIfindexes(pod PodID) ([]int, error) {
 type DropReason uint32
 
 const (
-	DropPolicy DropReason = 0 // a rule or a default said deny
-	DropOpaque DropReason = 1 // L4 header not parsable within the datapath's limits, and the policy denies some packet it could be
+	DropPolicy        DropReason = 0 // a rule or a default of podscope's policy said deny
+	DropOpaque        DropReason = 1 // L4 header not parsable within the datapath's limits, and the policy denies some packet it could be
+	DropNetworkPolicy DropReason = 2 // the pod's Kubernetes NetworkPolicy denied a new connection (bpf/netpol.c)
 )
 
+// dropReasons lists every reason, in enum order.
+var dropReasons = []DropReason{DropPolicy, DropOpaque, DropNetworkPolicy}
+
+var dropReasonNames = [...]string{DropPolicy: "policy", DropOpaque: "opaque", DropNetworkPolicy: "networkpolicy"}
+
 func (r DropReason) String() string {
-	switch r {
-	case DropPolicy:
-		return "policy"
-	case DropOpaque:
-		return "opaque"
+	if int(r) < len(dropReasonNames) {
+		return dropReasonNames[r]
 	}
 	return fmt.Sprintf("reason(%d)", uint32(r))
 }
@@ -148,7 +165,10 @@ func (r DropReason) String() string {
 // its pod's Drops*.
 func (d *Datapath) DropReasons() (map[DropReason][2]uint64, error) {
 	out := map[DropReason][2]uint64{}
-	for _, r := range []DropReason{DropPolicy, DropOpaque} {
+	for _, r := range dropReasons {
+		if uint32(r) >= d.objs.DropReasons.MaxEntries() {
+			break // a map pinned before the reason existed (read-only open)
+		}
 		var per []tcDropCounts
 		if err := d.objs.DropReasons.Lookup(uint32(r), &per); err != nil {
 			return nil, fmt.Errorf("reading drop reasons: %w", err)

@@ -33,6 +33,19 @@ type tcDropCounts struct {
 	Packets [2]uint64
 }
 
+type tcEndpoint struct {
+	_   structs.HostLayout
+	Pod uint32
+	Set uint32
+}
+
+type tcEndpointKey struct {
+	_      structs.HostLayout
+	Family uint8
+	Pad    [3]uint8
+	Addr   [16]uint8
+}
+
 type tcFlowKey struct {
 	_          structs.HostLayout
 	Pod        uint32
@@ -54,14 +67,27 @@ type tcFlowStats struct {
 	Verdict     uint8
 	Initiator   uint8
 	Allowed     uint8
-	Pad         uint8
+	DeniedBy    uint8
 	PolicySet   uint32
+}
+
+type tcNetpolStats struct {
+	_         structs.HostLayout
+	Judged    uint64
+	Untracked uint64
 }
 
 type tcPodIface struct {
 	_         structs.HostLayout
 	Pod       uint32
 	PolicySet uint32
+}
+
+type tcPodNetpol struct {
+	_      structs.HostLayout
+	Set    uint32
+	Naddrs uint32
+	Addrs  [8]tcEndpointKey
 }
 
 type tcPodPolicyRef struct {
@@ -123,16 +149,20 @@ type tcTrafficCounters struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcMapAttachments  = "attachments"
-	tcMapDropReasons  = "drop_reasons"
-	tcMapFlows        = "flows"
-	tcMapPodCounters  = "pod_counters"
-	tcMapPodIfaces    = "pod_ifaces"
-	tcMapPodPolicy    = "pod_policy"
-	tcMapPolicy       = "policy"
-	tcMapPolicySets   = "policy_sets"
-	tcProgHostEgress  = "host_egress"
-	tcProgHostIngress = "host_ingress"
+	tcMapAttachments     = "attachments"
+	tcMapDropReasons     = "drop_reasons"
+	tcMapFlows           = "flows"
+	tcMapNetpolDrops     = "netpol_drops"
+	tcMapNetpolEndpoints = "netpol_endpoints"
+	tcMapNetpolStats     = "netpol_stats"
+	tcMapPodCounters     = "pod_counters"
+	tcMapPodIfaces       = "pod_ifaces"
+	tcMapPodNetpol       = "pod_netpol"
+	tcMapPodPolicy       = "pod_policy"
+	tcMapPolicy          = "policy"
+	tcMapPolicySets      = "policy_sets"
+	tcProgHostEgress     = "host_egress"
+	tcProgHostIngress    = "host_ingress"
 )
 
 // loadTc returns the embedded CollectionSpec for tc.
@@ -185,14 +215,18 @@ type tcProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcMapSpecs struct {
-	Attachments *ebpf.MapSpec `ebpf:"attachments"`
-	DropReasons *ebpf.MapSpec `ebpf:"drop_reasons"`
-	Flows       *ebpf.MapSpec `ebpf:"flows"`
-	PodCounters *ebpf.MapSpec `ebpf:"pod_counters"`
-	PodIfaces   *ebpf.MapSpec `ebpf:"pod_ifaces"`
-	PodPolicy   *ebpf.MapSpec `ebpf:"pod_policy"`
-	Policy      *ebpf.MapSpec `ebpf:"policy"`
-	PolicySets  *ebpf.MapSpec `ebpf:"policy_sets"`
+	Attachments     *ebpf.MapSpec `ebpf:"attachments"`
+	DropReasons     *ebpf.MapSpec `ebpf:"drop_reasons"`
+	Flows           *ebpf.MapSpec `ebpf:"flows"`
+	NetpolDrops     *ebpf.MapSpec `ebpf:"netpol_drops"`
+	NetpolEndpoints *ebpf.MapSpec `ebpf:"netpol_endpoints"`
+	NetpolStats     *ebpf.MapSpec `ebpf:"netpol_stats"`
+	PodCounters     *ebpf.MapSpec `ebpf:"pod_counters"`
+	PodIfaces       *ebpf.MapSpec `ebpf:"pod_ifaces"`
+	PodNetpol       *ebpf.MapSpec `ebpf:"pod_netpol"`
+	PodPolicy       *ebpf.MapSpec `ebpf:"pod_policy"`
+	Policy          *ebpf.MapSpec `ebpf:"policy"`
+	PolicySets      *ebpf.MapSpec `ebpf:"policy_sets"`
 }
 
 // tcVariableSpecs contains global variables before they are loaded into the kernel.
@@ -221,14 +255,18 @@ func (o *tcObjects) Close() error {
 //
 // It can be passed to loadTcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcMaps struct {
-	Attachments *ebpf.Map `ebpf:"attachments"`
-	DropReasons *ebpf.Map `ebpf:"drop_reasons"`
-	Flows       *ebpf.Map `ebpf:"flows"`
-	PodCounters *ebpf.Map `ebpf:"pod_counters"`
-	PodIfaces   *ebpf.Map `ebpf:"pod_ifaces"`
-	PodPolicy   *ebpf.Map `ebpf:"pod_policy"`
-	Policy      *ebpf.Map `ebpf:"policy"`
-	PolicySets  *ebpf.Map `ebpf:"policy_sets"`
+	Attachments     *ebpf.Map `ebpf:"attachments"`
+	DropReasons     *ebpf.Map `ebpf:"drop_reasons"`
+	Flows           *ebpf.Map `ebpf:"flows"`
+	NetpolDrops     *ebpf.Map `ebpf:"netpol_drops"`
+	NetpolEndpoints *ebpf.Map `ebpf:"netpol_endpoints"`
+	NetpolStats     *ebpf.Map `ebpf:"netpol_stats"`
+	PodCounters     *ebpf.Map `ebpf:"pod_counters"`
+	PodIfaces       *ebpf.Map `ebpf:"pod_ifaces"`
+	PodNetpol       *ebpf.Map `ebpf:"pod_netpol"`
+	PodPolicy       *ebpf.Map `ebpf:"pod_policy"`
+	Policy          *ebpf.Map `ebpf:"policy"`
+	PolicySets      *ebpf.Map `ebpf:"policy_sets"`
 }
 
 func (m *tcMaps) Close() error {
@@ -236,8 +274,12 @@ func (m *tcMaps) Close() error {
 		m.Attachments,
 		m.DropReasons,
 		m.Flows,
+		m.NetpolDrops,
+		m.NetpolEndpoints,
+		m.NetpolStats,
 		m.PodCounters,
 		m.PodIfaces,
+		m.PodNetpol,
 		m.PodPolicy,
 		m.Policy,
 		m.PolicySets,

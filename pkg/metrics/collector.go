@@ -20,7 +20,9 @@ type PodNetwork struct {
 	Interface string
 
 	RxBytes, RxPackets, TxBytes, TxPackets uint64
-	DropsEgress, DropsIngress              uint64 // packets dropped by policy
+	DropsEgress, DropsIngress              uint64 // packets dropped by policy (either kind)
+	// Of those, the packets the pod's Kubernetes NetworkPolicy dropped.
+	NetworkPolicyDropsEgress, NetworkPolicyDropsIngress uint64
 
 	// Unobserved, when set, is why podscope let the pod start without
 	// attaching: it has no counters, only podscope_pod_unobserved.
@@ -75,6 +77,9 @@ var (
 	dropsDesc = prometheus.NewDesc("podscope_network_policy_drops_total",
 		"Packets dropped by podscope network policy, by direction (egress: sent by the pod, ingress: to the pod).",
 		append(append([]string{}, netLabels...), "direction"), nil)
+	netpolDropsDesc = prometheus.NewDesc("podscope_networkpolicy_drops_total",
+		"Packets dropped because the pod's Kubernetes NetworkPolicy denied their connection, by direction (also counted in podscope_network_policy_drops_total).",
+		append(append([]string{}, netLabels...), "direction"), nil)
 	writesDesc = prometheus.NewDesc("podscope_file_write_events_total",
 		"File-write audit events delivered to the audit log, by container and op (folded repeats count each occurrence).",
 		append(append([]string{}, containerLabels...), "op"), nil)
@@ -104,7 +109,7 @@ var _ prometheus.Collector = (*Collector)(nil)
 
 // Describe sends every descriptor the collector may emit.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{rxBytesDesc, txBytesDesc, rxPacketsDesc, txPacketsDesc, dropsDesc,
+	for _, d := range []*prometheus.Desc{rxBytesDesc, txBytesDesc, rxPacketsDesc, txPacketsDesc, dropsDesc, netpolDropsDesc,
 		writesDesc, lostDesc, modeDesc, armedDesc, connectedDesc, unobservedDesc} {
 		ch <- d
 	}
@@ -162,6 +167,8 @@ func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
 		s.TxPackets += p.TxPackets
 		s.DropsEgress += p.DropsEgress
 		s.DropsIngress += p.DropsIngress
+		s.NetworkPolicyDropsEgress += p.NetworkPolicyDropsEgress
+		s.NetworkPolicyDropsIngress += p.NetworkPolicyDropsIngress
 		sum[k] = s
 	}
 	for _, k := range order {
@@ -173,6 +180,8 @@ func (c *Collector) collectNetwork(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(txPacketsDesc, prometheus.CounterValue, float64(s.TxPackets), l...)
 		ch <- prometheus.MustNewConstMetric(dropsDesc, prometheus.CounterValue, float64(s.DropsEgress), append(l, "egress")...)
 		ch <- prometheus.MustNewConstMetric(dropsDesc, prometheus.CounterValue, float64(s.DropsIngress), append(l, "ingress")...)
+		ch <- prometheus.MustNewConstMetric(netpolDropsDesc, prometheus.CounterValue, float64(s.NetworkPolicyDropsEgress), append(l, "egress")...)
+		ch <- prometheus.MustNewConstMetric(netpolDropsDesc, prometheus.CounterValue, float64(s.NetworkPolicyDropsIngress), append(l, "ingress")...)
 	}
 }
 

@@ -53,6 +53,7 @@ func (s PinnedNetwork) PodNetwork() ([]PodNetwork, error) {
 			Identity: id, Interface: p.Interface,
 			RxBytes: c.RxBytes, RxPackets: c.RxPackets, TxBytes: c.TxBytes, TxPackets: c.TxPackets,
 			DropsEgress: c.DropsEgress, DropsIngress: c.DropsIngress,
+			NetworkPolicyDropsEgress: c.NetworkPolicyDropsEgress, NetworkPolicyDropsIngress: c.NetworkPolicyDropsIngress,
 		})
 	}
 	return out, nil

@@ -76,6 +76,20 @@ func TestPinnedNetwork(t *testing.T) {
 		return [8]uint64{100 * c, 1000 * c, 1 * c, 10 * c, 0, 0, 2 * c, 3 * c}
 	})
 	sum := uint64(ncpu * (ncpu + 1) / 2) // 1 + 2 + … + ncpu
+	// NetworkPolicy's share of the drops: struct drop_counts { packets[2] }
+	// per CPU in netpol_drops, the way bpf/netpol.c counts them.
+	netpol, err := ebpf.LoadPinnedMap(root.Pin(datapath.Owner, "netpol_drops"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netpol.Close() })
+	nd := make([][2]uint64, ncpu)
+	for i := range nd {
+		nd[i] = [2]uint64{uint64(i + 1), 2 * uint64(i+1)}
+	}
+	if err := netpol.Put(uint32(pod.ID), nd); err != nil {
+		t.Fatal(err)
+	}
 
 	c := &Collector{Network: src}
 	want := func(tx, rx, txp, rxp, de, di uint64) string {
@@ -100,6 +114,10 @@ func TestPinnedNetwork(t *testing.T) {
 			"# TYPE podscope_network_policy_drops_total counter",
 			"podscope_network_policy_drops_total" + dl("egress") + " " + itoa(de),
 			"podscope_network_policy_drops_total" + dl("ingress") + " " + itoa(di),
+			"# HELP podscope_networkpolicy_drops_total Packets dropped because the pod's Kubernetes NetworkPolicy denied their connection, by direction (also counted in podscope_network_policy_drops_total).",
+			"# TYPE podscope_networkpolicy_drops_total counter",
+			"podscope_networkpolicy_drops_total" + dl("egress") + " " + itoa(sum),
+			"podscope_networkpolicy_drops_total" + dl("ingress") + " " + itoa(2*sum),
 			"",
 		}, "\n")
 	}

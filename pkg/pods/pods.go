@@ -253,24 +253,111 @@ func (r *Registry) Delete(id datapath.PodID) error {
 
 // List returns every registered pod ordered by PodID.
 func (r *Registry) List() ([]Pod, error) {
-	var (
-		k   uint32
-		v   []byte
-		out []Pod
-	)
-	it := r.m.Iterate()
-	for it.Next(&k, &v) {
-		p, err := decode(datapath.PodID(k), v, r.blobOf(datapath.PodID(k)))
+	var out []Pod
+	err := r.scan(func(id datapath.PodID, v []byte) error {
+		p, err := decode(id, v, r.blobOf(id))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		out = append(out, p)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("pod registry: iterating: %w", err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
+}
+
+// scanBatch is how many entries one BPF_MAP_LOOKUP_BATCH reads.
+const scanBatch = 256
+
+// scan calls fn with every entry's PodID and raw value (valid only during
+// the call). It reads the map in batches, one syscall per scanBatch
+// entries, instead of a next-key and a lookup per pod: the registry is
+// read on every ADD and DEL, so this is part of pod start latency on a
+// node with many pods. Kernels without batch ops get the one-by-one walk.
+func (r *Registry) scan(fn func(id datapath.PodID, v []byte) error) error {
+	keys := make([]uint32, scanBatch)
+	vals := make([]rawRecord, scanBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := r.m.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			if ferr := fn(datapath.PodID(keys[i]), vals[i][:]); ferr != nil {
+				return ferr
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err == nil {
+			continue
+		}
+		if n > 0 || !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("pod registry: reading: %w", err)
+		}
+		break // no batch ops in this kernel
+	}
+	var (
+		k uint32
+		v []byte
+	)
+	it := r.m.Iterate()
+	for it.Next(&k, &v) {
+		if err := fn(datapath.PodID(k), v); err != nil {
+			return err
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("pod registry: iterating: %w", err)
+	}
+	return nil
+}
+
+// Lookup answers both questions of ADD in one read of the registry: the
+// pod registered for (containerID, ifname), if any, and the lowest free
+// PodID (0 when all MaxPods are in use). Only the matching entry is decoded: the others are compared in
+// their fixed record, so ADD does not decode every pod on the node.
+func (r *Registry) Lookup(containerID, ifname string) (p Pod, found bool, free datapath.PodID, err error) {
+	var ids []datapath.PodID
+	p, found, err = r.find(containerID, ifname, func(id datapath.PodID) { ids = append(ids, id) })
+	if err != nil || found {
+		return p, found, 0, err
+	}
+	free, _ = freeID(ids) // 0: the registry is full
+	return p, false, free, nil
+}
+
+// find returns the pod of the lowest PodID whose attachment matches, and
+// calls each with every PodID it saw.
+func (r *Registry) find(containerID, ifname string, each func(datapath.PodID)) (Pod, bool, error) {
+	var (
+		best  Pod
+		found bool
+	)
+	err := r.scan(func(id datapath.PodID, v []byte) error {
+		each(id)
+		if found && id > best.ID {
+			return nil
+		}
+		if !rawMayMatch(v, containerID, ifname) {
+			return nil
+		}
+		p, err := decode(id, v, r.blobOf(id))
+		if err != nil {
+			return err
+		}
+		if matches(p, containerID, ifname) {
+			best, found = p, true
+		}
+		return nil
+	})
+	return best, found, err
+}
+
+func matches(p Pod, containerID, ifname string) bool {
+	return p.ContainerID == containerID && (ifname == "" || p.Interface == ifname)
 }
 
 // ByContainerID returns the first pod (lowest PodID) of a container ID.
@@ -279,21 +366,17 @@ func (r *Registry) ByContainerID(id string) (Pod, bool, error) {
 }
 
 // ByAttachment finds the pod of a (container ID, interface) pair; an empty
-// ifname matches any interface.
+// ifname matches any interface. With several (never written by podscope),
+// the lowest PodID.
 func (r *Registry) ByAttachment(containerID, ifname string) (Pod, bool, error) {
-	all, err := r.List()
-	if err != nil {
-		return Pod{}, false, err
-	}
-	p, ok := FindAttachment(all, containerID, ifname)
-	return p, ok, nil
+	return r.find(containerID, ifname, func(datapath.PodID) {})
 }
 
 // FindAttachment is ByAttachment over pods already listed, for a caller
 // that needs the list for more than one question (ADD: find, then allocate).
 func FindAttachment(all []Pod, containerID, ifname string) (Pod, bool) {
 	for _, p := range all {
-		if p.ContainerID == containerID && (ifname == "" || p.Interface == ifname) {
+		if matches(p, containerID, ifname) {
 			return p, true
 		}
 	}
@@ -317,18 +400,26 @@ func (r *Registry) ByName(ref string) (Pod, bool, error) {
 // Allocate returns the lowest PodID not in use. The caller must hold the
 // state-dir lock until it has Put the pod, or two ADDs get the same ID.
 func (r *Registry) Allocate() (datapath.PodID, error) {
-	all, err := r.List()
-	if err != nil {
+	var ids []datapath.PodID
+	if err := r.scan(func(id datapath.PodID, _ []byte) error { ids = append(ids, id); return nil }); err != nil {
 		return 0, err
 	}
-	return FreeID(all)
+	return freeID(ids)
 }
 
 // FreeID is the lowest pod ID that none of all uses.
 func FreeID(all []Pod) (datapath.PodID, error) {
-	used := make(map[datapath.PodID]bool, len(all))
-	for _, p := range all {
-		used[p.ID] = true
+	ids := make([]datapath.PodID, len(all))
+	for i, p := range all {
+		ids[i] = p.ID
+	}
+	return freeID(ids)
+}
+
+func freeID(ids []datapath.PodID) (datapath.PodID, error) {
+	used := make(map[datapath.PodID]bool, len(ids))
+	for _, id := range ids {
+		used[id] = true
 	}
 	for id := datapath.PodID(1); id <= MaxPods; id++ {
 		if !used[id] {

@@ -2,7 +2,9 @@ package pods
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -249,5 +251,99 @@ func TestRegistryIncompatiblePin(t *testing.T) {
 		if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), MapName) || !strings.Contains(err.Error(), "podscopectl cleanup") {
 			t.Errorf("%s on an old layout: %v", name, err)
 		}
+	}
+}
+
+// The hand-written decoder reads every field where binary.Read (the
+// layout's definition through the record struct) does.
+func TestUnmarshalMatchesBinaryRead(t *testing.T) {
+	b := make([]byte, valueSize)
+	for i := range b {
+		b[i] = byte(i*7 + i/256) // every byte distinct from its neighbours
+	}
+	var want, got record
+	if err := binary.Read(bytes.NewReader(b), binary.LittleEndian, &want); err != nil {
+		t.Fatal(err)
+	}
+	got.unmarshal(b)
+	if got != want {
+		t.Fatalf("unmarshal differs from binary.Read:\n got %+v\nwant %+v", got, want)
+	}
+	enc, _, err := encode(samplePod(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, got = record{}, record{}
+	if err := binary.Read(bytes.NewReader(enc), binary.LittleEndian, &want); err != nil {
+		t.Fatal(err)
+	}
+	got.unmarshal(enc)
+	if got != want {
+		t.Fatalf("unmarshal of an encoded pod differs from binary.Read")
+	}
+}
+
+// Lookup (ADD's one read of the registry) finds the attachment by container
+// ID and interface, the lowest PodID when several match, a long identity
+// kept in the blob store, and otherwise the lowest free PodID: the same
+// answers as List + FindAttachment + FreeID, checked against hand-built
+// expectations over a registry with holes in its IDs and more pods than
+// one batch read holds.
+func TestLookup(t *testing.T) {
+	r, err := OpenRegistry(testenv.BPFFSRoot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	put := func(id datapath.PodID, cid, ifname string) {
+		t.Helper()
+		p := samplePod(id)
+		p.ContainerID, p.Interface = cid, ifname
+		if err := r.Put(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id := datapath.PodID(1); id <= 600; id++ {
+		if id == 17 || id == 300 {
+			continue // holes: 17 is the lowest free ID
+		}
+		put(id, fmt.Sprintf("c%d", id), "eth0")
+	}
+	put(700, "dup", "eth1")
+	put(650, "dup", "eth1") // lower ID, same attachment: found first
+	put(651, "dup", "net1")
+	long := longPod(800)
+	if err := r.Put(long); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cid, ifname string
+		want        datapath.PodID // 0: not found
+	}{
+		{"c5", "eth0", 5}, {"c599", "eth0", 599}, {"c5", "eth1", 0}, {"c5", "", 5},
+		{"c17", "eth0", 0}, {"dup", "eth1", 650}, {"dup", "net1", 651}, {"dup", "", 650},
+		{long.ContainerID, "eth0", 800}, {long.ContainerID[:128], "eth0", 0}, {"", "eth0", 0},
+	} {
+		p, found, free, err := r.Lookup(c.cid, c.ifname)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case c.want == 0 && (found || free != 17):
+			t.Errorf("Lookup(%q, %q): found %v pod %d, free %d; want not found, free 17", c.cid, c.ifname, found, p.ID, free)
+		case c.want != 0 && (!found || p.ID != c.want || p.ContainerID != c.cid):
+			t.Errorf("Lookup(%q, %q): found %v pod %d (%q); want pod %d", c.cid, c.ifname, found, p.ID, p.ContainerID, c.want)
+		}
+		q, ok, err := r.ByAttachment(c.cid, c.ifname)
+		if err != nil || ok != (c.want != 0) || (ok && q.ID != c.want) {
+			t.Errorf("ByAttachment(%q, %q): %v pod %d %v; want pod %d", c.cid, c.ifname, ok, q.ID, err, c.want)
+		}
+	}
+	if id, err := r.Allocate(); err != nil || id != 17 {
+		t.Fatalf("Allocate: %d %v, want 17", id, err)
+	}
+	all, err := r.List()
+	if err != nil || len(all) != 598+3+1 {
+		t.Fatalf("List: %d pods, %v", len(all), err)
 	}
 }

@@ -96,31 +96,53 @@ func newChains(s Spec) *chains {
 }
 
 // chain is p's own rules followed by those of every less specific CIDR
-// containing it, most specific first, with their source indexes.
+// containing it, most specific first, with their source indexes. It ends
+// at the first CIDR with a catch-all rule (no protocol, no ports): that
+// rule matches every packet, so no rule after it could ever be reached.
+// A compiled NetworkPolicy (allows at a CIDR, then a catch-all deny there
+// for an ipBlock's except) thus never carries its ancestors' rules.
 func (c *chains) chain(p netip.Prefix) ([]CompiledRule, []int) {
 	rules := append([]CompiledRule(nil), c.compiled[p]...)
 	src := append([]int(nil), c.src[p]...)
+	c.ancestors(p, func(anc netip.Prefix) {
+		rules = append(rules, c.compiled[anc]...)
+		src = append(src, c.src[anc]...)
+	})
+	return rules, src
+}
+
+// ancestors calls f for each less specific CIDR with rules whose rules
+// belong to p's chain, most specific first.
+func (c *chains) ancestors(p netip.Prefix, f func(netip.Prefix)) {
+	if hasCatchAll(c.compiled[p]) {
+		return
+	}
 	for _, l := range c.lengths[p.Addr().Is4()] {
 		if l >= p.Bits() {
 			continue
 		}
 		anc, _ := p.Addr().Prefix(l)
-		rules = append(rules, c.compiled[anc]...)
-		src = append(src, c.src[anc]...)
+		f(anc)
+		if hasCatchAll(c.compiled[anc]) {
+			return
+		}
 	}
-	return rules, src
 }
 
 // length is len(chain(p)) without building it.
 func (c *chains) length(p netip.Prefix) int {
 	n := len(c.compiled[p])
-	for _, l := range c.lengths[p.Addr().Is4()] {
-		if l < p.Bits() {
-			anc, _ := p.Addr().Prefix(l)
-			n += len(c.compiled[anc])
+	c.ancestors(p, func(anc netip.Prefix) { n += len(c.compiled[anc]) })
+	return n
+}
+
+func hasCatchAll(rs []CompiledRule) bool {
+	for _, r := range rs {
+		if r.Protocol == 0 && !r.HasPorts {
+			return true
 		}
 	}
-	return n
+	return false
 }
 
 func (c *chains) overflow(field string, p netip.Prefix, n, rule, max int) error {
@@ -144,21 +166,41 @@ func (s Spec) checkChains(field string, max int) error {
 		return nil
 	}
 	count := make(map[netip.Prefix]int, len(s.Rules))
-	lengths := map[bool]map[int]bool{true: {}, false: {}}
+	catchAll := map[netip.Prefix]bool{}
+	seen := map[bool]map[int]bool{true: {}, false: {}}
+	lengths := map[bool][]int{}
 	for _, r := range s.Rules {
 		n := len(r.Ports)
 		if n == 0 {
 			n = 1
 		}
 		count[r.CIDR] += n
-		lengths[r.CIDR.Addr().Is4()][r.CIDR.Bits()] = true
+		if r.Protocol == "" && len(r.Ports) == 0 {
+			catchAll[r.CIDR] = true
+		}
+		fam := r.CIDR.Addr().Is4()
+		if !seen[fam][r.CIDR.Bits()] {
+			seen[fam][r.CIDR.Bits()] = true
+			lengths[fam] = append(lengths[fam], r.CIDR.Bits())
+		}
+	}
+	for _, ls := range lengths {
+		sort.Sort(sort.Reverse(sort.IntSlice(ls)))
 	}
 	over := false
 	for p, n := range count {
-		for l := range lengths[p.Addr().Is4()] {
+		// The same walk as chains.ancestors: most specific first, up to
+		// the first catch-all.
+		for _, l := range lengths[p.Addr().Is4()] {
+			if catchAll[p] {
+				break
+			}
 			if l < p.Bits() {
 				anc, _ := p.Addr().Prefix(l)
 				n += count[anc]
+				if catchAll[anc] {
+					break
+				}
 			}
 		}
 		if n > max {

@@ -24,43 +24,17 @@ const (
 	Deny  Action = 2
 )
 
-func (a Action) String() string {
-	switch a {
-	case Allow:
-		return "allow"
-	case Deny:
-		return "deny"
-	}
-	return fmt.Sprintf("action(%d)", uint8(a))
-}
+var actionText = enumText[Action]{kind: "action", names: map[Action]string{Allow: "allow", Deny: "deny"}, order: []Action{Allow, Deny}}
+
+func (a Action) String() string { return actionText.name(a) }
 
 // MarshalText writes "allow" or "deny".
-func (a Action) MarshalText() ([]byte, error) {
-	if a != Allow && a != Deny {
-		return nil, fmt.Errorf("invalid action %d", uint8(a))
-	}
-	return []byte(a.String()), nil
-}
+func (a Action) MarshalText() ([]byte, error) { return actionText.marshal(a) }
 
 // UnmarshalText reads "allow" or "deny".
-func (a *Action) UnmarshalText(b []byte) error {
-	v, err := parseAction(string(b))
-	if err != nil {
-		return err
-	}
-	*a = v
-	return nil
-}
+func (a *Action) UnmarshalText(b []byte) error { return actionText.unmarshal(a, b) }
 
-func parseAction(s string) (Action, error) {
-	switch s {
-	case "allow":
-		return Allow, nil
-	case "deny":
-		return Deny, nil
-	}
-	return 0, fmt.Errorf("action %q is neither \"allow\" nor \"deny\"", s)
-}
+func parseAction(s string) (Action, error) { return actionText.parse(s) }
 
 // Direction is seen from the pod: Egress leaves it, Ingress enters it.
 type Direction uint8
@@ -70,34 +44,54 @@ const (
 	Ingress Direction = 1
 )
 
-func (d Direction) String() string {
-	switch d {
-	case Egress:
-		return "egress"
-	case Ingress:
-		return "ingress"
-	}
-	return fmt.Sprintf("direction(%d)", uint8(d))
-}
+var directionText = enumText[Direction]{kind: "direction", names: map[Direction]string{Egress: "egress", Ingress: "ingress"}, order: []Direction{Egress, Ingress}}
+
+func (d Direction) String() string { return directionText.name(d) }
 
 // MarshalText writes "egress" or "ingress".
-func (d Direction) MarshalText() ([]byte, error) {
-	if d != Egress && d != Ingress {
-		return nil, fmt.Errorf("invalid direction %d", uint8(d))
-	}
-	return []byte(d.String()), nil
-}
+func (d Direction) MarshalText() ([]byte, error) { return directionText.marshal(d) }
 
 // UnmarshalText reads "egress" or "ingress".
-func (d *Direction) UnmarshalText(b []byte) error {
-	switch string(b) {
-	case "egress":
-		*d = Egress
-	case "ingress":
-		*d = Ingress
-	default:
-		return fmt.Errorf("direction %q is neither \"egress\" nor \"ingress\"", b)
+func (d *Direction) UnmarshalText(b []byte) error { return directionText.unmarshal(d, b) }
+
+// enumText is the text form of a small enum (Action, Direction): one table
+// for String, MarshalText and UnmarshalText and their errors.
+type enumText[T ~uint8] struct {
+	kind  string
+	names map[T]string
+	order []T // for the error message
+}
+
+func (e enumText[T]) name(v T) string {
+	if n, ok := e.names[v]; ok {
+		return n
 	}
+	return fmt.Sprintf("%s(%d)", e.kind, uint8(v))
+}
+
+func (e enumText[T]) marshal(v T) ([]byte, error) {
+	n, ok := e.names[v]
+	if !ok {
+		return nil, fmt.Errorf("invalid %s %d", e.kind, uint8(v))
+	}
+	return []byte(n), nil
+}
+
+func (e enumText[T]) parse(s string) (T, error) {
+	for _, v := range e.order {
+		if e.names[v] == s {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("%s %q is neither %q nor %q", e.kind, s, e.names[e.order[0]], e.names[e.order[1]])
+}
+
+func (e enumText[T]) unmarshal(dst *T, b []byte) error {
+	v, err := e.parse(string(b))
+	if err != nil {
+		return err
+	}
+	*dst = v
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -236,7 +237,8 @@ func TestEmptyPortListRefused(t *testing.T) {
 // the error names the rule that brings it past the limit, not the chain's
 // first rule.
 func TestChainLimitAtParse(t *testing.T) {
-	// rules[0]: 10.1.2.0/24 one match; rules[1]: 10.1.0.0/16 with 30 port
+	// rules[0]: 10.1.2.0/24 one match (icmp: not a catch-all, which would
+	// end the chain, TestCatchAllEndsChain); rules[1]: 10.1.0.0/16 with 30 port
 	// ranges; rules[2]: 10.0.0.0/8 with 2 port ranges. The /24's chain is
 	// 1 + 30 + 2 = 33: its 33rd match is the /8's second range.
 	ports := func(n, base int) string {
@@ -247,7 +249,7 @@ func TestChainLimitAtParse(t *testing.T) {
 		return strings.Join(s, ",")
 	}
 	in := fmt.Sprintf(`{"default":"deny","rules":[
-		{"cidr":"10.1.2.0/24","action":"allow"},
+		{"cidr":"10.1.2.0/24","protocol":"icmp","action":"allow"},
 		{"cidr":"10.1.0.0/16","protocol":"tcp","ports":[%s],"action":"allow"},
 		{"cidr":"10.0.0.0/8","protocol":"udp","ports":[%s],"action":"allow"}]}`, ports(30, 1000), ports(2, 53))
 	_, err := ParseSpec([]byte(in), "policy.egress")
@@ -275,5 +277,69 @@ func TestChainLimitAtParse(t *testing.T) {
 	}
 	if err := own.Validate("e"); !errors.As(err, &fe) || fe.Field != "e.rules[1]" {
 		t.Fatalf("Validate of a CIDR with 34 own matches = %v, want e.rules[1] (its ports sort first)", err)
+	}
+}
+
+// A catch-all rule (no protocol, no ports) at a CIDR matches every packet,
+// so the rules of less specific CIDRs can never be reached from it: its
+// chain ends there. That is how a compiled NetworkPolicy looks (allows at
+// a CIDR, a catch-all deny at an ipBlock's except) and it must not count
+// against the per-CIDR limit. Judged against a direct reading of the
+// semantics (most specific CIDR with a matching rule, rank order, default).
+func TestCatchAllEndsChain(t *testing.T) {
+	var rules []Rule
+	allowPorts := func(cidr string, from, n int) {
+		for i := 0; i < n; i++ {
+			rules = append(rules, Rule{CIDR: netip.MustParsePrefix(cidr), Protocol: "tcp",
+				Ports: []PortRange{{uint16(from + i), uint16(from + i)}}, Action: Allow})
+		}
+	}
+	allowPorts("0.0.0.0/0", 1000, 20)
+	allowPorts("10.0.0.0/8", 2000, 20)
+	rules = append(rules, Rule{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Action: Deny})
+	allowPorts("10.1.0.0/16", 3000, 20)
+	rules = append(rules, Rule{CIDR: netip.MustParsePrefix("10.1.0.0/16"), Action: Deny})
+	allowPorts("10.1.2.0/24", 4000, 5)
+	s := Spec{Default: Deny, Rules: rules}
+	// Without the cut the /24's chain would be 5 + 21 + 21 + 20 = 67.
+	if err := s.Validate("e"); err != nil {
+		t.Fatalf("a chain ending at catch-alls was refused: %v", err)
+	}
+	entries, err := Compile(s, Egress, "e", MaxMatches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Prefix == netip.MustParsePrefix("10.1.2.0/24") && len(e.Rules) != 5+21 {
+			t.Fatalf("the /24 holds %d matches, want its 5 and the /16's 21 (up to its catch-all)", len(e.Rules))
+		}
+	}
+	direct := func(pkt Packet) Action {
+		for bits := 32; bits >= 0; bits-- {
+			p, _ := pkt.Peer.Prefix(bits)
+			var at []Rule
+			for _, r := range s.Rules {
+				if r.CIDR == p {
+					at = append(at, r)
+				}
+			}
+			sort.SliceStable(at, func(i, j int) bool { return rank(at[i]) < rank(at[j]) })
+			for _, r := range at {
+				for _, cr := range compileOwn([]Rule{r}) {
+					if Matches(cr, pkt) {
+						return r.Action
+					}
+				}
+			}
+		}
+		return s.Default
+	}
+	for _, peer := range []string{"10.1.2.3", "10.1.9.9", "10.9.9.9", "192.0.2.1"} {
+		for _, port := range []uint16{1005, 2005, 3005, 4002, 5000} {
+			pkt := Packet{Peer: netip.MustParseAddr(peer), Protocol: 6, Port: port, HasPort: true}
+			if got, want := Decide(entries, pkt), direct(pkt); got != want {
+				t.Errorf("%s:%d: compiled %s, semantics %s", peer, port, got, want)
+			}
+		}
 	}
 }

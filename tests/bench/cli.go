@@ -24,7 +24,7 @@ import (
 // Main dispatches the podscope-bench subcommands.
 func Main(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: podscope-bench run|serve|proxy|load|audit-loop [flags]")
+		return errors.New("usage: podscope-bench run|serve|proxy|load|flip|netpol-report|audit-loop [flags]")
 	}
 	switch args[0] {
 	case "run":
@@ -41,6 +41,10 @@ func Main(args []string) error {
 		return cmdCNIWorker(args[1:])
 	case "audit-loop":
 		return cmdAuditLoop(args[1:])
+	case "flip":
+		return cmdFlip(args[1:])
+	case "netpol-report":
+		return cmdNetpolReport(args[1:])
 	}
 	return fmt.Errorf("unknown subcommand %q", args[0])
 }
@@ -175,6 +179,7 @@ func cmdRun(args []string) error {
 	cniBin := fs.String("cni-bin", "", "CNI plugin directory (reference plugins + podscope)")
 	cniRuns := fs.Int("cni-runs", 0, "ADD/DEL runs per CNI variant (default 200, quick 30)")
 	scale := fs.Int("scale-pods", 0, "pods attached at once in the scale test (default 1000, quick 100)")
+	scalePolicy := fs.Bool("scale-policy", true, "also attach the scale test's pods with a 100,000-CIDR network policy (doubles its time)")
 	auditOps := fs.Int("audit-ops", 0, "operations per audit loop measurement (default 100000, quick 20000)")
 	burst := fs.Int("audit-burst", 200000, "writes in the audit loss burst")
 	auditd := fs.Bool("auditd", !quick0(args), "measure auditd -w DIR -p wa (enables kernel audit; off in --quick)")
@@ -190,7 +195,7 @@ func cmdRun(args []string) error {
 		return err
 	}
 	cfg := &Config{Quick: *quick, Rounds: *rounds, Duration: *dur, Self: self, Out: *out, RunID: NewRunID(),
-		CNIBin: *cniBin, CNIRuns: *cniRuns, ScalePods: *scale, AuditOps: *auditOps, AuditBurst: *burst, Auditd: *auditd}
+		CNIBin: *cniBin, CNIRuns: *cniRuns, ScalePods: *scale, NoScalePolicy: !*scalePolicy, AuditOps: *auditOps, AuditBurst: *burst, Auditd: *auditd}
 	def := func(v *int, full, q int) {
 		if *v == 0 {
 			*v = full

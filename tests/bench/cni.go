@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -220,7 +221,17 @@ func RunCNI(cfg *Config) (*Section, error) {
 			bv := &cniVariant{Name: "scale-bridge", ConfList: confList("pstestbn-scale",
 				bridgePlugin("pstestbnb9", "10.64.0.0/16", ipam("b9")))}
 			variants := []*cniVariant{sv, bv}
-			proot, pcleanup, perr := benchBPFFSRoot(cfg, "scalepol", datapath.Cleanup)
+			var (
+				proot    string
+				pcleanup func()
+				perr     = errors.New("not run (--scale-policy=false)")
+			)
+			if !cfg.NoScalePolicy {
+				proot, pcleanup, perr = benchBPFFSRoot(cfg, "scalepol", datapath.Cleanup)
+				if perr == nil {
+					defer pcleanup()
+				}
+			}
 			policyFile := filepath.Join(scratch, "network-policy.json")
 			if perr == nil {
 				var b []byte
@@ -229,7 +240,6 @@ func RunCNI(cfg *Config) (*Section, error) {
 				}
 			}
 			if perr == nil {
-				defer pcleanup()
 				variants = append(variants, &cniVariant{Name: "scale-policy", ConfList: confList("pstestbn-scalepol",
 					bridgePlugin("pstestbnb8", "10.65.0.0/16", ipam("b8")),
 					map[string]any{"type": "podscope", "bpffsRoot": proot, "stateDir": filepath.Join(scratch, "state-scalepol"), "attachMode": "tcx",

@@ -32,6 +32,9 @@ type Config struct {
 	// CNIRuns is the ADD/DEL count per CNI variant; ScalePods the pods
 	// attached at once in the scale test.
 	CNIRuns, ScalePods int
+	// NoScalePolicy leaves the scale test's 100,000-CIDR network policy
+	// variant out (it doubles the scale test's time).
+	NoScalePolicy bool
 	// AuditOps per audit loop measurement; AuditBurst the burst size.
 	AuditOps, AuditBurst int
 	// Auditd adds the auditd rows (enables kernel audit for a while).
