@@ -60,33 +60,6 @@ static __always_inline __u64 scalar_of(const void *p)
 	return v;
 }
 
-/* Kernel-object hook (LSM, fentry): (d, vm) is the object, (d2, vm2) the aux
- * path, or raw2 its raw content (symlink). */
-static __always_inline void kernel_op(__u32 op, __u32 flags, struct dentry *d, struct vfsmount *vm,
-				      struct dentry *d2, struct vfsmount *vm2, const char *raw2)
-{
-	struct scratch *s;
-	__u32 plen, alen = 0, kind = AAUX_NONE;
-	__u64 cgid;
-
-	if (!cgroup_armed(&cgid))
-		return;
-	s = scratch_get();
-	if (!s) {
-		count_lost(cgid, 1);
-		return;
-	}
-	plen = audit_put_dentry(0, scalar_of(d), scalar_of(vm)) & OFF_MASK;
-	if (d2) {
-		alen = audit_put_dentry(plen, scalar_of(d2), scalar_of(vm2)) & OFF_MASK;
-		kind = AAUX_TARGET;
-	} else if (raw2) {
-		alen = put_kernel_raw(s, plen, raw2);
-		kind = AAUX_TARGET;
-	}
-	audit_emit(s, cgid, op, flags, plen, alen, kind, false);
-}
-
 /* ---- syscall tracepoints (mode tracepoint) ----------------------------- */
 /*
  * sys_enter_<syscall> (one small program per write syscall) only records the
@@ -129,11 +102,87 @@ struct {
 #define EPERM_ 1
 #define EACCES_ 13
 
+#define TP(name) SEC("tracepoint/syscalls/sys_enter_" #name) int tp_##name(struct trace_event_raw_sys_enter *ctx)
+#define PATH1(op_, fl, dfd_, up_) \
+	((struct inflight){ .op = (op_), .flags = (fl), .dfd = (dfd_), .up = (__u64)(up_), .kind = CALL_PATH })
+#define PATH2(op_, fl, dfd_, up_, dfd2_, up2_)                                                          \
+	((struct inflight){ .op = (op_), .flags = (fl), .dfd = (dfd_), .up = (__u64)(up_), .dfd2 = (dfd2_), \
+			    .up2 = (__u64)(up2_), .kind = CALL_TWO_PATHS })
+#define RAW2(op_, dfd_, up_, up2_) \
+	((struct inflight){ .op = (op_), .dfd = (dfd_), .up = (__u64)(up_), .up2 = (__u64)(up2_), .kind = CALL_PATH_RAW })
+#define FD1(op_, fl, fd_) ((struct inflight){ .op = (op_), .flags = (fl), .fd = (fd_), .kind = CALL_FD })
+
+static __always_inline struct inflight open_call(__u64 flags, int dfd, __u64 up)
+{
+	struct inflight in = PATH1(open_op(flags), flags & ~O_LARGEFILE_, dfd, up);
+
+	in.is_open = 1;
+	return in;
+}
+
+static __always_inline __u64 openat2_flags(__u64 uhow)
+{
+	struct open_how how = {};
+
+	bpf_probe_read_user(&how, sizeof(how), (void *)uhow);
+	return how.flags;
+}
+
+/*
+ * The write syscalls, one table for every mode: name, x86-64 number, and
+ * the call's arguments A(0..5) as a struct inflight. The tracepoint mode
+ * expands it into one sys_enter program per syscall; the LSM modes into
+ * one fexit program per syscall that decodes the call from the task's
+ * saved registers, so every mode reports a call with the same op, path,
+ * flags and target. mknod(S_IFREG) creates a regular file without open:
+ * reported as create. link/symlink: path is the new name, aux the existing
+ * file / the link's content.
+ */
+#define WRITE_CALLS(X)                                                                                  \
+	X(open, 2, open_call(A(1), AT_FDCWD_, A(0)))                                                    \
+	X(openat, 257, open_call(A(2), (int)A(0), A(1)))                                                \
+	X(openat2, 437, open_call(openat2_flags(A(2)), (int)A(0), A(1)))                                \
+	X(creat, 85, open_call(O_CREAT_ | O_WRONLY_ | O_TRUNC_, AT_FDCWD_, A(0)))                       \
+	X(truncate, 76, PATH1(AOP_TRUNCATE, 0, AT_FDCWD_, A(0)))                                        \
+	X(ftruncate, 77, FD1(AOP_TRUNCATE, 0, (int)A(0)))                                               \
+	X(unlink, 87, PATH1(AOP_UNLINK, 0, AT_FDCWD_, A(0)))                                            \
+	X(unlinkat, 263,                                                                                \
+	  PATH1((A(2) & AT_REMOVEDIR_) ? AOP_RMDIR : AOP_UNLINK, A(2) & AT_REMOVEDIR_, (int)A(0), A(1))) \
+	X(rmdir, 84, PATH1(AOP_RMDIR, AT_REMOVEDIR_, AT_FDCWD_, A(0)))                                  \
+	X(rename, 82, PATH2(AOP_RENAME, 0, AT_FDCWD_, A(0), AT_FDCWD_, A(1)))                           \
+	X(renameat, 264, PATH2(AOP_RENAME, 0, (int)A(0), A(1), (int)A(2), A(3)))                        \
+	X(renameat2, 316, PATH2(AOP_RENAME, A(4), (int)A(0), A(1), (int)A(2), A(3)))                    \
+	X(chmod, 90, PATH1(AOP_CHMOD, A(1), AT_FDCWD_, A(0)))                                           \
+	X(fchmod, 91, FD1(AOP_CHMOD, A(1), (int)A(0)))                                                  \
+	X(fchmodat, 268, PATH1(AOP_CHMOD, A(2), (int)A(0), A(1)))                                       \
+	X(fchmodat2, 452, PATH1(AOP_CHMOD, A(2), (int)A(0), A(1)))                                      \
+	X(chown, 92, PATH1(AOP_CHOWN, 0, AT_FDCWD_, A(0)))                                              \
+	X(lchown, 94, PATH1(AOP_CHOWN, 0, AT_FDCWD_, A(0)))                                             \
+	X(fchown, 93, FD1(AOP_CHOWN, 0, (int)A(0)))                                                     \
+	X(fchownat, 260, PATH1(AOP_CHOWN, 0, (int)A(0), A(1)))                                          \
+	X(mknod, 133, PATH1(AOP_CREATE, umasked(A(1)), AT_FDCWD_, A(0)))                                \
+	X(mknodat, 259, PATH1(AOP_CREATE, umasked(A(2)), (int)A(0), A(1)))                              \
+	X(mkdir, 83, PATH1(AOP_MKDIR, umasked(A(1)) & 07777, AT_FDCWD_, A(0)))                          \
+	X(mkdirat, 258, PATH1(AOP_MKDIR, umasked(A(2)) & 07777, (int)A(0), A(1)))                       \
+	X(link, 86, PATH2(AOP_LINK, 0, AT_FDCWD_, A(1), AT_FDCWD_, A(0)))                               \
+	X(linkat, 265, PATH2(AOP_LINK, 0, (int)A(2), A(3), (int)A(0), A(1)))                            \
+	X(symlink, 88, RAW2(AOP_SYMLINK, AT_FDCWD_, A(1), A(0)))                                        \
+	X(symlinkat, 266, RAW2(AOP_SYMLINK, (int)A(1), A(2), A(0)))
+
+/* One bit per write syscall (1 << XF_<name>) in audit_exit_fns: its exit
+ * program is attached (lsm and fentry modes). */
+#define XF_INDEX(name, nr, call) XF_##name,
+enum exit_fn { WRITE_CALLS(XF_INDEX) XF_COUNT };
+
+const enum exit_fn *unused_exit_fn __attribute__((unused));
+
 static __always_inline int enter(struct trace_event_raw_sys_enter *ctx, struct inflight *in)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u64 cgid;
 
+	if (in->is_open && !open_is_write(in->flags))
+		return 0; /* opens are filtered on their flags before the map lookup */
 	if (!cgroup_armed(&cgid))
 		return 0;
 	in->nr = (__s32)ctx->id; /* __syscall_nr is an int; the rest of the word is padding */
@@ -143,106 +192,70 @@ static __always_inline int enter(struct trace_event_raw_sys_enter *ctx, struct i
 	return 0;
 }
 
-#define TP(name) SEC("tracepoint/syscalls/sys_enter_" #name) int tp_##name(struct trace_event_raw_sys_enter *ctx)
-#define ARG(i) (ctx->args[i])
-#define PATH1(op_, fl, dfd_, up_) \
-	{ .op = (op_), .flags = (fl), .dfd = (dfd_), .up = (__u64)(up_), .kind = CALL_PATH }
-#define PATH2(op_, fl, dfd_, up_, dfd2_, up2_) \
-	{ .op = (op_), .flags = (fl), .dfd = (dfd_), .up = (__u64)(up_), .dfd2 = (dfd2_), .up2 = (__u64)(up2_), .kind = CALL_TWO_PATHS }
-#define FD1(op_, fl, fd_) { .op = (op_), .flags = (fl), .fd = (fd_), .kind = CALL_FD }
+#define A(i) (ctx->args[i])
+#define SYS_ENTER(name, nr, call)                \
+	TP(name)                                \
+	{                                       \
+		struct inflight in = call;      \
+		return enter(ctx, &in);         \
+	}
+WRITE_CALLS(SYS_ENTER)
+#undef A
 
-#define TP_PATH(name, op_, fl, dfd_, up_)                          \
-	TP(name)                                                   \
-	{                                                          \
-		struct inflight in = PATH1(op_, fl, dfd_, up_);    \
-		return enter(ctx, &in);                            \
-	}
-#define TP_FD(name, op_, fl, fd_)                                  \
-	TP(name)                                                   \
-	{                                                          \
-		struct inflight in = FD1(op_, fl, fd_);            \
-		return enter(ctx, &in);                            \
-	}
-#define TP_TWO(name, op_, fl, dfd_, up_, dfd2_, up2_)                     \
-	TP(name)                                                          \
-	{                                                                 \
-		struct inflight in = PATH2(op_, fl, dfd_, up_, dfd2_, up2_); \
-		return enter(ctx, &in);                                   \
-	}
-
-static __always_inline int enter_open(struct trace_event_raw_sys_enter *ctx, __u64 flags, int dfd, __u64 up)
+/*
+ * The end of a recorded call, in every mode: emit it when it succeeded, or
+ * when the kernel refused it with EACCES/EPERM (denied). For opens, create
+ * or open_write by FMODE_CREATED on the returned fd's file.
+ */
+static __always_inline int call_emit(struct scratch *s, struct inflight *in, long ret)
 {
-	struct inflight in = PATH1(open_op(flags), flags & ~O_LARGEFILE_, dfd, up);
+	__u32 plen, alen = 0, kind = AAUX_NONE;
+	bool denied = ret < 0;
 
-	if (!open_is_write(flags))
+	if (in->is_open && !denied) {
+		struct file *f = fd_file((int)ret);
+
+		if (f)
+			in->op = (BPF_CORE_READ(f, f_mode) & FMODE_CREATED_) ? AOP_CREATE : AOP_OPEN_WRITE;
+	} else if (in->is_open) {
+		/* Refused: whether the file existed is not known here, so the
+		 * attempt is an open for writing; O_CREAT in flags says it would
+		 * have been created if missing. Never a create that did not
+		 * happen, of a file that already existed. */
+		in->op = AOP_OPEN_WRITE;
+	}
+	if (in->kind == CALL_FD) {
+		plen = put_fd(s, 0, in->fd);
+	} else {
+		plen = put_user_path(s, 0, in->dfd, (const char *)in->up);
+		if (in->kind == CALL_TWO_PATHS) {
+			alen = put_user_path(s, plen, in->dfd2, (const char *)in->up2);
+			kind = AAUX_TARGET;
+		} else if (in->kind == CALL_PATH_RAW) {
+			alen = put_raw(s, plen, (const char *)in->up2, true);
+			kind = AAUX_TARGET;
+		}
+	}
+	return audit_emit(s, in->cgid, in->op, in->flags, plen, alen, kind, denied);
+}
+
+/* Success, or refused with EACCES/EPERM: reported; other failures (ENOENT,
+ * EEXIST…) wrote nothing. */
+static __always_inline bool reported_result(long ret)
+{
+	return ret >= 0 || ret == -EACCES_ || ret == -EPERM_;
+}
+
+static __always_inline int call_exit(struct inflight *in, long ret)
+{
+	struct scratch *s;
+
+	if (!reported_result(ret))
 		return 0;
-	in.is_open = 1;
-	return enter(ctx, &in);
-}
-
-TP(open)
-{
-	return enter_open(ctx, ARG(1), AT_FDCWD_, ARG(0));
-}
-
-TP(openat)
-{
-	return enter_open(ctx, ARG(2), (int)ARG(0), ARG(1));
-}
-
-TP(openat2)
-{
-	struct open_how how = {};
-
-	if (bpf_probe_read_user(&how, sizeof(how), (void *)ARG(2)))
+	s = scratch_or_lost(in->cgid);
+	if (!s)
 		return 0;
-	return enter_open(ctx, how.flags, (int)ARG(0), ARG(1));
-}
-
-TP(creat)
-{
-	return enter_open(ctx, O_CREAT_ | O_WRONLY_ | O_TRUNC_, AT_FDCWD_, ARG(0));
-}
-
-TP_PATH(truncate, AOP_TRUNCATE, 0, AT_FDCWD_, ARG(0))
-TP_FD(ftruncate, AOP_TRUNCATE, 0, (int)ARG(0))
-TP_PATH(unlink, AOP_UNLINK, 0, AT_FDCWD_, ARG(0))
-TP_PATH(unlinkat, (ARG(2) & AT_REMOVEDIR_) ? AOP_RMDIR : AOP_UNLINK, ARG(2) & AT_REMOVEDIR_, (int)ARG(0), ARG(1))
-TP_PATH(rmdir, AOP_RMDIR, AT_REMOVEDIR_, AT_FDCWD_, ARG(0))
-TP_TWO(rename, AOP_RENAME, 0, AT_FDCWD_, ARG(0), AT_FDCWD_, ARG(1))
-TP_TWO(renameat, AOP_RENAME, 0, (int)ARG(0), ARG(1), (int)ARG(2), ARG(3))
-TP_TWO(renameat2, AOP_RENAME, ARG(4), (int)ARG(0), ARG(1), (int)ARG(2), ARG(3))
-TP_PATH(chmod, AOP_CHMOD, ARG(1), AT_FDCWD_, ARG(0))
-TP_FD(fchmod, AOP_CHMOD, ARG(1), (int)ARG(0))
-TP_PATH(fchmodat, AOP_CHMOD, ARG(2), (int)ARG(0), ARG(1))
-TP_PATH(fchmodat2, AOP_CHMOD, ARG(2), (int)ARG(0), ARG(1))
-TP_PATH(chown, AOP_CHOWN, 0, AT_FDCWD_, ARG(0))
-TP_PATH(lchown, AOP_CHOWN, 0, AT_FDCWD_, ARG(0))
-TP_FD(fchown, AOP_CHOWN, 0, (int)ARG(0))
-TP_PATH(fchownat, AOP_CHOWN, 0, (int)ARG(0), ARG(1))
-/* mknod(S_IFREG) creates a regular file without open: reported as create. */
-TP_PATH(mknod, AOP_CREATE, umasked(ARG(1)), AT_FDCWD_, ARG(0))
-TP_PATH(mknodat, AOP_CREATE, umasked(ARG(2)), (int)ARG(0), ARG(1))
-TP_PATH(mkdir, AOP_MKDIR, umasked(ARG(1)) & 07777, AT_FDCWD_, ARG(0))
-TP_PATH(mkdirat, AOP_MKDIR, umasked(ARG(2)) & 07777, (int)ARG(0), ARG(1))
-/* link/symlink: path is the new name, aux the existing file / link content. */
-TP_TWO(link, AOP_LINK, 0, AT_FDCWD_, ARG(1), AT_FDCWD_, ARG(0))
-TP_TWO(linkat, AOP_LINK, 0, (int)ARG(2), ARG(3), (int)ARG(0), ARG(1))
-
-TP(symlink)
-{
-	struct inflight in = PATH2(AOP_SYMLINK, 0, AT_FDCWD_, ARG(1), 0, ARG(0));
-
-	in.kind = CALL_PATH_RAW;
-	return enter(ctx, &in);
-}
-
-TP(symlinkat)
-{
-	struct inflight in = PATH2(AOP_SYMLINK, 0, (int)ARG(1), ARG(2), 0, ARG(0));
-
-	in.kind = CALL_PATH_RAW;
-	return enter(ctx, &in);
+	return call_emit(s, in, ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit")
@@ -251,11 +264,6 @@ int tp_exit(struct trace_event_raw_sys_exit *ctx)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct inflight *p = bpf_map_lookup_elem(&audit_inflight, &tid);
 	struct inflight in;
-	struct scratch *s;
-	__u32 plen, alen = 0, kind = AAUX_NONE;
-	long ret = ctx->ret;
-	bool denied = false;
-	__u64 cgid;
 
 	if (!p)
 		return 0;
@@ -263,45 +271,190 @@ int tp_exit(struct trace_event_raw_sys_exit *ctx)
 	bpf_map_delete_elem(&audit_inflight, &tid);
 	if (in.nr != (__s32)ctx->id)
 		return 0;
-	if (ret < 0) {
-		if (ret != -EACCES_ && ret != -EPERM_)
-			return 0; /* ENOENT, EEXIST…: nothing was written */
-		denied = true;
-	}
-	cgid = in.cgid;
-	s = scratch_get();
-	if (!s) {
-		count_lost(cgid, 1);
-		return 0;
-	}
-	if (in.is_open && !denied) {
-		struct file *f = fd_file((int)ret);
-
-		if (f)
-			in.op = (BPF_CORE_READ(f, f_mode) & FMODE_CREATED_) ? AOP_CREATE : AOP_OPEN_WRITE;
-	} else if (in.is_open) {
-		/* Refused: whether the file existed is not known here, so the
-		 * attempt is an open for writing; O_CREAT in flags says it would
-		 * have been created if missing. Never a create that did not
-		 * happen, of a file that already existed. */
-		in.op = AOP_OPEN_WRITE;
-	}
-	if (in.kind == CALL_FD) {
-		plen = put_fd(s, 0, in.fd);
-	} else {
-		plen = put_user_path(s, 0, in.dfd, (const char *)in.up);
-		if (in.kind == CALL_TWO_PATHS) {
-			alen = put_user_path(s, plen, in.dfd2, (const char *)in.up2);
-			kind = AAUX_TARGET;
-		} else if (in.kind == CALL_PATH_RAW) {
-			alen = put_user_raw(s, plen, (const char *)in.up2);
-			kind = AAUX_TARGET;
-		}
-	}
-	return audit_emit(s, cgid, in.op, in.flags, plen, alen, kind, denied);
+	return call_exit(&in, ctx->ret);
 }
 
+/* ---- syscall exits in the LSM modes (fexit) ---------------------------- */
+/*
+ * The LSM hooks run before the kernel's permission checks of most writes
+ * (may_delete, may_create, the owner check of chmod/chown) and after those
+ * of opens and truncates: at the hook, a refusal is either not seen or not
+ * yet known. So in the LSM modes a write that comes from a syscall is
+ * reported at the exit of its syscall (fexit/__x64_sys_unlinkat…), with the arguments decoded from the syscall's saved
+ * registers by the same table as the tracepoint mode — same op, path,
+ * flags, target, and denied when refused. The hooks report what no syscall
+ * exit covers (io_uring, coredumps, other architectures). audit_exit_fns
+ * (set by user space before loading) says which exit programs are attached,
+ * so a hook never leaves a call to an exit that is not there.
+ */
+volatile const __u32 audit_exit_fns = 0;
+
+/* x86-64's saved user registers (CO-RE: the fields exist only there). */
+struct pt_regs___x86 {
+	unsigned long di, si, dx, r10, r8, r9, orig_ax;
+} __attribute__((preserve_access_index));
+
+/* The current task's syscall number and arguments (x86-64: its saved
+ * registers); false when not on x86-64. */
+static __always_inline bool current_regs(long *nr, __u64 *a)
+{
+	struct pt_regs___x86 *r = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	if (!bpf_core_field_exists(r->orig_ax))
+		return false;
+	*nr = BPF_CORE_READ(r, orig_ax);
+	a[0] = BPF_CORE_READ(r, di);
+	a[1] = BPF_CORE_READ(r, si);
+	a[2] = BPF_CORE_READ(r, dx);
+	a[3] = BPF_CORE_READ(r, r10);
+	a[4] = BPF_CORE_READ(r, r8);
+	a[5] = BPF_CORE_READ(r, r9);
+	return true;
+}
+
+/* A hook inside a write syscall whose exit program is attached leaves the
+ * call to it. */
+static __always_inline bool reported_at_exit(void)
+{
+	struct pt_regs___x86 *r = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	if (!bpf_core_field_exists(r->orig_ax))
+		return false;
+#define EXIT_OF(name, nr_, call) \
+	case nr_:                \
+		return audit_exit_fns & (1U << XF_##name);
+	switch (BPF_CORE_READ(r, orig_ax)) {
+		WRITE_CALLS(EXIT_OF)
+	}
+	return false;
+}
+
+/*
+ * The exit programs hand the decoded call to ONE program, fx_emit, by a
+ * tail call: it resolves the paths and emits, so the verifier checks the
+ * path resolver once per mode instead of once per syscall (28 times). The
+ * call goes through audit_exit_call (per CPU) while the caller holds the
+ * scratch (so no other audit program on this CPU can touch either).
+ * fx_emit is loaded for __x64_sys_openat, never attached: a tail call needs
+ * the same attach prototype, long (const struct pt_regs *), which every
+ * __x64_sys_* has. audit_exit_tail is pinned: a prog array loses its
+ * entries when its last user-space reference goes.
+ */
+struct exit_call {
+	struct inflight in;
+	__s64 ret;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exit_call);
+} audit_exit_call SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} audit_exit_tail SEC(".maps");
+
+static __always_inline int exit_tail(void *ctx, struct inflight *in, long ret)
+{
+	__u32 zero = 0;
+	struct exit_call *c = bpf_map_lookup_elem(&audit_exit_call, &zero);
+	struct scratch *s;
+
+	if (!c)
+		return 0;
+	s = scratch_or_lost(in->cgid);
+	if (!s)
+		return 0;
+	c->in = *in;
+	c->ret = ret;
+	bpf_tail_call(ctx, &audit_exit_tail, 0);
+	/* No fx_emit installed: the event cannot be made. */
+	scratch_put(s);
+	count_lost(in->cgid, 1);
+	return 0;
+}
+
+SEC("fexit/__x64_sys_openat")
+int fx_emit(void *ctx)
+{
+	__u32 zero = 0;
+	struct exit_call *c = bpf_map_lookup_elem(&audit_exit_call, &zero);
+	struct scratch *s = bpf_map_lookup_elem(&audit_scratch, &zero);
+	struct inflight in;
+
+	if (!s)
+		return 0;
+	if (!c) {
+		scratch_put(s);
+		return 0;
+	}
+	in = c->in;
+	return call_emit(s, &in, c->ret); /* frees the scratch the caller took */
+}
+
+/*
+ * fexit/__x64_sys_<syscall>: the syscall's own entry point, reached only
+ * through the syscall table (never inlined, never called by io_uring), so
+ * its exit sees every such call and its result. The result is checked
+ * first (success, or EACCES/EPERM), then the cgroup, then the call is
+ * decoded with the table and handed to fx_emit.
+ */
+#define A(i) (a[i])
+#define SYS_EXIT(name, nr_, call)                                          \
+	SEC("fexit/__x64_sys_" #name)                                      \
+	int fx_##name(void *ctx)                                           \
+	{                                                                  \
+		struct inflight in;                                        \
+		__u64 a[6] = {}, ret = 0, cgid;                            \
+		long nr;                                                   \
+                                                                           \
+		bpf_get_func_ret(ctx, &ret);                               \
+		if (!reported_result((long)ret))                           \
+			return 0;                                          \
+		if (!cgroup_armed(&cgid) || !current_regs(&nr, a))         \
+			return 0;                                          \
+		in = call;                                                 \
+		if (in.is_open && !open_is_write(in.flags))                \
+			return 0;                                          \
+		in.cgid = cgid;                                            \
+		return exit_tail(ctx, &in, (long)ret);                     \
+	}
+WRITE_CALLS(SYS_EXIT)
+#undef A
+
 /* ---- LSM hooks: one body, three attach types ---------------------------- */
+
+/* Kernel-object hook (LSM, fentry): (d, vm) is the object, (d2, vm2) the aux
+ * path, or raw2 its raw content (symlink). */
+static __always_inline void kernel_op(__u32 op, __u32 flags, struct dentry *d, struct vfsmount *vm,
+				      struct dentry *d2, struct vfsmount *vm2, const char *raw2)
+{
+	struct scratch *s;
+	__u32 plen, alen = 0, kind = AAUX_NONE;
+	__u64 cgid;
+
+	if (!cgroup_armed(&cgid) || reported_at_exit())
+		return;
+	s = scratch_or_lost(cgid);
+	if (!s)
+		return;
+	plen = audit_put_dentry(0, scalar_of(d), scalar_of(vm)) & OFF_MASK;
+	if (d2) {
+		alen = audit_put_dentry(plen, scalar_of(d2), scalar_of(vm2)) & OFF_MASK;
+		kind = AAUX_TARGET;
+	} else if (raw2) {
+		alen = put_raw(s, plen, raw2, false);
+		kind = AAUX_TARGET;
+	}
+	audit_emit(s, cgid, op, flags, plen, alen, kind, false);
+}
+
 
 /* Opens, creating ones included: file_open runs once the file is there,
  * with FMODE_CREATED set when this open created it, and with the open's
@@ -387,11 +540,6 @@ static __always_inline void on_path_rename(const struct path *od, struct dentry 
 	kernel_op(AOP_RENAME, flags, o, BPF_CORE_READ(od, mnt), n, BPF_CORE_READ(nd, mnt), NULL);
 }
 
-/* x86-64's saved user registers (CO-RE: the fields exist only there). */
-struct pt_regs___x86 {
-	unsigned long di, si, orig_ax;
-} __attribute__((preserve_access_index));
-
 #define NR_LINK_X86_64 86
 #define NR_LINKAT_X86_64 265
 
@@ -427,13 +575,11 @@ static __always_inline void on_path_link(struct dentry *old, const struct path *
 	__u64 cgid, up = 0;
 	int dfd = 0;
 
-	if (!cgroup_armed(&cgid))
+	if (!cgroup_armed(&cgid) || reported_at_exit())
 		return;
-	s = scratch_get();
-	if (!s) {
-		count_lost(cgid, 1);
+	s = scratch_or_lost(cgid);
+	if (!s)
 		return;
-	}
 	plen = audit_put_dentry(0, scalar_of(n), scalar_of(vm)) & OFF_MASK;
 	if (link_target_arg(&dfd, &up))
 		alen = audit_put_user_path(plen, dfd, up) & OFF_MASK;
@@ -452,25 +598,17 @@ static __always_inline void on_path_symlink(const struct path *dir, struct dentr
  * earlier denial and returns 0, fentry returns 0. Audit only: nothing is
  * denied in any mode today (event.denied stays false).
  */
-#define FRONTS(hook, call, ...)                                                           \
-	SEC("lsm_cgroup/" #hook)                                                          \
-	int BPF_PROG(lsmc_##hook, __VA_ARGS__)                                            \
-	{                                                                                 \
-		call;                                                                     \
-		return 1;                                                                 \
-	}                                                                                 \
-	SEC("lsm/" #hook)                                                                 \
-	int BPF_PROG(lsm_##hook, __VA_ARGS__)                                             \
-	{                                                                                 \
-		call;                                                                     \
-		return 0;                                                                 \
-	}                                                                                 \
-	SEC("fentry/security_" #hook)                                                     \
-	int BPF_PROG(fentry_##hook, __VA_ARGS__)                                          \
-	{                                                                                 \
-		call;                                                                     \
-		return 0;                                                                 \
+#define FRONT(sec, prog, ret, call, ...) \
+	SEC(sec)                         \
+	int BPF_PROG(prog, __VA_ARGS__)  \
+	{                                \
+		call;                    \
+		return ret;              \
 	}
+#define FRONTS(hook, call, ...)                                          \
+	FRONT("lsm_cgroup/" #hook, lsmc_##hook, 1, call, __VA_ARGS__)    \
+	FRONT("lsm/" #hook, lsm_##hook, 0, call, __VA_ARGS__)            \
+	FRONT("fentry/security_" #hook, fentry_##hook, 0, call, __VA_ARGS__)
 
 FRONTS(file_open, on_file_open(file), struct file *file)
 FRONTS(path_truncate, on_path_truncate(path), const struct path *path)
@@ -505,11 +643,9 @@ int audit_sysctl(struct bpf_sysctl *ctx)
 
 	if (!ctx->write || !cgroup_armed(&cgid))
 		return 1;
-	s = scratch_get();
-	if (!s) {
-		count_lost(cgid, 1);
+	s = scratch_or_lost(cgid);
+	if (!s)
 		return 1;
-	}
 	__builtin_memcpy(s->data, PROC_SYS, PROC_SYS_LEN);
 	/* Full name ("net/ipv4/ip_forward"); -E2BIG still fills a truncated name. */
 	n = bpf_sysctl_get_name(ctx, s->data + PROC_SYS_LEN, SYSCTL_NAME_CAP, 0);

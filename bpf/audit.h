@@ -43,20 +43,20 @@
 #define OFF_MASK 4095
 #define SYSCTL_VALUE_CAP 256
 
-enum write_op {
-	AOP_NONE = 0,
-	AOP_OPEN_WRITE = 1,
-	AOP_CREATE = 2,
-	AOP_TRUNCATE = 3,
-	AOP_UNLINK = 4,
-	AOP_RENAME = 5,
-	AOP_CHMOD = 6,
-	AOP_CHOWN = 7,
-	AOP_MKDIR = 8,
-	AOP_RMDIR = 9,
-	AOP_LINK = 10,
-	AOP_SYMLINK = 11,
-	AOP_SYSCTL_WRITE = 12,
+enum write_op { /* numbered from 0 in this order: the events' op contract */
+	AOP_NONE,
+	AOP_OPEN_WRITE,
+	AOP_CREATE,
+	AOP_TRUNCATE,
+	AOP_UNLINK,
+	AOP_RENAME,
+	AOP_CHMOD,
+	AOP_CHOWN,
+	AOP_MKDIR,
+	AOP_RMDIR,
+	AOP_LINK,
+	AOP_SYMLINK,
+	AOP_SYSCTL_WRITE,
 };
 
 enum aux_kind {
@@ -295,6 +295,19 @@ static __always_inline struct scratch *scratch_get(void)
 		return NULL;
 	if (__sync_lock_test_and_set(&s->busy, 1))
 		return NULL;
+	return s;
+}
+
+static __always_inline void count_lost(__u64 cgid, __u64 n);
+
+/* The scratch for an event of cgroup cgid, or NULL with the event counted
+ * as lost. */
+static __always_inline struct scratch *scratch_or_lost(__u64 cgid)
+{
+	struct scratch *s = scratch_get();
+
+	if (!s)
+		count_lost(cgid, 1);
 	return s;
 }
 

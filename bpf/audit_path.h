@@ -263,25 +263,15 @@ static __always_inline __u32 put_user_path(struct scratch *s, __u32 dst, int dfd
 	return audit_put_user_path(dst, dfd, (__u64)up) & OFF_MASK;
 }
 
-/* A user string copied as is (symlink content). */
-static __always_inline __u32 put_user_raw(struct scratch *s, __u32 dst, const char *up)
+/* A string copied as is (symlink content): from user memory (syscalls)
+ * or kernel memory (LSM hooks). */
+static __always_inline __u32 put_raw(struct scratch *s, __u32 dst, const char *p, bool user)
 {
 	long n;
 
 	dst &= OFF_MASK;
-	n = bpf_probe_read_user_str(s->data + dst, AUX_CAP, up);
-	if (n <= 0)
-		return 0;
-	return (__u32)(n - 1) & OFF_MASK;
-}
-
-/* A kernel string copied as is (symlink content in LSM hooks). */
-static __always_inline __u32 put_kernel_raw(struct scratch *s, __u32 dst, const char *kp)
-{
-	long n;
-
-	dst &= OFF_MASK;
-	n = bpf_probe_read_kernel_str(s->data + dst, AUX_CAP, kp);
+	n = user ? bpf_probe_read_user_str(s->data + dst, AUX_CAP, p) :
+		   bpf_probe_read_kernel_str(s->data + dst, AUX_CAP, p);
 	if (n <= 0)
 		return 0;
 	return (__u32)(n - 1) & OFF_MASK;

@@ -199,8 +199,10 @@ YAML
 start() {
   local name=$1; shift
   pid_alive "$WORK/$name.pid" && return 0
+  # 9>&-: not the caller's /run/podscope-k8s.lock (a node left up must not
+  # hold it: `flock ... node.sh down` would wait for itself).
   setsid nsenter -t "$(holder)" -m -n -- bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$WORK/$name.pid" "$@" \
-    </dev/null >>"$WORK/log/$name.log" 2>&1 &
+    </dev/null >>"$WORK/log/$name.log" 2>&1 9>&- &
   local i
   for i in $(seq 50); do [ -s "$WORK/$name.pid" ] && return 0; sleep 0.1; done
   die "$name did not start"
@@ -282,7 +284,7 @@ export PODSCOPE_K8S_WORK='$WORK'
 export PODSCOPE_K8S_HOLDER='$(holder)'
 export KUBECONFIG='$KCFG'
 export PODSCOPE_K8S_KUBECTL='$KUBE_DIR/kubectl'
-export PODSCOPE_K8S_OVERLAY='$REPO/hack/k8s/overlay'
+export PODSCOPE_K8S_OVERLAY='$REPO/hack/k8s/overlay/networkpolicy'
 export PODSCOPE_K8S_CLEANUP_OVERLAY='$REPO/hack/k8s/overlay/cleanup'
 export PODSCOPE_K8S_IMAGE='$PODSCOPE_IMAGE'
 export PODSCOPE_K8S_IMAGE_NEXT='$PODSCOPE_IMAGE_NEXT'
@@ -304,7 +306,7 @@ cmd_up() {
   write_pki
   write_node_configs
   setsid unshare --mount --net -- "$REPO/hack/k8s/nsinit.sh" "$WORK" "$NODE_IP/24" \
-    </dev/null >>"$WORK/log/nsinit.log" 2>&1 &
+    </dev/null >>"$WORK/log/nsinit.log" 2>&1 9>&- &
   local i
   for i in $(seq 50); do pid_alive "$WORK/holder.pid" && break; sleep 0.1; done
   pid_alive "$WORK/holder.pid" || die "namespaces not set up: $(cat "$WORK/log/nsinit.log")"

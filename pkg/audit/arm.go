@@ -102,25 +102,35 @@ func (a *Auditor) Disarm(cgid uint64) error {
 	return errors.Join(errs...)
 }
 
-// Armed lists the armed cgroups with their identities.
-func (a *Auditor) Armed() (map[uint64]Identity, error) {
-	ac, idm := a.maps.AuditedCgroups, a.maps.AuditIdentity
-	out := map[uint64]Identity{}
+// eachArmed calls f for every entry of audited_cgroups.
+func (a *Auditor) eachArmed(f func(id uint64, v auditAuditCgroup)) error {
 	var (
 		k uint64
 		v auditAuditCgroup
 	)
-	it := ac.Iterate()
+	it := a.maps.AuditedCgroups.Iterate()
 	for it.Next(&k, &v) {
+		f(k, v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("listing armed cgroups: %w", err)
+	}
+	return nil
+}
+
+// Armed lists the armed cgroups with their identities.
+func (a *Auditor) Armed() (map[uint64]Identity, error) {
+	out := map[uint64]Identity{}
+	err := a.eachArmed(func(k uint64, _ auditAuditCgroup) {
 		var ki auditIdentity
-		if err := idm.Lookup(k, &ki); err == nil {
+		if err := a.maps.AuditIdentity.Lookup(k, &ki); err == nil {
 			out[k] = a.identityOf(k, &ki)
 		} else {
 			out[k] = Identity{}
 		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("audit: listing armed cgroups: %w", err)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	return out, nil
 }
@@ -129,18 +139,9 @@ func (a *Auditor) Armed() (map[uint64]Identity, error) {
 // armed cgroups, from audited_cgroups. More distinct levels than the
 // programs check (8) is an error: the deeper ones would go unaudited.
 func (a *Auditor) syncLevels() error {
-	ac, lv := a.maps.AuditedCgroups, a.maps.AuditLevels
 	seen := map[uint32]bool{}
-	var (
-		k uint64
-		v auditAuditCgroup
-	)
-	it := ac.Iterate()
-	for it.Next(&k, &v) {
-		seen[v.Level] = true
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("listing armed cgroups: %w", err)
+	if err := a.eachArmed(func(_ uint64, v auditAuditCgroup) { seen[v.Level] = true }); err != nil {
+		return err
 	}
 	var out auditArmedLevels
 	if len(seen) > len(out.Level) {
@@ -152,7 +153,7 @@ func (a *Auditor) syncLevels() error {
 	}
 	sort.Slice(levels, func(i, j int) bool { return levels[i] < levels[j] })
 	out.N = uint32(copy(out.Level[:], levels))
-	if err := lv.Put(uint32(0), out); err != nil {
+	if err := a.maps.AuditLevels.Put(uint32(0), out); err != nil {
 		return fmt.Errorf("updating armed levels: %w", err)
 	}
 	return nil

@@ -13,6 +13,7 @@ package audit
 import (
 	"errors"
 	"reflect"
+	"runtime"
 	"sync"
 	"time"
 
@@ -217,9 +218,14 @@ func (m *auditMaps) byName() map[string]*ebpf.Map {
 }
 
 // SeesRefusals reports whether the mode reports writes the kernel refused
-// (denied events). Only tracepoint does: it sees the syscall's result. The
-// LSM-based modes run at the LSM hook, after the kernel's permission check
-// for opens (a refused open is never seen) and before its ownership check
-// for chmod, chown and truncate (a refused one is reported as attempted,
-// denied false); they never report denied.
-func (m Mode) SeesRefusals() bool { return m == ModeTracepoint }
+// (denied events). tracepoint sees every write syscall's result. lsm and
+// fentry report a write syscall at the exit of the kernel function that
+// returns its result (fexit, the syscall decoded from its saved registers:
+// x86-64 only), so they see its refusal too; Missing lists an exit this
+// kernel lacks. Elsewhere (other architectures; io_uring, which the hooks
+// report) the LSM hooks run after the kernel's permission check for opens
+// and truncates (a refused one is not seen) and before it for the other
+// writes (a refused one is reported as an attempt, denied false).
+func (m Mode) SeesRefusals() bool {
+	return m == ModeTracepoint || (m.hasExits() && runtime.GOARCH == "amd64")
+}

@@ -86,6 +86,46 @@ type auditEvent struct {
 	Comm        [16]int8
 }
 
+type auditExitCall struct {
+	_   structs.HostLayout
+	In  auditInflight
+	Ret int64
+}
+
+type auditExitFn uint32
+
+const (
+	auditExitFnXF_open      auditExitFn = 0
+	auditExitFnXF_openat    auditExitFn = 1
+	auditExitFnXF_openat2   auditExitFn = 2
+	auditExitFnXF_creat     auditExitFn = 3
+	auditExitFnXF_truncate  auditExitFn = 4
+	auditExitFnXF_ftruncate auditExitFn = 5
+	auditExitFnXF_unlink    auditExitFn = 6
+	auditExitFnXF_unlinkat  auditExitFn = 7
+	auditExitFnXF_rmdir     auditExitFn = 8
+	auditExitFnXF_rename    auditExitFn = 9
+	auditExitFnXF_renameat  auditExitFn = 10
+	auditExitFnXF_renameat2 auditExitFn = 11
+	auditExitFnXF_chmod     auditExitFn = 12
+	auditExitFnXF_fchmod    auditExitFn = 13
+	auditExitFnXF_fchmodat  auditExitFn = 14
+	auditExitFnXF_fchmodat2 auditExitFn = 15
+	auditExitFnXF_chown     auditExitFn = 16
+	auditExitFnXF_lchown    auditExitFn = 17
+	auditExitFnXF_fchown    auditExitFn = 18
+	auditExitFnXF_fchownat  auditExitFn = 19
+	auditExitFnXF_mknod     auditExitFn = 20
+	auditExitFnXF_mknodat   auditExitFn = 21
+	auditExitFnXF_mkdir     auditExitFn = 22
+	auditExitFnXF_mkdirat   auditExitFn = 23
+	auditExitFnXF_link      auditExitFn = 24
+	auditExitFnXF_linkat    auditExitFn = 25
+	auditExitFnXF_symlink   auditExitFn = 26
+	auditExitFnXF_symlinkat auditExitFn = 27
+	auditExitFnXF_COUNT     auditExitFn = 28
+)
+
 type auditIdentity struct {
 	_           structs.HostLayout
 	Namespace   [64]int8
@@ -155,6 +195,8 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	auditMapAuditEvents         = "audit_events"
+	auditMapAuditExitCall       = "audit_exit_call"
+	auditMapAuditExitTail       = "audit_exit_tail"
 	auditMapAuditFoldmap        = "audit_foldmap"
 	auditMapAuditFolds          = "audit_folds"
 	auditMapAuditIdentity       = "audit_identity"
@@ -179,6 +221,35 @@ const (
 	auditProgFentryPathSymlink  = "fentry_path_symlink"
 	auditProgFentryPathTruncate = "fentry_path_truncate"
 	auditProgFentryPathUnlink   = "fentry_path_unlink"
+	auditProgFxChmod            = "fx_chmod"
+	auditProgFxChown            = "fx_chown"
+	auditProgFxCreat            = "fx_creat"
+	auditProgFxEmit             = "fx_emit"
+	auditProgFxFchmod           = "fx_fchmod"
+	auditProgFxFchmodat         = "fx_fchmodat"
+	auditProgFxFchmodat2        = "fx_fchmodat2"
+	auditProgFxFchown           = "fx_fchown"
+	auditProgFxFchownat         = "fx_fchownat"
+	auditProgFxFtruncate        = "fx_ftruncate"
+	auditProgFxLchown           = "fx_lchown"
+	auditProgFxLink             = "fx_link"
+	auditProgFxLinkat           = "fx_linkat"
+	auditProgFxMkdir            = "fx_mkdir"
+	auditProgFxMkdirat          = "fx_mkdirat"
+	auditProgFxMknod            = "fx_mknod"
+	auditProgFxMknodat          = "fx_mknodat"
+	auditProgFxOpen             = "fx_open"
+	auditProgFxOpenat           = "fx_openat"
+	auditProgFxOpenat2          = "fx_openat2"
+	auditProgFxRename           = "fx_rename"
+	auditProgFxRenameat         = "fx_renameat"
+	auditProgFxRenameat2        = "fx_renameat2"
+	auditProgFxRmdir            = "fx_rmdir"
+	auditProgFxSymlink          = "fx_symlink"
+	auditProgFxSymlinkat        = "fx_symlinkat"
+	auditProgFxTruncate         = "fx_truncate"
+	auditProgFxUnlink           = "fx_unlink"
+	auditProgFxUnlinkat         = "fx_unlinkat"
 	auditProgLsmFileOpen        = "lsm_file_open"
 	auditProgLsmFileTruncate    = "lsm_file_truncate"
 	auditProgLsmPathChmod       = "lsm_path_chmod"
@@ -232,6 +303,7 @@ const (
 	auditProgTpTruncate         = "tp_truncate"
 	auditProgTpUnlink           = "tp_unlink"
 	auditProgTpUnlinkat         = "tp_unlinkat"
+	auditVarAuditExitFns        = "audit_exit_fns"
 	auditVarUnusedArmedLevels   = "unused_armed_levels"
 	auditVarUnusedAttachMode    = "unused_attach_mode"
 	auditVarUnusedAuditCgroup   = "unused_audit_cgroup"
@@ -239,6 +311,7 @@ const (
 	auditVarUnusedDedupKey      = "unused_dedup_key"
 	auditVarUnusedDedupVal      = "unused_dedup_val"
 	auditVarUnusedEvent         = "unused_event"
+	auditVarUnusedExitFn        = "unused_exit_fn"
 	auditVarUnusedIdentity      = "unused_identity"
 	auditVarUnusedObjectId      = "unused_object_id"
 	auditVarUnusedProbeRefusal  = "unused_probe_refusal"
@@ -300,6 +373,35 @@ type auditProgramSpecs struct {
 	FentryPathSymlink  *ebpf.ProgramSpec `ebpf:"fentry_path_symlink"`
 	FentryPathTruncate *ebpf.ProgramSpec `ebpf:"fentry_path_truncate"`
 	FentryPathUnlink   *ebpf.ProgramSpec `ebpf:"fentry_path_unlink"`
+	FxChmod            *ebpf.ProgramSpec `ebpf:"fx_chmod"`
+	FxChown            *ebpf.ProgramSpec `ebpf:"fx_chown"`
+	FxCreat            *ebpf.ProgramSpec `ebpf:"fx_creat"`
+	FxEmit             *ebpf.ProgramSpec `ebpf:"fx_emit"`
+	FxFchmod           *ebpf.ProgramSpec `ebpf:"fx_fchmod"`
+	FxFchmodat         *ebpf.ProgramSpec `ebpf:"fx_fchmodat"`
+	FxFchmodat2        *ebpf.ProgramSpec `ebpf:"fx_fchmodat2"`
+	FxFchown           *ebpf.ProgramSpec `ebpf:"fx_fchown"`
+	FxFchownat         *ebpf.ProgramSpec `ebpf:"fx_fchownat"`
+	FxFtruncate        *ebpf.ProgramSpec `ebpf:"fx_ftruncate"`
+	FxLchown           *ebpf.ProgramSpec `ebpf:"fx_lchown"`
+	FxLink             *ebpf.ProgramSpec `ebpf:"fx_link"`
+	FxLinkat           *ebpf.ProgramSpec `ebpf:"fx_linkat"`
+	FxMkdir            *ebpf.ProgramSpec `ebpf:"fx_mkdir"`
+	FxMkdirat          *ebpf.ProgramSpec `ebpf:"fx_mkdirat"`
+	FxMknod            *ebpf.ProgramSpec `ebpf:"fx_mknod"`
+	FxMknodat          *ebpf.ProgramSpec `ebpf:"fx_mknodat"`
+	FxOpen             *ebpf.ProgramSpec `ebpf:"fx_open"`
+	FxOpenat           *ebpf.ProgramSpec `ebpf:"fx_openat"`
+	FxOpenat2          *ebpf.ProgramSpec `ebpf:"fx_openat2"`
+	FxRename           *ebpf.ProgramSpec `ebpf:"fx_rename"`
+	FxRenameat         *ebpf.ProgramSpec `ebpf:"fx_renameat"`
+	FxRenameat2        *ebpf.ProgramSpec `ebpf:"fx_renameat2"`
+	FxRmdir            *ebpf.ProgramSpec `ebpf:"fx_rmdir"`
+	FxSymlink          *ebpf.ProgramSpec `ebpf:"fx_symlink"`
+	FxSymlinkat        *ebpf.ProgramSpec `ebpf:"fx_symlinkat"`
+	FxTruncate         *ebpf.ProgramSpec `ebpf:"fx_truncate"`
+	FxUnlink           *ebpf.ProgramSpec `ebpf:"fx_unlink"`
+	FxUnlinkat         *ebpf.ProgramSpec `ebpf:"fx_unlinkat"`
 	LsmFileOpen        *ebpf.ProgramSpec `ebpf:"lsm_file_open"`
 	LsmFileTruncate    *ebpf.ProgramSpec `ebpf:"lsm_file_truncate"`
 	LsmPathChmod       *ebpf.ProgramSpec `ebpf:"lsm_path_chmod"`
@@ -360,6 +462,8 @@ type auditProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type auditMapSpecs struct {
 	AuditEvents    *ebpf.MapSpec `ebpf:"audit_events"`
+	AuditExitCall  *ebpf.MapSpec `ebpf:"audit_exit_call"`
+	AuditExitTail  *ebpf.MapSpec `ebpf:"audit_exit_tail"`
 	AuditFoldmap   *ebpf.MapSpec `ebpf:"audit_foldmap"`
 	AuditFolds     *ebpf.MapSpec `ebpf:"audit_folds"`
 	AuditIdentity  *ebpf.MapSpec `ebpf:"audit_identity"`
@@ -377,6 +481,7 @@ type auditMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type auditVariableSpecs struct {
+	AuditExitFns       *ebpf.VariableSpec `ebpf:"audit_exit_fns"`
 	UnusedArmedLevels  *ebpf.VariableSpec `ebpf:"unused_armed_levels"`
 	UnusedAttachMode   *ebpf.VariableSpec `ebpf:"unused_attach_mode"`
 	UnusedAuditCgroup  *ebpf.VariableSpec `ebpf:"unused_audit_cgroup"`
@@ -384,6 +489,7 @@ type auditVariableSpecs struct {
 	UnusedDedupKey     *ebpf.VariableSpec `ebpf:"unused_dedup_key"`
 	UnusedDedupVal     *ebpf.VariableSpec `ebpf:"unused_dedup_val"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedExitFn       *ebpf.VariableSpec `ebpf:"unused_exit_fn"`
 	UnusedIdentity     *ebpf.VariableSpec `ebpf:"unused_identity"`
 	UnusedObjectId     *ebpf.VariableSpec `ebpf:"unused_object_id"`
 	UnusedProbeRefusal *ebpf.VariableSpec `ebpf:"unused_probe_refusal"`
@@ -411,6 +517,8 @@ func (o *auditObjects) Close() error {
 // It can be passed to loadAuditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type auditMaps struct {
 	AuditEvents    *ebpf.Map `ebpf:"audit_events"`
+	AuditExitCall  *ebpf.Map `ebpf:"audit_exit_call"`
+	AuditExitTail  *ebpf.Map `ebpf:"audit_exit_tail"`
 	AuditFoldmap   *ebpf.Map `ebpf:"audit_foldmap"`
 	AuditFolds     *ebpf.Map `ebpf:"audit_folds"`
 	AuditIdentity  *ebpf.Map `ebpf:"audit_identity"`
@@ -427,6 +535,8 @@ type auditMaps struct {
 func (m *auditMaps) Close() error {
 	return _AuditClose(
 		m.AuditEvents,
+		m.AuditExitCall,
+		m.AuditExitTail,
 		m.AuditFoldmap,
 		m.AuditFolds,
 		m.AuditIdentity,
@@ -445,6 +555,7 @@ func (m *auditMaps) Close() error {
 //
 // It can be passed to loadAuditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type auditVariables struct {
+	AuditExitFns       *ebpf.Variable `ebpf:"audit_exit_fns"`
 	UnusedArmedLevels  *ebpf.Variable `ebpf:"unused_armed_levels"`
 	UnusedAttachMode   *ebpf.Variable `ebpf:"unused_attach_mode"`
 	UnusedAuditCgroup  *ebpf.Variable `ebpf:"unused_audit_cgroup"`
@@ -452,6 +563,7 @@ type auditVariables struct {
 	UnusedDedupKey     *ebpf.Variable `ebpf:"unused_dedup_key"`
 	UnusedDedupVal     *ebpf.Variable `ebpf:"unused_dedup_val"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedExitFn       *ebpf.Variable `ebpf:"unused_exit_fn"`
 	UnusedIdentity     *ebpf.Variable `ebpf:"unused_identity"`
 	UnusedObjectId     *ebpf.Variable `ebpf:"unused_object_id"`
 	UnusedProbeRefusal *ebpf.Variable `ebpf:"unused_probe_refusal"`
@@ -475,6 +587,35 @@ type auditPrograms struct {
 	FentryPathSymlink  *ebpf.Program `ebpf:"fentry_path_symlink"`
 	FentryPathTruncate *ebpf.Program `ebpf:"fentry_path_truncate"`
 	FentryPathUnlink   *ebpf.Program `ebpf:"fentry_path_unlink"`
+	FxChmod            *ebpf.Program `ebpf:"fx_chmod"`
+	FxChown            *ebpf.Program `ebpf:"fx_chown"`
+	FxCreat            *ebpf.Program `ebpf:"fx_creat"`
+	FxEmit             *ebpf.Program `ebpf:"fx_emit"`
+	FxFchmod           *ebpf.Program `ebpf:"fx_fchmod"`
+	FxFchmodat         *ebpf.Program `ebpf:"fx_fchmodat"`
+	FxFchmodat2        *ebpf.Program `ebpf:"fx_fchmodat2"`
+	FxFchown           *ebpf.Program `ebpf:"fx_fchown"`
+	FxFchownat         *ebpf.Program `ebpf:"fx_fchownat"`
+	FxFtruncate        *ebpf.Program `ebpf:"fx_ftruncate"`
+	FxLchown           *ebpf.Program `ebpf:"fx_lchown"`
+	FxLink             *ebpf.Program `ebpf:"fx_link"`
+	FxLinkat           *ebpf.Program `ebpf:"fx_linkat"`
+	FxMkdir            *ebpf.Program `ebpf:"fx_mkdir"`
+	FxMkdirat          *ebpf.Program `ebpf:"fx_mkdirat"`
+	FxMknod            *ebpf.Program `ebpf:"fx_mknod"`
+	FxMknodat          *ebpf.Program `ebpf:"fx_mknodat"`
+	FxOpen             *ebpf.Program `ebpf:"fx_open"`
+	FxOpenat           *ebpf.Program `ebpf:"fx_openat"`
+	FxOpenat2          *ebpf.Program `ebpf:"fx_openat2"`
+	FxRename           *ebpf.Program `ebpf:"fx_rename"`
+	FxRenameat         *ebpf.Program `ebpf:"fx_renameat"`
+	FxRenameat2        *ebpf.Program `ebpf:"fx_renameat2"`
+	FxRmdir            *ebpf.Program `ebpf:"fx_rmdir"`
+	FxSymlink          *ebpf.Program `ebpf:"fx_symlink"`
+	FxSymlinkat        *ebpf.Program `ebpf:"fx_symlinkat"`
+	FxTruncate         *ebpf.Program `ebpf:"fx_truncate"`
+	FxUnlink           *ebpf.Program `ebpf:"fx_unlink"`
+	FxUnlinkat         *ebpf.Program `ebpf:"fx_unlinkat"`
 	LsmFileOpen        *ebpf.Program `ebpf:"lsm_file_open"`
 	LsmFileTruncate    *ebpf.Program `ebpf:"lsm_file_truncate"`
 	LsmPathChmod       *ebpf.Program `ebpf:"lsm_path_chmod"`
@@ -545,6 +686,35 @@ func (p *auditPrograms) Close() error {
 		p.FentryPathSymlink,
 		p.FentryPathTruncate,
 		p.FentryPathUnlink,
+		p.FxChmod,
+		p.FxChown,
+		p.FxCreat,
+		p.FxEmit,
+		p.FxFchmod,
+		p.FxFchmodat,
+		p.FxFchmodat2,
+		p.FxFchown,
+		p.FxFchownat,
+		p.FxFtruncate,
+		p.FxLchown,
+		p.FxLink,
+		p.FxLinkat,
+		p.FxMkdir,
+		p.FxMkdirat,
+		p.FxMknod,
+		p.FxMknodat,
+		p.FxOpen,
+		p.FxOpenat,
+		p.FxOpenat2,
+		p.FxRename,
+		p.FxRenameat,
+		p.FxRenameat2,
+		p.FxRmdir,
+		p.FxSymlink,
+		p.FxSymlinkat,
+		p.FxTruncate,
+		p.FxUnlink,
+		p.FxUnlinkat,
 		p.LsmFileOpen,
 		p.LsmFileTruncate,
 		p.LsmPathChmod,

@@ -28,12 +28,13 @@ const (
 )
 
 // progNames lists the programs of a mode (without the sysctl program, which
-// every mode has), sorted.
+// every mode has), sorted. The lsm and fentry modes also have the fexit
+// programs that report write syscalls at their exit (fx_*, see exitFns).
 func progNames(spec *ebpf.CollectionSpec, m Mode) []string {
 	prefix := map[Mode]string{ModeLSMCgroup: "lsmc_", ModeLSM: "lsm_", ModeFentry: "fentry_", ModeTracepoint: "tp_"}[m]
 	var out []string
 	for name := range spec.Programs {
-		if strings.HasPrefix(name, prefix) {
+		if strings.HasPrefix(name, prefix) || (m.hasExits() && strings.HasPrefix(name, exitPrefix)) {
 			out = append(out, name)
 		}
 	}
@@ -47,6 +48,57 @@ var hookOps = map[string]string{
 	"path_unlink": "unlink", "path_rmdir": "rmdir", "path_mkdir": "mkdir", "path_mknod": "mknod",
 	"path_chmod": "chmod", "path_chown": "chown", "path_rename": "rename", "path_link": "link",
 	"path_symlink": "symlink",
+}
+
+// exitPrefix names the fexit programs of the lsm and fentry modes, one per
+// write syscall (fx_<syscall> on __x64_sys_<syscall>): each reports its
+// syscall at its exit, refusals included (see bpf/audit.c, "syscall exits
+// in the LSM modes").
+const exitPrefix = "fx_"
+
+// exitEmitProg is the one program the exit programs tail-call to resolve
+// paths and emit (verified once, not 28 times); loaded, never attached, and
+// installed in the pinned prog array audit_exit_tail by installEmitter.
+const exitEmitProg = "fx_emit"
+
+// installEmitter puts the loaded fx_emit into audit_exit_tail (a mode
+// without exit programs has none: nothing to do).
+func installEmitter(tail *ebpf.Map, progs map[string]*ebpf.Program) error {
+	p := progs[exitEmitProg]
+	if p == nil {
+		return nil
+	}
+	if err := tail.Put(uint32(0), p); err != nil {
+		return fmt.Errorf("installing %s in audit_exit_tail: %w", exitEmitProg, err)
+	}
+	return nil
+}
+
+func (m Mode) hasExits() bool { return m == ModeLSM || m == ModeFentry }
+
+// setExitFns tells the programs which exit programs of names are loaded
+// (audit_exit_fns, bit 1 << XF_<syscall> of enum exit_fn): a hook leaves a
+// syscall to its exit only when that exit is there. Set before loading.
+func setExitFns(spec *ebpf.CollectionSpec, names []string) error {
+	var enum *btf.Enum
+	if err := spec.Types.TypeByName("exit_fn", &enum); err != nil {
+		return fmt.Errorf("audit: the BPF object has no enum exit_fn: %w", err)
+	}
+	index := map[string]uint64{}
+	for _, v := range enum.Values {
+		index[strings.TrimPrefix(v.Name, "XF_")] = v.Value
+	}
+	var bits uint32
+	for _, n := range names {
+		if i, ok := index[strings.TrimPrefix(n, exitPrefix)]; ok && strings.HasPrefix(n, exitPrefix) {
+			bits |= 1 << i
+		}
+	}
+	v, ok := spec.Variables["audit_exit_fns"]
+	if !ok {
+		return errors.New("audit: the BPF object has no audit_exit_fns")
+	}
+	return v.Set(bits)
 }
 
 // availablePrograms drops from names the programs of the LSM-based modes
@@ -64,6 +116,15 @@ func availablePrograms(spec *ebpf.CollectionSpec, m Mode, names []string) (keep,
 	}
 	for _, n := range names {
 		ps := spec.Programs[n]
+		if strings.HasPrefix(n, exitPrefix) {
+			var fn *btf.Func
+			if err := kspec.TypeByName(ps.AttachTo, &fn); errors.Is(err, btf.ErrNotFound) {
+				missing = append(missing, fmt.Sprintf("%s: no %s in this kernel: reported at the LSM hook, a refused one as an attempt or not at all", strings.TrimPrefix(n, exitPrefix), ps.AttachTo))
+				continue
+			}
+			keep = append(keep, n)
+			continue
+		}
 		hook := strings.TrimPrefix(ps.AttachTo, "security_")
 		target := ps.AttachTo // fentry: the security_* function itself
 		if m != ModeFentry {
@@ -101,6 +162,9 @@ func loadPrograms(spec *ebpf.CollectionSpec, maps *auditMaps, root pins.Root, na
 	out := map[string]*ebpf.Program{}
 	sub := spec.Copy()
 	sub.Programs = map[string]*ebpf.ProgramSpec{}
+	if err := setExitFns(sub, names); err != nil {
+		return nil, err
+	}
 	fail := func(err error) (map[string]*ebpf.Program, error) {
 		for _, p := range out {
 			p.Close()
@@ -165,8 +229,8 @@ func attachGlobal(root pins.Root, m Mode, progs map[string]*ebpf.Program, names 
 		return true
 	}
 	for _, n := range names {
-		if n == tpExitProg {
-			continue // attached below, once per sys_exit of an attached sys_enter
+		if n == tpExitProg || n == exitEmitProg {
+			continue // tp_exit: attached below, once per sys_exit of an attached sys_enter; fx_emit: tail-called
 		}
 		pin := root.Pin(Owner, linkPrefix+n)
 		if !pinned(pin) {
@@ -249,6 +313,10 @@ func retryExist(attach func() (link.Link, error)) (link.Link, error) {
 func attachOne(m Mode, name string, p *ebpf.Program) (link.Link, error) {
 	if p == nil {
 		return nil, fmt.Errorf("program %s not loaded", name)
+	}
+	switch {
+	case strings.HasPrefix(name, exitPrefix):
+		return link.AttachTracing(link.TracingOptions{Program: p})
 	}
 	switch m {
 	case ModeLSM:

@@ -13,7 +13,7 @@ import (
 )
 
 // TestStrongModeProgramsLoadOrEPERM loads every lsm_cgroup, lsm and fentry
-// program on its own: each must load, or be refused by the kernel with
+// program (hooks and syscall exits) on its own: each must load, or be refused by the kernel with
 // EPERM (trampolines not allowed here), or have no hook in this kernel
 // (then the mode drops it and says so). A CO-RE failure or a verifier
 // rejection is our bug and fails the test, so the probe's fallback never
@@ -54,8 +54,8 @@ func TestStrongModeProgramsLoadOrEPERM(t *testing.T) {
 			}
 		}
 	}
-	if n != 36 {
-		t.Fatalf("%d programs in modes lsm_cgroup/lsm/fentry, want 12 hooks x 3", n)
+	if n != 94 {
+		t.Fatalf("%d programs in modes lsm_cgroup/lsm/fentry, want 12 hooks x 3 + (28 syscall exits + fx_emit) x 2 (lsm, fentry)", n)
 	}
 	t.Logf("%d of %d programs loaded", loaded, n)
 }
@@ -97,4 +97,62 @@ func TestForcedModeRefusedLeavesNothing(t *testing.T) {
 	if a.Mode() != probe.Mode {
 		t.Fatalf("fallback mode %s, want the probe's %s", a.Mode(), probe.Mode)
 	}
+}
+
+// TestExitProgramsCoverEveryWriteSyscall: the lsm and fentry modes have an
+// exit program on __x64_sys_<syscall> for exactly the syscalls the
+// tracepoint mode records, and setExitFns marks one distinct bit for each
+// (a hook leaves a syscall to its exit only when that bit is set).
+func TestExitProgramsCoverEveryWriteSyscall(t *testing.T) {
+	spec, err := loadAudit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := map[string]bool{}
+	for _, n := range progNames(spec, ModeTracepoint) {
+		if n != tpExitProg {
+			tp[strings.TrimPrefix(n, "tp_")] = true
+		}
+	}
+	for _, m := range []Mode{ModeLSM, ModeFentry} {
+		var exits []string
+		for _, n := range progNames(spec, m) {
+			if !strings.HasPrefix(n, exitPrefix) || n == exitEmitProg {
+				continue
+			}
+			exits = append(exits, n)
+			call := strings.TrimPrefix(n, exitPrefix)
+			if !tp[call] {
+				t.Errorf("%s: exit program %s for a syscall the tracepoint mode does not record", m, n)
+			}
+			if got := spec.Programs[n].AttachTo; got != "__x64_sys_"+call {
+				t.Errorf("%s attaches to %s, want __x64_sys_%s", n, got, call)
+			}
+		}
+		if len(exits) != len(tp) {
+			t.Errorf("%s: %d exit programs, want one per recorded syscall (%d)", m, len(exits), len(tp))
+		}
+		s := spec.Copy()
+		if err := setExitFns(s, exits); err != nil {
+			t.Fatal(err)
+		}
+		var bits uint32
+		if err := s.Variables["audit_exit_fns"].Get(&bits); err != nil {
+			t.Fatal(err)
+		}
+		if n := popcount(bits); n != len(tp) {
+			t.Errorf("%s: audit_exit_fns %#x has %d bits, want %d", m, bits, n, len(tp))
+		}
+	}
+	if len(tp) != 28 {
+		t.Errorf("%d write syscalls recorded, want 28 (docs/audit.md)", len(tp))
+	}
+}
+
+func popcount(v uint32) int {
+	n := 0
+	for ; v != 0; v &= v - 1 {
+		n++
+	}
+	return n
 }

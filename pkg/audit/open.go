@@ -102,6 +102,9 @@ func Open(root pins.Root, opts Options) (*Auditor, error) {
 	if err != nil {
 		return fail(fmt.Errorf("audit: mode %s: %w", a.mode, unwrapErrno(err)))
 	}
+	if err := installEmitter(a.maps.AuditExitTail, a.progs); err != nil {
+		return fail(fmt.Errorf("audit: mode %s: %w", a.mode, err))
+	}
 	if a.mode == ModeLSMCgroup {
 		// Only a mode whose every program can be attached is taken: try
 		// them all on a scratch cgroup now, not at the first Arm.

@@ -141,6 +141,9 @@ func probeMode(m Mode, cgroupRoot string) (err error) {
 	for _, n := range names {
 		sub.Programs[n] = spec.Programs[n]
 	}
+	if err := setExitFns(sub, names); err != nil {
+		return fmt.Errorf("object: %w", err)
+	}
 	for _, ms := range sub.Maps {
 		ms.Pinning = ebpf.PinNone // private maps: the probe never touches the node's
 	}
@@ -180,8 +183,11 @@ func probeMode(m Mode, cgroupRoot string) (err error) {
 			l.Close()
 		}
 	}()
+	if err := installEmitter(maps.AuditExitTail, coll.Programs); err != nil {
+		return fmt.Errorf("load: %w", unwrapErrno(err))
+	}
 	for _, n := range names {
-		if n == tpExitProg {
+		if n == tpExitProg || n == exitEmitProg {
 			continue
 		}
 		var l link.Link

@@ -118,9 +118,10 @@ func (d *Datapath) openPins(c pinCheck) (tcObjects, error) {
 		if errors.Is(err, os.ErrNotExist) && c.mapsOnly {
 			continue
 		}
-		if errors.Is(err, os.ErrNotExist) && c.anyProgs && c.spec != nil && slices.Contains(addedWithPolicySets, name) {
-			// Pins from before policy sets (checkLegacyPolicy): readers,
-			// DEL and cleanup still work on them, with these maps empty.
+		if errors.Is(err, os.ErrNotExist) && c.anyProgs && c.spec != nil && slices.Contains(addedLater, name) {
+			// Pins from before policy sets (checkLegacyPolicy) or before
+			// NetworkPolicy: readers, DEL and cleanup still work on them,
+			// with these maps empty.
 			ms := c.spec.Maps[name].Copy()
 			ms.Pinning = ebpf.PinNone
 			m, err = ebpf.NewMap(ms)

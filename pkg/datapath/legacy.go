@@ -21,8 +21,12 @@ import (
 // node cleaned up.
 var ErrLegacyPolicyLayout = errors.New("pinned datapath state predates shared policy sets")
 
-// addedWithPolicySets are the maps the layout before policy sets lacks.
-var addedWithPolicySets = []string{tcMapPolicySets, tcMapPodPolicy, tcMapDropReasons}
+// addedLater are the maps older pins may lack: those added with policy
+// sets, and NetworkPolicy's. Readers (OpenPinned) open them empty, so a
+// new podscopectl or metrics reader works on a node whose pins an older
+// podscope wrote, until the next Open creates them.
+var addedLater = []string{tcMapPolicySets, tcMapPodPolicy, tcMapDropReasons,
+	tcMapNetpolEndpoints, tcMapPodNetpol, tcMapNetpolDrops, tcMapNetpolStats}
 
 // checkLegacyPolicy refuses a datapath directory with a policy pin and no
 // policy_sets pin, saying what to do. Loading over it would read pod ids as

@@ -924,3 +924,42 @@ func TestDropReasonsGrowOnUpgrade(t *testing.T) {
 		t.Fatalf("after the upgrade: %v %v", got, err)
 	}
 }
+
+// Pins written by a podscope from before NetworkPolicy (no netpol maps):
+// a reader of this build still opens them, with those maps empty; the
+// next Open creates them.
+func TestReaderOnPinsWithoutNetworkPolicyMaps(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	d, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	for _, m := range []string{tcMapNetpolEndpoints, tcMapPodNetpol, tcMapNetpolDrops, tcMapNetpolStats} {
+		if err := os.Remove(root.Pin(Owner, m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range hooks { // another build's programs
+		if err := os.Rename(root.Pin(Owner, progPin(h)), root.Pin(Owner, progPin(h)+"x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := OpenPinned(root)
+	if err != nil {
+		t.Fatalf("reader: %v", err)
+	}
+	refs, err := r.NetworkPolicies()
+	r.Close()
+	if err != nil || len(refs) != 0 {
+		t.Fatalf("reader's NetworkPolicies: %v %v", refs, err)
+	}
+	d, err = Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := os.Stat(root.Pin(Owner, tcMapNetpolEndpoints)); err != nil {
+		t.Fatalf("Open did not create the NetworkPolicy maps: %v", err)
+	}
+}

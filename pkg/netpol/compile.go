@@ -305,9 +305,9 @@ func (c *Compiler) resolvePeer(np *networkingv1.NetworkPolicy, field string, p n
 			c.errorf(np, field+".namespaceSelector", "%v (the peer matches nothing)", err)
 			return nil
 		}
-		for _, pi := range c.peers {
-			if nsSel.Matches(c.nsLabels[pi.pod.Namespace]) {
-				cands = append(cands, pi)
+		for ns, pis := range c.byNS {
+			if nsSel.Matches(c.nsLabels[ns]) {
+				cands = append(cands, pis...)
 			}
 		}
 	}
@@ -508,10 +508,19 @@ func (c *Compiler) Selected(pod *corev1.Pod) bool {
 // policy selecting pod has that direction in its policyTypes; then Default
 // Deny with the union of those policies' allows.
 func (c *Compiler) PolicyFor(pod *corev1.Pod) policy.Policy {
+	p, _ := c.policyFor(pod)
+	return p
+}
+
+// policyFor is PolicyFor with a key that is the same for pods whose
+// policies are the same by construction (same selecting policies, same
+// named ports).
+func (c *Compiler) policyFor(pod *corev1.Pod) (policy.Policy, string) {
 	p := policy.Policy{Egress: policy.AllowAll(), Ingress: policy.AllowAll()}
 	if !IsSubject(pod) {
-		return p
+		return p, ""
 	}
+	var egKey, inKey string
 	sel := c.selecting(pod)
 	var in, eg []*compiledNP
 	for _, cp := range sel {
@@ -537,6 +546,7 @@ func (c *Compiler) PolicyFor(pod *corev1.Pod) policy.Policy {
 			c.memo[key] = spec
 		}
 		p.Egress = spec
+		egKey = key
 	}
 	if len(in) > 0 {
 		key := "i" + portSignature(pod)
@@ -553,8 +563,9 @@ func (c *Compiler) PolicyFor(pod *corev1.Pod) policy.Policy {
 			c.memo[key] = spec
 		}
 		p.Ingress = spec
+		inKey = key
 	}
-	return p
+	return p, egKey + "\x01" + inKey
 }
 
 // portSignature identifies what named ports resolve to on pod.

@@ -17,6 +17,7 @@ import (
 	"github.com/podscope/podscope/pkg/audit"
 	"github.com/podscope/podscope/pkg/cgroups"
 	"github.com/podscope/podscope/pkg/metrics"
+	"github.com/podscope/podscope/pkg/netpol"
 	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/podstate"
 )
@@ -42,6 +43,14 @@ type Options struct {
 	ReapInterval time.Duration
 	AuditRetry   time.Duration // wait between attempts to load the audit, default 30s
 	Stdout       io.Writer     // for --audit-stdout
+
+	// NetworkPolicy (--networkpolicy, opt-in) enforces the cluster's
+	// NetworkPolicies on this node's pods (pkg/netpol), as the node
+	// NodeName (--node-name, default $NODE_NAME), through Kubeconfig
+	// (--kubeconfig, "" = in-cluster).
+	NetworkPolicy bool
+	NodeName      string
+	Kubeconfig    string
 }
 
 // Daemon is a running podscope-nri.
@@ -59,6 +68,7 @@ type Daemon struct {
 
 	writes   metrics.WriteCounter
 	auditSrc *metrics.Audit
+	netpol   *netpol.Agent // nil without --networkpolicy
 }
 
 // auditing is the Arming the plugin uses: the Auditor once loaded, and a
@@ -130,8 +140,13 @@ func NewDaemon(opt Options, log *slog.Logger) (*Daemon, error) {
 		}
 		return nil // an untyped nil: "not available"
 	}}
+	if opt.NetworkPolicy {
+		if d.netpol, err = netpol.NewAgent(netpol.AgentConfig{Root: d.root, NodeName: opt.NodeName, Kubeconfig: opt.Kubeconfig, Log: log}); err != nil {
+			return nil, err
+		}
+	}
 	log.Info("podscope-nri starting", "bpffs_root", d.root.Path, "cgroup_root", res.Mount.Point,
-		"audit_default", onOff{&opt.AuditDefault}.String(), "fail_closed", opt.FailClosed, "audit_log", opt.AuditLog)
+		"audit_default", onOff{&opt.AuditDefault}.String(), "fail_closed", opt.FailClosed, "audit_log", opt.AuditLog, "networkpolicy", opt.NetworkPolicy)
 	return d, nil
 }
 
@@ -198,6 +213,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	wg.Add(1)
 	go func() { defer wg.Done(); every(ctx, time.Second, func() { d.flush(lw) }) }()
+
+	if d.netpol != nil {
+		// Its failures (kernel, API) are reported, never fatal.
+		wg.Add(1)
+		go func() { defer wg.Done(); d.netpol.Run(ctx) }()
+	}
 
 	if d.opt.ReapInterval > 0 {
 		wg.Add(1)
@@ -366,7 +387,17 @@ func (d *Daemon) registry() *prometheus.Registry {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	if d.netpol != nil {
+		reg.MustRegister(&metrics.NetworkPolicyCollector{Status: d.networkPolicyStatus})
+	}
 	return reg
+}
+
+func (d *Daemon) networkPolicyStatus() metrics.NetworkPolicyStatus {
+	s := d.netpol.Status()
+	return metrics.NetworkPolicyStatus{Running: s.Running, Reason: s.Reason, LastSync: s.LastSync, Policies: s.Policies,
+		PodsLocal: s.PodsLocal, PodsEnforced: s.PodsEnforced, Sets: s.Sets, Errors: len(s.Errors), WriteErrors: s.WriteErrors,
+		LatencyBuckets: s.LatencyBuckets, LatencyCounts: s.LatencyCounts, LatencyCount: s.LatencyCount, LatencySum: s.LatencySum}
 }
 
 // health is /healthz: unhealthy while the audit is not loaded or its

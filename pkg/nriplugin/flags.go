@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -85,6 +86,9 @@ Flags:
 	fs.BoolVar(&o.FailClosed, "fail-closed", false, "refuse to start a container that cannot be armed (default: it starts unaudited, with an error logged)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", DefaultMetricsAddr, `Prometheus /metrics and /healthz address ("" disables)`)
 	fs.DurationVar(&o.ReapInterval, "reap-interval", DefaultReapInterval, "how often to remove pods whose veth/netns vanished without a CNI DEL (0 disables)")
+	fs.BoolVar(&o.NetworkPolicy, "networkpolicy", false, "enforce the cluster's Kubernetes NetworkPolicies on this node's pods (opt-in: only with a primary CNI that enforces none; docs/networkpolicy.md)")
+	fs.StringVar(&o.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Kubernetes name, for --networkpolicy (default $NODE_NAME)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for --networkpolicy (default: the in-cluster service account)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -112,6 +116,9 @@ Flags:
 	}
 	if o.AuditLogKeep < 1 {
 		return f, fmt.Errorf("-audit-log-keep %d: must be at least 1 (default %d)", o.AuditLogKeep, audit.DefaultLogKeep)
+	}
+	if o.NetworkPolicy && o.NodeName == "" {
+		return f, fmt.Errorf("-networkpolicy needs the node's name: -node-name or $NODE_NAME")
 	}
 	if o.ReapInterval < 0 {
 		return f, fmt.Errorf("-reap-interval %v: must not be negative", o.ReapInterval)

@@ -92,3 +92,23 @@ func TestHelpSaysWhatItIs(t *testing.T) {
 		t.Errorf("audit default on is logged as %q, want the flag's own word \"on\"", got)
 	}
 }
+
+func TestParseFlagsNetworkPolicy(t *testing.T) {
+	t.Setenv("NODE_NAME", "")
+	f, err := ParseFlags(nil, io.Discard)
+	if err != nil || f.NetworkPolicy {
+		t.Fatalf("--networkpolicy is opt-in: %+v %v", f.Options, err)
+	}
+	if _, err := ParseFlags([]string{"--networkpolicy"}, io.Discard); err == nil || !strings.Contains(err.Error(), "node-name") {
+		t.Fatalf("--networkpolicy without a node name: %v", err)
+	}
+	t.Setenv("NODE_NAME", "node-a")
+	f, err = ParseFlags([]string{"--networkpolicy", "--kubeconfig", "/etc/k.conf"}, io.Discard)
+	if err != nil || !f.NetworkPolicy || f.NodeName != "node-a" || f.Kubeconfig != "/etc/k.conf" {
+		t.Fatalf("%+v %v", f.Options, err)
+	}
+	f, err = ParseFlags([]string{"--networkpolicy", "--node-name=node-b"}, io.Discard)
+	if err != nil || f.NodeName != "node-b" {
+		t.Fatalf("--node-name beats $NODE_NAME: %+v %v", f.Options, err)
+	}
+}

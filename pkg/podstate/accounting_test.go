@@ -81,8 +81,14 @@ func TestStaleReason(t *testing.T) {
 			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "veth123"}, ls); r == "" {
 				t.Error("reused ifindex not detected")
 			}
-			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/var/run/netns/pstest-none"}, ls); r == "" {
+			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: filepath.Join(t.TempDir(), "pstest-none")}, ls); r == "" {
 				t.Error("vanished netns file not detected")
+			}
+			// The runtime's netns dir not mounted where the reaper runs (the
+			// DaemonSet's podscope-nri once): the file is not gone, it is
+			// not visible; the live veth decides.
+			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: filepath.Join(t.TempDir(), "not-mounted", "cni-1")}, ls); r != "" {
+				t.Errorf("a netns file whose directory is not visible is not a staleness signal: %s", r)
 			}
 			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/proc/999999999/ns/net"}, ls); r != "" {
 				t.Errorf("a /proc netns path is not a staleness signal: %s", r)

@@ -48,7 +48,7 @@ func TestAccountingLineFieldNames(t *testing.T) {
 	}
 	want := []string{"time", "reason", "namespace", "pod", "podUID", "containerID", "interface", "hostInterface", "ips", "mode",
 		"network", "podID", "attachedAt", "detachedAt", "rxBytes", "rxPackets", "txBytes", "txPackets", "dropsEgress", "dropsIngress",
-		"dropBytesEgress", "dropBytesIngress", "countersError"}
+		"dropBytesEgress", "dropBytesIngress", "networkPolicyDropsEgress", "networkPolicyDropsIngress", "countersError"}
 	if got := jsonKeys(t, line); !reflect.DeepEqual(got, want) {
 		t.Errorf("accounting line keys\n got %v\nwant %v", got, want)
 	}

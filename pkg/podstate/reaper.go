@@ -176,9 +176,14 @@ func staleReason(p pods.Pod, ls links) string {
 	// A bind-mounted netns file (/var/run/netns/…) is removed only when the
 	// runtime destroys the sandbox. A /proc/<pid>/ns/net path vanishes when
 	// that one process exits, while the netns may live on: not a signal.
+	// Nor is a file whose directory this process cannot see (podscope-nri
+	// in a container without the runtime's netns dir mounted): only the
+	// file missing from a directory that is there.
 	if p.Netns != "" && !strings.HasPrefix(p.Netns, "/proc/") {
 		if _, err := os.Stat(p.Netns); errors.Is(err, os.ErrNotExist) {
-			return "netns " + p.Netns + " gone"
+			if _, err := os.Stat(filepath.Dir(p.Netns)); err == nil {
+				return "netns " + p.Netns + " gone"
+			}
 		}
 	}
 	return ""

@@ -19,6 +19,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -38,6 +39,8 @@ type built struct {
 	sas        []corev1.ServiceAccount
 	configMaps []corev1.ConfigMap
 	daemonSets []appsv1.DaemonSet
+	roles      []rbacv1.ClusterRole
+	bindings   []rbacv1.ClusterRoleBinding
 }
 
 func build(t *testing.T, dir string) *built {
@@ -78,6 +81,14 @@ func build(t *testing.T, dir string) *built {
 			var o appsv1.DaemonSet
 			decode(&o)
 			b.daemonSets = append(b.daemonSets, o)
+		case "ClusterRole":
+			var o rbacv1.ClusterRole
+			decode(&o)
+			b.roles = append(b.roles, o)
+		case "ClusterRoleBinding":
+			var o rbacv1.ClusterRoleBinding
+			decode(&o)
+			b.bindings = append(b.bindings, o)
 		default:
 			t.Errorf("unexpected %s %s in %s", kind, name, dir)
 		}

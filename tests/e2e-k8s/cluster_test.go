@@ -9,7 +9,8 @@
 //
 //	KUBECONFIG                    the cluster (required)
 //	PODSCOPE_K8S_KUBECTL          kubectl to run (default: kubectl on PATH)
-//	PODSCOPE_K8S_OVERLAY          kustomization to install (default hack/k8s/overlay)
+//	PODSCOPE_K8S_OVERLAY          kustomization to install (default hack/k8s/overlay/networkpolicy:
+//	                              hack/k8s/overlay with NetworkPolicy enforcement)
 //	PODSCOPE_K8S_CLEANUP_OVERLAY  kustomization of the cleanup DaemonSet (default hack/k8s/overlay/cleanup)
 //	PODSCOPE_K8S_IMAGE_NEXT       the upgrade's image (default localhost/podscope/podscope:e2e-next)
 //	PODSCOPE_K8S_TEST_IMAGE       busybox + /bin/pstraffic (default localhost/podscope/busybox:e2e)
@@ -105,7 +106,7 @@ func newCluster(t *testing.T) *cluster {
 		cs:          cs,
 		kubeconfig:  kc,
 		kubectlBin:  env("PODSCOPE_K8S_KUBECTL", "kubectl"),
-		overlay:     abs(env("PODSCOPE_K8S_OVERLAY", "../../hack/k8s/overlay")),
+		overlay:     abs(env("PODSCOPE_K8S_OVERLAY", "../../hack/k8s/overlay/networkpolicy")),
 		cleanup:     abs(env("PODSCOPE_K8S_CLEANUP_OVERLAY", "../../hack/k8s/overlay/cleanup")),
 		imageNext:   env("PODSCOPE_K8S_IMAGE_NEXT", "localhost/podscope/podscope:e2e-next"),
 		testImage:   env("PODSCOPE_K8S_TEST_IMAGE", "localhost/podscope/busybox:e2e"),

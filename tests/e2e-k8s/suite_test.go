@@ -58,6 +58,7 @@ func TestCluster(t *testing.T) {
 	}{
 		{"1-install", s.install},
 		{"2-service-traffic", s.serviceTraffic},
+		{"2b-networkpolicy", s.networkPolicy},
 		{"3-policy", s.policy},
 		{"4-audit", s.audit},
 		{"5-rechain", s.rechain},
