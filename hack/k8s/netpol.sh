@@ -75,7 +75,7 @@ build_into() {
 }
 
 go_e2e_test() {
-  (cd "$REPO/hack/k8s/build/kube" && go test -c -trimpath -ldflags "$(kube_ldflags)" -o "$out" k8s.io/kubernetes/test/e2e)
+  (cd "$REPO/hack/k8s/build/kube" && go test -c -vet=off -trimpath -ldflags "$(kube_ldflags)" -o "$out" k8s.io/kubernetes/test/e2e)
 }
 go_ginkgo() {
   (cd "$REPO/hack/k8s/build/kube" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out" github.com/onsi/ginkgo/v2/ginkgo)
