@@ -123,12 +123,10 @@ func (s *suite) networkPolicy(t *testing.T) {
 	// from the API call returning to the first probe with the new verdict
 	// (a probe is a kubectl exec: ~0.1-0.3 s of it is the probe itself).
 	//
-	// KNOWN ISSUE (first run, 2026-12-05): one transition in 13 (a deny
-	// re-created right after its deletion) was not in force after 30 s
-	// while the functional checks above all passed. Until it is
-	// diagnosed, a miss is logged with the controller's metrics (not
-	// failed), the state is forced back and the run goes on;
-	// docs/networkpolicy.md says so.
+	// A transition not in force after 30 s fails the suite; the loop
+	// still goes on (the state forced back) so that one run shows every
+	// miss with the controller's metrics at that moment. Seen once, in
+	// the first run on a machine at load 40-55 (docs/networkpolicy.md).
 	var lat []time.Duration
 	misses := 0
 	for i := 0; i < 10; i++ {
@@ -164,6 +162,9 @@ func (s *suite) networkPolicy(t *testing.T) {
 			}
 			lat = append(lat, time.Since(t0))
 		}
+	}
+	if misses > 0 {
+		t.Errorf("%d of 20 NetworkPolicy transitions not in force within 30 s (each logged above with the controller's metrics)", misses)
 	}
 	if len(lat) == 0 {
 		t.Fatalf("no latency sample: %d misses", misses)
