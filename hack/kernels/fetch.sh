@@ -19,14 +19,19 @@ if [ -z "$ver" ]; then
   apt-get update -qq >/dev/null
   ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -1)
 fi
-if [ -z "$ver" ]; then
-  # Not in the archive any more (security updates replace ABI names): use
-  # the newest cached copy of this package, if any.
+# The newest cached copy of this package, if any.
+cached() {
+  local old
   old=$(ls -d "$cache/${pkg}_"*"_$RECIPE" 2>/dev/null | sort -V | tail -1 || true)
   if [ -n "$old" ] && [ -f "$old/vmlinuz" ]; then
     echo "$old"
-    exit 0
+    return 0
   fi
+  return 1
+}
+if [ -z "$ver" ]; then
+  # Not in the archive any more (security updates replace ABI names).
+  cached && exit 0
   echo "fetch.sh: package $pkg not found by apt-cache" >&2
   exit 1
 fi
@@ -38,8 +43,14 @@ fi
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/.fetch.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$pkg=$ver" >/dev/null)
-dpkg-deb -x "$tmp"/*.deb "$tmp/x"
+# A download that fails (the apt lists being rewritten by a concurrent
+# apt-get update, a network error) falls back to the cached copy.
+if ! (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$pkg=$ver" >/dev/null) ||
+  ! dpkg-deb -x "$tmp"/*.deb "$tmp/x" || ! ls "$tmp"/x/boot/vmlinuz-* >/dev/null 2>&1; then
+  echo "fetch.sh: fetching $pkg=$ver failed; using the cached copy" >&2
+  cached && exit 0
+  exit 1
+fi
 mkdir "$tmp/out" "$tmp/out/modules"
 cp "$tmp"/x/boot/vmlinuz-* "$tmp/out/vmlinuz"
 for m in "${MODULES[@]}"; do
