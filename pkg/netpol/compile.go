@@ -532,40 +532,34 @@ func (c *Compiler) policyFor(pod *corev1.Pod) (policy.Policy, string) {
 		}
 	}
 	if len(eg) > 0 {
-		key := "e"
-		for _, cp := range eg {
-			key += "\x00" + cp.key
-		}
-		spec, ok := c.memo[key]
-		if !ok {
-			var elems []element
-			for _, cp := range eg {
-				elems = append(elems, c.egressElements(cp)...)
-			}
-			spec = buildSpec(elems)
-			c.memo[key] = spec
-		}
-		p.Egress = spec
-		egKey = key
+		p.Egress, egKey = c.memoSpec("e", eg, c.egressElements)
 	}
 	if len(in) > 0 {
-		key := "i" + portSignature(pod)
-		for _, cp := range in {
-			key += "\x00" + cp.key
-		}
-		spec, ok := c.memo[key]
-		if !ok {
-			var elems []element
-			for _, cp := range in {
-				elems = append(elems, c.ingressElements(cp, pod)...)
-			}
-			spec = buildSpec(elems)
-			c.memo[key] = spec
-		}
-		p.Ingress = spec
-		inKey = key
+		p.Ingress, inKey = c.memoSpec("i"+portSignature(pod), in, func(cp *compiledNP) []element {
+			return c.ingressElements(cp, pod)
+		})
 	}
 	return p, egKey + "\x01" + inKey
+}
+
+// memoSpec is the spec of one direction made of the elements of the
+// selecting policies cps, memoized under prefix (the direction, and for
+// ingress what the pod's named ports resolve to) plus their keys.
+func (c *Compiler) memoSpec(prefix string, cps []*compiledNP, elements func(*compiledNP) []element) (policy.Spec, string) {
+	key := prefix
+	for _, cp := range cps {
+		key += "\x00" + cp.key
+	}
+	spec, ok := c.memo[key]
+	if !ok {
+		var elems []element
+		for _, cp := range cps {
+			elems = append(elems, elements(cp)...)
+		}
+		spec = buildSpec(elems)
+		c.memo[key] = spec
+	}
+	return spec, key
 }
 
 // portSignature identifies what named ports resolve to on pod.

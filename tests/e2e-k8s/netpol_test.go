@@ -122,7 +122,13 @@ func (s *suite) networkPolicy(t *testing.T) {
 	// Update-to-enforcement latency: a deny appears, then goes; the time
 	// from the API call returning to the first probe with the new verdict
 	// (a probe is a kubectl exec: ~0.1-0.3 s of it is the probe itself).
+	//
+	// A transition not in force after 30 s fails the suite; the loop
+	// still goes on (the state forced back) so that one run shows every
+	// miss with the controller's metrics at that moment. Seen once, in
+	// the first run on a machine at load 40-55 (docs/networkpolicy.md).
 	var lat []time.Duration
+	misses := 0
 	for i := 0; i < 10; i++ {
 		for _, deny := range []bool{true, false} {
 			t0 := time.Now()
@@ -130,23 +136,43 @@ func (s *suite) networkPolicy(t *testing.T) {
 				put(&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "latency"},
 					Spec: networkingv1.NetworkPolicySpec{PodSelector: server, PolicyTypes: ingress}})
 			} else {
-				del("latency")
+				_ = np.Delete(ctx(t), "latency", metav1.DeleteOptions{})
 			}
-			for {
+			ok := false
+			for time.Since(t0) < 30*time.Second {
 				if (connect() != nil) == deny {
+					ok = true
 					break
 				}
-				if time.Since(t0) > 30*time.Second {
-					t.Fatalf("sample %d: deny=%v not in force after 30s", i, deny)
+			}
+			if !ok {
+				misses++
+				var lines []string
+				for _, l := range strings.Split(s.metrics(t), "\n") {
+					if strings.HasPrefix(l, "podscope_networkpolicy_") && !strings.Contains(l, "_bucket") {
+						lines = append(lines, l)
+					}
 				}
+				t.Logf("MISS sample %d: deny=%v not in force after 30s; controller metrics:\n%s", i, deny, strings.Join(lines, "\n"))
+				if deny {
+					_ = np.Delete(ctx(t), "latency", metav1.DeleteOptions{})
+					expect("allowed again after the miss", true)
+				}
+				continue
 			}
 			lat = append(lat, time.Since(t0))
 		}
 	}
+	if misses > 0 {
+		t.Errorf("%d of 20 NetworkPolicy transitions not in force within 30 s (each logged above with the controller's metrics)", misses)
+	}
+	if len(lat) == 0 {
+		t.Fatalf("no latency sample: %d misses", misses)
+	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	p := func(q float64) time.Duration { return lat[int(q*float64(len(lat)-1))] }
-	t.Logf("API update to enforcement (%d samples, probe included): p50 %v, p99 %v, max %v",
-		len(lat), p(0.5).Round(time.Millisecond), p(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
+	t.Logf("API update to enforcement (%d samples, %d misses, probe included): p50 %v, p99 %v, max %v",
+		len(lat), misses, p(0.5).Round(time.Millisecond), p(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
 	body = s.metrics(t)
 	sum, cnt := plainMetric(body, "podscope_networkpolicy_update_latency_seconds_sum"), plainMetric(body, "podscope_networkpolicy_update_latency_seconds_count")
 	if cnt > 0 {
