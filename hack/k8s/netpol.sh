@@ -16,6 +16,7 @@
 #   FOCUS=REGEX      the specs to run (default: the whole Netpol set)
 #   SUBSET=ci        the CI subset (one spec per rule kind, ~10 min)
 #   PROCS=N          ginkgo processes (default 2)
+#   GINKGO_TIMEOUT=D ginkgo's limit for the whole run (default 3h; make test: 30m)
 #   KEEP=1           leave the node up afterwards
 # Results: $NETPOL_OUT (default bench/out/netpol): junit_01.xml, e2e.log,
 # summary.txt (one line per spec: PASS/FAIL/SKIP, seconds, name).
@@ -202,7 +203,7 @@ cmd_run() {
   t1=$SECONDS
   log "node up, podscope deployed ($(basename "$overlay")) in $((t1 - t0))s; running $(focus_regex | cut -c1-60)... with $procs processes"
   # In the node's network namespace (the API server listens on its 127.0.0.1).
-  nsenter -t "$(holder)" -n -- "$NETPOL_DIR/ginkgo" --procs="$procs" --no-color --timeout=3h \
+  nsenter -t "$(holder)" -n -- "$NETPOL_DIR/ginkgo" --procs="$procs" --no-color --timeout="${GINKGO_TIMEOUT:-3h}" \
     --focus="$(focus_regex)" --skip="$NETPOL_SKIP" --output-interceptor-mode=none \
     "$NETPOL_DIR/e2e.test" -- --kubeconfig="$KCFG" --provider=local --report-dir="$NETPOL_OUT" \
     --e2e-output-dir="$NETPOL_OUT" --num-nodes=1 \
