@@ -68,7 +68,7 @@ func TestForcedModeRefusedLeavesNothing(t *testing.T) {
 	t.Cleanup(func() { Cleanup(root) })
 	probe := ProbeModes("")
 	if len(probe.Refused) == 0 {
-		t.Skipf("the probe refused no mode on this kernel (%s): nothing to force", probe)
+		testenv.SkipKernelLacks(t, "the probe refused no mode on this kernel (%s): nothing to force", probe)
 	}
 	m := probe.Refused[len(probe.Refused)-1].Mode
 	forced, err := Open(root, Options{Mode: m})

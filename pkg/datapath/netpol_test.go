@@ -86,7 +86,7 @@ func newBridgeNode(t *testing.T) *bridgeNode {
 		t.Fatal(err)
 	}
 	if skip != "" {
-		t.Skip(skip)
+		testenv.SkipKernelLacks(t, "%s", skip)
 	}
 	return b
 }
@@ -278,7 +278,7 @@ func requireNetworkPolicy(t *testing.T, n *node) {
 func skipWithoutNetfilter(t testing.TB, supported error) {
 	t.Helper()
 	if errors.Is(supported, ErrNoNetfilterLink) || errors.Is(supported, ErrNoConntrack) {
-		t.Skipf("kernel cannot enforce NetworkPolicy, as NetworkPolicySupported reports: %v", supported)
+		testenv.SkipKernelLacks(t, "kernel cannot enforce NetworkPolicy, as NetworkPolicySupported reports: %v", supported)
 	}
 }
 

@@ -85,3 +85,15 @@ func BPFFSRoot(t testing.TB) pins.Root {
 	})
 	return pins.New(dir)
 }
+
+// SkipKernelLacks skips a test whose subject this kernel cannot offer (the
+// qemu kernel matrix boots older kernels without some features or modules,
+// and does not set CI); under CI=true, on the CI host whose kernel has them
+// all, it fails instead.
+func SkipKernelLacks(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("kernel lacks what the test needs (under CI=true this fails): "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
