@@ -70,18 +70,8 @@ func longAuditIdentity() audit.Identity {
 // exactly armed or exactly not — no link pin, identity, blob or audited
 // entry of it left behind.
 func TestNRICrashMidArmDisarm(t *testing.T) {
-	testenv.RequireRoot(t)
-	mnt, err := cgroups.FindUnifiedSelf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := testenv.BPFFSRoot(t)
 	// Load once: the killed processes and the "restarted daemon" reuse it.
-	a, err := audit.Open(root, audit.Options{CgroupRoot: mnt.Point})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); audit.Cleanup(root) })
+	mnt, root, a := openCrashAudit(t)
 	for _, point := range append(append([]string{}, fault.Points.Arm...), fault.Points.Disarm...) {
 		t.Run(point, func(t *testing.T) {
 			dir := filepath.Join(mnt.Point, testenv.Name(t))
@@ -203,17 +193,7 @@ func syncWorld(mnt cgroups.Mount, dir string, idx []int) ([]*api.PodSandbox, []*
 // link pins of one arming, and nothing of the gone ones; a last Synchronize
 // with nothing running leaves nothing at all.
 func TestNRICrashMidSynchronize(t *testing.T) {
-	testenv.RequireRoot(t)
-	mnt, err := cgroups.FindUnifiedSelf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := testenv.BPFFSRoot(t)
-	a, err := audit.Open(root, audit.Options{CgroupRoot: mnt.Point})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); audit.Cleanup(root) })
+	mnt, root, a := openCrashAudit(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	const n = 4
 	all := []int{0, 1, 2, 3}
@@ -232,9 +212,11 @@ func TestNRICrashMidSynchronize(t *testing.T) {
 				if err := os.MkdirAll(d, 0o755); err != nil {
 					t.Fatal(err)
 				}
-				if cgid[i], err = cgroups.V2ID(d); err != nil {
+				id, err := cgroups.V2ID(d)
+				if err != nil {
 					t.Fatal(err)
 				}
+				cgid[i] = id
 			}
 			t.Cleanup(func() {
 				for i := 0; i < n; i++ {
@@ -324,4 +306,22 @@ func TestNRICrashMidSynchronize(t *testing.T) {
 func linkPins(root pins.Root, cgid uint64) []string {
 	l, _ := filepath.Glob(filepath.Join(root.Dir(audit.Owner), "cg_"+strconv.FormatUint(cgid, 10)+"_*"))
 	return l
+}
+
+// openCrashAudit loads the audit once under a throw-away bpffs root for a
+// crash test: the killed processes and the "restarted daemon" reuse it.
+func openCrashAudit(t *testing.T) (cgroups.Mount, pins.Root, *audit.Auditor) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	mnt, err := cgroups.FindUnifiedSelf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := testenv.BPFFSRoot(t)
+	a, err := audit.Open(root, audit.Options{CgroupRoot: mnt.Point})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); audit.Cleanup(root) })
+	return mnt, root, a
 }
