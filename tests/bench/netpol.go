@@ -148,8 +148,11 @@ type NetpolRow struct {
 	// Ratio of each mode to the baseline row, paired per round (see
 	// NetpolTable); zero N when this is the baseline or nothing was paired.
 	Ratio map[string]Summary
-	// Update-to-enforcement latency in seconds: p50, p99 over Samples.
+	// Update-to-enforcement latency in seconds, p50 and p99: from just
+	// before the API call (kubectl's start included), and from the API
+	// call's return (AckP50/P99, when latency.txt has a second column).
 	LatencyP50, LatencyP99 float64
+	AckP50, AckP99         float64
 	LatencySamples         int
 }
 
@@ -157,11 +160,12 @@ type NetpolRow struct {
 var NetpolModes = []string{"rr", "crr", "udp"}
 
 // ReadNetpolRow reads DIR/<mode>.jsonl (LoadResult per line, one per
-// round), DIR/latency.txt (seconds per line) and DIR/na.txt (why the row
+// round), DIR/latency.txt (seconds per line: from before the API call and,
+// optionally, from its return) and DIR/na.txt (why the row
 // could not run) of one row.
 func ReadNetpolRow(dir, name string) (NetpolRow, error) {
 	row := NetpolRow{Name: name, Samples: map[string][]float64{}, Value: map[string]float64{},
-		Ratio: map[string]Summary{}, LatencyP50: math.NaN(), LatencyP99: math.NaN()}
+		Ratio: map[string]Summary{}, LatencyP50: math.NaN(), LatencyP99: math.NaN(), AckP50: math.NaN(), AckP99: math.NaN()}
 	if b, err := os.ReadFile(filepath.Join(dir, "na.txt")); err == nil {
 		row.NA = strings.Join(strings.Fields(string(b)), " ")
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -199,22 +203,31 @@ func ReadNetpolRow(dir, name string) (NetpolRow, error) {
 		return row, err
 	}
 	defer f.Close()
-	var lat []float64
+	var lat, ack []float64
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" {
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 0 {
 			continue
 		}
-		v, err := strconv.ParseFloat(s, 64)
-		if err != nil {
-			return row, fmt.Errorf("%s/latency.txt: %w", dir, err)
+		for i, x := range fs[:min(2, len(fs))] {
+			v, err := strconv.ParseFloat(x, 64)
+			if err != nil {
+				return row, fmt.Errorf("%s/latency.txt: %w", dir, err)
+			}
+			if i == 0 {
+				lat = append(lat, v)
+			} else {
+				ack = append(ack, v)
+			}
 		}
-		lat = append(lat, v)
 	}
 	row.LatencySamples = len(lat)
 	if len(lat) > 0 {
 		row.LatencyP50, row.LatencyP99 = Percentile(lat, 50), Percentile(lat, 99)
+	}
+	if len(ack) == len(lat) && len(ack) > 0 {
+		row.AckP50, row.AckP99 = Percentile(ack, 50), Percentile(ack, 99)
 	}
 	return row, sc.Err()
 }
@@ -263,11 +276,14 @@ func NetpolTable(rows []NetpolRow) string {
 		lat := "–"
 		if r.LatencySamples > 0 {
 			lat = fmt.Sprintf("%.0f ms / %.0f ms (n=%d)", r.LatencyP50*1000, r.LatencyP99*1000, r.LatencySamples)
+			if !math.IsNaN(r.AckP50) {
+				lat += fmt.Sprintf("; from the API's reply %.0f ms / %.0f ms", r.AckP50*1000, r.AckP99*1000)
+			}
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", r.Name, cell(r, "rr"), cell(r, "crr"), cell(r, "udp"), lat)
 	}
 	if len(rows) > 1 {
-		b.WriteString("\nValues: medians over the rounds. Ratio: to the first row, per round against the mean of the two baseline runs around it (A B A B … A); median, min–max over the rounds.\n")
+		b.WriteString("\nValues: medians over the rounds. Ratio: to the first row, per round against the mean of the two baseline runs around it (A B A B … A); median, min–max over the rounds. Update→enforced: from just before kubectl starts (its start-up included) to the first new connection with the new outcome; and from kubectl's return (the API server stored the change).\n")
 	}
 	return b.String()
 }

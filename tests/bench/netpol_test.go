@@ -61,7 +61,7 @@ func TestNetpolRowAndTable(t *testing.T) {
 	write(filepath.Join(dir, "ps", "rr.jsonl"), `{"mode":"rr","value":190}
 {"mode":"rr","value":240}
 `)
-	write(filepath.Join(dir, "ps", "latency.txt"), "0.1\n0.3\n0.2\n0.4\n")
+	write(filepath.Join(dir, "ps", "latency.txt"), "0.1 0.05\n0.3 0.2\n0.2 0.1\n0.4 0.3\n")
 	write(filepath.Join(dir, "knp", "na.txt"), "nft: queue | no\nsuch file\n")
 	none, err := ReadNetpolRow(filepath.Join(dir, "none"), "no policy")
 	if err != nil {
@@ -85,7 +85,7 @@ func TestNetpolRowAndTable(t *testing.T) {
 	tab := NetpolTable([]NetpolRow{none, ps, knp})
 	for _, want := range []string{
 		"| no policy | 200 | n/a | n/a | – |",
-		"| podscope | 215 (ratio 0.955, 0.950–0.960) | n/a | n/a | 200 ms / 400 ms (n=4) |",
+		"| podscope | 215 (ratio 0.955, 0.950–0.960) | n/a | n/a | 200 ms / 400 ms (n=4); from the API's reply 100 ms / 300 ms |",
 		"| knp | cannot run here: nft: queue \\| no such file | | | |",
 	} {
 		if !strings.Contains(tab, want) {
