@@ -9,6 +9,7 @@ package pins
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -79,6 +80,25 @@ func (r Root) StaleLayouts() ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// Walk calls fn with the path of every pin (every entry that is not a
+// directory) under dir, in lexical order. A dir that does not exist, and a
+// pin or directory removed while the walk runs (another process cleaning
+// up), are passed over; an error of fn ends the walk and is returned.
+func Walk(dir string, fn func(pin string) error) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		return fn(p)
+	})
 }
 
 // ErrNotBPFFS is returned when the bpffs root is not on a bpf filesystem.
