@@ -169,6 +169,22 @@ func Explain(err error, root Root, mapName string) error {
 	return err
 }
 
+// UserMapSpec is the spec of a map user space keeps on its own (no BPF
+// program declares it; the pod registry, the blob store): a hash map that
+// allocates entries as they are added, pinned by name, for CreateMap and
+// OpenMap.
+func UserMapSpec(name string, keySize, valueSize, maxEntries uint32) *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:       name,
+		Type:       ebpf.Hash,
+		KeySize:    keySize,
+		ValueSize:  valueSize,
+		MaxEntries: maxEntries,
+		Flags:      unix.BPF_F_NO_PREALLOC,
+		Pinning:    ebpf.PinByName,
+	}
+}
+
 // CreateMap opens the map of spec (Pinning: ebpf.PinByName) pinned in
 // owner's directory, creating and pinning it if absent: for maps user space
 // keeps on its own (the pod registry, the blob store). what names the map in

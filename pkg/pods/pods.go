@@ -93,17 +93,7 @@ func newRegistry(m *ebpf.Map, root pins.Root) (*Registry, error) {
 	return r, nil
 }
 
-func spec() *ebpf.MapSpec {
-	return &ebpf.MapSpec{
-		Name:       MapName,
-		Type:       ebpf.Hash,
-		KeySize:    4,
-		ValueSize:  valueSize,
-		MaxEntries: MaxPods,
-		Flags:      unix.BPF_F_NO_PREALLOC,
-		Pinning:    ebpf.PinByName,
-	}
-}
+func spec() *ebpf.MapSpec { return pins.UserMapSpec(MapName, 4, valueSize, MaxPods) }
 
 // Path is where the registry is pinned under root.
 func Path(root pins.Root) string { return root.Pin(Owner, MapName) }
