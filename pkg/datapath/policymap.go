@@ -150,40 +150,6 @@ func putAll[K, V any](m *ebpf.Map, keys []K, values []V) error {
 	return nil
 }
 
-// eachEntry calls fn with every entry of m, read with BPF_MAP_LOOKUP_BATCH
-// (one syscall per batch entries instead of a next-key and a lookup per
-// entry: DEL reads the whole flow table, 131,072 entries when full) where
-// the kernel has it, else one by one. An entry deleted or added meanwhile
-// may be missed or seen, as with any walk of a live map.
-func eachEntry[K, V any](m *ebpf.Map, batch int, fn func(*K, *V)) error {
-	keys := make([]K, batch)
-	vals := make([]V, batch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := 0; i < n; i++ {
-			fn(&keys[i], &vals[i])
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if err == nil {
-			continue
-		}
-		if n > 0 || !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("batch lookup: %w", err)
-		}
-		break
-	}
-	var k K
-	var v V
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		fn(&k, &v)
-	}
-	return it.Err()
-}
-
 // deleteAll deletes keys (those already gone are fine).
 func deleteAll[K any](m *ebpf.Map, keys []K) error {
 	if len(keys) == 0 {
