@@ -102,15 +102,11 @@ func (d *Datapath) podIfaces(pod PodID) (map[uint32]tcPodIface, error) {
 
 // podRef is pod's pod_policy entry.
 func (d *Datapath) podRef(pod PodID) (tcPodPolicyRef, bool, error) {
-	var ref tcPodPolicyRef
-	err := d.objs.PodPolicy.Lookup(uint32(pod), &ref)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return ref, false, nil
-	}
+	ref, found, err := lookup[tcPodPolicyRef](d.objs.PodPolicy, uint32(pod))
 	if err != nil {
 		return ref, false, fmt.Errorf("reading pod %d's policy reference: %w", pod, err)
 	}
-	return ref, true, nil
+	return ref, found, nil
 }
 
 // setRefIfindex records the ifindex pod is registered under (0: none).
@@ -148,6 +144,16 @@ func putAll[K, V any](m *ebpf.Map, keys []K, values []V) error {
 		}
 	}
 	return nil
+}
+
+// lookup reads key's value in m: found is false, and err nil, when the
+// key is absent.
+func lookup[V any](m *ebpf.Map, key any) (v V, found bool, err error) {
+	err = m.Lookup(key, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return v, false, nil
+	}
+	return v, err == nil, err
 }
 
 // deleteAll deletes keys (those already gone are fine).
