@@ -85,7 +85,7 @@ func gatherNetworkPolicy(root pins.Root, dp *datapath.Datapath) *NetworkPolicySt
 	np.Hooks = sortedKeys(fams)
 	switch {
 	case len(fams) == 0:
-		np.Reason = "no NetworkPolicy hook attached: podscope-nri runs without --networkpolicy, or could not attach it (its log and podscope_networkpolicy_enforced say why)"
+		np.Reason = "no hook attached (podscope-nri runs without --networkpolicy, or could not attach it: its log says why)"
 	case !fams["ipv4"] || !fams["ipv6"]:
 		np.Reason = "only the " + strings.Join(np.Hooks, ", ") + " hook is attached"
 	default:

@@ -81,7 +81,7 @@ func TestStatusNetworkPolicy(t *testing.T) {
 	if np == nil {
 		t.Fatalf("status without its NetworkPolicy part: %+v", st)
 	}
-	if np.Enforced || !strings.Contains(np.Reason, "no NetworkPolicy hook attached") || len(np.Hooks) != 0 {
+	if np.Enforced || !strings.Contains(np.Reason, "no hook attached") || len(np.Hooks) != 0 {
 		t.Errorf("without hooks: %+v, want not enforced, saying no hook is attached", np)
 	}
 	if np.Pods != 3 || np.Sets != 2 || np.Judged != 0 || np.Error != "" {

@@ -271,6 +271,9 @@ func (s *suite) networkPolicyRules(t *testing.T) {
 			a.NetworkPolicyDropsEgress-b.NetworkPolicyDropsEgress, a.DropsEgress-b.DropsEgress)
 	}
 	s.checkFlows(t, srv, peerClient)
+	if out, err := s.ctl(t, "status"); err == nil {
+		t.Logf("podscopectl status:\n%s", out)
+	}
 	if st := s.status(t); st.NetworkPolicy == nil || !st.NetworkPolicy.Enforced || st.NetworkPolicy.Pods < 1 || st.NetworkPolicy.Sets < 1 {
 		t.Errorf("podscopectl status: NetworkPolicy %+v: want enforced, np-server's policy held", st.NetworkPolicy)
 	}
