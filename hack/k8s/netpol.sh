@@ -371,14 +371,19 @@ knp_try() {
   oci_layout "$WORK/knp.tar" "$KNP_IMAGE" null "$rootfs"
   rm -rf "$rootfs"
   in_node "$CTRD_DIR/ctr" --address "$CTRD_SOCK" --namespace k8s.io images import "$WORK/knp.tar" >/dev/null
+  # The node's API server has no endpoint behind the kubernetes Service: the
+  # host-network pod reaches it at 127.0.0.1:6443, like podscope's overlay.
   sed -e "s|image: registry.k8s.io/networking/kube-network-policies:.*|image: $KNP_IMAGE\\n        imagePullPolicy: Never|" \
-    -e 's|- --nfqueue-id=98|- --nfqueue-id=98\n        - --disable-nri|' "$KNP_DIR/install.yaml" | kctl apply -f - >&2
+    -e 's|- --nfqueue-id=98|- --nfqueue-id=98\n        - --disable-nri|' \
+    -e 's|- name: MY_NODE_NAME|- {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}\n        - {name: KUBERNETES_SERVICE_PORT, value: "6443"}\n        - name: MY_NODE_NAME|' \
+    "$KNP_DIR/install.yaml" | kctl apply -f - >&2
   # Its container's own log (klog: an error line starts with E), also of a
-  # crashed previous instance; kubectl's complaints (not started yet) are not.
+  # crashed previous instance; kubectl's complaints (not started yet) and
+  # client-go's retries while it reaches the API server are not its verdict.
   for i in $(seq 120); do
     { kctl -n kube-system logs ds/kube-network-policies --all-containers --previous 2>/dev/null || true
       kctl -n kube-system logs ds/kube-network-policies --all-containers 2>/dev/null || true; } >"$d/log.txt"
-    err=$(grep -m1 -E '^E[0-9]{4} |[Ee]rror|[Ff]ail' "$d/log.txt" || true)
+    err=$(grep -E '^E[0-9]{4} |[Ee]rror:|err=|level=(error|fatal)' "$d/log.txt" | grep -v 'reflector.go' | head -1 || true)
     [ -n "$err" ] && break
     sleep 1
   done
