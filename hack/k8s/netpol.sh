@@ -358,6 +358,15 @@ go_knp() {
   rmdir "$out/bin"
 }
 
+# knp_error LOG: kube-network-policies' first error in LOG (klog: a line
+# starting with E; a multi-line value "err=<" with its first line), without
+# client-go's retries while it reaches the API server.
+knp_error() {
+  awk '/^E[0-9][0-9][0-9][0-9] |level=(error|fatal)/ && !/reflector\.go/ {
+         line = $0; if (line ~ /=<$/) { getline nxt; sub(/^[ \t]+/, "", nxt); sub(/<$/, "", line); line = line nxt }
+         print line; exit }' "$1"
+}
+
 # knp_try ROW-DIR: kube-network-policies deployed as its release manifest
 # says (image: the binary as /bin/netpol, imported, never pulled; NRI off:
 # podscope is the node's NRI plugin). Where it cannot enforce, ROW-DIR/na.txt
@@ -383,7 +392,7 @@ knp_try() {
   for i in $(seq 120); do
     { kctl -n kube-system logs ds/kube-network-policies --all-containers --previous 2>/dev/null || true
       kctl -n kube-system logs ds/kube-network-policies --all-containers 2>/dev/null || true; } >"$d/log.txt"
-    err=$(grep -E '^E[0-9]{4} |[Ee]rror:|err=|level=(error|fatal)' "$d/log.txt" | grep -v 'reflector.go' | head -1 || true)
+    err=$(knp_error "$d/log.txt")
     [ -n "$err" ] && break
     sleep 1
   done
