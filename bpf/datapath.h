@@ -107,3 +107,23 @@ static __always_inline void count_drop(__u32 reason, __u8 dir)
 	if (c)
 		c->packets[dir & 1]++; /* per-CPU */
 }
+
+/* Creates k's flow with its first packet (len bytes, travelling in dir)
+ * counted. Returns 0 when it did, an error when the flow exists (another
+ * CPU created it first: count into that one). */
+static __always_inline long flow_create(struct flow_key *k, __u64 now, __u8 dir, __u64 len, __u8 verdict,
+					__u8 denied_by, __u8 allowed, __u32 set)
+{
+	struct flow_stats n = {
+		.first_seen_ns = now,
+		.last_seen_ns = now,
+		.initiator = dir,
+		.verdict = verdict,
+		.denied_by = denied_by,
+		.allowed = allowed,
+		.policy_set = set,
+	};
+	n.bytes[dir & 1] = len;
+	n.packets[dir & 1] = 1;
+	return bpf_map_update_elem(&flows, k, &n, BPF_NOEXIST);
+}

@@ -226,16 +226,7 @@ static __always_inline void record_deny(__u32 pod, __u8 dir, struct conn *c, __u
 	__u64 now = bpf_ktime_get_ns();
 	struct flow_stats *f = bpf_map_lookup_elem(&flows, &k);
 	if (!f) {
-		struct flow_stats n = {
-			.first_seen_ns = now,
-			.last_seen_ns = now,
-			.initiator = dir,
-			.verdict = ACTION_DENY,
-			.denied_by = DENIED_NETPOL,
-		};
-		n.bytes[dir & 1] = len;
-		n.packets[dir & 1] = 1;
-		if (bpf_map_update_elem(&flows, &k, &n, BPF_NOEXIST) == 0)
+		if (flow_create(&k, now, dir, len, ACTION_DENY, DENIED_NETPOL, 0, 0) == 0)
 			return;
 		f = bpf_map_lookup_elem(&flows, &k);
 		if (!f)

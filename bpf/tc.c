@@ -250,6 +250,19 @@ static __always_inline int has_ports(__u8 proto)
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
 }
 
+/* Fills p from a fast-path packet, IPv4 or IPv6: the caller checked that its
+ * header and ports lie in the linear data and that proto has ports. Returns 1
+ * (parsed). */
+static __always_inline int fill_fast(struct packet *p, __u8 dir, __u8 family, __u8 proto, const void *saddr,
+				     const void *daddr, int alen, const __be16 *ports)
+{
+	p->key.family = family;
+	p->key.proto = proto;
+	set_addrs(p, dir, saddr, daddr, alen);
+	set_ports(p, dir, ports);
+	return 1;
+}
+
 /* The common case read in place (direct packet access, no helper call):
  * TCP/UDP/SCTP right after an option-less IPv4 header or a bare IPv6
  * header, first fragment or none, all within the skb's linear data.
@@ -262,28 +275,17 @@ static __always_inline int parse_fast(struct __sk_buff *skb, struct packet *p, _
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = data + ETH_HLEN;
 		__be16 *ports = (void *)(ip + 1);
-		if ((void *)(ports + 2) > end)
+		if ((void *)(ports + 2) > end || ip->version != 4 || ip->ihl != 5 ||
+		    (ip->frag_off & bpf_htons(IP_OFFSET_MASK)) || !has_ports(ip->protocol))
 			return 0;
-		if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_OFFSET_MASK)) || !has_ports(ip->protocol))
-			return 0;
-		p->key.family = 4;
-		p->key.proto = ip->protocol;
-		set_addrs(p, dir, &ip->saddr, &ip->daddr, 4);
-		set_ports(p, dir, ports);
-		return 1;
+		return fill_fast(p, dir, 4, ip->protocol, &ip->saddr, &ip->daddr, 4, ports);
 	}
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + ETH_HLEN;
 		__be16 *ports = (void *)(ip6 + 1);
-		if ((void *)(ports + 2) > end)
+		if ((void *)(ports + 2) > end || ip6->version != 6 || !has_ports(ip6->nexthdr))
 			return 0;
-		if (ip6->version != 6 || !has_ports(ip6->nexthdr))
-			return 0;
-		p->key.family = 6;
-		p->key.proto = ip6->nexthdr;
-		set_addrs(p, dir, &ip6->saddr, &ip6->daddr, 16);
-		set_ports(p, dir, ports);
-		return 1;
+		return fill_fast(p, dir, 6, ip6->nexthdr, &ip6->saddr, &ip6->daddr, 16, ports);
 	}
 	return 0;
 }
@@ -391,18 +393,8 @@ static __always_inline __u8 decide(__u32 pod, __u32 set, __u8 dir, struct packet
 	 * much cheaper than a clocksource read per packet in a VM. */
 	__u64 now = bpf_ktime_get_coarse_ns();
 	if (!f) {
-		struct flow_stats n = {
-			.first_seen_ns = now,
-			.last_seen_ns = now,
-			.initiator = dir,
-			.verdict = verdict,
-			.denied_by = verdict == ACTION_DENY ? DENIED_POLICY : DENIED_NONE,
-			.allowed = allowed,
-			.policy_set = set,
-		};
-		n.bytes[dir & 1] = len;
-		n.packets[dir & 1] = 1;
-		if (bpf_map_update_elem(&flows, &p->key, &n, BPF_NOEXIST) == 0)
+		if (flow_create(&p->key, now, dir, len, verdict, verdict == ACTION_DENY ? DENIED_POLICY : DENIED_NONE,
+				allowed, set) == 0)
 			return verdict;
 		/* Another CPU created it first: count into that one. */
 		f = bpf_map_lookup_elem(&flows, &p->key);

@@ -55,6 +55,22 @@ BUSYBOX_IMAGE=localhost/podscope/busybox:e2e
 log() { echo "e2e-env: $*" >&2; }
 die() { echo "e2e-env: error: $*" >&2; exit 1; }
 
+# The command line of a script built on this file (this one, hack/k8s/node.sh):
+# `dispatch "SUB ..." "$@"` runs cmd_SUB (a dash in SUB is an underscore in
+# the function's name) with the remaining arguments when SUB is one of the
+# listed sub-commands; otherwise it prints the script's header comment (its
+# usage, up to `set`) and exits 2.
+dispatch() {
+  local subs=" $1 " sub=${2:-}
+  shift
+  [ $# -eq 0 ] || shift
+  if [ -z "$sub" ] || [[ $subs != *" $sub "* ]]; then
+    sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 2
+  fi
+  "cmd_${sub//-/_}" "$@"
+}
+
 # --- building and caching ---------------------------------------------------
 
 gobuild_into() { # dir, go install args...
@@ -634,22 +650,10 @@ cmd_fresh() {
 }
 
 cmd_env() { [ -f "$WORK/env" ] || die "no environment up in $WORK"; cat "$WORK/env"; }
+cmd_running() { pid_alive "$WORK/containerd.pid"; }
 
 # Sourced (hack/k8s/node.sh reuses the builders, images and process helpers
 # above), it only defines them.
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
-case "${1:-}" in
-  deps) cmd_deps ;;
-  up) cmd_up ;;
-  down) cmd_down ;;
-  fresh) cmd_fresh ;;
-  start-containerd) cmd_start_containerd ;;
-  stop-containerd) cmd_stop_containerd "${2:-TERM}" ;;
-  start-nri) cmd_start_nri ;;
-  stop-nri) cmd_stop_nri "${2:-TERM}" ;;
-  env) cmd_env ;;
-  running) pid_alive "$WORK/containerd.pid" ;;
-  cached) cmd_cached ;;
-  *) sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
-esac
+dispatch "deps up down fresh start-containerd stop-containerd start-nri stop-nri env running cached" "$@"

@@ -430,15 +430,9 @@ cmd_down() {
 }
 
 cmd_env() { [ -f "$WORK/env" ] || die "no node up in $WORK"; cat "$WORK/env"; }
+cmd_running() { pid_alive "$WORK/holder.pid"; }
+cmd_exec() { pid_alive "$WORK/holder.pid" || die "no node up"; nsenter -t "$(holder)" -n -- "$@"; }
 
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
-case "${1:-}" in
-  deps) cmd_deps ;;
-  up) cmd_up ;;
-  down) cmd_down ;;
-  env) cmd_env ;;
-  running) pid_alive "$WORK/holder.pid" ;;
-  exec) shift; pid_alive "$WORK/holder.pid" || die "no node up"; nsenter -t "$(holder)" -n -- "$@" ;;
-  *) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
-esac
+dispatch "deps up down env running exec" "$@"

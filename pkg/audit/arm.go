@@ -307,16 +307,9 @@ func cstr(b []int8) string {
 // Open, not at the first Arm (the kernel has room for few BPF_LSM_CGROUP
 // hooks system-wide: CGROUP_LSM_NUM, 10 on Linux 6.x).
 func (a *Auditor) tryCgroupAttach(cgroupRoot string, names []string) error {
-	if cgroupRoot == "" {
-		m, err := cgroups.FindUnifiedSelf()
-		if err != nil {
-			return fmt.Errorf("scratch cgroup: %w", err)
-		}
-		cgroupRoot = m.Point
-	}
-	cg, err := os.MkdirTemp(cgroupRoot, "podscope-armcheck-")
+	cg, err := cgroups.Scratch(cgroupRoot, "podscope-armcheck-")
 	if err != nil {
-		return fmt.Errorf("scratch cgroup: %w", err)
+		return err
 	}
 	defer os.Remove(cg)
 	var links []link.Link

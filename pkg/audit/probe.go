@@ -160,16 +160,9 @@ func probeMode(m Mode, cgroupRoot string) (err error) {
 	}
 	defer maps.Close()
 
-	if cgroupRoot == "" {
-		m, err := cgroups.FindUnifiedSelf()
-		if err != nil {
-			return fmt.Errorf("scratch cgroup: %w", err)
-		}
-		cgroupRoot = m.Point
-	}
-	cg, err := os.MkdirTemp(cgroupRoot, "podscope-probe-")
+	cg, err := cgroups.Scratch(cgroupRoot, "podscope-probe-")
 	if err != nil {
-		return fmt.Errorf("scratch cgroup: %w", err)
+		return err
 	}
 	defer os.Remove(cg)
 	id, err := cgroups.V2ID(cg)

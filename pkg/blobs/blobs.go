@@ -26,7 +26,6 @@ import (
 	"os"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/pins"
 )
@@ -70,17 +69,7 @@ type Store struct {
 	m *ebpf.Map
 }
 
-func spec() *ebpf.MapSpec {
-	return &ebpf.MapSpec{
-		Name:       MapName,
-		Type:       ebpf.Hash,
-		KeySize:    16,
-		ValueSize:  valueSize,
-		MaxEntries: maxEntries,
-		Flags:      unix.BPF_F_NO_PREALLOC,
-		Pinning:    ebpf.PinByName,
-	}
-}
+func spec() *ebpf.MapSpec { return pins.UserMapSpec(MapName, 16, valueSize, maxEntries) }
 
 // Path is where the store is pinned under root.
 func Path(root pins.Root) string { return root.Pin(Owner, MapName) }

@@ -62,6 +62,24 @@ func FindUnifiedSelf() (Mount, error) {
 	return FindUnified(f)
 }
 
+// Scratch creates an empty cgroup to try an attachment on: a new directory
+// named prefix* under root or, when root is "", at this process's cgroup2
+// mount. The caller removes it (os.Remove) when done.
+func Scratch(root, prefix string) (string, error) {
+	if root == "" {
+		m, err := FindUnifiedSelf()
+		if err != nil {
+			return "", fmt.Errorf("scratch cgroup: %w", err)
+		}
+		root = m.Point
+	}
+	dir, err := os.MkdirTemp(root, prefix)
+	if err != nil {
+		return "", fmt.Errorf("scratch cgroup: %w", err)
+	}
+	return dir, nil
+}
+
 // parseMountinfoLine picks cgroup2 mounts out of one mountinfo line:
 // "ID PARENT MAJ:MIN ROOT POINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS".
 func parseMountinfoLine(line string) (Mount, bool) {

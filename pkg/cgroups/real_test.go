@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -73,5 +74,31 @@ func TestRealCgroupID(t *testing.T) {
 	}
 	if cg.Source != FromPID || cg.ID != kernelID || cg.Dir != dir {
 		t.Errorf("pid fallback = %+v, want dir %s id %d from pid", cg, dir, kernelID)
+	}
+}
+
+// TestScratch checks that Scratch makes a real, empty cgroup (the kernel
+// fills it with its interface files) on the unified mount by default.
+func TestScratch(t *testing.T) {
+	testenv.RequireRoot(t)
+	m, err := FindUnifiedSelf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := testenv.Name(t) + "-"
+	dir, err := Scratch("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(dir)
+	if filepath.Dir(dir) != m.Point || !strings.HasPrefix(filepath.Base(dir), prefix) {
+		t.Fatalf("Scratch made %s, want %s/%s*", dir, m.Point, prefix)
+	}
+	procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil || len(procs) != 0 {
+		t.Fatalf("%s is not an empty cgroup: cgroup.procs %q, %v", dir, procs, err)
+	}
+	if _, err := Scratch(filepath.Join(t.TempDir(), "nope"), "x-"); err == nil || !strings.Contains(err.Error(), "scratch cgroup") {
+		t.Fatalf("Scratch under a missing root: %v, want a scratch cgroup error", err)
 	}
 }

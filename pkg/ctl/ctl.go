@@ -172,14 +172,7 @@ the bpffs root (or no audit log), 4 the named pod is not attached.`,
 		Short: "every attached pod: interface, host veth, IPs, attach mode, counters, policy drops",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			if err := checkState(c.pinsRoot()); err != nil {
-				return err
-			}
-			rows, err := gatherPods(c.pinsRoot())
-			if err != nil {
-				return err
-			}
-			return emit(stdout, c.output, rows, func(w io.Writer) error { return printPods(w, rows) })
+			return show(&c, stdout, gatherPods, printPods)
 		},
 	}
 
@@ -194,14 +187,7 @@ the bpffs root (or no audit log), 4 the named pod is not attached.`,
 		if *flowsPod == "" {
 			return usageError("flows needs --pod NS/NAME (list pods with `podscopectl pods`)")
 		}
-		if err := checkState(c.pinsRoot()); err != nil {
-			return err
-		}
-		rows, err := gatherFlows(c.pinsRoot(), *flowsPod)
-		if err != nil {
-			return err
-		}
-		return emit(stdout, c.output, rows, func(w io.Writer) error { return printFlows(w, rows) })
+		return show(&c, stdout, func(root pins.Root) (*Flows, error) { return gatherFlows(root, *flowsPod) }, printFlows)
 	}
 
 	policyCmd := &cobra.Command{
@@ -218,14 +204,7 @@ the bpffs root (or no audit log), 4 the named pod is not attached.`,
 		Args:              exactArgs(1, "policy show needs the pod as NS/NAME"),
 		ValidArgsFunction: completePods,
 		RunE: func(_ *cobra.Command, args []string) error {
-			if err := checkState(c.pinsRoot()); err != nil {
-				return err
-			}
-			pp, err := gatherPolicy(c.pinsRoot(), args[0])
-			if err != nil {
-				return err
-			}
-			return emit(stdout, c.output, pp, func(w io.Writer) error { return printPolicy(w, pp) })
+			return show(&c, stdout, func(root pins.Root) (*PodPolicy, error) { return gatherPolicy(root, args[0]) }, printPolicy)
 		},
 	}
 	policyCmd.AddCommand(policyShow)
@@ -324,6 +303,20 @@ func podRefs(root pins.Root) []string {
 	}
 	sort.Strings(refs)
 	return refs
+}
+
+// show is the body of a command that reads the pinned state: the root
+// must hold podscope state (exit 3 otherwise), then the view is gathered
+// and printed as --output asks.
+func show[V any](c *common, w io.Writer, gather func(pins.Root) (V, error), table func(io.Writer, V) error) error {
+	if err := checkState(c.pinsRoot()); err != nil {
+		return err
+	}
+	v, err := gather(c.pinsRoot())
+	if err != nil {
+		return err
+	}
+	return emit(w, c.output, v, func(w io.Writer) error { return table(w, v) })
 }
 
 func emit(w io.Writer, format string, v any, table func(io.Writer) error) error {

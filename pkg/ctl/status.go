@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -161,16 +159,7 @@ func gatherStatus(root pins.Root, nriSocket string) (*Status, error) {
 
 // walkPins classifies every pin under dir as program, link or map.
 func walkPins(dir string, st *Status) error {
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if d.IsDir() {
-			return nil
-		}
+	err := pins.Walk(dir, func(p string) error {
 		if prog, err := ebpf.LoadPinnedProgram(p, nil); err == nil {
 			pr := Program{Pin: p, Type: prog.Type().String()}
 			if info, err := prog.Info(); err == nil {

@@ -162,15 +162,11 @@ func (d *Datapath) Attach(pod PodID, ifindex int, mode Mode) (Mode, error) {
 }
 
 func (d *Datapath) record(pod PodID, h hook) (tcAttachment, bool, error) {
-	var rec tcAttachment
-	err := d.objs.Attachments.Lookup(tcAttachmentKey{Pod: uint32(pod), Hook: uint32(h)}, &rec)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return rec, false, nil
-	}
+	rec, found, err := lookup[tcAttachment](d.objs.Attachments, tcAttachmentKey{Pod: uint32(pod), Hook: uint32(h)})
 	if err != nil {
 		return rec, false, fmt.Errorf("reading attachment record of pod %d: %w", pod, err)
 	}
-	return rec, true, nil
+	return rec, found, nil
 }
 
 // putRecord stores the record of (pod, h) and returns the undo restoring

@@ -147,18 +147,14 @@ func (d *Datapath) dropEndpoint(pod PodID, k tcEndpointKey) {
 }
 
 func (d *Datapath) netpolRecord(pod PodID) (tcPodNetpol, bool, error) {
-	var rec tcPodNetpol
-	err := d.objs.PodNetpol.Lookup(uint32(pod), &rec)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return rec, false, nil
-	}
+	rec, found, err := lookup[tcPodNetpol](d.objs.PodNetpol, uint32(pod))
 	if err != nil {
 		return rec, false, fmt.Errorf("reading NetworkPolicy of pod %d: %w", pod, err)
 	}
 	if int(rec.Naddrs) > len(rec.Addrs) {
 		rec.Naddrs = uint32(len(rec.Addrs))
 	}
-	return rec, true, nil
+	return rec, found, nil
 }
 
 // RemoveNetworkPolicy stops judging pod's connections by NetworkPolicy:

@@ -102,15 +102,11 @@ func (d *Datapath) podIfaces(pod PodID) (map[uint32]tcPodIface, error) {
 
 // podRef is pod's pod_policy entry.
 func (d *Datapath) podRef(pod PodID) (tcPodPolicyRef, bool, error) {
-	var ref tcPodPolicyRef
-	err := d.objs.PodPolicy.Lookup(uint32(pod), &ref)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return ref, false, nil
-	}
+	ref, found, err := lookup[tcPodPolicyRef](d.objs.PodPolicy, uint32(pod))
 	if err != nil {
 		return ref, false, fmt.Errorf("reading pod %d's policy reference: %w", pod, err)
 	}
-	return ref, true, nil
+	return ref, found, nil
 }
 
 // setRefIfindex records the ifindex pod is registered under (0: none).
@@ -150,38 +146,14 @@ func putAll[K, V any](m *ebpf.Map, keys []K, values []V) error {
 	return nil
 }
 
-// eachEntry calls fn with every entry of m, read with BPF_MAP_LOOKUP_BATCH
-// (one syscall per batch entries instead of a next-key and a lookup per
-// entry: DEL reads the whole flow table, 131,072 entries when full) where
-// the kernel has it, else one by one. An entry deleted or added meanwhile
-// may be missed or seen, as with any walk of a live map.
-func eachEntry[K, V any](m *ebpf.Map, batch int, fn func(*K, *V)) error {
-	keys := make([]K, batch)
-	vals := make([]V, batch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := 0; i < n; i++ {
-			fn(&keys[i], &vals[i])
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if err == nil {
-			continue
-		}
-		if n > 0 || !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("batch lookup: %w", err)
-		}
-		break
+// lookup reads key's value in m: found is false, and err nil, when the
+// key is absent.
+func lookup[V any](m *ebpf.Map, key any) (v V, found bool, err error) {
+	err = m.Lookup(key, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return v, false, nil
 	}
-	var k K
-	var v V
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		fn(&k, &v)
-	}
-	return it.Err()
+	return v, err == nil, err
 }
 
 // deleteAll deletes keys (those already gone are fine).

@@ -71,15 +71,11 @@ func PolicySetFromSource(sum [32]byte, parse func() (policy.Policy, error)) *Pol
 
 // HasPolicySet reports whether the node holds the complete set with sum.
 func (d *Datapath) HasPolicySet(sum [32]byte) (bool, error) {
-	var rec tcPolicySet
-	err := d.objs.PolicySets.Lookup(tcPolicySetKey{Sum: sum}, &rec)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, nil
-	}
+	rec, found, err := lookup[tcPolicySet](d.objs.PolicySets, tcPolicySetKey{Sum: sum})
 	if err != nil {
 		return false, fmt.Errorf("reading policy sets: %w", err)
 	}
-	return rec.State == setComplete, nil
+	return found && rec.State == setComplete, nil
 }
 
 // HasPinnedPolicySet is HasPolicySet for a caller that has not opened the

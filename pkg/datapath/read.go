@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/policy"
 )
 
@@ -57,9 +58,9 @@ const flowBatch = 4096
 func (d *Datapath) Flows(pod PodID) ([]Flow, error) {
 	var out []Flow
 	offset := BootOffset()
-	err := eachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, v *tcFlowStats) {
+	err := pins.EachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, v *tcFlowStats) error {
 		if k.Pod != uint32(pod) {
-			return
+			return nil
 		}
 		eg, in := policy.Egress, policy.Ingress
 		f := Flow{
@@ -79,6 +80,7 @@ func (d *Datapath) Flows(pod PodID) ([]Flow, error) {
 			f.LastSeen = timeAt(offset, v.LastSeenNs)
 		}
 		out = append(out, f)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reading flows: %w", err)
@@ -103,10 +105,11 @@ func (d *Datapath) RemovePod(pod PodID) error {
 		errs = append(errs, err)
 	}
 	var flows []tcFlowKey
-	err := eachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, _ *tcFlowStats) {
+	err := pins.EachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, _ *tcFlowStats) error {
 		if k.Pod == uint32(pod) {
 			flows = append(flows, *k)
 		}
+		return nil
 	})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("reading flows: %w", err))

@@ -62,38 +62,43 @@ type AuditSource interface {
 	WriteEvents() map[WriteKey]uint64
 }
 
+// family declares one metric family of the exposition: its name, its help
+// and its variable labels (no constant labels). Both collectors declare
+// every family through it.
+func family(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
+// with is labels and one more (a fresh slice: labels is shared).
+func with(labels []string, more string) []string {
+	return append(append([]string{}, labels...), more)
+}
+
 var (
 	netLabels       = []string{"namespace", "pod", "pod_uid", "interface"}
 	containerLabels = []string{"namespace", "pod", "pod_uid", "container"}
+	dirLabels       = with(netLabels, "direction")
 
-	rxBytesDesc = prometheus.NewDesc("podscope_network_receive_bytes_total",
-		"Bytes received by the pod on the interface (pod's view), counted by podscope's TC programs.", netLabels, nil)
-	txBytesDesc = prometheus.NewDesc("podscope_network_transmit_bytes_total",
-		"Bytes transmitted by the pod on the interface (pod's view).", netLabels, nil)
-	rxPacketsDesc = prometheus.NewDesc("podscope_network_receive_packets_total",
-		"Packets received by the pod on the interface (pod's view).", netLabels, nil)
-	txPacketsDesc = prometheus.NewDesc("podscope_network_transmit_packets_total",
-		"Packets transmitted by the pod on the interface (pod's view).", netLabels, nil)
-	dropsDesc = prometheus.NewDesc("podscope_network_policy_drops_total",
-		"Packets dropped by podscope network policy, by direction (egress: sent by the pod, ingress: to the pod).",
-		append(append([]string{}, netLabels...), "direction"), nil)
-	netpolDropsDesc = prometheus.NewDesc("podscope_networkpolicy_drops_total",
-		"Packets dropped because the pod's Kubernetes NetworkPolicy denied their connection, by direction (also counted in podscope_network_policy_drops_total).",
-		append(append([]string{}, netLabels...), "direction"), nil)
-	writesDesc = prometheus.NewDesc("podscope_file_write_events_total",
-		"File-write audit events delivered to the audit log, by container and op (folded repeats count each occurrence).",
-		append(append([]string{}, containerLabels...), "op"), nil)
-	lostDesc = prometheus.NewDesc("podscope_audit_events_lost_total",
-		"File-write audit events that could not be delivered (ring buffer full), by container.", containerLabels, nil)
-	modeDesc = prometheus.NewDesc("podscope_audit_mode_info",
-		"The file-write audit mode in use (lsm_cgroup, lsm, fentry, tracepoint); 1 for the mode in use.", []string{"mode"}, nil)
-	armedDesc = prometheus.NewDesc("podscope_audit_armed_cgroups",
-		"Container cgroups armed for file-write audit now.", nil, nil)
-	unobservedDesc = prometheus.NewDesc("podscope_pod_unobserved",
+	rxBytesDesc   = family("podscope_network_receive_bytes_total", "Bytes received by the pod on the interface (pod's view), counted by podscope's TC programs.", netLabels...)
+	txBytesDesc   = family("podscope_network_transmit_bytes_total", "Bytes transmitted by the pod on the interface (pod's view).", netLabels...)
+	rxPacketsDesc = family("podscope_network_receive_packets_total", "Packets received by the pod on the interface (pod's view).", netLabels...)
+	txPacketsDesc = family("podscope_network_transmit_packets_total", "Packets transmitted by the pod on the interface (pod's view).", netLabels...)
+	dropsDesc     = family("podscope_network_policy_drops_total",
+		"Packets dropped by podscope network policy, by direction (egress: sent by the pod, ingress: to the pod).", dirLabels...)
+	netpolDropsDesc = family("podscope_networkpolicy_drops_total",
+		"Packets dropped because the pod's Kubernetes NetworkPolicy denied their connection, by direction (also counted in podscope_network_policy_drops_total).", dirLabels...)
+	unobservedDesc = family("podscope_pod_unobserved",
 		"1 for a pod podscope let start without observing it (no accounting, no policy), with the reason (e.g. its interface is not a veth).",
-		append(append([]string{}, netLabels...), "reason"), nil)
-	connectedDesc = prometheus.NewDesc("podscope_nri_connected",
-		"1 while podscope-nri is registered with the container runtime's NRI socket.", nil, nil)
+		with(netLabels, "reason")...)
+
+	writesDesc = family("podscope_file_write_events_total",
+		"File-write audit events delivered to the audit log, by container and op (folded repeats count each occurrence).",
+		with(containerLabels, "op")...)
+	lostDesc  = family("podscope_audit_events_lost_total", "File-write audit events that could not be delivered (ring buffer full), by container.", containerLabels...)
+	modeDesc  = family("podscope_audit_mode_info", "The file-write audit mode in use (lsm_cgroup, lsm, fentry, tracepoint); 1 for the mode in use.", "mode")
+	armedDesc = family("podscope_audit_armed_cgroups", "Container cgroups armed for file-write audit now.")
+
+	connectedDesc = family("podscope_nri_connected", "1 while podscope-nri is registered with the container runtime's NRI socket.")
 )
 
 // Collector is a prometheus.Collector over the sources. A nil source leaves

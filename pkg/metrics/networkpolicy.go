@@ -26,22 +26,14 @@ type NetworkPolicyStatus struct {
 }
 
 var (
-	npEnforcedDesc = prometheus.NewDesc("podscope_networkpolicy_enforced",
-		"1 while podscope enforces Kubernetes NetworkPolicies on this node; 0 with the reason why not.", []string{"reason"}, nil)
-	npLastSyncDesc = prometheus.NewDesc("podscope_networkpolicy_last_sync_timestamp_seconds",
-		"When the NetworkPolicy controller last brought the datapath in step with the API.", nil, nil)
-	npPoliciesDesc = prometheus.NewDesc("podscope_networkpolicy_policies",
-		"NetworkPolicies in the cluster (the controller's cache).", nil, nil)
-	npPodsDesc = prometheus.NewDesc("podscope_networkpolicy_pods",
-		"This node's attached pods (state=local) and those a NetworkPolicy selects, enforced (state=enforced).", []string{"state"}, nil)
-	npSetsDesc = prometheus.NewDesc("podscope_networkpolicy_sets",
-		"Distinct compiled policies among the enforced pods (pods share a set by content).", nil, nil)
-	npErrorsDesc = prometheus.NewDesc("podscope_networkpolicy_errors",
-		"Problems in the last sync: parts of policies that could not be understood, pods whose policy could not be built or written.", nil, nil)
-	npWriteErrorsDesc = prometheus.NewDesc("podscope_networkpolicy_write_errors_total",
-		"Datapath writes of a pod's NetworkPolicy that failed (the pod kept what it had).", nil, nil)
-	npLatencyDesc = prometheus.NewDesc("podscope_networkpolicy_update_latency_seconds",
-		"From an API event (as the informer delivered it) to the datapath written, per sync that wrote.", nil, nil)
+	npEnforcedDesc    = family("podscope_networkpolicy_enforced", "1 while podscope enforces Kubernetes NetworkPolicies on this node; 0 with the reason why not.", "reason")
+	npLastSyncDesc    = family("podscope_networkpolicy_last_sync_timestamp_seconds", "When the NetworkPolicy controller last brought the datapath in step with the API.")
+	npPoliciesDesc    = family("podscope_networkpolicy_policies", "NetworkPolicies in the cluster (the controller's cache).")
+	npPodsDesc        = family("podscope_networkpolicy_pods", "This node's attached pods (state=local) and those a NetworkPolicy selects, enforced (state=enforced).", "state")
+	npSetsDesc        = family("podscope_networkpolicy_sets", "Distinct compiled policies among the enforced pods (pods share a set by content).")
+	npErrorsDesc      = family("podscope_networkpolicy_errors", "Problems in the last sync: parts of policies that could not be understood, pods whose policy could not be built or written.")
+	npWriteErrorsDesc = family("podscope_networkpolicy_write_errors_total", "Datapath writes of a pod's NetworkPolicy that failed (the pod kept what it had).")
+	npLatencyDesc     = family("podscope_networkpolicy_update_latency_seconds", "From an API event (as the informer delivered it) to the datapath written, per sync that wrote.")
 )
 
 // NetworkPolicyCollector exposes Status at every scrape.

@@ -9,6 +9,7 @@ package pins
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -81,6 +82,25 @@ func (r Root) StaleLayouts() ([]string, error) {
 	return out, nil
 }
 
+// Walk calls fn with the path of every pin (every entry that is not a
+// directory) under dir, in lexical order. A dir that does not exist, and a
+// pin or directory removed while the walk runs (another process cleaning
+// up), are passed over; an error of fn ends the walk and is returned.
+func Walk(dir string, fn func(pin string) error) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		return fn(p)
+	})
+}
+
 // ErrNotBPFFS is returned when the bpffs root is not on a bpf filesystem.
 var ErrNotBPFFS = errors.New("not on a bpf filesystem")
 
@@ -147,6 +167,22 @@ func Explain(err error, root Root, mapName string) error {
 			mapName, root.Dir(""), LayoutVersion, root.Path, err)
 	}
 	return err
+}
+
+// UserMapSpec is the spec of a map user space keeps on its own (no BPF
+// program declares it; the pod registry, the blob store): a hash map that
+// allocates entries as they are added, pinned by name, for CreateMap and
+// OpenMap.
+func UserMapSpec(name string, keySize, valueSize, maxEntries uint32) *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:       name,
+		Type:       ebpf.Hash,
+		KeySize:    keySize,
+		ValueSize:  valueSize,
+		MaxEntries: maxEntries,
+		Flags:      unix.BPF_F_NO_PREALLOC,
+		Pinning:    ebpf.PinByName,
+	}
 }
 
 // CreateMap opens the map of spec (Pinning: ebpf.PinByName) pinned in

@@ -74,3 +74,39 @@ func TestPinPath(t *testing.T) {
 		}
 	}
 }
+
+func TestWalkListsPinsNotDirectories(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"b/link", "a/map1", "a/map2", "top"} {
+		p := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "empty"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := Walk(dir, func(p string) error {
+		got = append(got, strings.TrimPrefix(p, dir+"/"))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "a/map1 a/map2 b/link top"; strings.Join(got, " ") != want {
+		t.Fatalf("Walk visited %q, want %s", got, want)
+	}
+
+	// A root that does not exist holds no pins; fn's error ends the walk.
+	if err := Walk(filepath.Join(dir, "nope"), func(string) error { t.Fatal("called"); return nil }); err != nil {
+		t.Fatalf("Walk of a missing dir: %v", err)
+	}
+	stop := errors.New("stop")
+	n := 0
+	if err := Walk(dir, func(string) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
+		t.Fatalf("Walk with a failing fn: %v after %d calls, want stop after 1", err, n)
+	}
+}

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/blobs"
 	"github.com/podscope/podscope/pkg/datapath"
@@ -93,17 +92,7 @@ func newRegistry(m *ebpf.Map, root pins.Root) (*Registry, error) {
 	return r, nil
 }
 
-func spec() *ebpf.MapSpec {
-	return &ebpf.MapSpec{
-		Name:       MapName,
-		Type:       ebpf.Hash,
-		KeySize:    4,
-		ValueSize:  valueSize,
-		MaxEntries: MaxPods,
-		Flags:      unix.BPF_F_NO_PREALLOC,
-		Pinning:    ebpf.PinByName,
-	}
-}
+func spec() *ebpf.MapSpec { return pins.UserMapSpec(MapName, 4, valueSize, MaxPods) }
 
 // Path is where the registry is pinned under root.
 func Path(root pins.Root) string { return root.Pin(Owner, MapName) }
@@ -278,41 +267,15 @@ const scanBatch = 256
 // read on every ADD and DEL, so this is part of pod start latency on a
 // node with many pods. Kernels without batch ops get the one-by-one walk.
 func (r *Registry) scan(fn func(id datapath.PodID, v []byte) error) error {
-	keys := make([]uint32, scanBatch)
-	vals := make([]rawRecord, scanBatch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := r.m.BatchLookup(&cursor, keys, vals, nil)
-		for i := 0; i < n; i++ {
-			if ferr := fn(datapath.PodID(keys[i]), vals[i][:]); ferr != nil {
-				return ferr
-			}
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if err == nil {
-			continue
-		}
-		if n > 0 || !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("pod registry: reading: %w", err)
-		}
-		break // no batch ops in this kernel
+	var ferr error
+	err := pins.EachEntry(r.m, scanBatch, func(k *uint32, v *rawRecord) error {
+		ferr = fn(datapath.PodID(*k), v[:])
+		return ferr
+	})
+	if err != nil && err != ferr {
+		return fmt.Errorf("pod registry: reading: %w", err)
 	}
-	var (
-		k uint32
-		v []byte
-	)
-	it := r.m.Iterate()
-	for it.Next(&k, &v) {
-		if err := fn(datapath.PodID(k), v); err != nil {
-			return err
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("pod registry: iterating: %w", err)
-	}
-	return nil
+	return err
 }
 
 // Lookup answers both questions of ADD in one read of the registry: the

@@ -1,10 +1,7 @@
 package integration
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -25,16 +22,7 @@ type pinnedState struct {
 
 func readPins(root pins.Root) (pinnedState, error) {
 	st := pinnedState{mapEntries: map[string]int{}}
-	err := filepath.WalkDir(root.Path, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if d.IsDir() {
-			return nil
-		}
+	err := pins.Walk(root.Path, func(p string) error {
 		if prog, err := ebpf.LoadPinnedProgram(p, nil); err == nil {
 			prog.Close()
 			st.programs = append(st.programs, p)
