@@ -21,6 +21,13 @@
 # Results: $NETPOL_OUT (default bench/out/netpol): junit_01.xml, e2e.log,
 # summary.txt (one line per spec: PASS/FAIL/SKIP, seconds, name).
 #
+# Environment of `bench` (results: bench/out/netpol-bench/results.md):
+#   NETPOL_BENCH_POLICIES=N  NetworkPolicies selecting the pods (default 50)
+#   NETPOL_BENCH_REPS=N      rounds, no policy and podscope alternating (5)
+#   NETPOL_BENCH_SECONDS=N   seconds per load mode and round (3)
+#   NETPOL_BENCH_LATENCY=N   update-to-enforcement samples, x2 (20)
+#   NETPOL_BENCH_KNP=0       skip the kube-network-policies v0.8.0 attempt
+#
 # e2e.test, ginkgo and agnhost are built from the Go module proxy with the same
 # wrapper module as the node's binaries (hack/k8s/build/kube), cached under
 # $PODSCOPE_CACHE/netpol-e2e-<version>. agnhost is packed as an OCI image under
@@ -81,14 +88,14 @@ go_e2e_test() {
 go_ginkgo() {
   (cd "$REPO/hack/k8s/build/kube" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out" github.com/onsi/ginkgo/v2/ginkgo)
 }
-# The agnhost image: /agnhost plus busybox-static's applets for a shell (the
-# upstream image is alpine with bash, nc, curl); entrypoint /agnhost.
-agnhost_image() {
+# busybox_rootfs: a new directory (printed) with busybox-static's applets in
+# /bin, /etc/passwd and /etc/group (root, nobody) and /tmp: the base of the
+# images below (the upstream agnhost image is alpine with bash, nc, curl).
+busybox_rootfs() {
   local rootfs a
+  [ -x /bin/busybox ] || die "/bin/busybox missing: run hack/install-deps.sh (busybox-static)"
   rootfs=$(mktemp -d)
   mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp"
-  (cd "$REPO/hack/k8s/build/kube" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$rootfs/agnhost" k8s.io/kubernetes/test/images/agnhost)
-  [ -x /bin/busybox ] || die "/bin/busybox missing: run hack/install-deps.sh (busybox-static)"
   cp /bin/busybox "$rootfs/bin/busybox"
   for a in $(/bin/busybox --list); do
     [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"
@@ -96,6 +103,14 @@ agnhost_image() {
   chmod 1777 "$rootfs/tmp"
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$rootfs/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\n' >"$rootfs/etc/group"
+  echo "$rootfs"
+}
+
+# The agnhost image: /agnhost plus busybox; entrypoint /agnhost.
+agnhost_image() {
+  local rootfs
+  rootfs=$(busybox_rootfs)
+  (cd "$REPO/hack/k8s/build/kube" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$rootfs/agnhost" k8s.io/kubernetes/test/images/agnhost)
   oci_layout "$out" "$AGNHOST_IMAGE" '["/agnhost"]' "$rootfs" /bin
   rm -rf "$rootfs"
 }
@@ -234,22 +249,15 @@ finish_run() {
 BENCH_IMAGE=localhost/podscope/netpol-bench:e2e
 BENCH_NS=netpol-bench
 BENCH_POLICIES=${NETPOL_BENCH_POLICIES:-50}
-BENCH_REPS=${NETPOL_BENCH_REPS:-3}
+BENCH_REPS=${NETPOL_BENCH_REPS:-5}
 BENCH_SECONDS=${NETPOL_BENCH_SECONDS:-3}
 BENCH_LATENCY=${NETPOL_BENCH_LATENCY:-20}
 
 # bench_image OUT.tar: busybox + tests/bench's podscope-bench (serve, load, flip).
 bench_image() {
-  local out=$1 rootfs a
-  rootfs=$(mktemp -d)
-  mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp"
+  local out=$1 rootfs
+  rootfs=$(busybox_rootfs)
   (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$rootfs/bin/podscope-bench" ./tests/bench/cmd/podscope-bench)
-  cp /bin/busybox "$rootfs/bin/busybox"
-  for a in $(/bin/busybox --list); do
-    [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"
-  done
-  chmod 1777 "$rootfs/tmp"
-  printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
   oci_layout "$out" "$BENCH_IMAGE" '["/bin/sh"]' "$rootfs"
   rm -rf "$rootfs"
 }
@@ -267,56 +275,38 @@ spec:
 YAML
 }
 
+# netpol_yaml NAME APP TYPE RULE: a NetworkPolicy of the bench namespace
+# selecting the pods labelled app=APP, policyTypes [TYPE] (Ingress or
+# Egress) with the one rule RULE (a YAML flow mapping).
+netpol_yaml() {
+  local dir=ingress
+  [ "$3" = Egress ] && dir=egress
+  cat <<YAML
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: $1, namespace: $BENCH_NS}
+spec:
+  podSelector: {matchLabels: {app: $2}}
+  policyTypes: [$3]
+  $dir:
+    - $4
+YAML
+}
+
 # bench_policies: N NetworkPolicies selecting the pods: N-2 ingress ipBlock
 # rules on the server that match nobody, one that allows the client, and an
 # egress policy on the client (to the server's 5 ports, by endPort).
 bench_policies() {
   local i
   for i in $(seq 1 $((BENCH_POLICIES - 2))); do
-    cat <<YAML
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: decoy-$i, namespace: $BENCH_NS}
-spec:
-  podSelector: {matchLabels: {app: bench-server}}
-  policyTypes: [Ingress]
-  ingress:
-    - from: [{ipBlock: {cidr: 10.$((200 + i / 250)).$((i % 250)).0/24}}]
-      ports: [{protocol: TCP, port: $((6000 + i))}]
-YAML
+    netpol_yaml "decoy-$i" bench-server Ingress \
+      "{from: [{ipBlock: {cidr: 10.$((200 + i / 250)).$((i % 250)).0/24}}], ports: [{protocol: TCP, port: $((6000 + i))}]}"
   done
-  cat <<YAML
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-client, namespace: $BENCH_NS}
-spec:
-  podSelector: {matchLabels: {app: bench-server}}
-  policyTypes: [Ingress]
-  ingress:
-    - from: [{podSelector: {matchLabels: {app: bench-client}}}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client-egress, namespace: $BENCH_NS}
-spec:
-  podSelector: {matchLabels: {app: bench-client}}
-  policyTypes: [Egress]
-  egress:
-    - to: [{podSelector: {matchLabels: {app: bench-server}}}]
-      ports: [{protocol: TCP, port: 5201, endPort: 5205}, {protocol: UDP, port: 5201, endPort: 5205}]
-YAML
+  netpol_yaml allow-client bench-server Ingress "{from: [{podSelector: {matchLabels: {app: bench-client}}}]}"
+  netpol_yaml client-egress bench-client Egress \
+    "{to: [{podSelector: {matchLabels: {app: bench-server}}}], ports: [{protocol: TCP, port: 5201, endPort: 5205}, {protocol: UDP, port: 5201, endPort: 5205}]}"
 }
-
-ALLOW_INTRUDER="apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-intruder, namespace: $BENCH_NS}
-spec:
-  podSelector: {matchLabels: {app: bench-server}}
-  policyTypes: [Ingress]
-  ingress:
-    - from: [{podSelector: {matchLabels: {app: bench-intruder}}}]"
 
 bexec() { kctl -n "$BENCH_NS" exec "$1" -- /bin/podscope-bench "${@:2}"; }
 
@@ -346,11 +336,63 @@ latency_sample() {
   awk -v a="$at" -v b="$t0" 'BEGIN { printf "%.4f\n", (a - b) / 1e9 }'
 }
 
+# --- kube-network-policies (the comparison of the issue; NETPOL_BENCH_KNP=1) ----------
+
+KNP_VERSION=v0.8.0
+KNP_DIR=$K8S_CACHE/kube-network-policies-$KNP_VERSION
+KNP_IMAGE=localhost/podscope/kube-network-policies:$KNP_VERSION
+
+# go_knp: $out/netpol (the release's cmd, built from the Go module proxy)
+# and $out/install.yaml (its manifest, from the same module).
+go_knp() {
+  local d
+  mkdir -p "$out"
+  d=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kube-network-policies@$KNP_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -f "$d/install.yaml" ] || return 1
+  cp "$d/install.yaml" "$out/install.yaml"
+  (cd /tmp && GOFLAGS=-buildvcs=false CGO_ENABLED=0 GOBIN="$out/bin" go install -trimpath -ldflags '-s -w' "sigs.k8s.io/kube-network-policies/cmd@$KNP_VERSION")
+  mv "$out/bin/cmd" "$out/netpol"
+  rmdir "$out/bin"
+}
+
+# knp_try ROW-DIR: kube-network-policies deployed as its release manifest
+# says (image: the binary as /bin/netpol, imported, never pulled; NRI off:
+# podscope is the node's NRI plugin). Where it cannot enforce, ROW-DIR/na.txt
+# gets its error; it is removed again either way.
+knp_try() {
+  local d=$1 rootfs i err=
+  mkdir -p "$d"
+  build_into "$KNP_DIR" go_knp || { echo "build from the Go module proxy failed" >"$d/na.txt"; return; }
+  rootfs=$(busybox_rootfs)
+  cp "$KNP_DIR/netpol" "$rootfs/bin/netpol"
+  oci_layout "$WORK/knp.tar" "$KNP_IMAGE" null "$rootfs"
+  rm -rf "$rootfs"
+  in_node "$CTRD_DIR/ctr" --address "$CTRD_SOCK" --namespace k8s.io images import "$WORK/knp.tar" >/dev/null
+  sed -e "s|image: registry.k8s.io/networking/kube-network-policies:.*|image: $KNP_IMAGE\\n        imagePullPolicy: Never|" \
+    -e 's|- --nfqueue-id=98|- --nfqueue-id=98\n        - --disable-nri|' "$KNP_DIR/install.yaml" | kctl apply -f - >&2
+  for i in $(seq 90); do
+    kctl -n kube-system logs ds/kube-network-policies --all-containers >"$d/log.txt" 2>&1 || true
+    kctl -n kube-system logs ds/kube-network-policies --all-containers --previous >>"$d/log.txt" 2>/dev/null || true
+    err=$(grep -m1 -iE 'error|fail' "$d/log.txt" || true)
+    [ -n "$err" ] && break
+    sleep 1
+  done
+  kctl -n kube-system get pods -l app=kube-network-policies -o wide >>"$d/log.txt" 2>&1 || true
+  if [ -n "$err" ]; then
+    echo "$err" >"$d/na.txt"
+  else
+    echo "started without an error in 90 s; this script does not measure it next to podscope (not implemented)" >"$d/na.txt"
+  fi
+  log "kube-network-policies $KNP_VERSION: $(cat "$d/na.txt")"
+  sed -e "s|image: registry.k8s.io/networking/kube-network-policies:.*|image: $KNP_IMAGE|" "$KNP_DIR/install.yaml" |
+    kctl delete --ignore-not-found -f - >&2 || true
+}
+
 cmd_bench() {
   [ "$(id -u)" = 0 ] || die "must run as root"
   exec 9>/run/podscope-k8s.lock
   flock -w 3600 9 || die "another cluster suite holds /run/podscope-k8s.lock"
-  local overlay out=${NETPOL_BENCH_OUT:-$REPO/bench/out/netpol-bench} i t0=$SECONDS
+  local overlay out=${NETPOL_BENCH_OUT:-$REPO/bench/out/netpol-bench} i t0=$SECONDS load0 knp_row=
   overlay=${PODSCOPE_NETPOL_OVERLAY:-$REPO/hack/k8s/overlay/networkpolicy}
   [ -f "$overlay/kustomization.yaml" ] || die "no overlay with NetworkPolicy enforcement at $overlay"
   pid_alive "$WORK/holder.pid" && die "a node is up in $WORK: stop it with hack/k8s/node.sh down"
@@ -371,35 +413,42 @@ cmd_bench() {
   kctl -n "$BENCH_NS" wait --for=condition=Ready pod --all --timeout=3m >&2
   SERVER_IP=$(kctl -n "$BENCH_NS" get pod server -o jsonpath='{.status.podIP}')
   flip_from client open >/dev/null
-  log "pods up; $BENCH_REPS x (no policy, podscope with $BENCH_POLICIES NetworkPolicies), ${BENCH_SECONDS}s per mode; load $(cut -d' ' -f1-3 /proc/loadavg)"
-  # A B A B ...: the rows interleaved so that drift of the machine cancels.
+  load0=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "pods up; $BENCH_REPS rounds of (no policy, podscope with $BENCH_POLICIES NetworkPolicies) and no policy again, ${BENCH_SECONDS}s per mode; load $load0"
+  # A B A B ... A: each variant round between two baseline rounds, so that
+  # drift of the machine cancels in the paired ratios.
+  measure "$out/none"
   for i in $(seq "$BENCH_REPS"); do
-    measure "$out/none"
     bench_policies | kctl apply -f - >/dev/null
     flip_from intruder closed >/dev/null
     flip_from client open >/dev/null
     measure "$out/podscope"
     kctl -n "$BENCH_NS" delete networkpolicy --all >/dev/null
     flip_from intruder open >/dev/null
+    measure "$out/none"
+    log "round $i/$BENCH_REPS done; load $(cut -d' ' -f1-3 /proc/loadavg)"
   done
   # Update to enforcement: the intruder isolated by the N policies, then a
   # policy allowing it created and deleted, K times each.
   bench_policies | kctl apply -f - >/dev/null
   flip_from intruder closed >/dev/null
   for i in $(seq "$BENCH_LATENCY"); do
-    latency_sample open in_node_apply >>"$out/podscope/latency.txt"
+    latency_sample open allow_intruder >>"$out/podscope/latency.txt"
     latency_sample closed kctl -n "$BENCH_NS" delete networkpolicy allow-intruder >>"$out/podscope/latency.txt"
   done
+  log "latency samples done; load $(cut -d' ' -f1-3 /proc/loadavg)"
+  if [ "${NETPOL_BENCH_KNP:-1}" = 1 ]; then
+    knp_try "$out/knp"
+    knp_row="kube-network-policies $KNP_VERSION, $BENCH_POLICIES NetworkPolicies=knp"
+  fi
   {
-    echo "# make bench-netpol, $(date -u '+%F %H:%M UTC'), $(git -C "$REPO" describe --always --dirty 2>/dev/null), $BENCH_POLICIES NetworkPolicies, ${BENCH_SECONDS}s x $BENCH_REPS per mode (medians), $BENCH_LATENCY x 2 update samples, load $(cut -d' ' -f1-3 /proc/loadavg), $((SECONDS - t0)) s"
+    echo "# make bench-netpol, $(date -u '+%F %H:%M UTC'), $(git -C "$REPO" describe --always --dirty 2>/dev/null), $BENCH_POLICIES NetworkPolicies, $BENCH_REPS rounds of ${BENCH_SECONDS}s per mode, $BENCH_LATENCY x 2 update samples, load $load0 at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end, $((SECONDS - t0)) s"
     echo
-    "$REPO/bench/out/podscope-bench" netpol-report --in "$out" "no policy=none" "podscope, $BENCH_POLICIES NetworkPolicies=podscope"
-    echo
-    echo "kube-network-policies v0.8.0: not measured: it queues with nftables' queue expression and this kernel has no CONFIG_NFT_QUEUE (see bench/README.md)."
+    "$REPO/bench/out/podscope-bench" netpol-report --in "$out" "no policy=none" "podscope, $BENCH_POLICIES NetworkPolicies=podscope" ${knp_row:+"$knp_row"}
   } >"$out/results.md"
   cat "$out/results.md"
 }
-in_node_apply() { echo "$ALLOW_INTRUDER" | kctl apply -f -; }
+allow_intruder() { netpol_yaml allow-intruder bench-server Ingress "{from: [{podSelector: {matchLabels: {app: bench-intruder}}}]}" | kctl apply -f -; }
 
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
@@ -408,5 +457,5 @@ case "${1:-}" in
   list) cmd_list ;;
   run) cmd_run ;;
   bench) cmd_bench ;;
-  *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -20,7 +20,9 @@ ip link set lo up
 for m in /modules/*.ko; do [ -f "$m" ] && insmod "$m"; done
 name=$(sed -n 's/.*psk=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "@@@ BOOTED $name $(uname -r) lsm=$(cat /sys/kernel/security/lsm 2>/dev/null) $(cut -d' ' -f1 /proc/uptime)s"
-export CI=true HOME=/tmp TMPDIR=/tmp
+# CI=true: a missing tool fails. PODSCOPE_KERNEL_MATRIX: a feature this
+# kernel lacks skips with its reason (testenv.SkipKernelLacks).
+export CI=true PODSCOPE_KERNEL_MATRIX="$name" HOME=/tmp TMPDIR=/tmp
 while read -r step timeout cmd; do
   case "$step" in ''|'#'*) continue ;; esac
   echo "@@@ STEP $step"

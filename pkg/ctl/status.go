@@ -41,6 +41,71 @@ type Status struct {
 	NRISocket        string    `json:"nriSocket"`
 	NRISocketPresent bool      `json:"nriSocketPresent"`
 	Problems         []string  `json:"problems,omitempty"`
+	// NetworkPolicy is Kubernetes NetworkPolicy enforcement as the pins
+	// show it (nil when no datapath is pinned).
+	NetworkPolicy *NetworkPolicyStatus `json:"networkPolicy,omitempty"`
+}
+
+// NetworkPolicyStatus is what the pins tell of Kubernetes NetworkPolicy:
+// whether the program's hooks are attached, and what podscope-nri's
+// controller wrote into the maps. How many NetworkPolicies there are, and
+// why podscope-nri could not enforce them, only podscope-nri knows (its
+// /metrics: podscope_networkpolicy_policies, podscope_networkpolicy_enforced).
+type NetworkPolicyStatus struct {
+	// Enforced: the hooks of both families are attached.
+	Enforced bool   `json:"enforced"`
+	Reason   string `json:"reason,omitempty"` // why not
+	// Hooks are the families (ipv4, ipv6) whose hook is attached.
+	Hooks []string `json:"hooks"`
+	// Pods is the number of pods some NetworkPolicy selects, as written
+	// by the controller; Sets the distinct policies among them.
+	Pods int `json:"pods"`
+	Sets int `json:"sets"`
+	// Judged and Untracked are the program's node-wide counts
+	// (datapath.NetworkPolicyStats).
+	Judged    uint64 `json:"judged"`
+	Untracked uint64 `json:"untracked"`
+	Error     string `json:"error,omitempty"`
+}
+
+// gatherNetworkPolicy reads the NetworkPolicy maps and hook pins.
+func gatherNetworkPolicy(root pins.Root, dp *datapath.Datapath) *NetworkPolicyStatus {
+	np := &NetworkPolicyStatus{Hooks: []string{}}
+	var errs []string
+	hooks, err := datapath.NetworkPolicyHooks(root)
+	if err != nil {
+		errs = append(errs, err.Error())
+	}
+	fams := map[string]bool{}
+	for _, h := range hooks {
+		fams[h.Family] = true
+	}
+	np.Hooks = sortedKeys(fams)
+	switch {
+	case len(fams) == 0:
+		np.Reason = "no hook attached (podscope-nri runs without --networkpolicy, or could not attach it: its log says why)"
+	case !fams["ipv4"] || !fams["ipv6"]:
+		np.Reason = "only the " + strings.Join(np.Hooks, ", ") + " hook is attached"
+	default:
+		np.Enforced = true
+	}
+	refs, err := dp.NetworkPolicies()
+	if err != nil {
+		errs = append(errs, err.Error())
+	}
+	sets := map[uint32]bool{}
+	for _, r := range refs {
+		np.Pods++
+		sets[r.Set] = true
+	}
+	np.Sets = len(sets)
+	if stats, err := dp.NetworkPolicyStats(); err == nil {
+		np.Judged, np.Untracked = stats.Judged, stats.Untracked
+	} else {
+		errs = append(errs, err.Error())
+	}
+	np.Error = strings.Join(errs, "; ")
+	return np
 }
 
 func gatherStatus(root pins.Root, nriSocket string) (*Status, error) {
@@ -85,6 +150,7 @@ func gatherStatus(root pins.Root, nriSocket string) (*Status, error) {
 				modes[string(a.Mode)] = true
 			}
 		}
+		st.NetworkPolicy = gatherNetworkPolicy(root, dp)
 		dp.Close()
 	}
 	st.Modes = sortedKeys(modes)
@@ -146,6 +212,9 @@ func printStatus(w io.Writer, st *Status) error {
 	fmt.Fprintf(tw, "pods attached:\t%d\n", st.PodsAttached)
 	fmt.Fprintf(tw, "pinned:\t%d programs, %d links, %d maps\n", len(st.Programs), st.PinnedLinks, st.PinnedMaps)
 	fmt.Fprintf(tw, "audit mode:\t%s\n", st.AuditMode)
+	if np := st.NetworkPolicy; np != nil {
+		fmt.Fprintf(tw, "NetworkPolicy:\t%s\n", networkPolicyLine(np))
+	}
 	fmt.Fprintf(tw, "NRI socket:\t%s (present: %s)\n", st.NRISocket, yesNo(st.NRISocketPresent))
 	if err := tw.Flush(); err != nil {
 		return err
@@ -165,4 +234,25 @@ func printStatus(w io.Writer, st *Status) error {
 		fmt.Fprintln(w, "problem:", p)
 	}
 	return nil
+}
+
+// networkPolicyLine is status's NetworkPolicy line.
+func networkPolicyLine(np *NetworkPolicyStatus) string {
+	state := "enforced (hooks " + strings.Join(np.Hooks, ", ") + ")"
+	if !np.Enforced {
+		state = "not enforced: " + np.Reason
+	}
+	line := fmt.Sprintf("%s; %d %s selected by a NetworkPolicy, %d distinct %s; %d connections judged, %d packets untracked",
+		state, np.Pods, plural(np.Pods, "pod", "pods"), np.Sets, plural(np.Sets, "policy set", "policy sets"), np.Judged, np.Untracked)
+	if np.Error != "" {
+		line += " (reading: " + np.Error + ")"
+	}
+	return line
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

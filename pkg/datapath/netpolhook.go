@@ -274,6 +274,36 @@ func removeNetpolLinks(root pins.Root, fam string) error {
 	return errors.Join(errs...)
 }
 
+// NetworkPolicyHook is one of the NetworkPolicy program's pinned netfilter
+// links.
+type NetworkPolicyHook struct {
+	Family string `json:"family"` // ipv4 or ipv6
+	Pin    string `json:"pin"`
+	// Current: the link runs this build's program (else another
+	// podscope's, which a podscope-nri of this build replaces).
+	Current bool `json:"current"`
+}
+
+// NetworkPolicyHooks lists the NetworkPolicy links pinned under root that
+// the kernel still holds (a reader's view: podscopectl status).
+func NetworkPolicyHooks(root pins.Root) ([]NetworkPolicyHook, error) {
+	matches, err := filepath.Glob(root.Pin(Owner, linksDir, netpolLinkPrefix+"*"))
+	if err != nil {
+		return nil, err
+	}
+	var out []NetworkPolicyHook
+	for _, m := range matches {
+		l, err := link.LoadPinnedLink(m, nil) // links open read-write only
+		if err != nil {
+			continue
+		}
+		l.Close()
+		fam, hash, _ := strings.Cut(strings.TrimPrefix(filepath.Base(m), netpolLinkPrefix), "_")
+		out = append(out, NetworkPolicyHook{Family: fam, Pin: m, Current: hash == netpolObjectHash})
+	}
+	return out, nil
+}
+
 // DetachNetworkPolicyHooks detaches the NetworkPolicy program's links
 // pinned under root and removes their pins. Idempotent.
 func DetachNetworkPolicyHooks(root pins.Root) error {

@@ -139,23 +139,38 @@ func cmdFlip(args []string) error {
 // NetpolRow is one configuration of the NetworkPolicy rows.
 type NetpolRow struct {
 	Name string
-	// Median of each load mode ("rr", "crr", "udp") over the repetitions.
-	Value map[string]float64
-	N     map[string]int
+	// NA, when set, is why the row could not be measured (DIR/na.txt).
+	NA string
+	// Samples of each load mode ("rr", "crr", "udp") in the order they were
+	// measured, one per round; Value is their median.
+	Samples map[string][]float64
+	Value   map[string]float64
+	// Ratio of each mode to the baseline row, paired per round (see
+	// NetpolTable); zero N when this is the baseline or nothing was paired.
+	Ratio map[string]Summary
 	// Update-to-enforcement latency in seconds: p50, p99 over Samples.
 	LatencyP50, LatencyP99 float64
 	LatencySamples         int
 }
 
-// ReadNetpolRow reads DIR/<mode>.jsonl (LoadResult per line) and
-// DIR/latency.txt (seconds per line) of one row.
+// NetpolModes are the load modes of the rows, in table order.
+var NetpolModes = []string{"rr", "crr", "udp"}
+
+// ReadNetpolRow reads DIR/<mode>.jsonl (LoadResult per line, one per
+// round), DIR/latency.txt (seconds per line) and DIR/na.txt (why the row
+// could not run) of one row.
 func ReadNetpolRow(dir, name string) (NetpolRow, error) {
-	row := NetpolRow{Name: name, Value: map[string]float64{}, N: map[string]int{},
-		LatencyP50: math.NaN(), LatencyP99: math.NaN()}
-	for _, m := range []string{"rr", "crr", "udp"} {
+	row := NetpolRow{Name: name, Samples: map[string][]float64{}, Value: map[string]float64{},
+		Ratio: map[string]Summary{}, LatencyP50: math.NaN(), LatencyP99: math.NaN()}
+	if b, err := os.ReadFile(filepath.Join(dir, "na.txt")); err == nil {
+		row.NA = strings.Join(strings.Fields(string(b)), " ")
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return row, err
+	}
+	for _, m := range NetpolModes {
+		row.Value[m] = math.NaN()
 		f, err := os.Open(filepath.Join(dir, m+".jsonl"))
 		if errors.Is(err, os.ErrNotExist) {
-			row.Value[m] = math.NaN()
 			continue
 		}
 		if err != nil {
@@ -174,7 +189,7 @@ func ReadNetpolRow(dir, name string) (NetpolRow, error) {
 			xs = append(xs, r.Value)
 		}
 		f.Close()
-		row.Value[m], row.N[m] = Median(xs), len(xs)
+		row.Samples[m], row.Value[m] = xs, Median(xs)
 	}
 	f, err := os.Open(filepath.Join(dir, "latency.txt"))
 	if errors.Is(err, os.ErrNotExist) {
@@ -204,9 +219,28 @@ func ReadNetpolRow(dir, name string) (NetpolRow, error) {
 	return row, sc.Err()
 }
 
+// PairNetpolRows sets each later row's Ratio against the first row (the
+// baseline): the rounds alternate baseline and variant (A B A B … A), so
+// variant sample i is divided by the mean of baseline samples i and i+1
+// (PairedRatios).
+func PairNetpolRows(rows []NetpolRow) {
+	if len(rows) == 0 {
+		return
+	}
+	base := rows[0]
+	for i := 1; i < len(rows); i++ {
+		for _, m := range NetpolModes {
+			if xs := rows[i].Samples[m]; len(xs) > 0 {
+				rows[i].Ratio[m] = Summarize(PairedRatios(base.Samples[m], xs))
+			}
+		}
+	}
+}
+
 // NetpolTable renders the rows as markdown; the first row is the baseline
-// of the percentages.
+// of the ratios (PairNetpolRows).
 func NetpolTable(rows []NetpolRow) string {
+	PairNetpolRows(rows)
 	var b strings.Builder
 	b.WriteString("| configuration | TCP_RR tx/s | TCP_CRR conn/s | UDP pkt/s | update→enforced p50 / p99 |\n")
 	b.WriteString("|---|---|---|---|---|\n")
@@ -216,19 +250,24 @@ func NetpolTable(rows []NetpolRow) string {
 			return "n/a"
 		}
 		s := fmt.Sprintf("%.0f", v)
-		if len(rows) > 0 && r.Name != rows[0].Name {
-			if base := rows[0].Value[m]; base > 0 && !math.IsNaN(base) {
-				s += fmt.Sprintf(" (%+.1f%%)", (v/base-1)*100)
-			}
+		if q := r.Ratio[m]; q.N > 0 {
+			s += fmt.Sprintf(" (ratio %.3f, %.3f–%.3f)", q.Median, q.Min, q.Max)
 		}
 		return s
 	}
 	for _, r := range rows {
+		if r.NA != "" {
+			fmt.Fprintf(&b, "| %s | cannot run here: %s | | | |\n", r.Name, strings.ReplaceAll(r.NA, "|", "\\|"))
+			continue
+		}
 		lat := "–"
 		if r.LatencySamples > 0 {
 			lat = fmt.Sprintf("%.0f ms / %.0f ms (n=%d)", r.LatencyP50*1000, r.LatencyP99*1000, r.LatencySamples)
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", r.Name, cell(r, "rr"), cell(r, "crr"), cell(r, "udp"), lat)
+	}
+	if len(rows) > 1 {
+		b.WriteString("\nValues: medians over the rounds. Ratio: to the first row, per round against the mean of the two baseline runs around it (A B A B … A); median, min–max over the rounds.\n")
 	}
 	return b.String()
 }

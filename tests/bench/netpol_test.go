@@ -57,9 +57,12 @@ func TestNetpolRowAndTable(t *testing.T) {
 {"mode":"rr","value":300}
 {"mode":"rr","value":200}
 `)
+	// A B A B A: the variant's rounds between the baseline's.
 	write(filepath.Join(dir, "ps", "rr.jsonl"), `{"mode":"rr","value":190}
+{"mode":"rr","value":240}
 `)
 	write(filepath.Join(dir, "ps", "latency.txt"), "0.1\n0.3\n0.2\n0.4\n")
+	write(filepath.Join(dir, "knp", "na.txt"), "nft: queue | no\nsuch file\n")
 	none, err := ReadNetpolRow(filepath.Join(dir, "none"), "no policy")
 	if err != nil {
 		t.Fatal(err)
@@ -68,11 +71,23 @@ func TestNetpolRowAndTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if none.Value["rr"] != 200 || none.N["rr"] != 3 || ps.LatencySamples != 4 || ps.LatencyP50 != 0.2 || ps.LatencyP99 != 0.4 {
+	knp, err := ReadNetpolRow(filepath.Join(dir, "knp"), "knp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if none.Value["rr"] != 200 || len(none.Samples["rr"]) != 3 || ps.LatencySamples != 4 || ps.LatencyP50 != 0.2 || ps.LatencyP99 != 0.4 {
 		t.Fatalf("rows: %+v %+v", none, ps)
 	}
-	tab := NetpolTable([]NetpolRow{none, ps})
-	for _, want := range []string{"| no policy | 200 | n/a | n/a | – |", "| podscope | 190 (-5.0%) | n/a | n/a | 200 ms / 400 ms (n=4) |"} {
+	if knp.NA != "nft: queue | no such file" {
+		t.Fatalf("na: %q", knp.NA)
+	}
+	// 190 / mean(100, 300) = 0.95, 240 / mean(300, 200) = 0.96.
+	tab := NetpolTable([]NetpolRow{none, ps, knp})
+	for _, want := range []string{
+		"| no policy | 200 | n/a | n/a | – |",
+		"| podscope | 215 (ratio 0.955, 0.950–0.960) | n/a | n/a | 200 ms / 400 ms (n=4) |",
+		"| knp | cannot run here: nft: queue \\| no such file | | | |",
+	} {
 		if !strings.Contains(tab, want) {
 			t.Errorf("table lacks %q:\n%s", want, tab)
 		}

@@ -245,6 +245,8 @@ func (c *cluster) ctl(t testing.TB, args ...string) (string, error) {
 type counters struct {
 	RxBytes, RxPackets, TxBytes, TxPackets uint64
 	DropsEgress, DropsIngress              uint64
+	// Of the drops, the Kubernetes NetworkPolicy's.
+	NetworkPolicyDropsEgress, NetworkPolicyDropsIngress uint64
 }
 
 type podRow struct {
@@ -262,6 +264,12 @@ type status struct {
 	PinnedMaps       int
 	PodsAttached     int
 	Problems         []string
+	NetworkPolicy    *struct {
+		Enforced   bool
+		Reason     string
+		Hooks      []string
+		Pods, Sets int
+	}
 }
 
 type auditEvent struct {

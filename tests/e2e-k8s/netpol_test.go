@@ -59,17 +59,7 @@ func (s *suite) networkPolicy(t *testing.T) {
 	egress := []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
 	put := func(p *networkingv1.NetworkPolicy) {
 		t.Helper()
-		p.Namespace = testNS
-		old, err := np.Get(ctx(t), p.Name, metav1.GetOptions{})
-		if err == nil {
-			p.ResourceVersion = old.ResourceVersion
-			_, err = np.Update(ctx(t), p, metav1.UpdateOptions{})
-		} else {
-			_, err = np.Create(ctx(t), p, metav1.CreateOptions{})
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		s.putPolicy(t, p)
 	}
 	del := func(name string) {
 		t.Helper()
@@ -119,6 +109,9 @@ func (s *suite) networkPolicy(t *testing.T) {
 	expect("egress to the server pods through their ClusterIP", true)
 	del("client")
 
+	// Every other rule kind, on pods and a namespace of its own.
+	s.networkPolicyRules(t)
+
 	// Update-to-enforcement latency: a deny appears, then goes; the time
 	// from the API call returning to the first probe with the new verdict
 	// (a probe is a kubectl exec: ~0.1-0.3 s of it is the probe itself).
@@ -154,6 +147,12 @@ func (s *suite) networkPolicy(t *testing.T) {
 					}
 				}
 				t.Logf("MISS sample %d: deny=%v not in force after 30s; controller metrics:\n%s", i, deny, strings.Join(lines, "\n"))
+				// What the datapath holds and what the controller said.
+				st, _ := s.ctl(t, "status")
+				pods, _ := s.ctl(t, "pods")
+				logs, _ := s.kubectl(t, "-n", dsNamespace, "logs", s.dsPod(t).Name, "-c", "podscope-nri", "--since=60s")
+				pol, _ := s.kubectl(t, "-n", testNS, "get", "networkpolicies", "-o", "wide")
+				t.Logf("MISS sample %d: podscopectl status:\n%s\npodscopectl pods:\n%s\npolicies:\n%s\npodscope-nri's last 60 s:\n%s", i, st, pods, pol, logs)
 				if deny {
 					_ = np.Delete(ctx(t), "latency", metav1.DeleteOptions{})
 					expect("allowed again after the miss", true)
@@ -177,6 +176,26 @@ func (s *suite) networkPolicy(t *testing.T) {
 	sum, cnt := plainMetric(body, "podscope_networkpolicy_update_latency_seconds_sum"), plainMetric(body, "podscope_networkpolicy_update_latency_seconds_count")
 	if cnt > 0 {
 		t.Logf("controller's own API event to datapath written: %d syncs, mean %.1f ms", int(cnt), 1000*sum/cnt)
+	}
+}
+
+// putPolicy creates or updates a NetworkPolicy (in testNS unless it names
+// its namespace).
+func (s *suite) putPolicy(t testing.TB, p *networkingv1.NetworkPolicy) {
+	t.Helper()
+	if p.Namespace == "" {
+		p.Namespace = testNS
+	}
+	np := s.cs.NetworkingV1().NetworkPolicies(p.Namespace)
+	old, err := np.Get(ctx(t), p.Name, metav1.GetOptions{})
+	if err == nil {
+		p.ResourceVersion = old.ResourceVersion
+		_, err = np.Update(ctx(t), p, metav1.UpdateOptions{})
+	} else {
+		_, err = np.Create(ctx(t), p, metav1.CreateOptions{})
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -51,6 +51,7 @@ func TestCluster(t *testing.T) {
 		_, _ = c.kubectl(t, "delete", "-k", c.overlay, "--ignore-not-found", "--wait=false")
 		_, _ = c.kubectl(t, "delete", "-k", c.cleanup, "--ignore-not-found", "--wait=false")
 		c.deleteNamespace(t, testNS)
+		c.deleteNamespace(t, peerNS)
 	})
 	steps := []struct {
 		name string
