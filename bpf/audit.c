@@ -430,6 +430,17 @@ WRITE_CALLS(SYS_EXIT)
 
 /* ---- LSM hooks: one body, three attach types ---------------------------- */
 
+/* The scratch of an event seen at a kernel-object hook (LSM, fentry), with
+ * its cgroup in *cgid: NULL when the cgroup is not armed, when the write
+ * syscall's exit program reports the call, or when no scratch is left (the
+ * event is counted lost). */
+static __always_inline struct scratch *kernel_hook_scratch(__u64 *cgid)
+{
+	if (!cgroup_armed(cgid) || reported_at_exit())
+		return NULL;
+	return scratch_or_lost(*cgid);
+}
+
 /* Kernel-object hook (LSM, fentry): (d, vm) is the object, (d2, vm2) the aux
  * path, or raw2 its raw content (symlink). */
 static __always_inline void kernel_op(__u32 op, __u32 flags, struct dentry *d, struct vfsmount *vm,
@@ -439,9 +450,7 @@ static __always_inline void kernel_op(__u32 op, __u32 flags, struct dentry *d, s
 	__u32 plen, alen = 0, kind = AAUX_NONE;
 	__u64 cgid;
 
-	if (!cgroup_armed(&cgid) || reported_at_exit())
-		return;
-	s = scratch_or_lost(cgid);
+	s = kernel_hook_scratch(&cgid);
 	if (!s)
 		return;
 	plen = audit_put_dentry(0, scalar_of(d), scalar_of(vm)) & OFF_MASK;
@@ -575,9 +584,7 @@ static __always_inline void on_path_link(struct dentry *old, const struct path *
 	__u64 cgid, up = 0;
 	int dfd = 0;
 
-	if (!cgroup_armed(&cgid) || reported_at_exit())
-		return;
-	s = scratch_or_lost(cgid);
+	s = kernel_hook_scratch(&cgid);
 	if (!s)
 		return;
 	plen = audit_put_dentry(0, scalar_of(n), scalar_of(vm)) & OFF_MASK;

@@ -659,19 +659,9 @@ func buildSpec(elems []element) policy.Spec {
 		emitted[n] = s
 		rules = append(rules, nodeRules(n, s, n.Bits() == 0)...)
 	}
-	sort.SliceStable(rules, func(i, j int) bool { return prefixLess(rules[i].CIDR, rules[j].CIDR) })
+	sort.SliceStable(rules, func(i, j int) bool { return policy.PrefixLess(rules[i].CIDR, rules[j].CIDR) })
 	spec.Rules = rules
 	return spec
-}
-
-func prefixLess(a, b netip.Prefix) bool {
-	if a.Addr().Is4() != b.Addr().Is4() {
-		return a.Addr().Is4()
-	}
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c < 0
-	}
-	return a.Bits() < b.Bits()
 }
 
 // nodeRules are the rules at node n for the allowed set s. At a /0 the

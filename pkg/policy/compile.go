@@ -43,7 +43,7 @@ func Compile(s Spec, d Direction, field string, maxRules int) ([]Entry, error) {
 		return nil, err
 	}
 	c := newChains(s)
-	sort.Slice(c.all, func(i, j int) bool { return less(c.all[i], c.all[j]) })
+	sort.Slice(c.all, func(i, j int) bool { return PrefixLess(c.all[i], c.all[j]) })
 	out := make([]Entry, 0, len(c.all))
 	for _, p := range c.all {
 		rules, src := c.chain(p)
@@ -218,7 +218,7 @@ func (s Spec) checkChains(field string, max int) error {
 			worst = append(worst, p)
 		}
 	}
-	sort.Slice(worst, func(i, j int) bool { return less(worst[i], worst[j]) })
+	sort.Slice(worst, func(i, j int) bool { return PrefixLess(worst[i], worst[j]) })
 	rules, src := c.chain(worst[0])
 	return c.overflow(field, worst[0], len(rules), src[max], max)
 }
@@ -248,7 +248,9 @@ func dedupe(s []int) []int {
 	return out
 }
 
-func less(a, b netip.Prefix) bool {
+// PrefixLess orders prefixes IPv4 first, then by address, then shorter
+// first: the order compiled rules are listed in.
+func PrefixLess(a, b netip.Prefix) bool {
 	if a.Addr().Is4() != b.Addr().Is4() {
 		return a.Addr().Is4()
 	}

@@ -131,16 +131,8 @@ func ParseSpec(data []byte, field string) (Spec, error) {
 		return Spec{}, err
 	}
 	var s Spec
-	raw, ok := obj["default"]
-	if !ok {
-		return Spec{}, fieldErr(join(field, "default"), `missing: say "allow" or "deny"`)
-	}
-	d, err := stringField(raw, join(field, "default"))
-	if err != nil {
+	if s.Default, err = actionField(obj, field, "default"); err != nil {
 		return Spec{}, err
-	}
-	if s.Default, err = parseAction(d); err != nil {
-		return Spec{}, fieldErr(join(field, "default"), "%v", err)
 	}
 	if raw, ok := obj["rules"]; ok && string(bytes.TrimSpace(raw)) != "null" {
 		var items []json.RawMessage
@@ -210,18 +202,28 @@ func parseRule(data []byte, field string) (Rule, error) {
 			r.Ports = append(r.Ports, pr)
 		}
 	}
-	raw, ok = obj["action"]
-	if !ok {
-		return Rule{}, fieldErr(join(field, "action"), `missing: say "allow" or "deny"`)
-	}
-	a, err := stringField(raw, join(field, "action"))
-	if err != nil {
+	if r.Action, err = actionField(obj, field, "action"); err != nil {
 		return Rule{}, err
 	}
-	if r.Action, err = parseAction(a); err != nil {
-		return Rule{}, fieldErr(join(field, "action"), "%v", err)
-	}
 	return r, nil
+}
+
+// actionField reads the required action obj[name]: "allow" or "deny".
+func actionField(obj map[string]json.RawMessage, field, name string) (Action, error) {
+	f := join(field, name)
+	raw, ok := obj[name]
+	if !ok {
+		return 0, fieldErr(f, `missing: say "allow" or "deny"`)
+	}
+	s, err := stringField(raw, f)
+	if err != nil {
+		return 0, err
+	}
+	a, err := parseAction(s)
+	if err != nil {
+		return 0, fieldErr(f, "%v", err)
+	}
+	return a, nil
 }
 
 // parseCIDR refuses host bits instead of silently masking them: "10.1.2.3/8"
