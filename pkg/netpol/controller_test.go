@@ -126,16 +126,8 @@ func TestController(t *testing.T) {
 	target.held[99] = [32]byte{1}
 	local := &fakeLocal{}
 	local.set(regPod(1, a, "10.244.0.10/24"), regPod(2, b, "10.244.0.11/24"))
-	c, err := New(Config{NodeName: "node1", Client: cs, Target: target, Local: local.list,
-		Resync: 50 * time.Millisecond, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-c.Synced()
+	c, _ := runSynced(t, Config{NodeName: "node1", Client: cs, Target: target, Local: local.list,
+		Resync: 50 * time.Millisecond})
 
 	denyIngress := sumOf(t, policy.Policy{Egress: policy.AllowAll(), Ingress: policy.Spec{Default: policy.Deny}})
 	if s, _ := target.get(1); s != denyIngress {
@@ -230,20 +222,34 @@ func TestControllerRestartKeepsUnchanged(t *testing.T) {
 	target.addrs[1] = []netip.Addr{netip.MustParseAddr("10.244.0.10")}
 	local := &fakeLocal{}
 	local.set(regPod(1, a, "10.244.0.10/24"))
-	c, err := New(Config{NodeName: "node1", Client: cs, Target: target, Local: local.list, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- c.Run(ctx) }()
-	<-c.Synced()
-	cancel()
-	<-done
+	c, stop := runSynced(t, Config{NodeName: "node1", Client: cs, Target: target, Local: local.list})
+	stop()
 	if target.sets != 0 || target.removes != 0 {
 		t.Fatalf("%d writes, %d removals after a restart with nothing changed", target.sets, target.removes)
 	}
 	if st := c.Status(); st.PodsEnforced != 1 {
 		t.Fatalf("status %+v", st)
 	}
+}
+
+// runSynced starts a controller made from cfg (logging nowhere unless cfg
+// says) and returns once its first sync is done; stop (also run at the
+// test's end) cancels it and waits for Run to return.
+func runSynced(t *testing.T, cfg Config) (c *Controller, stop func()) {
+	t.Helper()
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	<-c.Synced()
+	return c, stop
 }

@@ -3,8 +3,6 @@ package netpol
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -38,15 +36,8 @@ func TestControllerDenyCycleRealDatapath(t *testing.T) {
 	cs := fake.NewSimpleClientset(ns("default", nil), a, b, cl)
 	local := &fakeLocal{}
 	local.set(regPod(1, a, "10.244.0.10/24"), regPod(2, b, "10.244.0.11/24"), regPod(3, cl, "10.244.0.12/24"))
-	c, err := New(Config{NodeName: "node1", Client: cs, Target: d, Local: local.list, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-c.Synced()
+	c, stop := runSynced(t, Config{NodeName: "node1", Client: cs, Target: d, Local: local.list})
+	defer stop() // before d.Close
 	gcStop := make(chan struct{})
 	go func() {
 		r, err := datapath.Open(root)
