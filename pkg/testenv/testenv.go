@@ -33,10 +33,17 @@ func RequireRoot(t testing.TB) {
 	if os.Geteuid() == 0 {
 		return
 	}
+	Missing(t, "privileged test: needs root")
+}
+
+// Missing ends a test whose prerequisite (privilege, tool, environment) is
+// missing: under CI=true it fails, otherwise it skips, saying so.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
 	if InCI() {
-		t.Fatal("privileged test: must run as root under CI=true")
+		t.Fatalf("missing under CI=true (this fails): "+format, args...)
 	}
-	t.Skip("privileged test: needs root (skipped only because CI is unset)")
+	t.Skipf(format+" (skipped only because CI is unset)", args...)
 }
 
 // RequireTool finds an executable on PATH; missing it skips outside CI and
@@ -47,10 +54,7 @@ func RequireTool(t testing.TB, name string) string {
 	if err == nil {
 		return p
 	}
-	if InCI() {
-		t.Fatalf("tool %q not found on PATH under CI=true: run hack/install-deps.sh", name)
-	}
-	t.Skipf("tool %q not found (skipped only because CI is unset)", name)
+	Missing(t, "tool %q not found on PATH: run hack/install-deps.sh", name)
 	return ""
 }
 
@@ -104,8 +108,5 @@ func SkipKernelLacks(t testing.TB, format string, args ...any) {
 	if vm := InKernelMatrix(); vm != "" {
 		t.Skipf("kernel of VM %s lacks it: "+format, append([]any{vm}, args...)...)
 	}
-	if InCI() {
-		t.Fatalf("kernel lacks what the test needs (under CI=true this fails): "+format, args...)
-	}
-	t.Skipf(format, args...)
+	Missing(t, "kernel lacks what the test needs: "+format, args...)
 }

@@ -82,10 +82,7 @@ func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	kc := os.Getenv("KUBECONFIG")
 	if kc == "" {
-		if testenv.InCI() {
-			t.Fatal("KUBECONFIG unset: run the suite with make e2e-k8s (or hack/kind-e2e.sh)")
-		}
-		t.Skip("KUBECONFIG unset: the cluster suite runs with make e2e-k8s or hack/kind-e2e.sh")
+		testenv.Missing(t, "KUBECONFIG unset: the cluster suite runs with make e2e-k8s or hack/kind-e2e.sh")
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
 	if err != nil {

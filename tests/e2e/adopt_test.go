@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podscope/podscope/pkg/testenv"
 )
 
 // TestAdoption: pods that run on a network without podscope get it when
@@ -20,7 +22,7 @@ func TestAdoption(t *testing.T) {
 	e.requireCNI(t)
 	install := filepath.Join(e.repo, "bin/podscope-install")
 	if _, err := os.Stat(install); err != nil {
-		missingPart(t, "bin/podscope-install not built")
+		testenv.Missing(t, "bin/podscope-install not built")
 	}
 	confDir := getenv(t, "PODSCOPE_E2E_ADOPT_CONF_DIR")
 	confs, _ := filepath.Glob(filepath.Join(confDir, "*.conflist"))

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/podscope/podscope/pkg/audit"
-	"github.com/podscope/podscope/pkg/cgroups"
 	"github.com/podscope/podscope/pkg/pods"
 	"github.com/podscope/podscope/pkg/testenv"
 )
@@ -84,16 +83,7 @@ func TestAuditSustainedLoad(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("PODSCOPE_AUDIT_LOAD_RATE")); err == nil && v > 0 {
 		rate = v
 	}
-	mnt, err := cgroups.FindUnifiedSelf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := testenv.BPFFSRoot(t)
-	a, err := audit.Open(root, audit.Options{CgroupRoot: mnt.Point})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); audit.Cleanup(root) })
+	mnt, _, a := openTestAudit(t)
 	var report []string
 	for _, same := range []bool{true, false} {
 		name := map[bool]string{true: "dedup (one path, repeats fold)", false: "no dedup (distinct paths)"}[same]

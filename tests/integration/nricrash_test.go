@@ -71,7 +71,7 @@ func longAuditIdentity() audit.Identity {
 // entry of it left behind.
 func TestNRICrashMidArmDisarm(t *testing.T) {
 	// Load once: the killed processes and the "restarted daemon" reuse it.
-	mnt, root, a := openCrashAudit(t)
+	mnt, root, a := openTestAudit(t)
 	for _, point := range append(append([]string{}, fault.Points.Arm...), fault.Points.Disarm...) {
 		t.Run(point, func(t *testing.T) {
 			dir := filepath.Join(mnt.Point, testenv.Name(t))
@@ -193,7 +193,7 @@ func syncWorld(mnt cgroups.Mount, dir string, idx []int) ([]*api.PodSandbox, []*
 // link pins of one arming, and nothing of the gone ones; a last Synchronize
 // with nothing running leaves nothing at all.
 func TestNRICrashMidSynchronize(t *testing.T) {
-	mnt, root, a := openCrashAudit(t)
+	mnt, root, a := openTestAudit(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	const n = 4
 	all := []int{0, 1, 2, 3}
@@ -308,9 +308,10 @@ func linkPins(root pins.Root, cgid uint64) []string {
 	return l
 }
 
-// openCrashAudit loads the audit once under a throw-away bpffs root for a
-// crash test: the killed processes and the "restarted daemon" reuse it.
-func openCrashAudit(t *testing.T) (cgroups.Mount, pins.Root, *audit.Auditor) {
+// openTestAudit loads the audit once under a throw-away bpffs root (a crash
+// test's killed processes and "restarted daemon" reuse it; the load test
+// reads it).
+func openTestAudit(t *testing.T) (cgroups.Mount, pins.Root, *audit.Auditor) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	mnt, err := cgroups.FindUnifiedSelf()
