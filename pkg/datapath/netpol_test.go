@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -698,7 +697,7 @@ func TestNetworkPolicyHooksPinned(t *testing.T) {
 	requireNetworkPolicy(t, n)
 	root := testenv.BPFFSRoot(t)
 	ids := func() []link.ID {
-		m, _ := filepath.Glob(root.Pin(Owner, linksDir, netpolLinkPrefix+"*"))
+		m, _ := netpolLinkPins(root, "")
 		var out []link.ID
 		for _, p := range m {
 			l, err := link.LoadPinnedLink(p, nil)

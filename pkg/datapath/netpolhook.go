@@ -251,10 +251,16 @@ func (d *Datapath) loadNetpol() (*ebpf.Program, error) {
 	return objs.NetpolPrerouting, nil
 }
 
+// netpolLinkPins lists the NetworkPolicy link pins of family fam ("" for
+// all) under root, whatever program they run.
+func netpolLinkPins(root pins.Root, fam string) ([]string, error) {
+	return filepath.Glob(root.Pin(Owner, linksDir, netpolLinkPrefix+fam+"*"))
+}
+
 // removeNetpolLinks detaches and unpins the NetworkPolicy links of family
 // fam ("" for all) under root, whatever program they run.
 func removeNetpolLinks(root pins.Root, fam string) error {
-	matches, err := filepath.Glob(root.Pin(Owner, linksDir, netpolLinkPrefix+fam+"*"))
+	matches, err := netpolLinkPins(root, fam)
 	if err != nil {
 		return err
 	}
@@ -287,7 +293,7 @@ type NetworkPolicyHook struct {
 // NetworkPolicyHooks lists the NetworkPolicy links pinned under root that
 // the kernel still holds (a reader's view: podscopectl status).
 func NetworkPolicyHooks(root pins.Root) ([]NetworkPolicyHook, error) {
-	matches, err := filepath.Glob(root.Pin(Owner, linksDir, netpolLinkPrefix+"*"))
+	matches, err := netpolLinkPins(root, "")
 	if err != nil {
 		return nil, err
 	}
