@@ -38,14 +38,17 @@ for file in $(grep -rlE '^func Fuzz[A-Za-z0-9_]*\(' --include='*_test.go' pkg cm
     go test -run='^$' -fuzz="^${target}\$" -fuzztime="$time" -parallel 2 "$pkg" 2>&1 | tee "$out" || rc=$?
     n=$((n + 1))
     [[ $rc == 0 ]] && continue
-    if [[ $time != *x && "$(inputs "$corpus")" == "$before" ]] &&
-      [[ "$(grep -cvE '^(fuzz: |--- FAIL: |FAIL|exit status|    context deadline exceeded$)' "$out")" == 0 ]] &&
-      grep -qx '    context deadline exceeded' "$out"; then
+    if [[ "$(inputs "$corpus")" != "$before" ]]; then
+      echo "fuzz: $target found a failing input, written to $corpus/ (see above)" >&2
+      exit 1
+    fi
+    if [[ $time != *x ]] && grep -qx '    context deadline exceeded' "$out" &&
+      ! grep -qvE '^(fuzz: |--- FAIL: |FAIL|exit status|    context deadline exceeded$)' "$out"; then
       echo "fuzz: $target: the coordinator's deadline race (no input written, nothing else failed); not a crash"
       races=$((races + 1))
       continue
     fi
-    echo "fuzz: $target failed; a crashing input is in $corpus/ (see above)" >&2
+    echo "fuzz: $target failed without writing an input (see above)" >&2
     exit 1
   done
 done
