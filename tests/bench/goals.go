@@ -162,8 +162,9 @@ func Goals(r *Results) []Goal {
 }
 
 // scaleGoals are issue 12's targets 2 and 3, from the CNI section's scale
-// tables: ADD flat at scale (podscope's own part of ADD, chain minus bridge
-// alone on the same bridge, at N pods against 10 pods) and policies shared
+// tables: ADD flat at scale (podscope's own part of ADD, each podscope ADD
+// minus the bridge-alone ADD right before it on the same bridge, at the last
+// ScaleWindow pods against the first) and policies shared
 // by content (every pod of a network with a 100,000-CIDR policy attaches,
 // its ADD close to the same chain without a policy, its pinned map memory
 // close to one copy of the policy plus the per-pod state).
@@ -171,30 +172,20 @@ func scaleGoals(r *Results) []Goal {
 	var out []Goal
 	t := findTable(r, "CNI", "ADD at scale")
 	mem := findTable(r, "CNI", "podscope pinned map memory")
-	row := func(t *Table, prefix string) *Row {
-		if t == nil {
-			return nil
-		}
-		for _, x := range t.Rows {
-			if strings.HasPrefix(x.Variant, prefix) && x.NA == "" {
-				return x
-			}
-		}
-		return nil
-	}
-	first, bridge0 := row(t, "pods 1-10"), row(t, "bridge alone, same bridge, before")
-	bridgeN := row(t, "bridge alone, same bridge, after")
-	var last *Row
+	// podscope's part of ADD: the paired rows (each podscope ADD minus
+	// the bridge-alone ADD right before it on the same bridge), the first
+	// pods' against the last pods'.
+	var parts []*Row
 	if t != nil {
 		for _, x := range t.Rows {
-			if strings.HasPrefix(x.Variant, "pods ") && !strings.HasPrefix(x.Variant, "pods 1-10") && !strings.Contains(x.Variant, "policy") && x.NA == "" {
-				last = x
+			if strings.HasPrefix(x.Variant, ScalePartRow) && x.NA == "" {
+				parts = append(parts, x)
 			}
 		}
 	}
 	for _, q := range []string{"p50", "p95"} {
-		name := "ADD flat at scale: podscope's part of ADD " + q + ", last 10 pods / first 10"
-		if first == nil || last == nil || bridge0 == nil || bridgeN == nil {
+		name := "ADD flat at scale: podscope's part of ADD " + q + ", last pods / first pods (paired with bridge alone)"
+		if len(parts) != 2 {
 			out = append(out, Goal{Goal: name, Target: "<= 1.20", Measured: "n/a", Note: "scale rows missing"})
 			continue
 		}
@@ -204,15 +195,18 @@ func scaleGoals(r *Results) []Goal {
 			}
 			return x.Median
 		}
-		a, b := get(first)-get(bridge0), get(last)-get(bridgeN)
+		first, last := parts[0], parts[1]
+		a, b := get(first), get(last)
 		if a <= 0 || b <= 0 {
 			out = append(out, Goal{Goal: name, Target: "<= 1.20", Measured: "n/a",
-				Note: fmt.Sprintf("noise: chain minus bridge alone is %s ms at pods 1-10 and %s ms at the last 10 (machine too loaded)", FormatValue(a), FormatValue(b))})
+				Note: fmt.Sprintf("noise: podscope's part is %s ms at %s and %s ms at %s (machine too loaded)", FormatValue(a),
+					strings.TrimPrefix(first.Variant, ScalePartRow), FormatValue(b), strings.TrimPrefix(last.Variant, ScalePartRow))})
 			continue
 		}
 		v := Ratio(b, a)
 		out = append(out, goal(name, "<= 1.20", v, "", atMostF(1.20),
-			fmt.Sprintf("%s (%s ms at %s, %s ms at pods 1-10)", FormatRatio(v), FormatValue(b), strings.TrimPrefix(last.Variant, "pods "), FormatValue(a))))
+			fmt.Sprintf("%s (%s ms at %s, %s ms at %s)", FormatRatio(v), FormatValue(b), strings.TrimPrefix(last.Variant, ScalePartRow),
+				FormatValue(a), strings.TrimPrefix(first.Variant, ScalePartRow))))
 	}
 	var plain, pol, polLast *Row
 	if t != nil {
