@@ -222,7 +222,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	if d.opt.ReapInterval > 0 {
 		wg.Add(1)
-		go func() { defer wg.Done(); every(ctx, d.opt.ReapInterval, d.reap) }()
+		go func() {
+			defer wg.Done()
+			every(ctx, d.opt.ReapInterval, d.reap)
+			// Stopped: ADD reaps again instead of waiting for this daemon.
+			if err := podstate.ClearDaemonReaped(d.opt.StateDir); err != nil {
+				d.log.Error("removing the reaper's stamp", "err", err)
+			}
+		}()
 	}
 
 	wg.Add(1)
@@ -373,6 +380,9 @@ func (d *Daemon) reap() {
 	reaped, err := podstate.Reap(d.root, d.opt.StateDir, 5*time.Second)
 	if err != nil {
 		d.log.Error("reaping stale pods", "err", err)
+	} else if err := podstate.MarkDaemonReaped(d.opt.StateDir, time.Now(), d.opt.ReapInterval); err != nil {
+		// ADD then keeps reaping as if no daemon ran: slower, never wrong.
+		d.log.Error("stamping the reap", "err", err)
 	}
 	for _, p := range reaped {
 		d.log.Info("reaped stale pod (final counters written to the accounting log)", "pod", p.Ref(), "uid", p.UID)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -404,7 +405,8 @@ func TestDaemonSingleInstance(t *testing.T) {
 }
 
 // TestDaemonReaps: the daemon's reaper removes a registered pod whose host
-// veth is gone (no CNI DEL came) and writes its accounting line.
+// veth is gone (no CNI DEL came) and writes its accounting line; while it
+// reaps, ADD leaves reaping to it, and once it stops ADD reaps again.
 func TestDaemonReaps(t *testing.T) {
 	root := testenv.BPFFSRoot(t)
 	dp, err := datapath.Open(root)
@@ -437,7 +439,12 @@ func TestDaemonReaps(t *testing.T) {
 		CgroupRoot: t.TempDir(), AuditLog: filepath.Join(work, "audit.jsonl"), StateDir: filepath.Join(work, "state"),
 		AuditDefault: true, AuditMode: string(audit.ModeTracepoint), ReapInterval: 100 * time.Millisecond}
 	d := startDaemon(t, opt, logs)
-	defer d.stop(t)
+	stopped := false
+	defer func() {
+		if !stopped {
+			d.stop(t)
+		}
+	}()
 	acct := filepath.Join(opt.StateDir, podstate.AccountingFile)
 	// The reaper writes the accounting line, removes the pod, then the
 	// daemon logs it: wait for the log line.
@@ -447,5 +454,16 @@ func TestDaemonReaps(t *testing.T) {
 	}
 	if _, ok, err := reg.Get(gone.ID); err != nil || ok {
 		t.Errorf("reaped pod still registered (%v, %v)", ok, err)
+	}
+	if podstate.ReapDue(opt.StateDir, time.Now()) {
+		t.Error("ADD would reap while the daemon reaps every 100ms")
+	}
+	d.stop(t)
+	stopped = true
+	if _, err := os.Stat(filepath.Join(opt.StateDir, podstate.DaemonReapStamp)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the daemon's reap stamp after it stopped: %v, want it removed", err)
+	}
+	if !podstate.ReapDue(opt.StateDir, time.Now()) {
+		t.Error("ADD would not reap after the daemon stopped")
 	}
 }

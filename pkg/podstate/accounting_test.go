@@ -97,6 +97,48 @@ func TestStaleReason(t *testing.T) {
 	}
 }
 
+// While podscope-nri reaps (its stamp younger than twice its interval),
+// ADD does not; once the daemon stops or its stamp ages, ADD reaps again.
+func TestReapDueLeavesReapingToTheDaemon(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	if err := MarkDaemonReaped(dir, now, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, after := range []time.Duration{0, time.Second, 61 * time.Second, 119 * time.Second} {
+		if ReapDue(dir, now.Add(after)) {
+			t.Fatalf("ADD %v after the daemon's reap (interval 1m) reaps itself", after)
+		}
+	}
+	if !ReapDue(dir, now.Add(121*time.Second)) {
+		t.Fatal("ADD does not reap when the daemon's stamp is older than twice its interval")
+	}
+	// A daemon that stopped removes its stamp: the next ADD reaps (its own
+	// 10 s interval started at the reap just above, so 11 s later).
+	if err := MarkDaemonReaped(dir, now.Add(122*time.Second), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if ReapDue(dir, now.Add(132*time.Second)) {
+		t.Fatal("ADD reaps while the daemon's stamp is fresh")
+	}
+	if err := ClearDaemonReaped(dir); err != nil {
+		t.Fatal(err)
+	}
+	if !ReapDue(dir, now.Add(133*time.Second)) {
+		t.Fatal("ADD does not reap after the daemon removed its stamp")
+	}
+	if err := ClearDaemonReaped(dir); err != nil {
+		t.Fatalf("removing a stamp that is gone: %v", err)
+	}
+	// A stamp that does not parse counts as no daemon.
+	if err := os.WriteFile(filepath.Join(dir, DaemonReapStamp), []byte("soon\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !ReapDue(dir, now.Add(144*time.Second)) {
+		t.Fatal("an unreadable daemon stamp stops ADD from reaping")
+	}
+}
+
 // ADD reaps at most once per AddReapInterval per node.
 func TestReapDue(t *testing.T) {
 	dir := t.TempDir()
