@@ -183,7 +183,7 @@ func cmdRun(args []string) error {
 	auditOps := fs.Int("audit-ops", 0, "operations per audit loop measurement (default 100000, quick 20000)")
 	burst := fs.Int("audit-burst", 200000, "writes in the audit loss burst")
 	auditd := fs.Bool("auditd", !quick0(args), "measure auditd -w DIR -p wa (enables kernel audit; off in --quick)")
-	only := fs.String("variants", "", "run only datapath variants whose name contains this (debugging)")
+	only := fs.String("variants", "", "run only datapath variants whose name contains one of these |-separated parts, e.g. \"accounting only|empty\" (debugging)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -258,13 +258,7 @@ func cmdRun(args []string) error {
 	if want["datapath"] {
 		vs := DatapathVariants(cfg)
 		if *only != "" {
-			var keep []*Variant
-			for _, v := range vs {
-				if strings.Contains(v.Name, *only) {
-					keep = append(keep, v)
-				}
-			}
-			vs = keep
+			vs = FilterVariants(vs, *only)
 		}
 		sec, err := RunDatapath(cfg, vs)
 		if err != nil {
@@ -341,4 +335,19 @@ func machine() Machine {
 		m.Commit = strings.TrimSpace(string(out))
 	}
 	return m
+}
+
+// FilterVariants keeps the variants whose name contains one of spec's
+// |-separated parts, in their order (the baseline is run regardless).
+func FilterVariants(vs []*Variant, spec string) []*Variant {
+	var keep []*Variant
+	for _, v := range vs {
+		for _, part := range strings.Split(spec, "|") {
+			if part != "" && strings.Contains(v.Name, part) {
+				keep = append(keep, v)
+				break
+			}
+		}
+	}
+	return keep
 }
