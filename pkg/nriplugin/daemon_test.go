@@ -460,7 +460,7 @@ func TestDaemonReaps(t *testing.T) {
 	}
 	d.stop(t)
 	stopped = true
-	if _, err := os.Stat(filepath.Join(opt.StateDir, podstate.DaemonReapStamp)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(opt.StateDir, podstate.ReapStamp)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the daemon's reap stamp after it stopped: %v, want it removed", err)
 	}
 	if !podstate.ReapDue(opt.StateDir, time.Now()) {

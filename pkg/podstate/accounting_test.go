@@ -99,6 +99,7 @@ func TestStaleReason(t *testing.T) {
 
 // While podscope-nri reaps (its stamp younger than twice its interval),
 // ADD does not; once the daemon stops or its stamp ages, ADD reaps again.
+// One stamp serves both: it says how long the last reap holds.
 func TestReapDueLeavesReapingToTheDaemon(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Now()
@@ -124,14 +125,15 @@ func TestReapDueLeavesReapingToTheDaemon(t *testing.T) {
 	if err := ClearDaemonReaped(dir); err != nil {
 		t.Fatal(err)
 	}
-	if !ReapDue(dir, now.Add(133*time.Second)) {
-		t.Fatal("ADD does not reap after the daemon removed its stamp")
-	}
 	if err := ClearDaemonReaped(dir); err != nil {
 		t.Fatalf("removing a stamp that is gone: %v", err)
 	}
-	// A stamp that does not parse counts as no daemon.
-	if err := os.WriteFile(filepath.Join(dir, DaemonReapStamp), []byte("soon\n"), 0o600); err != nil {
+	if !ReapDue(dir, now.Add(133*time.Second)) {
+		t.Fatal("ADD does not reap after the daemon removed its stamp")
+	}
+	// A stamp that does not parse holds like an ADD's (AddReapInterval),
+	// never like a daemon's.
+	if err := os.WriteFile(filepath.Join(dir, ReapStamp), []byte("soon\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if !ReapDue(dir, now.Add(144*time.Second)) {

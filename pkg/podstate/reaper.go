@@ -3,6 +3,7 @@ package podstate
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,72 +116,73 @@ func TeardownAll(root pins.Root, dir, reason string) ([]pods.Pod, error) {
 // MarkDaemonReaped).
 const AddReapInterval = 10 * time.Second
 
-// DaemonReapStamp is the file in the state dir that podscope-nri rewrites
-// after each reap; it holds the daemon's reap interval.
-const DaemonReapStamp = "reap.daemon"
+// ReapStamp is the file in the state dir that records the last reap: its
+// mtime is when, its content how long that reap holds (a duration; empty,
+// as older plugins wrote it, or unparsable means AddReapInterval). ADD
+// writes AddReapInterval; podscope-nri writes twice its own interval, so
+// while the daemon reaps, ADD does not.
+const ReapStamp = "reap.stamp"
 
-// MarkDaemonReaped records that the node daemon reaped at now and reaps
-// again every interval: while that holds, ADD leaves reaping to it (at
-// 1,000 pods a reap costs the ADD that runs it ~50 ms).
-func MarkDaemonReaped(dir string, now time.Time, interval time.Duration) error {
-	stamp := filepath.Join(dirOr(dir), DaemonReapStamp)
-	if err := os.WriteFile(stamp, []byte(interval.String()+"\n"), 0o600); err != nil {
+// stampReap records a reap at now that holds for holds.
+func stampReap(dir string, now time.Time, holds time.Duration) error {
+	stamp := filepath.Join(dirOr(dir), ReapStamp)
+	if err := os.WriteFile(stamp, []byte(holds.String()+"\n"), 0o600); err != nil {
 		return err
 	}
 	return os.Chtimes(stamp, now, now)
 }
 
-// ClearDaemonReaped removes the daemon's stamp (it stops reaping): ADD
-// reaps again from its next call.
+// reapHolds reports whether the last reap recorded in the stamp still holds
+// at now. A stamp that cannot be read says no: reaping again is slower,
+// never wrong.
+func reapHolds(dir string, now time.Time) bool {
+	f, err := os.Open(filepath.Join(dirOr(dir), ReapStamp))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	holds := AddReapInterval
+	if b, err := io.ReadAll(io.LimitReader(f, 64)); err == nil {
+		if d, err := time.ParseDuration(strings.TrimSpace(string(b))); err == nil && d > 0 {
+			holds = d
+		}
+	}
+	age := now.Sub(st.ModTime())
+	return age >= 0 && age < holds
+}
+
+// MarkDaemonReaped records that the node daemon reaped at now and reaps
+// again every interval: for twice that, ADD leaves reaping to it (at 1,000
+// pods a reap costs the ADD that runs it ~50 ms).
+func MarkDaemonReaped(dir string, now time.Time, interval time.Duration) error {
+	return stampReap(dir, now, 2*interval)
+}
+
+// ClearDaemonReaped removes the stamp when the daemon stops reaping: the
+// next ADD reaps.
 func ClearDaemonReaped(dir string) error {
-	err := os.Remove(filepath.Join(dirOr(dir), DaemonReapStamp))
+	err := os.Remove(filepath.Join(dirOr(dir), ReapStamp))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	return err
 }
 
-// daemonReaping reports whether the daemon's stamp says it reaped within
-// twice its interval. A stamp that cannot be read or parsed says no: ADD
-// then reaps, which is slower, never wrong.
-func daemonReaping(dir string, now time.Time) bool {
-	stamp := filepath.Join(dirOr(dir), DaemonReapStamp)
-	st, err := os.Stat(stamp)
-	if err != nil {
-		return false
-	}
-	b, err := os.ReadFile(stamp)
-	if err != nil {
-		return false
-	}
-	interval, err := time.ParseDuration(strings.TrimSpace(string(b)))
-	if err != nil || interval <= 0 {
-		return false
-	}
-	age := now.Sub(st.ModTime())
-	return age >= 0 && age < 2*interval
-}
-
 // ReapDue reports whether the ADD-time reaper should run now, and if so
-// records that it ran: never while podscope-nri reaps on its own schedule
-// (its stamp is fresh), else at most once per AddReapInterval. The stamps
-// are files in the state dir; callers hold the state-dir lock.
+// records that it ran: not while the last reap holds (AddReapInterval after
+// an ADD's, twice its interval after podscope-nri's). Callers hold the
+// state-dir lock.
 func ReapDue(dir string, now time.Time) bool {
-	if daemonReaping(dir, now) {
+	if reapHolds(dir, now) {
 		return false
-	}
-	stamp := filepath.Join(dirOr(dir), "reap.stamp")
-	if st, err := os.Stat(stamp); err == nil {
-		if age := now.Sub(st.ModTime()); age >= 0 && age < AddReapInterval {
-			return false
-		}
 	}
 	// A stamp that cannot be written means reaping on every ADD: slower,
 	// never wrong, so its errors are not the ADD's.
-	if f, err := os.OpenFile(stamp, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
-		f.Close()
-		os.Chtimes(stamp, now, now)
-	}
+	_ = stampReap(dir, now, AddReapInterval)
 	return true
 }
 

@@ -340,9 +340,10 @@ func machine() Machine {
 // FilterVariants keeps the variants whose name contains one of spec's
 // |-separated parts, in their order (the baseline is run regardless).
 func FilterVariants(vs []*Variant, spec string) []*Variant {
+	parts := strings.Split(spec, "|")
 	var keep []*Variant
 	for _, v := range vs {
-		for _, part := range strings.Split(spec, "|") {
+		for _, part := range parts {
 			if part != "" && strings.Contains(v.Name, part) {
 				keep = append(keep, v)
 				break
