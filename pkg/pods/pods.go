@@ -77,6 +77,9 @@ type Registry struct {
 	m     *ebpf.Map
 	root  pins.Root
 	blobs *blobs.Store // nil until a pod needs it (or one did before)
+	// idx and ids are the index (index.go), opened by the first writer
+	// that needs them; nil in readers.
+	idx, ids *ebpf.Map
 }
 
 func newRegistry(m *ebpf.Map, root pins.Root) (*Registry, error) {
@@ -124,6 +127,10 @@ func (r *Registry) Close() error {
 	if r.blobs != nil {
 		r.blobs.Close()
 	}
+	if r.idx != nil {
+		r.idx.Close()
+		r.ids.Close()
+	}
 	return r.m.Close()
 }
 
@@ -149,9 +156,13 @@ func (r *Registry) Put(p Pod) error {
 			return fmt.Errorf("pod registry: pod %d: %w", p.ID, err)
 		}
 	}
+	if err := r.indexPut(p); err != nil {
+		return err
+	}
 	if err := r.m.Put(uint32(p.ID), v); err != nil {
 		return fmt.Errorf("pod registry: storing pod %d: %w", p.ID, err)
 	}
+	r.indexMark(p.ID, true)
 	if blob == nil && r.blobs != nil {
 		if err := r.blobs.Delete(blobs.KindPod, uint64(p.ID)); err != nil {
 			return fmt.Errorf("pod registry: pod %d: %w", p.ID, err)
@@ -228,9 +239,15 @@ func (r *Registry) Get(id datapath.PodID) (Pod, bool, error) {
 // Delete removes the pod with id (and its blob); a missing entry is not an
 // error.
 func (r *Registry) Delete(id datapath.PodID) error {
+	old, had, _ := r.Get(id) // for its index entry; undecodable: the reaper's Reconcile drops it
 	err := r.m.Delete(uint32(id))
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("pod registry: deleting pod %d: %w", id, err)
+	}
+	if had {
+		r.indexDelete(id, old)
+	} else {
+		r.indexMark(id, false)
 	}
 	if r.blobs != nil {
 		if err := r.blobs.Delete(blobs.KindPod, uint64(id)); err != nil {
@@ -259,7 +276,7 @@ func (r *Registry) List() ([]Pod, error) {
 }
 
 // scanBatch is how many entries one BPF_MAP_LOOKUP_BATCH reads.
-const scanBatch = 256
+const scanBatch = 32
 
 // scan calls fn with every entry's PodID and raw value (valid only during
 // the call). It reads the map in batches, one syscall per scanBatch
@@ -278,11 +295,33 @@ func (r *Registry) scan(fn func(id datapath.PodID, v []byte) error) error {
 	return err
 }
 
-// Lookup answers both questions of ADD in one read of the registry: the
-// pod registered for (containerID, ifname), if any, and the lowest free
-// PodID (0 when all MaxPods are in use). Only the matching entry is decoded: the others are compared in
-// their fixed record, so ADD does not decode every pod on the node.
+// Lookup answers both questions of ADD: the pod registered for
+// (containerID, ifname), if any, and the lowest free PodID (0 when all
+// MaxPods are in use). It asks the index (index.go), a few map lookups
+// whatever the number of pods; when the index cannot answer, it reads the
+// whole registry (lookupScan) and rebuilds the index. Callers hold the
+// state-dir lock (the index may be built).
 func (r *Registry) Lookup(containerID, ifname string) (p Pod, found bool, free datapath.PodID, err error) {
+	stale := false
+	if ifname != "" && r.openIndex() == nil {
+		p, found, free, err = r.indexed(containerID, ifname)
+		if err == nil {
+			return p, found, free, nil
+		}
+		stale = true
+	}
+	p, found, free, err = r.lookupScan(containerID, ifname)
+	if err == nil && stale {
+		// Best effort: the next lookup reads the registry again if this fails.
+		_ = r.rebuildIndex()
+	}
+	return p, found, free, err
+}
+
+// lookupScan is Lookup in one read of the registry. Only the matching
+// entry is decoded: the others are compared in their fixed record, so it
+// does not decode every pod on the node.
+func (r *Registry) lookupScan(containerID, ifname string) (p Pod, found bool, free datapath.PodID, err error) {
 	var ids []datapath.PodID
 	p, found, err = r.find(containerID, ifname, func(id datapath.PodID) { ids = append(ids, id) })
 	if err != nil || found {
@@ -394,6 +433,9 @@ func freeID(ids []datapath.PodID) (datapath.PodID, error) {
 
 // Remove unpins the registry (podscopectl cleanup).
 func Remove(root pins.Root) error {
+	if err := removeIndex(root); err != nil {
+		return err
+	}
 	err := os.Remove(Path(root))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

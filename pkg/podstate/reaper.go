@@ -292,8 +292,14 @@ func (s *State) Reap(budget time.Duration) ([]pods.Pod, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The registry's index (ADD's lookups) gets what a podscope without it
+	// wrote; the teardowns below keep it up to date themselves.
+	var errs []error
+	if err := s.Registry.Reconcile(all); err != nil {
+		errs = append(errs, err)
+	}
 	if len(all) == 0 {
-		return nil, nil
+		return nil, errors.Join(errs...)
 	}
 	if s.Datapath == nil && s.DatapathErr == nil {
 		s.DatapathErr = fmt.Errorf("datapath pins under %s unavailable", s.Root.Path)
@@ -302,10 +308,7 @@ func (s *State) Reap(budget time.Duration) ([]pods.Pod, error) {
 	if err != nil {
 		ls = nil // fall back to one lookup per pod
 	}
-	var (
-		reaped []pods.Pod
-		errs   []error
-	)
+	var reaped []pods.Pod
 	for _, p := range all {
 		if time.Now().After(deadline) {
 			break
