@@ -52,7 +52,9 @@ quick=()
 [ "${QUICK:-}" = "1" ] && quick=(--quick)
 start=$(date +%s)
 # podscope's own CNI plugin comes from `make build` (bin/), the reference
-# plugins from the cache.
+# plugins from the cache. Built here too (Go's cache makes it quick), so a
+# direct run of this script never measures binaries older than the tree.
+make build >/dev/null
 bench/out/podscope-bench run "${quick[@]}" --out bench/out --cni-bin "$PWD/bin:$cni_bin" "${args[@]}"
 echo "bench: done in $(( $(date +%s) - start ))s; results in bench/out/results.{json,md,png}"
 if [ "$publish" = "1" ]; then

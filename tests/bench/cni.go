@@ -10,10 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/podscope/podscope/pkg/datapath"
 )
@@ -49,7 +52,10 @@ type cniJob struct {
 }
 
 type cniTimes struct {
-	Add    []float64 `json:"add"` // ms, in ADD order (scale: pod 1..N)
+	Add []float64 `json:"add"` // ms, in ADD order (scale: pod 1..N)
+	// Plugin (scale): for each ADD in Add, the wall time of the podscope
+	// plugin's own ADD exec inside the chain, as libcni timed it.
+	Plugin []float64 `json:"plugin,omitempty"`
 	Del    []float64 `json:"del"`
 	Errors []string  `json:"errors,omitempty"`
 }
@@ -271,6 +277,33 @@ func RunCNI(cfg *Config) (*Section, error) {
 	return sec, nil
 }
 
+// timedExec is libcni's plugin executor that also times the ADD exec of
+// one plugin binary (by name), from fork to exit as the runtime waits for
+// it: that plugin's own part of the chain's ADD, measured directly instead
+// of as the difference of two ADDs.
+type timedExec struct {
+	invoke.Exec
+	name string
+	now  func() time.Time
+	last time.Duration // of the latest ADD exec of name; -1: none yet
+}
+
+func newTimedExec(name string) *timedExec {
+	return &timedExec{
+		Exec: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}},
+		name: name, now: time.Now, last: -1,
+	}
+}
+
+func (e *timedExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData []byte, environ []string) ([]byte, error) {
+	t0 := e.now()
+	out, err := e.Exec.ExecPlugin(ctx, pluginPath, stdinData, environ)
+	if filepath.Base(pluginPath) == e.name && slices.Contains(environ, "CNI_COMMAND=ADD") {
+		e.last = e.now().Sub(t0)
+	}
+	return out, err
+}
+
 // ScaleWindow is how many pods at each end of the scale test are timed
 // against a bridge-alone ADD right before each (20 of 1,000; fewer when the
 // test attaches fewer than 80 pods).
@@ -333,6 +366,16 @@ func addScaleRows(scale, mem *Table, out *cniOutput, pods int) {
 	default:
 		scale.AddNA("bridge alone, same bridge", "the podscope pods did not all attach: no pairs at the last pods")
 	}
+	if p := t.Plugin; len(p) == n && n == pods {
+		for _, x := range []struct {
+			name  string
+			times []float64
+		}{{scale.Baseline, p[:w]}, {lastName, p[n-w:]}} {
+			r := scale.Add(ScaleExecRow+x.name, x.times)
+			r.Extra = map[string]float64{"p95": Percentile(x.times, 95)}
+			r.Note = "libcni's wall time of the podscope plugin's ADD exec inside the chain (fork to exit)"
+		}
+	}
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
 	r := mem.Add(fmt.Sprintf("all pinned maps (%d maps), %d pods", out.MapCount, n), []float64{mib(out.MapBytesAll)})
 	r.Note = fmt.Sprintf("%.1f KiB per pod over the 1-pod footprint", float64(out.MapBytesAll-out.MapBytesFirst)/1024/float64(max(n-1, 1)))
@@ -342,6 +385,10 @@ func addScaleRows(scale, mem *Table, out *cniOutput, pods int) {
 // ScalePartRow starts the names of the scale table's rows of podscope's
 // own part of ADD (paired differences); the goal compares the two.
 const ScalePartRow = "podscope's part of ADD, "
+
+// ScaleExecRow starts the names of the rows of the podscope plugin's own
+// ADD exec inside the chain, timed by libcni (timedExec).
+const ScaleExecRow = "podscope plugin's exec in the chain, "
 
 // addScalePolicyRows adds the scale-policy variant: ADD with a
 // 100,000-CIDR network policy against the same chain without one (pods
@@ -412,7 +459,8 @@ func cmdCNIWorker(args []string) error {
 	if err := json.Unmarshal(data, &job); err != nil {
 		return err
 	}
-	cni := libcni.NewCNIConfigWithCacheDir(job.Paths, job.CacheDir, nil)
+	texec := newTimedExec("podscope")
+	cni := libcni.NewCNIConfigWithCacheDir(job.Paths, job.CacheDir, texec)
 	lists := map[string]*libcni.NetworkConfigList{}
 	for _, v := range job.Variants {
 		l, err := libcni.ConfListFromBytes(v.ConfList)
@@ -440,13 +488,18 @@ func cmdCNIWorker(args []string) error {
 		if err := AddNetns(ns); err != nil {
 			return "", nil, err
 		}
+		texec.last = -1
 		t0 := time.Now()
 		_, err := cni.AddNetworkList(ctx, lists[v.Name], rt)
 		el := time.Since(t0)
 		if err != nil {
 			return ns, rt, err
 		}
-		out.Times[v.Name].Add = append(out.Times[v.Name].Add, float64(el.Microseconds())/1000)
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		out.Times[v.Name].Add = append(out.Times[v.Name].Add, ms(el))
+		if job.Kind == "scale" && texec.last >= 0 {
+			out.Times[v.Name].Plugin = append(out.Times[v.Name].Plugin, ms(texec.last))
+		}
 		return ns, rt, nil
 	}
 	fail := func(v *cniVariant, err error) {

@@ -1,17 +1,26 @@
 package bench
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/invoke"
 )
 
 // scaleResults runs addScaleRows on a scale test of pods podscope ADDs
 // (chain) and the bridge-alone ADDs paired with its first and last pods, and
 // wraps the tables as the CNI section of a run.
 func scaleResults(pods int, chain, bridge []float64) (*Results, *Table) {
+	return scaleResultsExec(pods, chain, bridge, nil)
+}
+
+// scaleResultsExec is scaleResults with the podscope plugin's exec times.
+func scaleResultsExec(pods int, chain, bridge, plugin []float64) (*Results, *Table) {
 	scale := &Table{Title: "ADD at scale, bridge + podscope (tcx)", Unit: "ms", Baseline: "pods 1-20", Extra: []string{"p95"}}
 	mem := &Table{Title: "podscope pinned map memory (memlock)", Unit: "MiB"}
-	out := &cniOutput{Times: map[string]*cniTimes{"scale": {Add: chain}, "scale-bridge": {Add: bridge}}}
+	out := &cniOutput{Times: map[string]*cniTimes{"scale": {Add: chain, Plugin: plugin}, "scale-bridge": {Add: bridge}}}
 	addScaleRows(scale, mem, out, pods)
 	scale.ComputeRatios()
 	r := &Results{Sections: []Section{{Name: "CNI ADD/DEL latency (libcni, whole chain, wall time)", Tables: []*Table{scale, mem}}}}
@@ -20,8 +29,13 @@ func scaleResults(pods int, chain, bridge []float64) (*Results, *Table) {
 
 func flatGoal(t *testing.T, r *Results, q string) Goal {
 	t.Helper()
+	return flatGoalOf(t, r, "ADD flat at scale: podscope's part of ADD "+q)
+}
+
+func flatGoalOf(t *testing.T, r *Results, q string) Goal {
+	t.Helper()
 	for _, g := range Goals(r) {
-		if strings.HasPrefix(g.Goal, "ADD flat at scale: podscope's part of ADD "+q) {
+		if strings.HasPrefix(g.Goal, q) {
 			return g
 		}
 	}
@@ -92,5 +106,97 @@ func TestScaleGoalNotMeasuredWithoutAllPods(t *testing.T) {
 	}
 	if g := flatGoal(t, r, "p50"); g.Met != nil || g.Measured != "n/a" {
 		t.Fatalf("goal %+v from an incomplete run, want n/a", g)
+	}
+}
+
+// The plugin's own exec, timed inside the chain: rows for the first and the
+// last pods, compared by p50 and p95, with values worked out by hand.
+func TestScaleGoalOnThePluginsExecInTheChain(t *testing.T) {
+	const pods = 100 // window 20
+	chain := make([]float64, pods)
+	plugin := make([]float64, pods)
+	bridge := make([]float64, 40)
+	for i := range chain {
+		chain[i], plugin[i] = 100, 20
+	}
+	for i := range bridge {
+		bridge[i] = 80
+	}
+	// Last 20: 22 ms, two of them 60 and 70 ms (p95 by nearest rank of 20
+	// values is the 19th smallest: 60).
+	for i := pods - 20; i < pods; i++ {
+		plugin[i] = 22
+	}
+	plugin[pods-3], plugin[pods-9] = 60, 70
+	r, scale := scaleResultsExec(pods, chain, bridge, plugin)
+	first, last := scale.Row(ScaleExecRow+"pods 1-20"), scale.Row(ScaleExecRow+"pods 81-100")
+	if first == nil || last == nil {
+		t.Fatalf("exec rows missing: %+v", scale.Rows)
+	}
+	if first.Median != 20 || last.Median != 22 {
+		t.Fatalf("exec medians %v / %v, want 20 / 22", first.Median, last.Median)
+	}
+	g := flatGoalOf(t, r, "ADD flat at scale: podscope plugin's exec in the chain p50")
+	if g.Met == nil || !*g.Met || !strings.HasPrefix(g.Measured, "1.100") {
+		t.Fatalf("p50 goal %+v, want 1.100 met", g)
+	}
+	g = flatGoalOf(t, r, "ADD flat at scale: podscope plugin's exec in the chain p95")
+	if g.Met == nil || *g.Met || !strings.HasPrefix(g.Measured, "3.000") {
+		t.Fatalf("p95 goal %+v, want 3.000 (60 / 20) not met", g)
+	}
+	// Without exec times (an older worker) the rows are absent and the
+	// goal says so.
+	r, scale = scaleResultsExec(pods, chain, bridge, plugin[:50])
+	if scale.Row(ScaleExecRow+"pods 1-20") != nil {
+		t.Fatal("exec rows from exec times that do not cover every pod")
+	}
+	if g := flatGoalOf(t, r, "ADD flat at scale: podscope plugin's exec in the chain p50"); g.Met != nil || g.Measured != "n/a" {
+		t.Fatalf("goal %+v without exec times, want n/a", g)
+	}
+}
+
+// fakeExec runs no plugin: each exec advances a fake clock by the time
+// given for the plugin and command.
+type fakeExec struct {
+	invoke.Exec
+	clock *time.Time
+	cost  map[string]time.Duration // "<plugin> <command>"
+}
+
+func (f *fakeExec) ExecPlugin(_ context.Context, path string, _ []byte, environ []string) ([]byte, error) {
+	cmd := ""
+	for _, e := range environ {
+		if v, ok := strings.CutPrefix(e, "CNI_COMMAND="); ok {
+			cmd = v
+		}
+	}
+	*f.clock = f.clock.Add(f.cost[path[strings.LastIndex(path, "/")+1:]+" "+cmd])
+	return nil, nil
+}
+
+// timedExec keeps the time of the named plugin's ADD exec only: not the
+// other plugins of the chain, not its other commands.
+func TestTimedExecTimesOnlyThePluginsADD(t *testing.T) {
+	clock := time.Unix(1000, 0)
+	e := newTimedExec("podscope")
+	e.Exec = &fakeExec{clock: &clock, cost: map[string]time.Duration{
+		"bridge ADD": 50 * time.Millisecond, "podscope ADD": 7 * time.Millisecond,
+		"podscope DEL": 3 * time.Millisecond, "podscope-nri ADD": 9 * time.Millisecond,
+	}}
+	e.now = func() time.Time { return clock }
+	run := func(path, cmd string) {
+		if _, err := e.ExecPlugin(context.Background(), path, nil, []string{"PATH=/bin", "CNI_COMMAND=" + cmd}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run("/opt/cni/bin/bridge", "ADD")
+	if e.last != -1 {
+		t.Fatalf("after the bridge alone: %v, want -1 (no podscope exec)", e.last)
+	}
+	run("/opt/cni/bin/podscope", "ADD")
+	run("/opt/cni/bin/podscope-nri", "ADD")
+	run("/opt/cni/bin/podscope", "DEL")
+	if e.last != 7*time.Millisecond {
+		t.Fatalf("timed %v, want 7ms (podscope's ADD only)", e.last)
 	}
 }
