@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/podscope/podscope/pkg/cniplugin"
 	"github.com/podscope/podscope/pkg/datapath"
 )
 
@@ -49,6 +50,9 @@ type cniJob struct {
 	// come right after a bridge-alone ADD on the same bridge, pairs whose
 	// difference is podscope's own part of ADD at that size.
 	Window int `json:"window,omitempty"`
+	// TimingFile (scale): where the podscope plugin logs its ADD steps
+	// (cniplugin.TimingEnv) unless the caller's environment names a file.
+	TimingFile string `json:"timingFile,omitempty"`
 }
 
 type cniTimes struct {
@@ -56,6 +60,12 @@ type cniTimes struct {
 	// Plugin (scale): for each ADD in Add, the wall time of the podscope
 	// plugin's own ADD exec inside the chain, as libcni timed it.
 	Plugin []float64 `json:"plugin,omitempty"`
+	// Own (scale): for each ADD in Add, podscope's ADD by the plugin's own
+	// clock (its timing log: from reading the config to the result, no
+	// process start or exit), and which of those ADDs ran the reaper.
+	Own    []float64 `json:"own,omitempty"`
+	Reaped []bool    `json:"reaped,omitempty"`
+	ids    []string
 	Del    []float64 `json:"del"`
 	Errors []string  `json:"errors,omitempty"`
 }
@@ -259,7 +269,7 @@ func RunCNI(cfg *Config) (*Section, error) {
 			}
 			sjob := cniJob{Kind: "scale", Paths: paths, CacheDir: filepath.Join(scratch, "cache"),
 				NetnsBase: fmt.Sprintf("%s%s-scale", RunPrefix, cfg.RunID), Runs: cfg.ScalePods, Variants: variants, BPFFSRoot: sroot, PolicyBPFFSRoot: proot,
-				Window: ScaleWindow(cfg.ScalePods)}
+				Window: ScaleWindow(cfg.ScalePods), TimingFile: filepath.Join(scratch, "add-timing.jsonl")}
 			cfg.logf("cni: attaching %d pods for the scale test", cfg.ScalePods)
 			sout, err := runCNIWorker(cfg, node, sjob)
 			if err != nil {
@@ -302,6 +312,44 @@ func (e *timedExec) ExecPlugin(ctx context.Context, pluginPath string, stdinData
 		e.last = e.now().Sub(t0)
 	}
 	return out, err
+}
+
+// addOwnTimes fills t.Own and t.Reaped from the plugin's timing log (one
+// JSON line per ADD, the last line of a container ID winning), in t's ADD
+// order; it leaves them empty unless every ADD has its line.
+func addOwnTimes(t *cniTimes, path string) {
+	if t == nil {
+		return
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	type line struct {
+		Container string   `json:"container"`
+		Steps     [][2]any `json:"steps"`
+		TotalMs   float64  `json:"totalMs"`
+	}
+	byID := map[string]line{}
+	for _, l := range bytes.Split(data, []byte("\n")) {
+		var x line
+		if json.Unmarshal(l, &x) == nil && x.Container != "" {
+			byID[x.Container] = x
+		}
+	}
+	own, reaped := make([]float64, 0, len(t.ids)), make([]bool, 0, len(t.ids))
+	for _, id := range t.ids {
+		x, ok := byID[id]
+		if !ok {
+			return
+		}
+		r := false
+		for _, s := range x.Steps {
+			r = r || s[0] == "reap"
+		}
+		own, reaped = append(own, x.TotalMs), append(reaped, r)
+	}
+	t.Own, t.Reaped = own, reaped
 }
 
 // ScaleWindow is how many pods at each end of the scale test are timed
@@ -376,6 +424,23 @@ func addScaleRows(scale, mem *Table, out *cniOutput, pods int) {
 			r.Note = "libcni's wall time of the podscope plugin's ADD exec inside the chain (fork to exit)"
 		}
 	}
+	if o := t.Own; len(o) == n && len(t.Reaped) == n && n == pods {
+		for _, x := range []struct {
+			name   string
+			times  []float64
+			reaped []bool
+		}{{scale.Baseline, o[:w], t.Reaped[:w]}, {lastName, o[n-w:], t.Reaped[n-w:]}} {
+			r := scale.Add(ScaleOwnRow+x.name, x.times)
+			r.Extra = map[string]float64{"p95": Percentile(x.times, 95)}
+			k := 0
+			for _, b := range x.reaped {
+				if b {
+					k++
+				}
+			}
+			r.Note = fmt.Sprintf("the plugin's timing log (%s): config read to result, no process start or exit; %d of these ADDs ran the reaper (no podscope-nri here)", cniplugin.TimingEnv, k)
+		}
+	}
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
 	r := mem.Add(fmt.Sprintf("all pinned maps (%d maps), %d pods", out.MapCount, n), []float64{mib(out.MapBytesAll)})
 	r.Note = fmt.Sprintf("%.1f KiB per pod over the 1-pod footprint", float64(out.MapBytesAll-out.MapBytesFirst)/1024/float64(max(n-1, 1)))
@@ -389,6 +454,11 @@ const ScalePartRow = "podscope's part of ADD, "
 // ScaleExecRow starts the names of the rows of the podscope plugin's own
 // ADD exec inside the chain, timed by libcni (timedExec).
 const ScaleExecRow = "podscope plugin's exec in the chain, "
+
+// ScaleOwnRow starts the names of the rows of podscope's ADD by the
+// plugin's own clock (its timing log); shown, not a goal: it is measured
+// by the code under test.
+const ScaleOwnRow = "podscope's ADD by its own clock, "
 
 // addScalePolicyRows adds the scale-policy variant: ADD with a
 // 100,000-CIDR network policy against the same chain without one (pods
@@ -497,6 +567,7 @@ func cmdCNIWorker(args []string) error {
 		}
 		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 		out.Times[v.Name].Add = append(out.Times[v.Name].Add, ms(el))
+		out.Times[v.Name].ids = append(out.Times[v.Name].ids, rt.ContainerID)
 		if job.Kind == "scale" && texec.last >= 0 {
 			out.Times[v.Name].Plugin = append(out.Times[v.Name].Plugin, ms(texec.last))
 		}
@@ -533,6 +604,11 @@ func cmdCNIWorker(args []string) error {
 			}
 		}
 	case "scale":
+		timing := os.Getenv(cniplugin.TimingEnv)
+		if timing == "" && job.TimingFile != "" {
+			timing = job.TimingFile
+			os.Setenv(cniplugin.TimingEnv, timing)
+		}
 		// Variants[0] is bridge + podscope, Variants[1] the same bridge
 		// and IPAM without podscope: in the first and the last
 		// job.Window pods, each podscope ADD comes right after a
@@ -613,6 +689,9 @@ func cmdCNIWorker(args []string) error {
 		}
 		if pv != nil {
 			memory(job.PolicyBPFFSRoot, &out.PolicyMapBytesAll)
+		}
+		if timing != "" {
+			addOwnTimes(out.Times["scale"], timing)
 		}
 	default:
 		return fmt.Errorf("unknown job kind %q", job.Kind)

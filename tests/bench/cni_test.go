@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -198,5 +199,51 @@ func TestTimedExecTimesOnlyThePluginsADD(t *testing.T) {
 	run("/opt/cni/bin/podscope", "DEL")
 	if e.last != 7*time.Millisecond {
 		t.Fatalf("timed %v, want 7ms (podscope's ADD only)", e.last)
+	}
+}
+
+// The plugin's timing log is matched to the ADDs by container ID (the
+// last line of an ID wins: a log the caller reuses across runs), and the
+// rows say how many ADDs of each window ran the reaper.
+func TestOwnTimesFromThePluginsLog(t *testing.T) {
+	path := t.TempDir() + "/timing.jsonl"
+	log := `{"container":"a","steps":[["config",0.5]],"totalMs":99}
+{"container":"a","steps":[["config",0.5],["reap",40]],"totalMs":45}
+{"container":"b","steps":[["lookup",0.3]],"totalMs":6}
+not json
+{"container":"other","steps":[],"totalMs":1}
+`
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tm := &cniTimes{Add: []float64{60, 30}, ids: []string{"a", "b"}}
+	addOwnTimes(tm, path)
+	if len(tm.Own) != 2 || tm.Own[0] != 45 || tm.Own[1] != 6 || !tm.Reaped[0] || tm.Reaped[1] {
+		t.Fatalf("own %v reaped %v, want [45 6] [true false]", tm.Own, tm.Reaped)
+	}
+	// An ADD without its line: no own times at all, never misaligned ones.
+	tm = &cniTimes{Add: []float64{60, 30, 20}, ids: []string{"a", "b", "c"}}
+	addOwnTimes(tm, path)
+	if tm.Own != nil || tm.Reaped != nil {
+		t.Fatalf("own %v reaped %v from an incomplete log, want none", tm.Own, tm.Reaped)
+	}
+
+	const pods = 100
+	chain, bridge := make([]float64, pods), make([]float64, 40)
+	own, reaped := make([]float64, pods), make([]bool, pods)
+	for i := range own {
+		own[i] = 7
+	}
+	own[pods-1], reaped[pods-1], reaped[pods-2] = 60, true, true
+	scale := &Table{Title: "ADD at scale", Unit: "ms", Baseline: "pods 1-20", Extra: []string{"p95"}}
+	mem := &Table{Title: "memory", Unit: "MiB"}
+	addScaleRows(scale, mem, &cniOutput{Times: map[string]*cniTimes{"scale": {Add: chain, Own: own, Reaped: reaped}, "scale-bridge": {Add: bridge}}}, pods)
+	first, last := scale.Row(ScaleOwnRow+"pods 1-20"), scale.Row(ScaleOwnRow+"pods 81-100")
+	if first == nil || last == nil {
+		t.Fatalf("own-clock rows missing: %+v", scale.Rows)
+	}
+	if first.Median != 7 || last.Median != 7 || last.Extra["p95"] != 7 || !strings.Contains(last.Note, "2 of these ADDs ran the reaper") ||
+		!strings.Contains(first.Note, "0 of these ADDs ran the reaper") {
+		t.Fatalf("rows %+v / %+v", first, last)
 	}
 }
