@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/podscope/podscope/pkg/datapath"
+	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/testenv"
 )
 
@@ -51,6 +52,19 @@ func (m *model) check(t *testing.T, r *Registry, step string, absent ...[2]strin
 	}
 }
 
+// openTestRegistry opens a registry under a bpffs root of the test's own,
+// closed when the test ends.
+func openTestRegistry(t *testing.T) (*Registry, pins.Root) {
+	t.Helper()
+	root := testenv.BPFFSRoot(t)
+	r, err := OpenRegistry(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, root
+}
+
 func indexedPod(id datapath.PodID, cid, ifname string, long bool) Pod {
 	p := samplePod(id)
 	if long {
@@ -65,12 +79,7 @@ func indexedPod(id datapath.PodID, cid, ifname string, long bool) Pod {
 // several interfaces per container, identities too long for the fixed
 // record), and the index maps exist afterwards.
 func TestIndexedLookupFollowsTheRegistry(t *testing.T) {
-	root := testenv.BPFFSRoot(t)
-	r, err := OpenRegistry(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, root := openTestRegistry(t)
 	m := newModel()
 	rng := rand.New(rand.NewSource(12))
 	attachment := func(i int) [2]string {
@@ -152,12 +161,7 @@ func TestIndexBuiltForAnOlderRegistry(t *testing.T) {
 // was never written (a kill between the two writes), and a bitmap left
 // incomplete.
 func TestIndexCheckedAgainstTheRegistry(t *testing.T) {
-	root := testenv.BPFFSRoot(t)
-	r, err := OpenRegistry(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, _ := openTestRegistry(t)
 	m := newModel()
 	add := func(id datapath.PodID, cid string) {
 		t.Helper()
