@@ -109,6 +109,21 @@ func (r *Registry) openIndex() error {
 	if r.idx != nil {
 		return nil
 	}
+	if err := r.openIndexMaps(); err != nil {
+		return err
+	}
+	var v idsValue
+	if err := r.ids.Lookup(uint32(0), &v); err != nil {
+		return fmt.Errorf("pod ID map: %w", err)
+	}
+	if !v.complete() {
+		return r.rebuildIndex()
+	}
+	return nil
+}
+
+// openIndexMaps opens (creating if absent) the two index maps, as they are.
+func (r *Registry) openIndexMaps() error {
 	idx, err := r.root.CreateMap(Owner, indexSpec(), "pod registry index")
 	if err != nil {
 		return err
@@ -119,13 +134,6 @@ func (r *Registry) openIndex() error {
 		return err
 	}
 	r.idx, r.ids = idx, ids
-	var v idsValue
-	if err := r.ids.Lookup(uint32(0), &v); err != nil {
-		return fmt.Errorf("pod ID map: %w", err)
-	}
-	if !v.complete() {
-		return r.rebuildIndex()
-	}
 	return nil
 }
 
@@ -145,8 +153,10 @@ func (r *Registry) rebuildIndex() error {
 // The reaper calls it with the list it reads anyway. Callers hold the
 // state-dir lock.
 func (r *Registry) Reconcile(all []Pod) error {
+	// all is the whole registry: whatever the maps hold, they are made to
+	// match it, so they are only opened here, never rebuilt first.
 	if r.idx == nil {
-		if err := r.openIndex(); err != nil {
+		if err := r.openIndexMaps(); err != nil {
 			return err
 		}
 	}
@@ -276,8 +286,13 @@ func (r *Registry) indexPut(p Pod) error {
 	k := attachmentKey(p.ContainerID, p.Interface)
 	// Where two records share an attachment (never written by podscope),
 	// the lowest PodID is the one found, as in a full read.
+	// A pod written again (ADD's second Put, teardown's mark) finds its
+	// entry already there.
 	var cur uint32
-	if r.idx.Lookup(k, &cur) == nil && cur != 0 && cur < uint32(p.ID) {
+	if r.idx.Lookup(k, &cur) == nil && cur != 0 && cur <= uint32(p.ID) {
+		if cur == uint32(p.ID) {
+			return nil
+		}
 		if q, ok, err := r.Get(datapath.PodID(cur)); err == nil && ok && matches(q, p.ContainerID, p.Interface) {
 			return nil
 		}
