@@ -99,7 +99,7 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		if _, err := st.Reap(AddReapBudget); err != nil {
 			fmt.Fprintf(os.Stderr, "podscope: reaper during ADD of %s: %v\n", args.ContainerID, err)
 		}
-		t.step("reap")
+		t.step(StepReap)
 	}
 
 	// One read of the registry answers both questions of ADD: is this

@@ -16,6 +16,28 @@ import (
 // A debugging aid: a failure to write is ignored.
 const TimingEnv = "PODSCOPE_ADD_TIMING"
 
+// Timing is one line of the timing log.
+type Timing struct {
+	Container string `json:"container"`
+	// Steps are [name, milliseconds] in the order ADD ran them.
+	Steps   [][2]any `json:"steps"`
+	TotalMs float64  `json:"totalMs"`
+	CPUMs   float64  `json:"cpuMs"`
+}
+
+// StepReap is the step of an ADD that ran the reaper.
+const StepReap = "reap"
+
+// Ran reports whether the ADD ran the named step.
+func (t Timing) Ran(step string) bool {
+	for _, s := range t.Steps {
+		if s[0] == step {
+			return true
+		}
+	}
+	return false
+}
+
 type stepTimer struct {
 	path        string
 	start, last time.Time
@@ -44,8 +66,8 @@ func (t *stepTimer) write(container string) {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	b, err := json.Marshal(map[string]any{"container": container, "steps": t.steps,
-		"totalMs": float64(time.Since(t.start).Microseconds()) / 1000, "cpuMs": float64(cpu.Microseconds()) / 1000})
+	b, err := json.Marshal(Timing{Container: container, Steps: t.steps,
+		TotalMs: float64(time.Since(t.start).Microseconds()) / 1000, CPUMs: float64(cpu.Microseconds()) / 1000})
 	if err != nil {
 		return
 	}

@@ -325,14 +325,9 @@ func addOwnTimes(t *cniTimes, path string) {
 	if err != nil {
 		return
 	}
-	type line struct {
-		Container string   `json:"container"`
-		Steps     [][2]any `json:"steps"`
-		TotalMs   float64  `json:"totalMs"`
-	}
-	byID := map[string]line{}
+	byID := map[string]cniplugin.Timing{}
 	for _, l := range bytes.Split(data, []byte("\n")) {
-		var x line
+		var x cniplugin.Timing
 		if json.Unmarshal(l, &x) == nil && x.Container != "" {
 			byID[x.Container] = x
 		}
@@ -343,11 +338,7 @@ func addOwnTimes(t *cniTimes, path string) {
 		if !ok {
 			return
 		}
-		r := false
-		for _, s := range x.Steps {
-			r = r || s[0] == "reap"
-		}
-		own, reaped = append(own, x.TotalMs), append(reaped, r)
+		own, reaped = append(own, x.TotalMs), append(reaped, x.Ran(cniplugin.StepReap))
 	}
 	t.Own, t.Reaped = own, reaped
 }
