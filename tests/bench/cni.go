@@ -360,6 +360,25 @@ func PairedDiffs(chain, bridge []float64) []float64 {
 	return d
 }
 
+// addP95 adds a row of xs to the scale table with its p95 (the table's
+// extra column).
+func addP95(t *Table, name string, xs []float64) *Row {
+	r := t.Add(name, xs)
+	r.Extra = map[string]float64{"p95": Percentile(xs, 95)}
+	return r
+}
+
+// addWindowRows adds prefix+first's and prefix+last's rows: one measure of
+// the first and the last scale window, compared by the flat-at-scale goals.
+func addWindowRows(t *Table, prefix, first, last string, firstXs, lastXs []float64, note string) {
+	for _, x := range []struct {
+		name string
+		xs   []float64
+	}{{first, firstXs}, {last, lastXs}} {
+		addP95(t, prefix+x.name, x.xs).Note = note
+	}
+}
+
 func addScaleRows(scale, mem *Table, out *cniOutput, pods int) {
 	t := out.Times["scale"]
 	add := t.Add
@@ -375,62 +394,40 @@ func addScaleRows(scale, mem *Table, out *cniOutput, pods int) {
 	}
 	n := len(add)
 	lastName := fmt.Sprintf("pods %d-%d", n-w+1, n)
-	first := scale.Add(scale.Baseline, add[:w])
-	first.Extra = map[string]float64{"p95": Percentile(add[:w], 95)}
-	last := scale.Add(lastName, add[n-w:])
-	last.Extra = map[string]float64{"p95": Percentile(add[n-w:], 95)}
+	addP95(scale, scale.Baseline, add[:w])
+	last := addP95(scale, lastName, add[n-w:])
 	if n < pods {
 		last.Note = fmt.Sprintf("only %d of %d pods attached: %s", n, pods, strings.Join(t.Errors, "; "))
 	}
-	all := scale.Add(fmt.Sprintf("all %d pods", n), add)
-	all.Extra = map[string]float64{"p95": Percentile(add, 95)}
+	addP95(scale, fmt.Sprintf("all %d pods", n), add)
 	switch b := out.Times["scale-bridge"]; {
 	case b != nil && len(b.Add) == 2*w && n == pods:
-		r := scale.Add("bridge alone, same bridge, alternating with "+scale.Baseline, b.Add[:w])
-		r.Extra = map[string]float64{"p95": Percentile(b.Add[:w], 95)}
-		r = scale.Add("bridge alone, same bridge, alternating with "+lastName, b.Add[w:])
-		r.Extra = map[string]float64{"p95": Percentile(b.Add[w:], 95)}
-		r.Note = "what the bridge, IPAM and kernel add at this scale without podscope"
-		for _, x := range []struct {
-			name         string
-			chain, alone []float64
-		}{{scale.Baseline, add[:w], b.Add[:w]}, {lastName, add[n-w:], b.Add[w:]}} {
-			d := PairedDiffs(x.chain, x.alone)
-			r = scale.Add(ScalePartRow+x.name, d)
-			r.Extra = map[string]float64{"p95": Percentile(d, 95)}
-			r.Note = "each ADD minus the bridge-alone ADD right before it"
-		}
+		addP95(scale, "bridge alone, same bridge, alternating with "+scale.Baseline, b.Add[:w])
+		addP95(scale, "bridge alone, same bridge, alternating with "+lastName, b.Add[w:]).Note =
+			"what the bridge, IPAM and kernel add at this scale without podscope"
+		addWindowRows(scale, ScalePartRow, scale.Baseline, lastName, PairedDiffs(add[:w], b.Add[:w]), PairedDiffs(add[n-w:], b.Add[w:]),
+			"each ADD minus the bridge-alone ADD right before it")
 	case b != nil && len(b.Errors) > 0:
 		scale.AddNA("bridge alone, same bridge", b.Errors[0])
 	default:
 		scale.AddNA("bridge alone, same bridge", "the podscope pods did not all attach: no pairs at the last pods")
 	}
 	if p := t.Plugin; len(p) == n && n == pods {
-		for _, x := range []struct {
-			name  string
-			times []float64
-		}{{scale.Baseline, p[:w]}, {lastName, p[n-w:]}} {
-			r := scale.Add(ScaleExecRow+x.name, x.times)
-			r.Extra = map[string]float64{"p95": Percentile(x.times, 95)}
-			r.Note = "libcni's wall time of the podscope plugin's ADD exec inside the chain (fork to exit)"
-		}
+		addWindowRows(scale, ScaleExecRow, scale.Baseline, lastName, p[:w], p[n-w:],
+			"libcni's wall time of the podscope plugin's ADD exec inside the chain (fork to exit)")
 	}
 	if o := t.Own; len(o) == n && len(t.Reaped) == n && n == pods {
-		for _, x := range []struct {
-			name   string
-			times  []float64
-			reaped []bool
-		}{{scale.Baseline, o[:w], t.Reaped[:w]}, {lastName, o[n-w:], t.Reaped[n-w:]}} {
-			r := scale.Add(ScaleOwnRow+x.name, x.times)
-			r.Extra = map[string]float64{"p95": Percentile(x.times, 95)}
+		note := func(reaped []bool) string {
 			k := 0
-			for _, b := range x.reaped {
+			for _, b := range reaped {
 				if b {
 					k++
 				}
 			}
-			r.Note = fmt.Sprintf("the plugin's timing log (%s): config read to result, no process start or exit; %d of these ADDs ran the reaper (no podscope-nri here)", cniplugin.TimingEnv, k)
+			return fmt.Sprintf("the plugin's timing log (%s): config read to result, no process start or exit; %d of these ADDs ran the reaper (no podscope-nri here)", cniplugin.TimingEnv, k)
 		}
+		addP95(scale, ScaleOwnRow+scale.Baseline, o[:w]).Note = note(t.Reaped[:w])
+		addP95(scale, ScaleOwnRow+lastName, o[n-w:]).Note = note(t.Reaped[n-w:])
 	}
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
 	r := mem.Add(fmt.Sprintf("all pinned maps (%d maps), %d pods", out.MapCount, n), []float64{mib(out.MapBytesAll)})
@@ -471,14 +468,12 @@ func addScalePolicyRows(scale, mem *Table, out *cniOutput, pods int) {
 		return
 	}
 	n := len(t.Add)
-	r := scale.Add(fmt.Sprintf("all %d pods, %d-CIDR network policy (pod 1 writes it)", n, ScalePolicyCIDRs), t.Add)
-	r.Extra = map[string]float64{"p95": Percentile(t.Add, 95)}
+	r := addP95(scale, fmt.Sprintf("all %d pods, %d-CIDR network policy (pod 1 writes it)", n, ScalePolicyCIDRs), t.Add)
 	if n < pods {
 		r.Note = fmt.Sprintf("only %d of %d pods attached: %s", n, pods, strings.Join(t.Errors, "; "))
 	}
 	w := max(ScaleWindow(pods), 1)
-	r = scale.Add(fmt.Sprintf("pods %d-%d, %d-CIDR network policy", n-w+1, n, ScalePolicyCIDRs), t.Add[n-w:])
-	r.Extra = map[string]float64{"p95": Percentile(t.Add[n-w:], 95)}
+	addP95(scale, fmt.Sprintf("pods %d-%d, %d-CIDR network policy", n-w+1, n, ScalePolicyCIDRs), t.Add[n-w:])
 	r = scale.Add("pod 1, writing the network policy", t.Add[:1])
 	r.Note = "parses and writes the policy set once; later pods find it by the policy file's identity (policyFile)"
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
