@@ -101,3 +101,30 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// Event times come from one wall-clock base: resyncing it on every sweep
+// moved it by the jitter of reading two clocks, which on an emulated CPU
+// put a fold line before the record that opened its window. The base moves
+// only for a real step of the wall clock.
+func TestClockSyncKeepsBaseUnlessClockStepped(t *testing.T) {
+	d := (&Auditor{}).newDecoder()
+	fresh := bootBaseNow()
+	if off := fresh.Sub(d.bootBase); off > clockStep/2 || off < -clockStep/2 {
+		t.Fatalf("two estimates of the boot time %v apart", off)
+	}
+	// As if the previous sync had read the clocks clockStep/4 apart.
+	kept := d.bootBase.Add(clockStep / 4)
+	d.bootBase = kept
+	for i := 0; i < 100; i++ {
+		d.clockSync()
+		if !d.bootBase.Equal(kept) {
+			t.Fatalf("sync %d moved the base by %v without a clock step", i, d.bootBase.Sub(kept))
+		}
+	}
+	// As if the wall clock had been stepped by 5 s since.
+	d.bootBase = kept.Add(-5 * time.Second)
+	d.clockSync()
+	if off := d.bootBase.Sub(bootBaseNow()); off > clockStep/2 || off < -clockStep/2 {
+		t.Fatalf("after a 5 s step the base is %v from the clock's", off)
+	}
+}

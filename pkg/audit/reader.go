@@ -178,11 +178,49 @@ func (a *Auditor) newDecoder() *decoder {
 	return d
 }
 
-// clockSync sets the wall-clock time of boot: records carry CLOCK_BOOTTIME.
+// clockStep is how far the wall-clock time of boot must move before
+// clockSync follows it. Reading the two clocks is never simultaneous (on a
+// slow or emulated CPU the reads sit tens of microseconds apart, more if
+// the thread is preempted between them), so a base taken afresh at every
+// sweep would shift event times back and forth by that much, and a fold
+// line could carry a time before the record that opened its window. Below
+// this step the base stays put and events keep the kernel's order; a
+// wall-clock step (settimeofday, NTP) is followed, and a slew is followed
+// in steps of this size.
+const clockStep = time.Millisecond
+
+// clockSync sets the wall-clock time of boot (records carry CLOCK_BOOTTIME)
+// the first time, and afterwards only when it has moved by clockStep or
+// more.
 func (d *decoder) clockSync() {
+	base := bootBaseNow()
+	if moved := base.Sub(d.bootBase); d.bootBase.IsZero() || moved >= clockStep || moved <= -clockStep {
+		d.bootBase = base
+	}
+}
+
+// bootBaseNow estimates the wall-clock time of boot: the wall clock read
+// between two CLOCK_BOOTTIME reads, the boot time taken as their middle,
+// best (narrowest) of three tries.
+func bootBaseNow() time.Time {
+	var base time.Time
+	best := time.Duration(-1)
+	for i := 0; i < 3; i++ {
+		b1 := bootTime()
+		wall := time.Now()
+		b2 := bootTime()
+		if gap := b2 - b1; best < 0 || gap < best {
+			best = gap
+			base = wall.Add(-(b1 + gap/2))
+		}
+	}
+	return base
+}
+
+func bootTime() time.Duration {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	d.bootBase = time.Now().Add(-time.Duration(ts.Nano()))
+	return time.Duration(ts.Nano())
 }
 
 func (d *decoder) decode(raw []byte) (Event, bool) {
