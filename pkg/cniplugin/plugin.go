@@ -18,7 +18,8 @@ import (
 	"github.com/podscope/podscope/pkg/podstate"
 )
 
-// AddReapBudget bounds the reaper run that every ADD does: ADD latency is
+// AddReapBudget bounds an ADD-time reap (at most every
+// podstate.AddReapInterval, of podstate.AddReapSlice pods): ADD latency is
 // pod start latency.
 const AddReapBudget = 100 * time.Millisecond
 
@@ -96,7 +97,7 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	// stderr, which runtimes log.
 	if podstate.ReapDue(conf.StateDir, time.Now()) {
 		st := &podstate.State{Root: conf.Root, Dir: conf.StateDir, Registry: reg, Datapath: dp}
-		if _, err := st.Reap(AddReapBudget); err != nil {
+		if _, err := st.ReapSlice(podstate.AddReapSlice, AddReapBudget); err != nil {
 			fmt.Fprintf(os.Stderr, "podscope: reaper during ADD of %s: %v\n", args.ContainerID, err)
 		}
 		t.step(StepReap)

@@ -66,8 +66,11 @@ func TestStaleReason(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The same answers asking link by link (nil) and from one dump.
-	for name, ls := range map[string]links{"per-link": nil, "snapshot": snap} {
+	q := newLinkQuery()
+	defer q.Close()
+	// The same answers asking link by link (a socket kept, and one per
+	// request) and from one dump.
+	for name, ls := range map[string]linkSource{"per-link": q, "per-link, a socket each": &linkQuery{}, "snapshot": snap} {
 		t.Run(name, func(t *testing.T) {
 			gone := pods.Pod{HostIfindex: 1 << 30, HostInterface: "vethnothere"}
 			if r := staleReason(gone, ls); r == "" {

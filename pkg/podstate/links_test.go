@@ -89,3 +89,47 @@ func BenchmarkLinkSnapshot(b *testing.B) {
 		})
 	}
 }
+
+// ADD's reaper asks for one slice of links (AddReapSlice requests) where
+// the full reaper dumps them all: both at 1,000 links.
+func BenchmarkReapSliceLinks(b *testing.B) {
+	netns := netnsWithVeths(b, 1000)
+	var ifindexes []int
+	err := netns.Do(func(ns.NetNS) error {
+		all, err := linkSnapshot()
+		for i := range all {
+			ifindexes = append(ifindexes, i)
+		}
+		return err
+	})
+	if err != nil || len(ifindexes) < AddReapSlice {
+		b.Fatalf("%d links: %v", len(ifindexes), err)
+	}
+	for name, check := range map[string]func() error{
+		"dump": func() error { _, err := linkSnapshot(); return err },
+		"slice-requests": func() error {
+			q := newLinkQuery()
+			defer q.Close()
+			for _, i := range ifindexes[:AddReapSlice] {
+				if !q.alive(i, "") {
+					return fmt.Errorf("link %d reported gone", i)
+				}
+			}
+			return nil
+		},
+	} {
+		b.Run(name, func(b *testing.B) {
+			err := netns.Do(func(ns.NetNS) error {
+				for b.Loop() {
+					if err := check(); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}

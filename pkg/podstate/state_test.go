@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -151,6 +152,73 @@ func TestReapTearsDownOnlyStalePods(t *testing.T) {
 	if l["pod"] != "gone" || l["containerID"] != "c-gone" || l["podID"] != float64(2) ||
 		l["reason"] != "reaped: host veth vethgone (ifindex 1073741824) gone" || l["countersError"] == nil {
 		t.Errorf("accounting line %v", l)
+	}
+}
+
+// ADD's reaper checks a slice of the registry per run, in pod ID order,
+// starting where the last one stopped, and starts over after the last pod:
+// every stale pod is reaped within one pass, no live one ever.
+func TestReapSliceWalksThePodsInSlices(t *testing.T) {
+	root := testenv.BPFFSRoot(t)
+	dir := t.TempDir()
+	stale := map[datapath.PodID]bool{2: true, 5: true, 6: true, 9: true}
+	var ps []pods.Pod
+	for id := datapath.PodID(1); id <= 10; id++ {
+		p := alive
+		if stale[id] {
+			p = gone
+		}
+		p.ID, p.Name, p.ContainerID = id, fmt.Sprintf("p%d", id), fmt.Sprintf("c%d", id)
+		ps = append(ps, p)
+	}
+	register(t, root, ps...)
+
+	// Slices of 3 over the registry as each run finds it (worked out by
+	// hand): [1 2 3], [4 5 6], [7 8 9], [10], then a new pass [1 3 4].
+	want := [][]datapath.PodID{{2}, {5, 6}, {9}, nil, nil}
+	for run, w := range want {
+		var reaped []pods.Pod
+		err := WithPinned(root, dir, func(s *State) (err error) {
+			reaped, err = s.ReapSlice(3, 5*time.Second)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("run %d: %v", run+1, err)
+		}
+		var got []datapath.PodID
+		for _, p := range reaped {
+			got = append(got, p.ID)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(w) {
+			t.Errorf("run %d reaped pods %v, want %v", run+1, got, w)
+		}
+	}
+	left := registered(t, root)
+	var ids []datapath.PodID
+	for _, p := range left {
+		ids = append(ids, p.ID)
+	}
+	if fmt.Sprint(ids) != "[1 3 4 7 8 10]" {
+		t.Errorf("registry after the slices: pods %v, want the live ones [1 3 4 7 8 10]", ids)
+	}
+	if n := len(accountingLines(t, dir)); n != len(stale) {
+		t.Errorf("%d accounting lines, want one per reaped pod (%d)", n, len(stale))
+	}
+
+	// A cursor past every pod (they went since) or unreadable starts a pass.
+	for _, cur := range []string{"4000000000\n", "garbage"} {
+		if err := os.WriteFile(filepath.Join(dir, ReapCursor), []byte(cur), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		register(t, root, gone) // pod 2 again, stale, at the start of a pass
+		var reaped []pods.Pod
+		err := WithPinned(root, dir, func(s *State) (err error) {
+			reaped, err = s.ReapSlice(3, 5*time.Second)
+			return err
+		})
+		if err != nil || len(reaped) != 1 || reaped[0].ID != 2 {
+			t.Errorf("cursor %q: reaped %+v, %v; want pod 2 from a new pass", cur, reaped, err)
+		}
 	}
 }
 
