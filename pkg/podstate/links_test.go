@@ -36,89 +36,72 @@ func netnsWithVeths(tb testing.TB, n int) ns.NetNS {
 	return netns
 }
 
-// The snapshot's index -> name agrees with the netlink library's full
-// decode of the same links.
-func TestLinkSnapshotMatchesLinkList(t *testing.T) {
-	var (
-		snap links
-		all  []netlink.Link
-	)
+// The link question agrees with the netlink library's list of the same
+// links: every link alive under its name, under no name, and not under
+// another name; an index past them gone.
+func TestLinkQueryMatchesLinkList(t *testing.T) {
 	err := netnsWithVeths(t, 300).Do(func(ns.NetNS) error {
-		var err error
-		if snap, err = linkSnapshot(); err != nil {
+		all, err := netlink.LinkList()
+		if err != nil {
 			return err
 		}
-		all, err = netlink.LinkList()
-		return err
+		if len(all) != 301 {
+			return fmt.Errorf("the library lists %d links, want 301", len(all))
+		}
+		q := newLinkQuery()
+		defer q.Close()
+		top := 0
+		for _, l := range all {
+			a := l.Attrs()
+			if !q.alive(a.Index, a.Name) || !q.alive(a.Index, "") {
+				t.Errorf("link %d %q reported gone", a.Index, a.Name)
+			}
+			if q.alive(a.Index, a.Name+"x") {
+				t.Errorf("link %d %q reported alive as %q", a.Index, a.Name, a.Name+"x")
+			}
+			top = max(top, a.Index)
+		}
+		if q.alive(top+1, "") {
+			t.Errorf("ifindex %d (no link) reported alive", top+1)
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all) != 301 || len(snap) != len(all) {
-		t.Fatalf("snapshot has %d links, the library lists %d, want 301", len(snap), len(all))
-	}
-	for _, l := range all {
-		a := l.Attrs()
-		if got, ok := snap[a.Index]; !ok || got != a.Name {
-			t.Errorf("ifindex %d: snapshot has %q (present %v), the library %q", a.Index, got, ok, a.Name)
-		}
-	}
 }
 
-// The reaper's link dump at 1,000 links, against the library's full decode
-// (what the reaper used before).
-func BenchmarkLinkSnapshot(b *testing.B) {
+// The reaper's link questions for 1,000 links and for ADD's slice, against
+// the netlink dump of the same links (what the reaper did before).
+func BenchmarkReapLinks(b *testing.B) {
 	netns := netnsWithVeths(b, 1000)
-	for name, dump := range map[string]func() error{
-		"snapshot":         func() error { _, err := linkSnapshot(); return err },
-		"netlink.LinkList": func() error { _, err := netlink.LinkList(); return err },
-	} {
-		b.Run(name, func(b *testing.B) {
-			// The loop runs on the netns's locked thread.
-			err := netns.Do(func(ns.NetNS) error {
-				for b.Loop() {
-					if err := dump(); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-		})
-	}
-}
-
-// ADD's reaper asks for one slice of links (AddReapSlice requests) where
-// the full reaper dumps them all: both at 1,000 links.
-func BenchmarkReapSliceLinks(b *testing.B) {
-	netns := netnsWithVeths(b, 1000)
-	var ifindexes []int
-	err := netns.Do(func(ns.NetNS) error {
-		all, err := linkSnapshot()
-		for i := range all {
-			ifindexes = append(ifindexes, i)
-		}
+	var all []netlink.Link
+	err := netns.Do(func(ns.NetNS) (err error) {
+		all, err = netlink.LinkList()
 		return err
 	})
-	if err != nil || len(ifindexes) < AddReapSlice {
-		b.Fatalf("%d links: %v", len(ifindexes), err)
+	if err != nil || len(all) < AddReapSlice {
+		b.Fatalf("%d links: %v", len(all), err)
 	}
-	for name, check := range map[string]func() error{
-		"dump": func() error { _, err := linkSnapshot(); return err },
-		"slice-requests": func() error {
+	ask := func(links []netlink.Link) func() error {
+		return func() error {
 			q := newLinkQuery()
 			defer q.Close()
-			for _, i := range ifindexes[:AddReapSlice] {
-				if !q.alive(i, "") {
-					return fmt.Errorf("link %d reported gone", i)
+			for _, l := range links {
+				if !q.alive(l.Attrs().Index, l.Attrs().Name) {
+					return fmt.Errorf("link %s reported gone", l.Attrs().Name)
 				}
 			}
 			return nil
-		},
+		}
+	}
+	for name, check := range map[string]func() error{
+		"netlink.LinkList":   func() error { _, err := netlink.LinkList(); return err },
+		"ioctl, all links":   ask(all),
+		"ioctl, ADD's slice": ask(all[:AddReapSlice]),
 	} {
 		b.Run(name, func(b *testing.B) {
+			// The loop runs on the netns's locked thread.
 			err := netns.Do(func(ns.NetNS) error {
 				for b.Loop() {
 					if err := check(); err != nil {

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/podscope/podscope/pkg/datapath"
@@ -189,139 +187,72 @@ func ReapDue(dir string, now time.Time) bool {
 	return true
 }
 
-// linkSource answers whether a link exists under a name: a snapshot of
-// the node's links (one dump, the full reaper) or a request per link over
-// one socket (linkQuery, ADD's slice).
-type linkSource interface {
-	alive(ifindex int, name string) bool
-}
-
-// links is a snapshot of the node's links (ifindex -> name): one netlink
-// dump per reap instead of one request per registered pod.
-type links map[int]string
-
-// rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS of the kernel's
-// <linux/rtnetlink.h>, a bit of IFLA_EXT_MASK (a kernel without it ignores
-// the bit and sends the counters).
-const rtextFilterSkipStats = 1 << 3
-
-// linkSnapshot dumps the netns's links and keeps only each one's index and
-// name. The dump is most of the reaper's time at 1,000 pods (30-46 ms of
-// ~50 in the bench's node netns, most of it the kernel filling each bridged
-// veth's attributes); netlink.LinkList also decoded every attribute of every
-// link into a Link, and the counters are not asked for
-// (BenchmarkLinkSnapshot, 1,000 veths: 7.2 ms against 12.3 ms). A dump the
-// kernel reports as interrupted (links came or went during it) is an
-// error, never a partial answer: a live veth missing from the snapshot
-// would get its pod torn down.
-func linkSnapshot() (links, error) {
-	msgs, err := getLinks(nil, 0)
-	if err != nil {
-		return nil, fmt.Errorf("dumping links: %w", err)
-	}
-	out := make(links, len(msgs))
-	for _, m := range msgs {
-		index, name, err := linkIndexName(m)
-		if err != nil {
-			return nil, fmt.Errorf("dumping links: %w", err)
-		}
-		out[index] = name
-	}
-	return out, nil
-}
-
-// getLinks asks the kernel for the link of ifindex, or for every link of
-// the netns (ifindex 0: a dump), without the counters: then the kernel does
-// not sum each device's per-CPU statistics into the answer. sockets, when
-// not nil, holds the socket to ask on (else one is opened for the request).
-func getLinks(sockets map[int]*nl.SocketHandle, ifindex int) ([][]byte, error) {
-	flags := 0
-	if ifindex == 0 {
-		flags = unix.NLM_F_DUMP
-	}
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, flags)
-	req.Sockets = sockets
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(ifindex)
-	req.AddData(msg)
-	req.AddData(nl.NewRtAttr(unix.IFLA_EXT_MASK, nl.Uint32Attr(rtextFilterSkipStats)))
-	return req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
-}
-
-// linkIndexName reads a link message's index and name.
-func linkIndexName(m []byte) (int, string, error) {
-	if len(m) < unix.SizeofIfInfomsg {
-		return 0, "", fmt.Errorf("short message (%d bytes)", len(m))
-	}
-	ifi := nl.DeserializeIfInfomsg(m)
-	attrs, err := nl.ParseRouteAttr(m[ifi.Len():])
-	if err != nil {
-		return 0, "", err
-	}
-	for _, a := range attrs {
-		if a.Attr.Type == unix.IFLA_IFNAME {
-			return int(ifi.Index), strings.TrimRight(string(a.Value), "\x00"), nil
-		}
-	}
-	return int(ifi.Index), "", nil
-}
-
-func (ls links) alive(ifindex int, name string) bool {
-	got, ok := ls[ifindex]
-	return ok && (name == "" || got == name)
-}
-
-// linkQuery asks the kernel for one link at a time, all on one netlink
-// socket (opening one per request costs more than the request: 128
-// requests took 7 ms with a socket each).
+// linkQuery asks the kernel whether a link exists, and under which name,
+// one link at a time: SIOCGIFNAME on a socket of the current netns (the
+// kernel looks the index up in its table and copies the name; what
+// if_indextoname(3) does). The reaper used to dump every link of the node
+// over netlink instead, and the kernel fills each link's attributes into a
+// dump (bridge port, IPv6 settings and statistics): 30-46 ms at 1,000
+// bridged veths, the most of a reap; asking for one link over netlink cost
+// 50-80 µs in the same netns.
 type linkQuery struct {
-	sockets map[int]*nl.SocketHandle
+	fd int // -1: a socket per question
 }
 
-// newLinkQuery opens the socket, in the current netns. Without one, each
-// request opens its own.
+// newLinkQuery opens the socket in the current netns: the caller runs in
+// the netns its pods' host veths live in.
 func newLinkQuery() *linkQuery {
-	s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return &linkQuery{}
+		fd = -1
 	}
-	return &linkQuery{sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}
+	return &linkQuery{fd: fd}
 }
 
 func (q *linkQuery) Close() {
-	for _, sh := range q.sockets {
-		sh.Close()
+	if q.fd >= 0 {
+		unix.Close(q.fd)
+		q.fd = -1
 	}
 }
 
-// alive asks for the one link. Only the kernel's "no such device" says
-// gone: any other error (netlink itself failing) says alive, since tearing
-// down a live pod loses its accounting and policy, and a pod left for a
-// later reap loses nothing.
+// alive reports whether the link ifindex exists under name (any name when
+// name is empty: an ifindex is reused once its device is gone). Only the
+// kernel's "no such device" says gone: any other error says alive, since
+// tearing down a live pod loses its accounting and policy, and a pod left
+// for a later reap loses nothing.
 func (q *linkQuery) alive(ifindex int, name string) bool {
-	msgs, err := getLinks(q.sockets, ifindex)
-	if errors.Is(err, unix.ENODEV) {
-		return false
+	fd := q.fd
+	if fd < 0 {
+		var err error
+		if fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return true
+		}
+		defer unix.Close(fd)
 	}
-	if err != nil || len(msgs) != 1 {
-		return true
-	}
-	index, got, err := linkIndexName(msgs[0])
+	ifr, err := unix.NewIfreq("")
 	if err != nil {
 		return true
 	}
-	return index == ifindex && (name == "" || got == name)
+	ifr.SetUint32(uint32(ifindex))
+	switch err := unix.IoctlIfreq(fd, unix.SIOCGIFNAME, ifr); {
+	case errors.Is(err, unix.ENODEV):
+		return false
+	case err != nil:
+		return true
+	}
+	return name == "" || ifr.Name() == name
 }
 
 // HostVethAlive reports whether p's host veth still exists in the current
 // netns under its name (an ifindex is reused once the veth is gone).
 func HostVethAlive(p pods.Pod) bool {
-	var q linkQuery // one request: no socket kept
+	q := linkQuery{fd: -1}
 	return q.alive(p.HostIfindex, p.HostInterface)
 }
 
 // staleReason says why a registered pod is stale, or "" if it is alive.
-func staleReason(p pods.Pod, ls linkSource) string {
+func staleReason(p pods.Pod, ls *linkQuery) string {
 	if p.Unobserved == "" && !ls.alive(p.HostIfindex, p.HostInterface) {
 		return fmt.Sprintf("host veth %s (ifindex %d) gone", p.HostInterface, p.HostIfindex)
 	}
@@ -357,15 +288,9 @@ func (s *State) Reap(budget time.Duration) ([]pods.Pod, error) {
 	if len(all) == 0 {
 		return nil, errors.Join(errs...)
 	}
-	var ls linkSource
-	if snap, err := linkSnapshot(); err == nil {
-		ls = snap
-	} else {
-		q := newLinkQuery() // fall back to one request per pod
-		defer q.Close()
-		ls = q
-	}
-	reaped, err := s.reapPods(all, ls, deadline)
+	q := newLinkQuery()
+	defer q.Close()
+	reaped, err := s.reapPods(all, q, deadline)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -376,11 +301,9 @@ func (s *State) Reap(budget time.Duration) ([]pods.Pod, error) {
 	return reaped, errors.Join(errs...)
 }
 
-// AddReapSlice is how many registered pods one ADD-time reap checks. The
-// full reaper's link dump costs the kernel every link of the node (at
-// 1,000 bridged veths 30-46 ms of the ~50 ms an ADD-time reap took); one
-// request per pod for a slice keeps the ADD that reaps as fast at 1,000
-// pods as at 100 (see ReapSlice).
+// AddReapSlice is how many registered pods one ADD-time reap checks (each
+// a link question and a stat of its netns), so that the ADD that reaps
+// costs about as much at 1,000 pods as at 128 (see ReapSlice).
 const AddReapSlice = 128
 
 // ReapCursor is the file in the state dir holding the pod ID where the
@@ -389,8 +312,7 @@ const ReapCursor = "reap.cursor"
 
 // ReapSlice is the reaper of ADD: it checks at most n registered pods, in
 // pod ID order from where the previous slice stopped (the state dir's
-// ReapCursor), asking the kernel for each one's link, and tears down those
-// that are stale, stopping after budget. A pass over all pods takes
+// ReapCursor), and tears down those that are stale, stopping after budget. A pass over all pods takes
 // ceil(pods / n) ADD-time reaps; the node-wide chores (Reap's) run at the
 // start of each pass. Callers hold the state-dir lock.
 func (s *State) ReapSlice(n int, budget time.Duration) ([]pods.Pod, error) {
@@ -459,7 +381,7 @@ func (s *State) gcPolicySets() error {
 
 // reapPods tears down the pods of list that are stale (their links asked
 // of ls), stopping at deadline.
-func (s *State) reapPods(list []pods.Pod, ls linkSource, deadline time.Time) ([]pods.Pod, error) {
+func (s *State) reapPods(list []pods.Pod, ls *linkQuery, deadline time.Time) ([]pods.Pod, error) {
 	if s.Datapath == nil && s.DatapathErr == nil {
 		s.DatapathErr = fmt.Errorf("datapath pins under %s unavailable", s.Root.Path)
 	}
