@@ -95,6 +95,24 @@ func TestStaleReason(t *testing.T) {
 	}
 }
 
+// Only the kernel's "no such device" makes a link gone: a question that
+// fails otherwise (here: the ioctl asked of a file, which is no socket)
+// must not get a live pod torn down.
+func TestLinkQueryFailureIsNotGone(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	q := &linkQuery{fd: int(f.Fd())}
+	if !q.alive(1<<30, "vethnothere") {
+		t.Error("a failed question (not ENODEV) reported the link gone")
+	}
+	if r := staleReason(pods.Pod{HostIfindex: 1 << 30, HostInterface: "vethnothere"}, q); r != "" {
+		t.Errorf("a failed question made the pod stale: %s", r)
+	}
+}
+
 // While podscope-nri reaps (its stamp younger than twice its interval),
 // ADD does not; once the daemon stops or its stamp ages, ADD reaps again.
 // One stamp serves both: it says how long the last reap holds.

@@ -312,9 +312,10 @@ const ReapCursor = "reap.cursor"
 
 // ReapSlice is the reaper of ADD: it checks at most n registered pods, in
 // pod ID order from where the previous slice stopped (the state dir's
-// ReapCursor), and tears down those that are stale, stopping after budget. A pass over all pods takes
-// ceil(pods / n) ADD-time reaps; the node-wide chores (Reap's) run at the
-// start of each pass. Callers hold the state-dir lock.
+// ReapCursor), and tears down those that are stale, stopping after budget
+// (pods of the slice left unchecked then wait for the next pass). A pass
+// over all pods takes ceil(pods / n) ADD-time reaps; the node-wide chores
+// (Reap's) run at the start of each pass. Callers hold the state-dir lock.
 func (s *State) ReapSlice(n int, budget time.Duration) ([]pods.Pod, error) {
 	deadline := time.Now().Add(budget)
 	all, err := s.Registry.List() // in pod ID order
