@@ -114,12 +114,7 @@ func TestDecodeRefusesOtherLayout(t *testing.T) {
 // (as DEL looks it up), listed by a second opener, replaced by a short pod
 // under the same ID (blob removed), and deleted with nothing left.
 func TestRegistryLongIdentity(t *testing.T) {
-	root := testenv.BPFFSRoot(t)
-	r, err := OpenRegistry(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, root := openTestRegistry(t)
 	long := longPod(5)
 	if err := r.Put(long); err != nil {
 		t.Fatal(err)

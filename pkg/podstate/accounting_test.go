@@ -62,36 +62,37 @@ func TestAccountingLines(t *testing.T) {
 }
 
 func TestStaleReason(t *testing.T) {
-	q := newLinkQuery()
-	defer q.Close()
-	// The same answers with the socket kept and with one per question.
-	for name, ls := range map[string]*linkQuery{"socket kept": q, "a socket each": {fd: -1}} {
-		t.Run(name, func(t *testing.T) {
-			gone := pods.Pod{HostIfindex: 1 << 30, HostInterface: "vethnothere"}
-			if r := staleReason(gone, ls); r == "" {
-				t.Error("a pod whose host ifindex does not exist is not stale")
-			}
-			// Loopback exists in every netns: alive, unless the name differs
-			// (the kernel reused the ifindex for another device).
-			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo"}, ls); r != "" {
-				t.Errorf("live pod reported stale: %s", r)
-			}
-			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "veth123"}, ls); r == "" {
-				t.Error("reused ifindex not detected")
-			}
-			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: filepath.Join(t.TempDir(), "pstest-none")}, ls); r == "" {
-				t.Error("vanished netns file not detected")
-			}
-			// The runtime's netns dir not mounted where the reaper runs (the
-			// DaemonSet's podscope-nri once): the file is not gone, it is
-			// not visible; the live veth decides.
-			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: filepath.Join(t.TempDir(), "not-mounted", "cni-1")}, ls); r != "" {
-				t.Errorf("a netns file whose directory is not visible is not a staleness signal: %s", r)
-			}
-			if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/proc/999999999/ns/net"}, ls); r != "" {
-				t.Errorf("a /proc netns path is not a staleness signal: %s", r)
-			}
-		})
+	ls := newLinkQuery()
+	defer ls.Close()
+	// HostVethAlive (CHECK) asks the same question on a socket of its own.
+	if !HostVethAlive(pods.Pod{HostIfindex: 1, HostInterface: "lo"}) ||
+		HostVethAlive(pods.Pod{HostIfindex: 1 << 30, HostInterface: "vethnothere"}) ||
+		HostVethAlive(pods.Pod{HostIfindex: 1, HostInterface: "veth123"}) {
+		t.Error("HostVethAlive: want lo alive, a missing ifindex and a reused one gone")
+	}
+	gone := pods.Pod{HostIfindex: 1 << 30, HostInterface: "vethnothere"}
+	if r := staleReason(gone, ls); r == "" {
+		t.Error("a pod whose host ifindex does not exist is not stale")
+	}
+	// Loopback exists in every netns: alive, unless the name differs
+	// (the kernel reused the ifindex for another device).
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo"}, ls); r != "" {
+		t.Errorf("live pod reported stale: %s", r)
+	}
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "veth123"}, ls); r == "" {
+		t.Error("reused ifindex not detected")
+	}
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: filepath.Join(t.TempDir(), "pstest-none")}, ls); r == "" {
+		t.Error("vanished netns file not detected")
+	}
+	// The runtime's netns dir not mounted where the reaper runs (the
+	// DaemonSet's podscope-nri once): the file is not gone, it is
+	// not visible; the live veth decides.
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: filepath.Join(t.TempDir(), "not-mounted", "cni-1")}, ls); r != "" {
+		t.Errorf("a netns file whose directory is not visible is not a staleness signal: %s", r)
+	}
+	if r := staleReason(pods.Pod{HostIfindex: 1, HostInterface: "lo", Netns: "/proc/999999999/ns/net"}, ls); r != "" {
+		t.Errorf("a /proc netns path is not a staleness signal: %s", r)
 	}
 }
 

@@ -196,7 +196,7 @@ func ReapDue(dir string, now time.Time) bool {
 // bridged veths, the most of a reap; asking for one link over netlink cost
 // 50-80 µs in the same netns.
 type linkQuery struct {
-	fd int // -1: a socket per question
+	fd int // -1: no socket (every question then fails, and says alive)
 }
 
 // newLinkQuery opens the socket in the current netns: the caller runs in
@@ -222,20 +222,12 @@ func (q *linkQuery) Close() {
 // tearing down a live pod loses its accounting and policy, and a pod left
 // for a later reap loses nothing.
 func (q *linkQuery) alive(ifindex int, name string) bool {
-	fd := q.fd
-	if fd < 0 {
-		var err error
-		if fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
-			return true
-		}
-		defer unix.Close(fd)
-	}
 	ifr, err := unix.NewIfreq("")
 	if err != nil {
 		return true
 	}
 	ifr.SetUint32(uint32(ifindex))
-	switch err := unix.IoctlIfreq(fd, unix.SIOCGIFNAME, ifr); {
+	switch err := unix.IoctlIfreq(q.fd, unix.SIOCGIFNAME, ifr); {
 	case errors.Is(err, unix.ENODEV):
 		return false
 	case err != nil:
@@ -247,7 +239,8 @@ func (q *linkQuery) alive(ifindex int, name string) bool {
 // HostVethAlive reports whether p's host veth still exists in the current
 // netns under its name (an ifindex is reused once the veth is gone).
 func HostVethAlive(p pods.Pod) bool {
-	q := linkQuery{fd: -1}
+	q := newLinkQuery()
+	defer q.Close()
 	return q.alive(p.HostIfindex, p.HostInterface)
 }
 
@@ -274,31 +267,14 @@ func staleReason(p pods.Pod, ls *linkQuery) string {
 
 // Reap is the reaper on an already opened state: it tears down every pod
 // whose host veth or netns is gone, stopping after budget, and does the
-// node-wide chores (see chores).
+// node-wide chores (see reap).
 func (s *State) Reap(budget time.Duration) ([]pods.Pod, error) {
 	deadline := time.Now().Add(budget)
 	all, err := s.Registry.List()
 	if err != nil {
 		return nil, err
 	}
-	var errs []error
-	if err := s.chores(all); err != nil {
-		errs = append(errs, err)
-	}
-	if len(all) == 0 {
-		return nil, errors.Join(errs...)
-	}
-	q := newLinkQuery()
-	defer q.Close()
-	reaped, err := s.reapPods(all, q, deadline)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	// Policy sets a crashed ADD or DEL left without users, or half-written.
-	if err := s.gcPolicySets(); err != nil {
-		errs = append(errs, err)
-	}
-	return reaped, errors.Join(errs...)
+	return s.reap(all, all, true, deadline)
 }
 
 // AddReapSlice is how many registered pods one ADD-time reap checks (each
@@ -327,74 +303,46 @@ func (s *State) ReapSlice(n int, budget time.Duration) ([]pods.Pod, error) {
 	if i == len(all) {
 		i = 0 // past the last pod: a new pass
 	}
-	var errs []error
-	pass := i == 0
-	if pass {
-		if err := s.chores(all); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	slice := all[i:min(i+n, len(all))]
 	next := datapath.PodID(0)
 	if i+n < len(all) {
 		next = all[i+n].ID
 	}
 	// Written before the slice is checked: a reap killed on a pod (or
 	// failing on it every time) does not stop the next slices.
-	if err := writeReapCursor(s.Dir, next); err != nil {
-		errs = append(errs, err)
-	}
-	q := newLinkQuery()
-	defer q.Close()
-	reaped, err := s.reapPods(slice, q, deadline)
-	if err != nil {
-		errs = append(errs, err)
-	}
+	cursorErr := writeReapCursor(s.Dir, next)
+	reaped, err := s.reap(all, all[i:min(i+n, len(all))], i == 0, deadline)
+	return reaped, errors.Join(cursorErr, err)
+}
+
+// reap tears down the pods of check that are stale, stopping at deadline.
+// With pass (a full reap, or the first slice of a pass) it also does the
+// node-wide chores around them, which need all of the registry: before,
+// blobs of long identities whose pod entry is gone (a kill between the two
+// deletes: nothing else would remove them) and the registry's index
+// reconciled with the registry (ADD's lookups get what a podscope without
+// the index wrote; the teardowns keep it up to date themselves); after,
+// the policy sets a crashed ADD or DEL left without users, or
+// half-written.
+func (s *State) reap(all, check []pods.Pod, pass bool, deadline time.Time) ([]pods.Pod, error) {
+	var errs []error
 	if pass {
-		if err := s.gcPolicySets(); err != nil {
+		if _, err := s.Registry.PruneBlobs(); err != nil {
+			errs = append(errs, err)
+		} else if err := s.Registry.Reconcile(all); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	return reaped, errors.Join(errs...)
-}
-
-// chores are the reaper's node-wide jobs besides stale pods: blobs of long
-// identities whose pod entry is gone (a kill between the two deletes:
-// nothing else would remove them), and the registry's index reconciled
-// with the registry (ADD's lookups get what a podscope without the index
-// wrote; the teardowns keep it up to date themselves).
-func (s *State) chores(all []pods.Pod) error {
-	if _, err := s.Registry.PruneBlobs(); err != nil {
-		return err
-	}
-	return s.Registry.Reconcile(all)
-}
-
-// gcPolicySets removes the policy sets a crashed ADD or DEL left without
-// users, or half-written.
-func (s *State) gcPolicySets() error {
-	if s.Datapath == nil {
-		return nil
-	}
-	_, err := s.Datapath.GCPolicySets()
-	return err
-}
-
-// reapPods tears down the pods of list that are stale (their links asked
-// of ls), stopping at deadline.
-func (s *State) reapPods(list []pods.Pod, ls *linkQuery, deadline time.Time) ([]pods.Pod, error) {
 	if s.Datapath == nil && s.DatapathErr == nil {
 		s.DatapathErr = fmt.Errorf("datapath pins under %s unavailable", s.Root.Path)
 	}
-	var (
-		reaped []pods.Pod
-		errs   []error
-	)
-	for _, p := range list {
+	q := newLinkQuery()
+	defer q.Close()
+	var reaped []pods.Pod
+	for _, p := range check {
 		if time.Now().After(deadline) {
 			break
 		}
-		why := staleReason(p, ls)
+		why := staleReason(p, q)
 		if why == "" {
 			continue
 		}
@@ -403,6 +351,11 @@ func (s *State) reapPods(list []pods.Pod, ls *linkQuery, deadline time.Time) ([]
 			continue
 		}
 		reaped = append(reaped, p)
+	}
+	if pass && s.Datapath != nil {
+		if _, err := s.Datapath.GCPolicySets(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return reaped, errors.Join(errs...)
 }
