@@ -126,17 +126,32 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("podscope: pod registry full: %d pods attached", pods.MaxPods), "")
 	}
 	if err := attach(reg, dp, pod, prev, conf, t); err != nil {
+		// Another plugin's qdisc leaves tc mode no place on the veth (the
+		// bandwidth plugin's egress shaping): like a pod without a veth,
+		// it starts unobserved with the reason, unless failClosed. attach
+		// undid its steps; a repeated ADD of an observed pod keeps its
+		// running attachment and gets the error.
+		var foreign *datapath.ForeignQdiscError
+		if errors.As(err, &foreign) && !conf.FailClosed && (prev == nil || prev.Unobserved != "") {
+			reason := fmt.Sprintf("tc mode cannot attach to %s: another plugin's %q qdisc holds its ingress side", hostName, foreign.Kind)
+			warnUnobserved(conf, args, id, reason)
+			return conf, putUnobserved(reg, args, id, ips, conf, reason)
+		}
 		return nil, err
 	}
 	return conf, nil
+}
+
+func warnUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, reason string) {
+	fmt.Fprintf(os.Stderr, "podscope: pod %s/%s (container %s): %s: it runs unobserved (no accounting, no policy); \"failClosed\": true in podscope's config refuses such pods\n",
+		id.Namespace, id.Pod, args.ContainerID, reason)
 }
 
 // addUnobserved registers a pod podscope cannot attach to, with the reason,
 // and touches no datapath state: DEL, GC and the reaper remove the entry
 // like any other (its accounting line says it was not observed).
 func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []netip.Prefix, reason string) error {
-	fmt.Fprintf(os.Stderr, "podscope: pod %s/%s (container %s): %s: it runs unobserved (no accounting, no policy); \"failClosed\": true in podscope's config refuses such pods\n",
-		id.Namespace, id.Pod, args.ContainerID, reason)
+	warnUnobserved(conf, args, id, reason)
 	unlock, err := podstate.Lock(conf.StateDir)
 	if err != nil {
 		return err
@@ -147,6 +162,11 @@ func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []net
 		return types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
 	}
 	defer reg.Close()
+	return putUnobserved(reg, args, id, ips, conf, reason)
+}
+
+// putUnobserved registers the unobserved pod (under the state lock).
+func putUnobserved(reg *pods.Registry, args *skel.CmdArgs, id pods.Identity, ips []netip.Prefix, conf *Config, reason string) error {
 	existing, found, free, err := reg.Lookup(args.ContainerID, args.IfName)
 	if err != nil {
 		return err

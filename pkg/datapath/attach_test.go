@@ -612,3 +612,64 @@ func TestAttachBadInput(t *testing.T) {
 		t.Fatalf("failed Attaches left ifindexes %v", ifs)
 	}
 }
+
+// A device whose ingress side holds an "ingress" qdisc (the bandwidth
+// plugin's egress shaping puts one there, with a redirect to an ifb) has no
+// place for clsact: the kernel answers the clsact add with EEXIST and files
+// every filter, the egress one too, in that qdisc's single block. tc mode
+// refuses such a device, naming the qdisc, and leaves nothing; tcx attaches.
+func TestTCModeRefusesForeignIngressQdisc(t *testing.T) {
+	n := newNode(t)
+	d, err := Open(testenv.BPFFSRoot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	_, idx := n.veth(0)
+	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
+	n.do(func() error { return netlink.QdiscAdd(ingress) })
+	const pod = PodID(41)
+	n.do(func() error {
+		_, err := d.Attach(pod, idx, ModeTC)
+		var foreign *ForeignQdiscError
+		if !errors.As(err, &foreign) || foreign.Kind != "ingress" {
+			return fmt.Errorf("tc Attach beside an ingress qdisc: %v, want a ForeignQdiscError naming \"ingress\"", err)
+		}
+		return nil
+	})
+	n.assertNothingOf(d, pod, idx, "a refused tc Attach")
+	n.do(func() error {
+		l, err := netlink.LinkByIndex(idx)
+		if err != nil {
+			return err
+		}
+		fs, err := netlink.FilterList(l, netlink.MakeHandle(0xffff, 0))
+		if err != nil {
+			return err
+		}
+		if len(fs) != 0 {
+			return fmt.Errorf("filters left in the ingress qdisc's block: %+v", fs)
+		}
+		qs, err := netlink.QdiscList(l)
+		if err != nil {
+			return err
+		}
+		for _, q := range qs {
+			if q.Type() == "ingress" {
+				return nil
+			}
+		}
+		return errors.New("the other plugin's ingress qdisc is gone")
+	})
+	if n.tcxRefused(d, pod, idx) {
+		return
+	}
+	if got := n.attach(d, pod, idx, ModeTCX); got != ModeTCX {
+		t.Fatalf("tcx Attach beside an ingress qdisc: mode %q", got)
+	}
+	if tcx, _, _ := n.kernelView(idx); len(tcx) != 2 {
+		t.Fatalf("tcx programs on the device: %v, want 2", tcx)
+	}
+	n.detach(d, pod)
+}

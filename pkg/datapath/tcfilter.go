@@ -51,6 +51,14 @@ func (d *Datapath) attachTC(pod PodID, h hook, ifindex int) (func(), error) {
 		flags |= createdQdisc
 		undo = append(undo, func() { _ = netlink.QdiscDel(clsact(ifindex)) })
 	case errors.Is(err, unix.EEXIST):
+		// The kernel says EEXIST for any qdisc at the ingress parent.
+		// Another kind there (the "ingress" qdisc the bandwidth plugin
+		// adds for egress shaping) has a single filter block: both
+		// filters would land on it, the egress program on the wrong hook,
+		// and behind that qdisc's own redirect.
+		if err := ingressSideIsClsact(ifindex); err != nil {
+			return nil, err
+		}
 		// Ours if a record of this pod on this device says so (a repeated
 		// Attach, or the other hook of this one).
 		for _, other := range hooks {
@@ -87,6 +95,41 @@ func (d *Datapath) attachTC(pod PodID, h hook, ifindex int) (func(), error) {
 	}
 	undo = append(undo, undoRec)
 	return runUndo, nil
+}
+
+// ForeignQdiscError is returned by a tc-mode Attach when the device's
+// ingress side holds a qdisc other than clsact (only one can be there), e.g.
+// the "ingress" qdisc of the bandwidth plugin's egress shaping. TCX mode
+// (Linux 6.6+) needs no qdisc and runs before it.
+type ForeignQdiscError struct {
+	Kind string // the qdisc found, e.g. "ingress"
+}
+
+func (e *ForeignQdiscError) Error() string {
+	return fmt.Sprintf("the device's ingress side holds an %q qdisc, not clsact: tc mode cannot attach beside it (tcx mode can, Linux 6.6+)", e.Kind)
+}
+
+// ingressSideIsClsact checks that the qdisc at the ingress parent of
+// ifindex is a clsact (a *ForeignQdiscError if not).
+func ingressSideIsClsact(ifindex int) error {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("reading the device's qdiscs: %w", err)
+	}
+	qs, err := netlink.QdiscList(l)
+	if err != nil {
+		return fmt.Errorf("reading the device's qdiscs: %w", err)
+	}
+	for _, q := range qs {
+		if q.Attrs().Parent == netlink.HANDLE_INGRESS { // = HANDLE_CLSACT
+			if q.Type() == "clsact" {
+				return nil
+			}
+			return &ForeignQdiscError{Kind: q.Type()}
+		}
+	}
+	// Gone between the add and the list: let the filter add say what is wrong.
+	return nil
 }
 
 // ourFilter finds pod's filter on one hook of ifindex; nil when the device

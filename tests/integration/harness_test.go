@@ -31,7 +31,7 @@ import (
 // host-local and loopback the suite runs podscope behind.
 const pluginsVersion = "v1.9.1"
 
-var referencePlugins = []string{"main/bridge", "ipam/host-local", "main/loopback", "main/macvlan"}
+var referencePlugins = []string{"main/bridge", "ipam/host-local", "main/loopback", "main/macvlan", "meta/bandwidth"}
 
 var (
 	buildOnce    sync.Once
@@ -153,6 +153,9 @@ type nodeOpts struct {
 	primary func(n *node) map[string]any
 	// extra fields of the podscope entry.
 	extra map[string]any
+	// between are plugins chained after the primary and before podscope
+	// (e.g. bandwidth).
+	between []map[string]any
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -187,6 +190,9 @@ func newNode(t testing.TB, o nodeOpts) *node {
 		}
 	}
 	plugins := []any{first}
+	for _, b := range o.between {
+		plugins = append(plugins, b)
+	}
 	if !o.noPodscope {
 		ps := map[string]any{
 			"type": "podscope", "bpffsRoot": n.root.Path, "stateDir": n.stateDir,
@@ -225,6 +231,7 @@ type pod struct {
 	netnsPath              string
 	v4, v6                 netip.Addr
 	annotations            map[string]string
+	capArgs                map[string]any // runtime capability arguments besides the annotations
 	result                 *current.Result
 }
 
@@ -246,8 +253,14 @@ func (n *node) rt(p *pod, netns string) *libcni.RuntimeConf {
 		ContainerID: p.containerID, NetNS: netns, IfName: "eth0",
 		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", p.name}, {"K8S_POD_UID", p.uid}},
 	}
-	if p.annotations != nil {
-		rt.CapabilityArgs = map[string]any{"io.kubernetes.cri.pod-annotations": p.annotations}
+	if p.annotations != nil || p.capArgs != nil {
+		rt.CapabilityArgs = map[string]any{}
+		for k, v := range p.capArgs {
+			rt.CapabilityArgs[k] = v
+		}
+		if p.annotations != nil {
+			rt.CapabilityArgs["io.kubernetes.cri.pod-annotations"] = p.annotations
+		}
 	}
 	return rt
 }
