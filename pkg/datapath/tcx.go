@@ -66,7 +66,10 @@ func (d *Datapath) attachTCX(pod PodID, h hook, ifindex int) (func(), error) {
 	if err := removeTCXLink(path); err != nil {
 		return nil, fmt.Errorf("removing stale link pin: %w", err)
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: d.program(h), Attach: h.tcxAttach()})
+	// First on the hook: a program that ends processing (another CNI's
+	// TCX_PASS or redirect) would otherwise hide the pod's packets. Ours
+	// returns TCX_NEXT for what it lets through, so the others still run.
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: d.program(h), Attach: h.tcxAttach(), Anchor: link.Head()})
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -218,5 +221,94 @@ func TestRealTraffic(t *testing.T) {
 				t.Fatal("the pod's SYN was not counted as an egress drop")
 			}
 		})
+	}
+}
+
+// Another CNI's TCX program on the pod's veth (Cilium in chaining mode
+// attaches with TCX on 6.6+) that ends processing (TCX_PASS, which is
+// TC_ACT_OK) must not hide the pod's packets from podscope: podscope's links
+// go first on each hook, also when the other program was there before.
+func TestTCXRunsBeforeOtherTCXPrograms(t *testing.T) {
+	pn := newPodNet(t)
+	d, err := Open(testenv.BPFFSRoot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	const pod = PodID(62)
+	if pn.node.tcxRefused(d, pod, pn.ifindex) {
+		return
+	}
+	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "pstest_pass", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, // TCX_PASS
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+		pn.node.do(func() error {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: pn.ifindex, Program: other, Attach: at})
+			if err == nil {
+				t.Cleanup(func() { l.Close() })
+			}
+			return err
+		})
+	}
+	pn.node.attach(d, pod, pn.ifindex, ModeTCX)
+	ing, eg, err := d.ProgramIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		at   ebpf.AttachType
+		ours ebpf.ProgramID
+	}{{ebpf.AttachTCXIngress, ing}, {ebpf.AttachTCXEgress, eg}} {
+		var res *link.QueryResult
+		pn.node.do(func() error {
+			var err error
+			res, err = link.QueryPrograms(link.QueryOptions{Target: pn.ifindex, Attach: x.at})
+			return err
+		})
+		if len(res.Programs) != 2 || res.Programs[0].ID != x.ours {
+			t.Fatalf("%v hook runs %+v, want podscope's program %d first of 2", x.at, res.Programs, x.ours)
+		}
+	}
+	// Into the pod (host egress hook) and out of it (host ingress hook).
+	if got, _ := pn.sendUDP(t, 5300, 10, 100); got != 10 {
+		t.Fatalf("pod received %d of 10 datagrams", got)
+	}
+	l := in(t, pn.node, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "10.200.0.1:5301") })
+	defer l.Close()
+	c := in(t, pn.pod, func() (net.Conn, error) { return net.Dial("udp4", "10.200.0.1:5301") })
+	defer c.Close()
+	for i := 0; i < 7; i++ {
+		if _, err := c.Write(make([]byte, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb := make([]byte, 2048)
+	for i := 0; i < 7; i++ {
+		_ = l.SetReadDeadline(time.Now().Add(time.Second))
+		if _, _, err := l.ReadFrom(rb); err != nil {
+			t.Fatalf("node received %d of 7 datagrams: %v", i, err)
+		}
+	}
+	flows, err := d.Flows(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in5300, out5301 uint64
+	for _, f := range flows {
+		switch {
+		case f.Proto == "udp" && f.Local.Port() == 5300:
+			in5300 = f.RxPackets
+		case f.Proto == "udp" && f.Remote.Port() == 5301:
+			out5301 = f.TxPackets
+		}
+	}
+	if in5300 != 10 || out5301 != 7 {
+		t.Fatalf("podscope counted %d of 10 datagrams into the pod and %d of 7 out of it, behind a program that passes them", in5300, out5301)
 	}
 }
