@@ -134,6 +134,11 @@ func add(args *skel.CmdArgs) (*Config, error) {
 		var foreign *datapath.ForeignQdiscError
 		if errors.As(err, &foreign) && !conf.FailClosed && (prev == nil || prev.Unobserved != "") {
 			reason := fmt.Sprintf("tc mode cannot attach to %s: another plugin's %q qdisc holds its ingress side", hostName, foreign.Kind)
+			// A repeated ADD's undo keeps the policy it wrote: an
+			// unobserved pod holds none.
+			if err := dp.RemovePod(pod.ID); err != nil {
+				return nil, err
+			}
 			warnUnobserved(conf, args, id, reason)
 			return conf, putUnobserved(reg, args, id, ips, conf, reason)
 		}

@@ -62,6 +62,17 @@ func TestBehindBandwidthPlugin(t *testing.T) {
 			if !strings.Contains(reg.Unobserved, `"ingress" qdisc`) || reg.Mode != "" {
 				t.Fatalf("tc mode behind an egress limit: registered %+v, want unobserved naming the \"ingress\" qdisc", reg)
 			}
+			// A repeated ADD (the runtime may retry) keeps it so, under the
+			// same pod ID, with nothing in the datapath.
+			if _, err := n.execPodscope(a, "ADD"); err != nil {
+				t.Fatalf("repeated ADD: %v", err)
+			}
+			if again, ok := n.registered(a); !ok || again.ID != reg.ID || again.Unobserved == "" {
+				t.Fatalf("after a repeated ADD: %+v, was %+v", again, reg)
+			}
+			if atts, err := attachmentsOf(n.root, reg.ID); err != nil || len(atts) != 0 {
+				t.Fatalf("attachments of the unobserved pod: %+v %v", atts, err)
+			}
 			// The unshaped pod of the same node is observed as usual.
 			if rb, ok := n.registered(b); !ok || rb.Unobserved != "" || string(rb.Mode) != "tc" {
 				t.Fatalf("unshaped pod: %+v", rb)
