@@ -139,7 +139,7 @@ func add(args *skel.CmdArgs) (*Config, error) {
 			if err := dp.RemovePod(pod.ID); err != nil {
 				return nil, err
 			}
-			warnUnobserved(conf, args, id, reason)
+			warnUnobserved(args, id, reason)
 			return conf, putUnobserved(reg, args, id, ips, conf, reason)
 		}
 		return nil, err
@@ -147,7 +147,8 @@ func add(args *skel.CmdArgs) (*Config, error) {
 	return conf, nil
 }
 
-func warnUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, reason string) {
+// warnUnobserved tells the runtime's log why the pod runs unobserved.
+func warnUnobserved(args *skel.CmdArgs, id pods.Identity, reason string) {
 	fmt.Fprintf(os.Stderr, "podscope: pod %s/%s (container %s): %s: it runs unobserved (no accounting, no policy); \"failClosed\": true in podscope's config refuses such pods\n",
 		id.Namespace, id.Pod, args.ContainerID, reason)
 }
@@ -156,7 +157,7 @@ func warnUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, reason s
 // and touches no datapath state: DEL, GC and the reaper remove the entry
 // like any other (its accounting line says it was not observed).
 func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []netip.Prefix, reason string) error {
-	warnUnobserved(conf, args, id, reason)
+	warnUnobserved(args, id, reason)
 	unlock, err := podstate.Lock(conf.StateDir)
 	if err != nil {
 		return err
