@@ -662,7 +662,17 @@ func TestTCModeRefusesForeignIngressQdisc(t *testing.T) {
 		}
 		return errors.New("the other plugin's ingress qdisc is gone")
 	})
-	if n.tcxRefused(d, pod, idx) {
+	if !kernelHasTCX(t) {
+		// Auto is tc on this kernel: refused the same way.
+		t.Setenv(ModeEnv, "")
+		n.do(func() error {
+			_, err := d.Attach(pod, idx, ModeAuto)
+			if foreign := (*ForeignQdiscError)(nil); !errors.As(err, &foreign) {
+				return fmt.Errorf("auto Attach without TCX beside an ingress qdisc: %v, want a ForeignQdiscError", err)
+			}
+			return nil
+		})
+		n.assertNothingOf(d, pod, idx, "a refused auto Attach")
 		return
 	}
 	if got := n.attach(d, pod, idx, ModeTCX); got != ModeTCX {
