@@ -34,6 +34,19 @@ func newNode(t *testing.T) *node {
 	return &node{t, n}
 }
 
+// openTest opens a datapath under a bpffs root of the test's own, closed
+// when the test ends.
+func openTest(t testing.TB) *Datapath {
+	t.Helper()
+	testenv.RequireRoot(t)
+	d, err := Open(testenv.BPFFSRoot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
 func (n *node) do(f func() error) {
 	n.t.Helper()
 	if err := n.ns.Do(func(ns.NetNS) error { return f() }); err != nil {
@@ -316,11 +329,7 @@ func TestAttachAfterVethGone(t *testing.T) {
 
 func TestAttachIsAllOrNothing(t *testing.T) {
 	n := newNode(t)
-	d, err := Open(testenv.BPFFSRoot(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openTest(t)
 	_, idx := n.veth(0)
 	if n.tcxRefused(d, 31, idx) {
 		return // the refusal left nothing either
@@ -620,11 +629,7 @@ func TestAttachBadInput(t *testing.T) {
 // refuses such a device, naming the qdisc, and leaves nothing; tcx attaches.
 func TestTCModeRefusesForeignIngressQdisc(t *testing.T) {
 	n := newNode(t)
-	d, err := Open(testenv.BPFFSRoot(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openTest(t)
 	_, idx := n.veth(0)
 	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}

@@ -9,7 +9,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/podscope/podscope/pkg/policy"
-	"github.com/podscope/podscope/pkg/testenv"
 )
 
 const (
@@ -28,12 +27,7 @@ const testRunIfindex = 1
 
 func openForRun(t testing.TB) *Datapath {
 	t.Helper()
-	testenv.RequireRoot(t)
-	d, err := Open(testenv.BPFFSRoot(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
+	d := openTest(t)
 	// What Attach registers, without attaching: the pod's reference names
 	// its ifindex, the ifindex entry names the pod.
 	if err := d.objs.PodPolicy.Put(uint32(testPod), tcPodPolicyRef{Ifindex: testRunIfindex}); err != nil {

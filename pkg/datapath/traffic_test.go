@@ -124,11 +124,7 @@ func TestRealTraffic(t *testing.T) {
 	for _, mode := range []Mode{ModeTCX, ModeTC} {
 		t.Run(string(mode), func(t *testing.T) {
 			pn := newPodNet(t)
-			d, err := Open(testenv.BPFFSRoot(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer d.Close()
+			d := openTest(t)
 			const pod = PodID(61)
 			pol := policy.Policy{
 				// Egress: only what conntrack lets out (replies), nothing new.
@@ -230,11 +226,7 @@ func TestRealTraffic(t *testing.T) {
 // go first on each hook, also when the other program was there before.
 func TestTCXRunsBeforeOtherTCXPrograms(t *testing.T) {
 	pn := newPodNet(t)
-	d, err := Open(testenv.BPFFSRoot(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openTest(t)
 	const pod = PodID(62)
 	if pn.node.tcxRefused(d, pod, pn.ifindex) {
 		return
