@@ -136,11 +136,15 @@ func add(args *skel.CmdArgs) (*Config, error) {
 			reason := fmt.Sprintf("tc mode cannot attach to %s: another plugin's %q qdisc holds its ingress side", hostName, foreign.Kind)
 			// A repeated ADD's undo keeps the policy it wrote: an
 			// unobserved pod holds none.
-			if err := dp.RemovePod(pod.ID); err != nil {
-				return nil, err
+			if prev != nil {
+				if err := dp.RemovePod(pod.ID); err != nil {
+					return nil, err
+				}
 			}
 			warnUnobserved(args, id, reason)
-			return conf, putUnobserved(reg, args, id, ips, conf, reason)
+			// The entry ADD looked up and numbered, without a veth.
+			pod.HostInterface, pod.HostIfindex, pod.Mode, pod.Unobserved = "", 0, "", reason
+			return conf, reg.Put(pod)
 		}
 		return nil, err
 	}
@@ -168,11 +172,6 @@ func addUnobserved(conf *Config, args *skel.CmdArgs, id pods.Identity, ips []net
 		return types.NewError(types.ErrPluginNotAvailable, "podscope: "+err.Error(), "")
 	}
 	defer reg.Close()
-	return putUnobserved(reg, args, id, ips, conf, reason)
-}
-
-// putUnobserved registers the unobserved pod (under the state lock).
-func putUnobserved(reg *pods.Registry, args *skel.CmdArgs, id pods.Identity, ips []netip.Prefix, conf *Config, reason string) error {
 	existing, found, free, err := reg.Lookup(args.ContainerID, args.IfName)
 	if err != nil {
 		return err

@@ -144,13 +144,22 @@ func (d *Datapath) Attach(pod PodID, ifindex int, mode Mode) (Mode, error) {
 		}
 	})
 
+	var qdiscFlags uint32
+	if m == ModeTC {
+		u, flags, err := d.ensureClsact(pod, ifindex)
+		if err != nil {
+			return "", fmt.Errorf("attach pod %d to ifindex %d (%s): %w", pod, ifindex, m, err)
+		}
+		undo = append(undo, u)
+		qdiscFlags = flags
+	}
 	for _, h := range hooks {
 		var u func()
 		var err error
 		if m == ModeTCX {
 			u, err = d.attachTCX(pod, h, ifindex)
 		} else {
-			u, err = d.attachTC(pod, h, ifindex)
+			u, err = d.attachTC(pod, h, ifindex, qdiscFlags)
 		}
 		if err != nil {
 			return "", fmt.Errorf("attach pod %d to ifindex %d (%s, host %s hook): %w", pod, ifindex, m, h, err)

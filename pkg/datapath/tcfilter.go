@@ -38,18 +38,14 @@ func clsact(ifindex int) *netlink.GenericQdisc {
 	}
 }
 
-func (d *Datapath) attachTC(pod PodID, h hook, ifindex int) (func(), error) {
-	var undo []func()
-	runUndo := func() {
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
-		}
-	}
-	var flags uint32
+// ensureClsact makes sure the device has the clsact qdisc tc mode's filters
+// go on, once per Attach for both hooks. It returns the undo and the
+// attachment flags: createdQdisc when podscope created it, now or (a
+// record of this pod on this device says so) in an earlier Attach.
+func (d *Datapath) ensureClsact(pod PodID, ifindex int) (func(), uint32, error) {
 	switch err := netlink.QdiscAdd(clsact(ifindex)); {
 	case err == nil:
-		flags |= createdQdisc
-		undo = append(undo, func() { _ = netlink.QdiscDel(clsact(ifindex)) })
+		return func() { _ = netlink.QdiscDel(clsact(ifindex)) }, createdQdisc, nil
 	case errors.Is(err, unix.EEXIST):
 		// The kernel says EEXIST for any qdisc at the ingress parent.
 		// Another kind there (the "ingress" qdisc the bandwidth plugin
@@ -57,19 +53,24 @@ func (d *Datapath) attachTC(pod PodID, h hook, ifindex int) (func(), error) {
 		// filters would land on it, the egress program on the wrong hook,
 		// and behind that qdisc's own redirect.
 		if err := ingressSideIsClsact(ifindex); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		// Ours if a record of this pod on this device says so (a repeated
-		// Attach, or the other hook of this one).
-		for _, other := range hooks {
-			if prev, ok, _ := d.record(pod, other); ok && prev.Flags&createdQdisc != 0 &&
+		var flags uint32
+		for _, h := range hooks {
+			if prev, ok, _ := d.record(pod, h); ok && prev.Flags&createdQdisc != 0 &&
 				int(prev.Ifindex) == ifindex && modeOf(prev.Mode) == ModeTC {
 				flags |= createdQdisc
 			}
 		}
+		return func() {}, flags, nil
 	default:
-		return nil, fmt.Errorf("adding clsact qdisc: %w", err)
+		return nil, 0, fmt.Errorf("adding clsact qdisc: %w", err)
 	}
+}
+
+// attachTC adds pod's filter on hook h of ifindex (whose clsact
+// ensureClsact made sure of, with flags) and its record.
+func (d *Datapath) attachTC(pod PodID, h hook, ifindex int, flags uint32) (func(), error) {
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: ifindex,
@@ -83,18 +84,16 @@ func (d *Datapath) attachTC(pod PodID, h hook, ifindex int) (func(), error) {
 		DirectAction: true,
 	}
 	if err := netlink.FilterReplace(f); err != nil {
-		runUndo()
 		return nil, fmt.Errorf("adding cls_bpf filter: %w", err)
 	}
-	undo = append(undo, func() { _ = netlink.FilterDel(f) })
+	undoFilter := func() { _ = netlink.FilterDel(f) }
 	undoRec, err := d.putRecord(pod, h, tcAttachment{Ifindex: uint32(ifindex), Mode: modeCodeTC,
 		Handle: uint32(pod), Prio: tcFilterPrio, Flags: flags})
 	if err != nil {
-		runUndo()
+		undoFilter()
 		return nil, err
 	}
-	undo = append(undo, undoRec)
-	return runUndo, nil
+	return func() { undoRec(); undoFilter() }, nil
 }
 
 // ForeignQdiscError is returned by a tc-mode Attach when the device's
