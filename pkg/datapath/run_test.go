@@ -5,9 +5,12 @@ import (
 	"math"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
+	"github.com/podscope/podscope/pkg/pins"
 	"github.com/podscope/podscope/pkg/policy"
 )
 
@@ -502,5 +505,65 @@ func TestPolicyChangeRejudgesFlows(t *testing.T) {
 	}
 	if run(t, d, policy.Egress, ack) != actNext || run(t, d, policy.Ingress, reply) != actNext {
 		t.Fatal("connection did not pass again after the allow rule came back")
+	}
+}
+
+// Flows' first and last seen are the coarse clock (the kernel tick) of the
+// moment the packet passed. The oracle is the kernel's
+// CLOCK_MONOTONIC_COARSE read by this process around each run (its
+// resolution is the tick, allowed as slack below); a value taken from
+// another clock, kept from an earlier packet or never written falls
+// outside.
+func TestFlowTimesFollowTheCoarseClock(t *testing.T) {
+	d := openForRun(t)
+	var res unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &res); err != nil {
+		t.Fatal(err)
+	}
+	tick := uint64(res.Nano())
+	coarse := func() uint64 {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+			t.Fatal(err)
+		}
+		return uint64(ts.Nano())
+	}
+	flow := func() tcFlowStats {
+		var found []tcFlowStats
+		err := pins.EachEntry(d.objs.Flows, flowBatch, func(k *tcFlowKey, v *tcFlowStats) error {
+			if k.Pod == uint32(testPod) {
+				found = append(found, *v)
+			}
+			return nil
+		})
+		if err != nil || len(found) != 1 {
+			t.Fatalf("flows of the pod: %d, %v; want 1", len(found), err)
+		}
+		return found[0]
+	}
+	frame := ipv4(podIP, "10.1.2.3", 17, udpHdr(40000, 53, 20))
+	var first, prev uint64
+	for i := 0; i < 6; i++ {
+		before := coarse()
+		if r := run(t, d, policy.Egress, frame); r != actNext {
+			t.Fatalf("packet %d: %s", i, verdictName(r))
+		}
+		after := coarse()
+		f := flow()
+		if f.LastSeenNs+tick < before || f.LastSeenNs > after {
+			t.Fatalf("packet %d: last seen %d, clock read %d before and %d after the run (tick %d ns)",
+				i, f.LastSeenNs, before, after, tick)
+		}
+		if i == 0 {
+			first = f.FirstSeenNs
+		}
+		if f.FirstSeenNs != first || f.Packets[policy.Egress] != uint64(i+1) {
+			t.Fatalf("packet %d: first seen %d (was %d), %d packets", i, f.FirstSeenNs, first, f.Packets[policy.Egress])
+		}
+		if i > 0 && f.LastSeenNs <= prev {
+			t.Fatalf("packet %d, three ticks after the last: last seen stayed %d", i, f.LastSeenNs)
+		}
+		prev = f.LastSeenNs
+		time.Sleep(3 * time.Duration(tick))
 	}
 }
