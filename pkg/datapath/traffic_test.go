@@ -1,9 +1,9 @@
 package datapath
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -98,9 +98,18 @@ func in[T any](t *testing.T, n *node, f func() (T, error)) T {
 // port and returns how many the pod received and the sender's port.
 func (pn *podNet) sendUDP(t *testing.T, port, count, size int) (int, uint16) {
 	t.Helper()
-	l := in(t, pn.pod, func() (net.PacketConn, error) { return net.ListenPacket("udp4", fmt.Sprintf("10.200.0.2:%d", port)) })
+	return sendUDPTo(t, pn.node, pn.pod, "10.200.0.2", port, count, size)
+}
+
+// sendUDPTo sends count datagrams of size bytes from a socket in from to
+// addr:port, listened on in to, and returns how many arrived and the
+// sender's port.
+func sendUDPTo(t *testing.T, from, to *node, addr string, port, count, size int) (int, uint16) {
+	t.Helper()
+	dst := net.JoinHostPort(addr, strconv.Itoa(port))
+	l := in(t, to, func() (net.PacketConn, error) { return net.ListenPacket("udp4", dst) })
 	defer l.Close()
-	c := in(t, pn.node, func() (net.Conn, error) { return net.Dial("udp4", fmt.Sprintf("10.200.0.2:%d", port)) })
+	c := in(t, from, func() (net.Conn, error) { return net.Dial("udp4", dst) })
 	defer c.Close()
 	buf := make([]byte, size)
 	for i := 0; i < count; i++ {
@@ -271,21 +280,8 @@ func TestTCXRunsBeforeOtherTCXPrograms(t *testing.T) {
 	if got, _ := pn.sendUDP(t, 5300, 10, 100); got != 10 {
 		t.Fatalf("pod received %d of 10 datagrams", got)
 	}
-	l := in(t, pn.node, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "10.200.0.1:5301") })
-	defer l.Close()
-	c := in(t, pn.pod, func() (net.Conn, error) { return net.Dial("udp4", "10.200.0.1:5301") })
-	defer c.Close()
-	for i := 0; i < 7; i++ {
-		if _, err := c.Write(make([]byte, 100)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rb := make([]byte, 2048)
-	for i := 0; i < 7; i++ {
-		_ = l.SetReadDeadline(time.Now().Add(time.Second))
-		if _, _, err := l.ReadFrom(rb); err != nil {
-			t.Fatalf("node received %d of 7 datagrams: %v", i, err)
-		}
+	if got, _ := sendUDPTo(t, pn.pod, pn.node, "10.200.0.1", 5301, 7, 100); got != 7 {
+		t.Fatalf("node received %d of 7 datagrams", got)
 	}
 	flows, err := d.Flows(pod)
 	if err != nil {
